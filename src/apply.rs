@@ -1,0 +1,1251 @@
+//! Verified, streaming, bounded-memory apply.
+//!
+//! # Memory model
+//!
+//! The applier never maps or loads a whole file. Old files are read with positioned reads
+//! through 64 KiB buffers, the patch is read section by section with positioned reads, and each
+//! output file is written sequentially. Peak heap is bounded by
+//!
+//! ```text
+//! memory_needed = 4 × manifest_raw_len                 (manifest bytes + parsed entries)
+//!               + 3 × (2^window_log + 512 KiB)          (ctrl, diff, extra zstd decoders)
+//!               + 512 KiB                               (I/O buffers)
+//! ```
+//!
+//! where `window_log` and `manifest_raw_len` come from the patch header. The patch is refused
+//! before anything is written when this exceeds [`Patcher::memory_limit`] (default
+//! [`DEFAULT_MEMORY_LIMIT`], 12 MiB, which admits the default `--window-log 21`). Process RSS is
+//! that plus the program itself (about 3 MiB).
+//!
+//! # Trust model
+//!
+//! A patch is untrusted. Before anything is created: the whole-patch blake3 trailer is checked,
+//! the manifest is decoded with every number bounded, every path validated, and every old file
+//! the patch relies on is hashed and compared. Output is written into a fresh staging location
+//! next to the destination; every file is hashed as it is written and compared; the bundle
+//! digest is compared; files and directories are fsynced; only then is the staging location
+//! renamed into place. On any error the staging location is removed and OLD is untouched.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    Blob, Codec, EntryKind, FileOp, Hash, Header, Manifest, HEADER_LEN, MIN_CHUNK_ROW, TRAILER_LEN,
+};
+use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
+
+/// Default heap budget of an apply: 12 MiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 12 << 20;
+
+/// Per-decoder overhead on top of its window (zstd's DStream context and buffers).
+const DECODER_OVERHEAD: u64 = 512 << 10;
+
+/// Bytes of heap an apply of a patch with this header needs at most (see module docs).
+pub fn memory_needed(h: &Header) -> u64 {
+    let window = 1u64 << h.window_log;
+    h.manifest_raw_len
+        .saturating_mul(4)
+        .saturating_add(3 * (window + DECODER_OVERHEAD))
+        .saturating_add(512 << 10)
+}
+
+/// Progress callback: `(bytes done, bytes total)`.
+pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
+
+/// Applies patches under explicit limits.
+///
+/// ```no_run
+/// let mut p = bundelta::Patcher::new();
+/// p.memory_limit(32 << 20);
+/// let report = p.apply("app-1.0".as_ref(), "1.0-to-1.1.bdp".as_ref(), "app-1.1".as_ref())?;
+/// println!("{} files written", report.files);
+/// # Ok::<(), bundelta::Error>(())
+/// ```
+pub struct Patcher {
+    memory_limit: u64,
+    output_limit: u64,
+    progress: Option<Box<ProgressFn>>,
+}
+
+impl Default for Patcher {
+    fn default() -> Self {
+        Patcher::new()
+    }
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyReport {
+    /// Regular files written.
+    pub files: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Digest of the bundle now at the destination.
+    pub digest: Hash,
+}
+
+impl Patcher {
+    /// A patcher with the default limits: [`DEFAULT_MEMORY_LIMIT`] of heap, unlimited output.
+    pub fn new() -> Patcher {
+        Patcher {
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            output_limit: u64::MAX,
+            progress: None,
+        }
+    }
+
+    /// Heap budget in bytes. A patch whose [`memory_needed`] exceeds it is refused before any
+    /// write, with [`Error::LimitExceeded`]. Default [`DEFAULT_MEMORY_LIMIT`].
+    pub fn memory_limit(&mut self, bytes: u64) -> &mut Patcher {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Largest total of new file content accepted, in bytes. Default: unlimited.
+    pub fn output_limit(&mut self, bytes: u64) -> &mut Patcher {
+        self.output_limit = bytes;
+        self
+    }
+
+    /// Report progress (bytes of output produced, total) while applying. Default: none.
+    pub fn progress(&mut self, f: Box<ProgressFn>) -> &mut Patcher {
+        self.progress = Some(f);
+        self
+    }
+
+    /// Open a patch and check it: length, trailer checksum, header, manifest, limits.
+    pub fn open(&self, patch: &Path) -> Result<Patch> {
+        Patch::open_limited(patch, self.memory_limit, self.output_limit)
+    }
+
+    /// Rebuild the new bundle from `old` and `patch` at `out`, which must not exist.
+    ///
+    /// `out` appears only once every file and the bundle digest matched; on error nothing is
+    /// left at `out` and `old` is untouched.
+    pub fn apply(&self, old: &Path, patch: &Path, out: &Path) -> Result<ApplyReport> {
+        let p = self.open(patch)?;
+        p.check_old_kind(old)?;
+        let base = p.check_base(old)?;
+        if fs::symlink_metadata(out).is_ok() {
+            return Err(Error::OutputExists {
+                path: out.to_path_buf(),
+            });
+        }
+        let stage = staging_path(out, "new")?;
+        let result = (|| {
+            let report = p.build(
+                old,
+                Some(&stage),
+                &base,
+                LinkMode::Copy,
+                self.progress.as_deref(),
+            )?;
+            sync_parent(&stage)?;
+            rename_noreplace(&stage, out)?;
+            sync_parent(out)?;
+            Ok(report)
+        })();
+        if result.is_err() {
+            remove_all(&stage);
+        }
+        result
+    }
+
+    /// Check a patch and, with `old`, that OLD satisfies it, by rebuilding every file into a
+    /// hashing sink (nothing is written).
+    pub fn verify(&self, patch: &Path, old: Option<&Path>) -> Result<Option<ApplyReport>> {
+        let p = self.open(patch)?;
+        match old {
+            None => Ok(None),
+            Some(old) => {
+                p.check_old_kind(old)?;
+                let base = p.check_base(old)?;
+                Ok(Some(p.build(
+                    old,
+                    None,
+                    &base,
+                    LinkMode::Copy,
+                    self.progress.as_deref(),
+                )?))
+            }
+        }
+    }
+
+    pub(crate) fn progress_fn(&self) -> Option<&ProgressFn> {
+        self.progress.as_deref()
+    }
+}
+
+/// An opened, checksum-verified and validated patch.
+pub struct Patch {
+    file: File,
+    path: PathBuf,
+    header: Header,
+    manifest: Manifest,
+}
+
+/// Result of checking OLD against a patch: hashes of the unchanged files, in entry order.
+pub(crate) struct BaseCheck {
+    unchanged: Vec<Hash>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkMode {
+    /// Copy unchanged files (OLD stays independent of the output).
+    Copy,
+    /// Hard-link unchanged files whose mode already matches (in-place apply).
+    HardLink,
+}
+
+impl Patch {
+    /// Open and fully validate a patch file with the default limits of [`Patcher::new`].
+    pub fn open(path: &Path) -> Result<Patch> {
+        Patch::open_limited(path, DEFAULT_MEMORY_LIMIT, u64::MAX)
+    }
+
+    /// Open and fully validate a patch file, refusing it (before reading the manifest) when it
+    /// needs more than `memory_limit` bytes of heap or produces more than `output_limit` bytes.
+    pub fn open_limited(path: &Path, memory_limit: u64, output_limit: u64) -> Result<Patch> {
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
+        let mut hb = [0u8; HEADER_LEN];
+        let got = read_at_most(&file, &mut hb, 0).map_err(|e| Error::io(path, "read", e))?;
+        let header = Header::decode(&hb[..got])?;
+        let expect = header.patch_len().unwrap_or(u64::MAX);
+        if len != expect {
+            return Err(Error::corrupt(
+                "header",
+                format!(
+                    "patch is {len} bytes but its header describes {expect} (truncated or padded)"
+                ),
+            ));
+        }
+        // Whole-patch checksum.
+        let body = len - TRAILER_LEN as u64;
+        let mut h = blake3::Hasher::new();
+        let (n, _) = {
+            let sec = Section::new(&file, 0, body);
+            let mut buf = vec![0u8; IO_BUF];
+            let mut s = sec;
+            let mut n = 0u64;
+            loop {
+                let k = s.read(&mut buf).map_err(|e| Error::io(path, "read", e))?;
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            (n, ())
+        };
+        if n != body {
+            return Err(Error::corrupt("trailer", "patch shrank while reading"));
+        }
+        let mut trailer = [0u8; TRAILER_LEN];
+        let got =
+            read_at_most(&file, &mut trailer, body).map_err(|e| Error::io(path, "read", e))?;
+        if got != TRAILER_LEN {
+            return Err(Error::corrupt("trailer", "missing"));
+        }
+        let found = *h.finalize().as_bytes();
+        if found != trailer {
+            return Err(Error::Checksum {
+                expected: hex(&trailer),
+                found: hex(&found),
+            });
+        }
+        let need = memory_needed(&header);
+        if need > memory_limit {
+            return Err(Error::LimitExceeded {
+                what: "apply memory",
+                needed: need,
+                limit: memory_limit,
+            });
+        }
+        if header.new_total > output_limit {
+            return Err(Error::LimitExceeded {
+                what: "output size",
+                needed: header.new_total,
+                limit: output_limit,
+            });
+        }
+        // Manifest: one zstd frame, decoded to exactly manifest_raw_len bytes.
+        let raw_len = header.manifest_raw_len;
+        let cap = usize::try_from(raw_len)
+            .map_err(|_| Error::corrupt("header", "manifest length does not fit in memory"))?;
+        let sec = Section::new(&file, HEADER_LEN as u64, header.manifest_len);
+        let mut raw = Vec::new();
+        {
+            let mut dec = decoder(sec, header.window_log).map_err(|e| stream_err("manifest", e))?;
+            read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
+        }
+        let manifest = Manifest::decode(&raw, &header)?;
+        Ok(Patch {
+            file,
+            path: path.to_path_buf(),
+            header,
+            manifest,
+        })
+    }
+
+    /// The fixed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The validated manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Total length of the patch file.
+    pub fn len(&self) -> u64 {
+        self.header.patch_len().unwrap_or(0)
+    }
+
+    /// Never true: a valid patch has at least a header and trailer.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether the patch needs anything from OLD.
+    fn needs_old(&self) -> bool {
+        !self.manifest.old_files.is_empty()
+            || self.manifest.entries.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    EntryKind::File {
+                        op: FileOp::Unchanged,
+                        ..
+                    }
+                )
+            })
+    }
+
+    pub(crate) fn check_old_kind(&self, old: &Path) -> Result<()> {
+        let md = fs::metadata(old).map_err(|e| Error::io(old, "stat", e))?;
+        if self.header.is_directory() && !md.is_dir() {
+            return Err(Error::wrong_base(
+                "",
+                "the patch is for a directory bundle but OLD is not a directory",
+            ));
+        }
+        if !self.header.is_directory() && !md.is_file() {
+            return Err(Error::wrong_base(
+                "",
+                "the patch is for a single file but OLD is not a regular file",
+            ));
+        }
+        Ok(())
+    }
+
+    fn old_path(&self, old: &Path, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            old.to_path_buf()
+        } else {
+            old.join(rel)
+        }
+    }
+
+    /// Hash every old file the patch relies on and compare, before anything is written.
+    pub(crate) fn check_base(&self, old: &Path) -> Result<BaseCheck> {
+        if !self.needs_old() {
+            return Ok(BaseCheck {
+                unchanged: Vec::new(),
+            });
+        }
+        for f in &self.manifest.old_files {
+            let p = self.old_path(old, &f.path);
+            let (size, hash) = hash_file(&p).map_err(|e| match e {
+                Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                    Error::wrong_base(&f.path, "missing")
+                }
+                other => other,
+            })?;
+            if size != f.size {
+                return Err(Error::wrong_base(
+                    &f.path,
+                    format!("size is {size}, the patch expects {}", f.size),
+                ));
+            }
+            if hash != f.hash {
+                return Err(Error::wrong_base(
+                    &f.path,
+                    "content differs (blake3 mismatch)",
+                ));
+            }
+        }
+        let mut unchanged = Vec::new();
+        let mut h = blake3::Hasher::new();
+        for e in &self.manifest.entries {
+            if let EntryKind::File {
+                size,
+                op: FileOp::Unchanged,
+                ..
+            } = &e.kind
+            {
+                let p = self.old_path(old, &e.path);
+                let (got, hash) = hash_file(&p).map_err(|err| match err {
+                    Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                        Error::wrong_base(&e.path, "missing")
+                    }
+                    other => other,
+                })?;
+                if got != *size {
+                    return Err(Error::wrong_base(
+                        &e.path,
+                        format!("size is {got}, the patch expects {size}"),
+                    ));
+                }
+                h.update(&hash);
+                unchanged.push(hash);
+            }
+        }
+        if *h.finalize().as_bytes() != self.manifest.unchanged_digest {
+            if !self.header.is_directory() {
+                return Err(Error::wrong_base("", "content differs (blake3 mismatch)"));
+            }
+            return Err(Error::wrong_base(
+                "",
+                format!(
+                    "the content of one or more of the {} files the patch keeps unchanged differs",
+                    unchanged.len()
+                ),
+            ));
+        }
+        Ok(BaseCheck { unchanged })
+    }
+
+    /// Rebuild every entry under `stage` (or into a hashing sink when `None`), verifying each
+    /// file and the bundle digest. Does not rename anything.
+    pub(crate) fn build(
+        &self,
+        old: &Path,
+        stage: Option<&Path>,
+        base: &BaseCheck,
+        link: LinkMode,
+        progress: Option<&ProgressFn>,
+    ) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let mut digest = TreeDigest::new();
+        let mut unchanged = base.unchanged.iter();
+        let done = AtomicU64::new(0);
+        let total = self.header.new_total;
+        let dir_bundle = self.header.is_directory();
+        if let (true, Some(stage)) = (dir_bundle, stage) {
+            create_dir(stage)?;
+        }
+        let mut made_dirs: Vec<PathBuf> = Vec::new();
+        for e in &self.manifest.entries {
+            let dest = stage.map(|s| {
+                if e.path.is_empty() {
+                    s.to_path_buf()
+                } else {
+                    s.join(&e.path)
+                }
+            });
+            match &e.kind {
+                EntryKind::Dir => {
+                    if let Some(d) = &dest {
+                        create_dir(d)?;
+                        made_dirs.push(d.clone());
+                    }
+                    digest.dir(&e.path);
+                    report.dirs += 1;
+                }
+                EntryKind::Symlink { target } => {
+                    if let Some(d) = &dest {
+                        make_symlink(target, d)?;
+                    }
+                    digest.symlink(&e.path, target);
+                    report.symlinks += 1;
+                }
+                EntryKind::File { exec, size, op } => {
+                    let expected: Hash = match op {
+                        FileOp::Unchanged => *unchanged.next().ok_or_else(|| {
+                            Error::corrupt("manifest", "unchanged count mismatch")
+                        })?,
+                        FileOp::Copy { source } => self.manifest.old_files[*source as usize].hash,
+                        FileOp::Add { hash, .. } | FileOp::Delta { hash, .. } => *hash,
+                    };
+                    let linked = match (&dest, op, link) {
+                        (Some(d), FileOp::Unchanged, LinkMode::HardLink) => {
+                            try_hard_link(&self.old_path(old, &e.path), d, *exec)?
+                        }
+                        _ => false,
+                    };
+                    if !linked {
+                        let mut w = HashingWriter::new(match &dest {
+                            Some(d) => Some(create_file(d, *exec)?),
+                            None => None,
+                        });
+                        let mut sink = ProgressWriter {
+                            inner: &mut w,
+                            done: &done,
+                            total,
+                            progress,
+                        };
+                        self.produce(old, &e.path, *size, op, &mut sink)?;
+                        let (n, hash, file) = w.finish().map_err(|err| {
+                            Error::io(dest.as_deref().unwrap_or(Path::new(&e.path)), "write", err)
+                        })?;
+                        if n != *size || hash != expected {
+                            return Err(Error::OutputMismatch {
+                                path: e.path.clone(),
+                            });
+                        }
+                        if let (Some(f), Some(d)) = (file, &dest) {
+                            f.sync_all().map_err(|err| Error::io(d, "fsync", err))?;
+                        }
+                    } else {
+                        done.fetch_add(*size, Ordering::Relaxed);
+                    }
+                    digest.file(&e.path, *exec, *size, &expected);
+                    report.files += 1;
+                    report.bytes += size;
+                }
+            }
+        }
+        let d = if dir_bundle {
+            digest.finish()
+        } else {
+            match &self.manifest.entries[0].kind {
+                EntryKind::File { op, .. } => match op {
+                    FileOp::Unchanged => base.unchanged.first().copied().unwrap_or([0; 32]),
+                    FileOp::Copy { source } => self.manifest.old_files[*source as usize].hash,
+                    FileOp::Add { hash, .. } | FileOp::Delta { hash, .. } => *hash,
+                },
+                _ => [0; 32],
+            }
+        };
+        if d != self.manifest.new_digest {
+            return Err(Error::OutputMismatch {
+                path: "(bundle digest)".into(),
+            });
+        }
+        report.digest = d;
+        // Directories last, deepest first, so their entries are durable.
+        if let Some(stage) = stage {
+            for dir in made_dirs.iter().rev() {
+                sync_dir(dir)?;
+            }
+            if dir_bundle {
+                sync_dir(stage)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stream one file's content into `out`.
+    fn produce(
+        &self,
+        old: &Path,
+        path: &str,
+        size: u64,
+        op: &FileOp,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        let data_start = HEADER_LEN as u64 + self.header.manifest_len;
+        match op {
+            FileOp::Unchanged => copy_file(&self.old_path(old, path), size, out),
+            FileOp::Copy { source } => {
+                let f = &self.manifest.old_files[*source as usize];
+                copy_file(&self.old_path(old, &f.path), size, out)
+            }
+            FileOp::Add { codec, blob, .. } => {
+                let sec = Section::new(&self.file, data_start + blob.offset, blob.len);
+                match codec {
+                    Codec::Raw => copy_exact(sec, size, out, "add blob", &self.path),
+                    Codec::Zstd => {
+                        let dec = decoder(sec, self.header.window_log)
+                            .map_err(|e| stream_err("add blob", e))?;
+                        copy_exact_stream(dec, size, out, "add blob")
+                    }
+                }
+            }
+            FileOp::Delta { sources, blob, .. } => {
+                let mut parts = Vec::with_capacity(sources.len());
+                for &s in sources {
+                    let f = &self.manifest.old_files[s as usize];
+                    let p = self.old_path(old, &f.path);
+                    parts.push((open_regular(&p)?, f.size, p));
+                }
+                let src = Source::new(parts)?;
+                apply_delta(
+                    &self.file,
+                    data_start,
+                    *blob,
+                    &src,
+                    self.header.window_log,
+                    size,
+                    out,
+                )
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delta streams
+
+/// Positioned reader over `[pos, end)` of a file; never moves a shared cursor.
+pub(crate) struct Section<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> Section<'a> {
+    pub(crate) fn new(file: &'a File, pos: u64, len: u64) -> Section<'a> {
+        Section {
+            file,
+            pos,
+            end: pos.saturating_add(len),
+        }
+    }
+}
+
+impl Read for Section<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end - self.pos;
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let k = read_at(self.file, &mut buf[..n], self.pos)?;
+        self.pos += k as u64;
+        Ok(k)
+    }
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    f.read_at(buf, pos)
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::os::windows::fs::FileExt;
+    f.seek_read(buf, pos)
+}
+
+fn read_at_most(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match read_at(f, &mut buf[got..], pos + got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+type Dec<'a> = zstd::stream::read::Decoder<'static, BufReader<Section<'a>>>;
+
+/// A zstd decoder over a section, capped to `window_log`, reading exactly one frame.
+pub(crate) fn decoder(sec: Section<'_>, window_log: u8) -> io::Result<Dec<'_>> {
+    let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(32 << 10, sec))?;
+    d.window_log_max(u32::from(window_log))?;
+    Ok(d.single_frame())
+}
+
+fn stream_err(what: &'static str, e: io::Error) -> Error {
+    Error::corrupt(what, format!("zstd: {e}"))
+}
+
+/// Read exactly `n` bytes of a stream into `out` (growing it as data arrives, never by a
+/// declared size), then require the stream to end.
+fn read_exact_stream(
+    r: &mut impl Read,
+    out: &mut Vec<u8>,
+    n: usize,
+    what: &'static str,
+) -> Result<()> {
+    let mut buf = vec![0u8; IO_BUF];
+    while out.len() < n {
+        let want = (n - out.len()).min(buf.len());
+        let k = read_retry(r, &mut buf[..want]).map_err(|e| stream_err(what, e))?;
+        if k == 0 {
+            return Err(Error::corrupt(
+                what,
+                format!("ends after {} of {n} bytes", out.len()),
+            ));
+        }
+        out.extend_from_slice(&buf[..k]);
+    }
+    expect_end(r, what)
+}
+
+fn read_retry(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn expect_end(r: &mut impl Read, what: &'static str) -> Result<()> {
+    let mut b = [0u8; 1];
+    match read_retry(r, &mut b) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(Error::corrupt(what, "stream is longer than declared")),
+        Err(e) => Err(stream_err(what, e)),
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let k = read_retry(r, &mut buf[got..]).map_err(|e| stream_err(what, e))?;
+        if k == 0 {
+            return Err(Error::corrupt(
+                what,
+                format!("ends {} bytes early", buf.len() - got),
+            ));
+        }
+        got += k;
+    }
+    Ok(())
+}
+
+fn copy_exact_stream(
+    mut r: impl Read,
+    n: u64,
+    out: &mut dyn Write,
+    what: &'static str,
+) -> Result<()> {
+    let mut buf = vec![0u8; IO_BUF];
+    let mut left = n;
+    while left > 0 {
+        let k = (left.min(buf.len() as u64)) as usize;
+        read_full(&mut r, &mut buf[..k], what)?;
+        out.write_all(&buf[..k])
+            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
+        left -= k as u64;
+    }
+    expect_end(&mut r, what)
+}
+
+fn copy_exact(
+    mut r: Section<'_>,
+    n: u64,
+    out: &mut dyn Write,
+    what: &'static str,
+    path: &Path,
+) -> Result<()> {
+    let mut buf = vec![0u8; IO_BUF];
+    let mut left = n;
+    while left > 0 {
+        let k = (left.min(buf.len() as u64)) as usize;
+        let mut got = 0;
+        while got < k {
+            let m = read_retry(&mut r, &mut buf[got..k]).map_err(|e| Error::io(path, "read", e))?;
+            if m == 0 {
+                return Err(Error::corrupt(what, "ends early"));
+            }
+            got += m;
+        }
+        out.write_all(&buf[..k])
+            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+fn copy_file(p: &Path, size: u64, out: &mut dyn Write) -> Result<()> {
+    let f = open_regular(p)?;
+    let len = Section::new(&f, 0, size);
+    let mut buf = vec![0u8; IO_BUF];
+    let mut r = len;
+    let mut left = size;
+    while left > 0 {
+        let k = read_retry(&mut r, &mut buf).map_err(|e| Error::io(p, "read", e))?;
+        if k == 0 {
+            return Err(Error::wrong_base(
+                p.display().to_string(),
+                "file shrank while applying",
+            ));
+        }
+        out.write_all(&buf[..k])
+            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Old files concatenated into one virtual source.
+pub(crate) struct Source {
+    parts: Vec<(File, u64, u64, PathBuf)>, // (file, start, len, path)
+    len: u64,
+}
+
+impl Source {
+    fn new(files: Vec<(File, u64, PathBuf)>) -> Result<Source> {
+        let mut parts = Vec::with_capacity(files.len());
+        let mut start = 0u64;
+        for (f, len, p) in files {
+            parts.push((f, start, len, p));
+            start = start
+                .checked_add(len)
+                .ok_or_else(|| Error::corrupt("manifest", "source sizes overflow"))?;
+        }
+        Ok(Source { parts, len: start })
+    }
+
+    /// Fill `buf` from virtual offset `pos` (the caller has checked `pos + buf.len() <= len`).
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = pos + done as u64;
+            let (f, start, len, p) = self
+                .parts
+                .iter()
+                .find(|(_, s, l, _)| at >= *s && at < s + l)
+                .ok_or_else(|| Error::corrupt("delta stream", "source offset out of range"))?;
+            let off = at - start;
+            let k = ((len - off) as usize).min(buf.len() - done);
+            let got = read_at_most(f, &mut buf[done..done + k], off)
+                .map_err(|e| Error::io(p, "read", e))?;
+            if got != k {
+                return Err(Error::wrong_base(
+                    p.display().to_string(),
+                    "file shrank while applying",
+                ));
+            }
+            done += k;
+        }
+        Ok(())
+    }
+}
+
+/// Varint from a byte stream; `Ok(None)` at a clean end of stream.
+fn read_varint_stream(r: &mut impl Read, what: &'static str) -> Result<Option<u64>> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        let k = read_retry(r, &mut b).map_err(|e| stream_err(what, e))?;
+        if k == 0 {
+            if i == 0 {
+                return Ok(None);
+            }
+            return Err(Error::corrupt(what, "ends inside a varint"));
+        }
+        let part = u64::from(b[0] & 0x7f);
+        if i == 9 && part > 1 {
+            return Err(Error::corrupt(what, "varint overflows"));
+        }
+        v |= part << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(Some(v));
+        }
+    }
+    Err(Error::corrupt(what, "varint longer than 10 bytes"))
+}
+
+fn need_varint(r: &mut impl Read, what: &'static str) -> Result<u64> {
+    read_varint_stream(r, what)?.ok_or_else(|| Error::corrupt(what, "ends early"))
+}
+
+/// Apply one delta blob: stream `size` bytes of output from `src` and the blob's frames.
+pub(crate) fn apply_delta(
+    patch: &File,
+    data_start: u64,
+    blob: Blob,
+    src: &Source,
+    window_log: u8,
+    size: u64,
+    out: &mut dyn Write,
+) -> Result<()> {
+    const W: &str = "delta chunk table";
+    let blob_start = data_start + blob.offset;
+    // Pass 1: walk the chunk table without storing it, to find where the frames start and to
+    // check that the rows add up.
+    let mut table = BufReader::with_capacity(4096, Section::new(patch, blob_start, blob.len));
+    let n_chunks = need_varint(&mut table, W)?;
+    if n_chunks > blob.len / MIN_CHUNK_ROW + 1 {
+        return Err(Error::corrupt(
+            W,
+            format!("{n_chunks} chunks in a {}-byte blob", blob.len),
+        ));
+    }
+    let mut out_total: u64 = 0;
+    let mut frames_total: u64 = 0;
+    let mut table_len = count_varint_len(n_chunks);
+    for _ in 0..n_chunks {
+        for i in 0..4 {
+            let v = need_varint(&mut table, W)?;
+            table_len += count_varint_len(v);
+            if i == 0 {
+                out_total = out_total
+                    .checked_add(v)
+                    .ok_or_else(|| Error::corrupt(W, "sizes overflow"))?;
+            } else {
+                frames_total = frames_total
+                    .checked_add(v)
+                    .ok_or_else(|| Error::corrupt(W, "sizes overflow"))?;
+            }
+        }
+    }
+    if out_total != size {
+        return Err(Error::corrupt(
+            W,
+            format!("chunks produce {out_total} bytes, file has {size}"),
+        ));
+    }
+    if table_len.checked_add(frames_total) != Some(blob.len) {
+        return Err(Error::corrupt(
+            W,
+            "chunk frames do not fill the blob exactly",
+        ));
+    }
+    // Pass 2: apply chunk by chunk.
+    let mut table = BufReader::with_capacity(4096, Section::new(patch, blob_start, blob.len));
+    need_varint(&mut table, W)?;
+    let mut frame_pos = blob_start + table_len;
+    let mut obuf = vec![0u8; IO_BUF];
+    let mut dbuf = vec![0u8; IO_BUF];
+    for _ in 0..n_chunks {
+        let new_len = need_varint(&mut table, W)?;
+        let cl = need_varint(&mut table, W)?;
+        let dl = need_varint(&mut table, W)?;
+        let el = need_varint(&mut table, W)?;
+        let mut ctrl = BufReader::with_capacity(
+            4096,
+            Stream::open(patch, frame_pos, cl, window_log, "control stream")?,
+        );
+        let mut diff = Stream::open(patch, frame_pos + cl, dl, window_log, "diff stream")?;
+        let mut extra = Stream::open(patch, frame_pos + cl + dl, el, window_log, "extra stream")?;
+        frame_pos += cl + dl + el;
+        let mut pos: u64 = 0;
+        let mut produced: u64 = 0;
+        while let Some(d) = read_varint_stream(&mut ctrl, "control stream")? {
+            let e = need_varint(&mut ctrl, "control stream")?;
+            let s_raw = need_varint(&mut ctrl, "control stream")?;
+            let seek = ((s_raw >> 1) as i64) ^ -((s_raw & 1) as i64);
+            let step = d
+                .checked_add(e)
+                .ok_or_else(|| Error::corrupt("control stream", "length overflow"))?;
+            if produced.checked_add(step).is_none_or(|t| t > new_len) {
+                return Err(Error::corrupt(
+                    "control stream",
+                    format!("controls produce more than the chunk's {new_len} bytes"),
+                ));
+            }
+            if pos.checked_add(d).is_none_or(|t| t > src.len) {
+                return Err(Error::corrupt(
+                    "control stream",
+                    format!(
+                        "reads {d} source bytes at {pos}, past the {}-byte source",
+                        src.len
+                    ),
+                ));
+            }
+            let mut left = d;
+            while left > 0 {
+                let k = left.min(IO_BUF as u64) as usize;
+                src.read_exact_at(&mut obuf[..k], pos)?;
+                read_full(&mut diff, &mut dbuf[..k], "diff stream")?;
+                for (o, x) in obuf[..k].iter_mut().zip(&dbuf[..k]) {
+                    *o = o.wrapping_add(*x);
+                }
+                out.write_all(&obuf[..k])
+                    .map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
+                pos += k as u64;
+                left -= k as u64;
+            }
+            let mut left = e;
+            while left > 0 {
+                let k = left.min(IO_BUF as u64) as usize;
+                read_full(&mut extra, &mut dbuf[..k], "extra stream")?;
+                out.write_all(&dbuf[..k])
+                    .map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
+                left -= k as u64;
+            }
+            produced += step;
+            let np = i128::from(pos) + i128::from(seek);
+            if np < 0 || np > i128::from(src.len) {
+                return Err(Error::corrupt(
+                    "control stream",
+                    format!("seek to {np}, outside the {}-byte source", src.len),
+                ));
+            }
+            pos = np as u64;
+        }
+        if produced != new_len {
+            return Err(Error::corrupt(
+                "control stream",
+                format!("chunk produced {produced} of {new_len} bytes"),
+            ));
+        }
+        expect_end(&mut diff, "diff stream")?;
+        expect_end(&mut extra, "extra stream")?;
+    }
+    Ok(())
+}
+
+/// One delta stream: zero bytes in the patch mean an empty stream, else one zstd frame.
+enum Stream<'a> {
+    Empty,
+    Zstd(Box<Dec<'a>>),
+}
+
+impl<'a> Stream<'a> {
+    fn open(
+        patch: &'a File,
+        pos: u64,
+        len: u64,
+        window_log: u8,
+        what: &'static str,
+    ) -> Result<Stream<'a>> {
+        if len == 0 {
+            return Ok(Stream::Empty);
+        }
+        Ok(Stream::Zstd(Box::new(
+            decoder(Section::new(patch, pos, len), window_log).map_err(|e| stream_err(what, e))?,
+        )))
+    }
+}
+
+impl Read for Stream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Empty => Ok(0),
+            Stream::Zstd(d) => d.read(buf),
+        }
+    }
+}
+
+fn count_varint_len(mut v: u64) -> u64 {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output helpers
+
+struct HashingWriter {
+    file: Option<io::BufWriter<File>>,
+    h: blake3::Hasher,
+    n: u64,
+}
+
+impl HashingWriter {
+    fn new(f: Option<File>) -> HashingWriter {
+        HashingWriter {
+            file: f.map(|f| io::BufWriter::with_capacity(IO_BUF, f)),
+            h: blake3::Hasher::new(),
+            n: 0,
+        }
+    }
+
+    fn finish(self) -> io::Result<(u64, Hash, Option<File>)> {
+        let f = match self.file {
+            Some(w) => Some(w.into_inner().map_err(|e| e.into_error())?),
+            None => None,
+        };
+        Ok((self.n, *self.h.finalize().as_bytes(), f))
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = match &mut self.file {
+            Some(f) => f.write(buf)?,
+            None => buf.len(),
+        };
+        self.h.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+struct ProgressWriter<'a> {
+    inner: &'a mut dyn Write,
+    done: &'a AtomicU64,
+    total: u64,
+    progress: Option<&'a ProgressFn>,
+}
+
+impl Write for ProgressWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        let before = self.done.fetch_add(k as u64, Ordering::Relaxed);
+        if let Some(p) = self.progress {
+            // Report about every MiB.
+            if (before >> 20) != ((before + k as u64) >> 20) {
+                p(before + k as u64, self.total);
+            }
+        }
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A hidden sibling path of `target` for staging: `.NAME.bundelta-TAG-PID`.
+pub(crate) fn staging_path(target: &Path, tag: &str) -> Result<PathBuf> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::invalid_input(target, "output path has no file name"))?
+        .to_string_lossy();
+    let parent = parent_of(target);
+    Ok(parent.join(format!(".{name}.bundelta-{tag}-{}", std::process::id())))
+}
+
+pub(crate) fn parent_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(x) if !x.as_os_str().is_empty() => x.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn create_dir(p: &Path) -> Result<()> {
+    let mut b = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o755);
+    }
+    b.create(p).map_err(|e| Error::io(p, "create directory", e))
+}
+
+fn create_file(p: &Path, exec: bool) -> Result<File> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(if exec { 0o755 } else { 0o644 })
+            .custom_flags(libc::O_NOFOLLOW);
+    }
+    #[cfg(not(unix))]
+    let _ = exec;
+    o.open(p).map_err(|e| Error::io(p, "create", e))
+}
+
+fn make_symlink(target: &str, at: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(target, at).map_err(|e| Error::io(at, "create symlink", e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = target;
+        Err(Error::io(
+            at,
+            "create symlink",
+            io::Error::new(io::ErrorKind::Unsupported, "symlinks need unix"),
+        ))
+    }
+}
+
+/// Hard-link `src` at `dst` when `src` is a regular file whose exec bit already matches.
+fn try_hard_link(src: &Path, dst: &Path, exec: bool) -> Result<bool> {
+    let md = fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
+    if !md.is_file() || tree::is_exec(&md) != exec {
+        return Ok(false);
+    }
+    match fs::hard_link(src, dst) {
+        Ok(()) => Ok(true),
+        Err(_) => Ok(false),
+    }
+}
+
+pub(crate) fn sync_dir(p: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let f = File::open(p).map_err(|e| Error::io(p, "open directory", e))?;
+        f.sync_all()
+            .map_err(|e| Error::io(p, "fsync directory", e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = p;
+    Ok(())
+}
+
+pub(crate) fn sync_parent(p: &Path) -> Result<()> {
+    sync_dir(&parent_of(p))
+}
+
+/// Best-effort removal of a staging file or tree.
+pub(crate) fn remove_all(p: &Path) {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => {
+            let _ = fs::remove_dir_all(p);
+        }
+        Ok(_) => {
+            let _ = fs::remove_file(p);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Rename `from` to `to`, failing if `to` exists (atomic on Linux).
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let a = CString::new(from.as_os_str().as_bytes())
+            .map_err(|_| Error::invalid_input(from, "path contains NUL"))?;
+        let b = CString::new(to.as_os_str().as_bytes())
+            .map_err(|_| Error::invalid_input(to, "path contains NUL"))?;
+        // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            return Err(Error::OutputExists {
+                path: to.to_path_buf(),
+            });
+        }
+        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(Error::io(to, "rename", e));
+        }
+        // File system without RENAME_NOREPLACE: fall through to check-then-rename.
+    }
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(Error::OutputExists {
+            path: to.to_path_buf(),
+        });
+    }
+    fs::rename(from, to).map_err(|e| Error::io(to, "rename", e))
+}

@@ -1,0 +1,667 @@
+//! The patch producer: plans a bundle diff, encodes every changed file, writes the patch.
+//!
+//! Planning, per file of NEW (directories and symlinks are carried as entries):
+//! 1. same path and same content in OLD: `unchanged` (no bytes but the path);
+//! 2. same content anywhere in OLD: `copy` (a reference and the old file's hash);
+//! 3. otherwise `modify` from the same path in OLD or, when there is none, from the most
+//!    similar old file (see [`similar`]), or `add` when there is no useful source;
+//! 4. a `modify` whose delta is not clearly smaller than the file compressed alone becomes an
+//!    `add` of the compressed (or raw) file: a patch is never worse than a full download.
+//!
+//! Work is parallel twice over with rayon: across files, and within a file across chunks of
+//! the new content (each chunk is scanned against one shared suffix array and compressed on
+//! its own). Results are gathered in order, so the patch bytes never depend on the thread count.
+
+mod matcher;
+mod similar;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    encode_chunk_table, Blob, ChunkRow, Codec, Entry, EntryKind, FileOp, Hash, Header, Manifest,
+    OldFile, FLAG_DIRECTORY, HEADER_LEN, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
+};
+use crate::tree::{self, hash_file, NodeKind, TreeDigest};
+
+/// Default zstd level for every stream.
+pub const DEFAULT_LEVEL: i32 = 19;
+/// Default zstd window log (2 MiB).
+pub const DEFAULT_WINDOW_LOG: u8 = 21;
+/// Default chunk size for splitting a new file into independently diffed pieces (4 MiB).
+pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
+/// Smallest accepted chunk size (64 KiB).
+pub const MIN_CHUNK_SIZE: usize = 64 << 10;
+
+/// Progress callback: `(bytes done, bytes total)` of new content encoded.
+pub type DiffProgressFn = dyn Fn(u64, u64) + Send + Sync;
+
+/// Options of a diff, set with a builder.
+///
+/// ```
+/// let mut opts = bundelta::DiffOptions::new();
+/// opts.level(19).window_log(21);
+/// let old = b"hello world, version one".to_vec();
+/// let new = b"hello world, version two!".to_vec();
+/// let patch = opts.diff_bytes(&old, &new)?;
+/// assert!(patch.len() > 64);
+/// # Ok::<(), bundelta::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct DiffOptions {
+    level: i32,
+    window_log: u8,
+    chunk_size: usize,
+    progress: Option<Arc<DiffProgressFn>>,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions::new()
+    }
+}
+
+/// What a diff produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiffStats {
+    /// Files kept as they are.
+    pub unchanged: u64,
+    /// Files whose content is copied from another old path.
+    pub copied: u64,
+    /// Files carried in the patch.
+    pub added: u64,
+    /// Files rebuilt from a binary delta.
+    pub modified: u64,
+    /// Old paths absent from NEW.
+    pub deleted: u64,
+    /// Directory entries.
+    pub dirs: u64,
+    /// Symlink entries.
+    pub symlinks: u64,
+    /// Total bytes of new file content.
+    pub new_bytes: u64,
+    /// Size of the patch.
+    pub patch_bytes: u64,
+}
+
+impl DiffOptions {
+    /// Defaults: level [`DEFAULT_LEVEL`], window log [`DEFAULT_WINDOW_LOG`], chunk size
+    /// [`DEFAULT_CHUNK_SIZE`].
+    pub fn new() -> DiffOptions {
+        DiffOptions {
+            level: DEFAULT_LEVEL,
+            window_log: DEFAULT_WINDOW_LOG,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            progress: None,
+        }
+    }
+
+    /// zstd level of every stream, 1..=22. Default 19. Higher is smaller and slower to diff;
+    /// apply speed and memory do not depend on it.
+    pub fn level(&mut self, level: i32) -> &mut DiffOptions {
+        self.level = level;
+        self
+    }
+
+    /// Largest zstd window, as a power of two, 10..=31. Default 21 (2 MiB). The applier needs
+    /// about `3 × (2^window_log + 0.5 MiB)` of memory and refuses a patch whose window does
+    /// not fit its limit (12 MiB by default, which admits 21). Matching is done by the suffix
+    /// array over whole files, so a small window costs only a few percent of patch size.
+    pub fn window_log(&mut self, window_log: u8) -> &mut DiffOptions {
+        self.window_log = window_log;
+        self
+    }
+
+    /// New files are split into chunks of this many bytes, diffed in parallel. Default 4 MiB,
+    /// at least 64 KiB. Smaller chunks parallelise more and lose a little size at each border.
+    /// It does not change what the applier needs.
+    pub fn chunk_size(&mut self, bytes: usize) -> &mut DiffOptions {
+        self.chunk_size = bytes;
+        self
+    }
+
+    /// Report progress while encoding. Default: none.
+    pub fn progress(&mut self, f: Arc<DiffProgressFn>) -> &mut DiffOptions {
+        self.progress = Some(f);
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(1..=22).contains(&self.level) {
+            return Err(Error::Config {
+                detail: format!("level {} is outside 1..=22", self.level),
+            });
+        }
+        if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&self.window_log) {
+            return Err(Error::Config {
+                detail: format!(
+                    "window log {} is outside {MIN_WINDOW_LOG}..={MAX_WINDOW_LOG}",
+                    self.window_log
+                ),
+            });
+        }
+        if self.chunk_size < MIN_CHUNK_SIZE {
+            return Err(Error::Config {
+                detail: format!(
+                    "chunk size {} is below the minimum {MIN_CHUNK_SIZE}",
+                    self.chunk_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Diff two single files held in memory; returns the patch bytes.
+    pub fn diff_bytes(&self, old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
+        self.check()?;
+        let ctx = Ctx::new(self, new.len() as u64);
+        let (m, data) = self.plan_file(&ctx, old, new, false)?;
+        Ok(self.assemble(&m, &data, false, new.len() as u64)?.0)
+    }
+
+    /// Diff OLD and NEW (both files or both directories); returns the patch bytes and stats.
+    pub fn diff_paths(&self, old: &Path, new: &Path) -> Result<(Vec<u8>, DiffStats)> {
+        self.check()?;
+        let mo = fs::metadata(old).map_err(|e| Error::io(old, "stat", e))?;
+        let mn = fs::metadata(new).map_err(|e| Error::io(new, "stat", e))?;
+        if mo.is_file() && mn.is_file() {
+            let o = fs::read(old).map_err(|e| Error::io(old, "read", e))?;
+            let n = fs::read(new).map_err(|e| Error::io(new, "read", e))?;
+            let ctx = Ctx::new(self, n.len() as u64);
+            let (m, data) = self.plan_file(&ctx, &o, &n, tree::is_exec(&mn))?;
+            let (bytes, mut stats) = self.assemble(&m, &data, false, n.len() as u64)?;
+            stats.new_bytes = n.len() as u64;
+            if let EntryKind::File { op, .. } = &m.entries[0].kind {
+                match op {
+                    FileOp::Unchanged => stats.unchanged = 1,
+                    FileOp::Delta { .. } => stats.modified = 1,
+                    _ => stats.added = 1,
+                }
+            }
+            return Ok((bytes, stats));
+        }
+        if mo.is_dir() && mn.is_dir() {
+            return self.diff_dirs(old, new);
+        }
+        Err(Error::Config {
+            detail: format!(
+                "OLD ({}) and NEW ({}) must both be files or both be directories",
+                old.display(),
+                new.display()
+            ),
+        })
+    }
+
+    /// Diff OLD and NEW and write the patch to `out` (atomically: a temporary file next to it
+    /// is renamed over it when complete).
+    pub fn diff_to_file(&self, old: &Path, new: &Path, out: &Path) -> Result<DiffStats> {
+        let (bytes, stats) = self.diff_paths(old, new)?;
+        let tmp = crate::apply::staging_path(out, "patch")?;
+        let res = (|| {
+            let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+            f.write_all(&bytes)
+                .map_err(|e| Error::io(&tmp, "write", e))?;
+            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+            fs::rename(&tmp, out).map_err(|e| Error::io(out, "rename", e))
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map(|()| stats)
+    }
+
+    fn plan_file(
+        &self,
+        ctx: &Ctx<'_>,
+        old: &[u8],
+        new: &[u8],
+        exec: bool,
+    ) -> Result<(Manifest, Vec<u8>)> {
+        let old_hash = *blake3::hash(old).as_bytes();
+        let new_hash = *blake3::hash(new).as_bytes();
+        let mut m = Manifest {
+            new_digest: new_hash,
+            ..Manifest::default()
+        };
+        let mut unchanged = blake3::Hasher::new();
+        let mut data = Vec::new();
+        let op = if old_hash == new_hash {
+            unchanged.update(&old_hash);
+            FileOp::Unchanged
+        } else {
+            match self.encode(ctx, if old.is_empty() { None } else { Some(old) }, new) {
+                Encoded::Add(codec, blob) => {
+                    let b = push_blob(&mut data, &blob);
+                    FileOp::Add {
+                        codec,
+                        blob: b,
+                        hash: new_hash,
+                    }
+                }
+                Encoded::Delta(blob) => {
+                    m.old_files.push(OldFile {
+                        path: String::new(),
+                        size: old.len() as u64,
+                        hash: old_hash,
+                    });
+                    let b = push_blob(&mut data, &blob);
+                    FileOp::Delta {
+                        sources: vec![0],
+                        transform: 0,
+                        blob: b,
+                        hash: new_hash,
+                    }
+                }
+            }
+        };
+        m.unchanged_digest = *unchanged.finalize().as_bytes();
+        m.entries.push(Entry {
+            path: String::new(),
+            kind: EntryKind::File {
+                exec,
+                size: new.len() as u64,
+                op,
+            },
+        });
+        Ok((m, data))
+    }
+
+    fn diff_dirs(&self, old: &Path, new: &Path) -> Result<(Vec<u8>, DiffStats)> {
+        let old_nodes = tree::scan(old)?;
+        let new_nodes = tree::scan(new)?;
+        let mut stats = DiffStats::default();
+        // Hash every regular file on both sides, in parallel.
+        let hash_all =
+            |root: &Path, nodes: &[tree::Node]| -> Result<HashMap<String, (u64, Hash)>> {
+                nodes
+                    .par_iter()
+                    .filter(|n| matches!(n.kind, NodeKind::File { .. }))
+                    .map(|n| Ok((n.path.clone(), hash_file(&root.join(&n.path))?)))
+                    .collect()
+            };
+        let old_hashes = hash_all(old, &old_nodes)?;
+        let new_hashes = hash_all(new, &new_nodes)?;
+        let mut old_by_hash: HashMap<Hash, &str> = HashMap::new();
+        for n in &old_nodes {
+            if let Some((_, h)) = old_hashes.get(&n.path) {
+                old_by_hash.entry(*h).or_insert(n.path.as_str());
+            }
+        }
+        let old_kind: HashMap<&str, &NodeKind> = old_nodes
+            .iter()
+            .map(|n| (n.path.as_str(), &n.kind))
+            .collect();
+
+        // Plan.
+        enum Plan<'p> {
+            Unchanged,
+            Copy(&'p str),
+            Encode(Option<&'p str>),
+            Similar,
+        }
+        let mut plans: Vec<Option<Plan<'_>>> = Vec::with_capacity(new_nodes.len());
+        for n in &new_nodes {
+            let NodeKind::File { .. } = n.kind else {
+                plans.push(None);
+                continue;
+            };
+            let (size, h) = new_hashes[&n.path];
+            let twin = matches!(old_kind.get(n.path.as_str()), Some(NodeKind::File { .. }));
+            let p = if twin && old_hashes[&n.path].1 == h {
+                Plan::Unchanged
+            } else if let Some(src) = old_by_hash.get(&h) {
+                Plan::Copy(src)
+            } else if size == 0 {
+                Plan::Encode(None)
+            } else if twin && old_hashes[&n.path].0 > 0 {
+                Plan::Encode(Some(n.path.as_str()))
+            } else {
+                Plan::Similar
+            };
+            plans.push(Some(p));
+        }
+        // Sources for renamed files, by content sketch.
+        if plans.iter().any(|p| matches!(p, Some(Plan::Similar))) {
+            let cands: Vec<similar::Candidate<'_>> = old_nodes
+                .par_iter()
+                .filter(|n| matches!(n.kind, NodeKind::File { size, .. } if size > 0))
+                .map(|n| {
+                    let data = fs::read(old.join(&n.path))
+                        .map_err(|e| Error::io(&old.join(&n.path), "read", e))?;
+                    Ok(similar::Candidate {
+                        path: n.path.as_str(),
+                        size: data.len() as u64,
+                        sketch: similar::sketch(&data),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let ix = similar::SimilarIndex::new(cands);
+            let picks: Vec<Option<&str>> = new_nodes
+                .par_iter()
+                .zip(plans.par_iter())
+                .map(|(n, p)| {
+                    if !matches!(p, Some(Plan::Similar)) {
+                        return Ok(None);
+                    }
+                    let data = fs::read(new.join(&n.path))
+                        .map_err(|e| Error::io(&new.join(&n.path), "read", e))?;
+                    Ok(ix.best(&n.path, data.len() as u64, &similar::sketch(&data)))
+                })
+                .collect::<Result<_>>()?;
+            for (p, pick) in plans.iter_mut().zip(picks) {
+                if matches!(p, Some(Plan::Similar)) {
+                    *p = Some(Plan::Encode(pick));
+                }
+            }
+        }
+        let total: u64 = new_nodes
+            .iter()
+            .zip(&plans)
+            .filter(|(_, p)| matches!(p, Some(Plan::Encode(_))))
+            .map(|(n, _)| new_hashes[&n.path].0)
+            .sum();
+        let ctx = Ctx::new(self, total);
+        // Encode, in parallel, in order.
+        let encoded: Vec<Option<Encoded>> = new_nodes
+            .par_iter()
+            .zip(plans.par_iter())
+            .map(|(n, p)| match p {
+                Some(Plan::Encode(src)) => {
+                    let nd = fs::read(new.join(&n.path))
+                        .map_err(|e| Error::io(&new.join(&n.path), "read", e))?;
+                    let od = match src {
+                        Some(s) => Some(
+                            fs::read(old.join(s))
+                                .map_err(|e| Error::io(&old.join(s), "read", e))?,
+                        ),
+                        None => None,
+                    };
+                    if new_hashes[&n.path] != (nd.len() as u64, *blake3::hash(&nd).as_bytes()) {
+                        return Err(Error::invalid_input(
+                            &new.join(&n.path),
+                            "file changed while diffing",
+                        ));
+                    }
+                    Ok(Some(self.encode(
+                        &ctx,
+                        od.as_deref().filter(|d| !d.is_empty()),
+                        &nd,
+                    )))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        // Old file table: every copy or delta source, sorted by path.
+        let mut table: BTreeMap<&str, u32> = BTreeMap::new();
+        for (p, e) in plans.iter().zip(&encoded) {
+            match (p, e) {
+                (Some(Plan::Copy(s)), _) => {
+                    table.insert(s, 0);
+                }
+                (Some(Plan::Encode(Some(s))), Some(Encoded::Delta(_))) => {
+                    table.insert(s, 0);
+                }
+                _ => {}
+            }
+        }
+        let mut m = Manifest::default();
+        for (i, (path, idx)) in table.iter_mut().enumerate() {
+            *idx = i as u32;
+            let (size, hash) = old_hashes[*path];
+            m.old_files.push(OldFile {
+                path: path.to_string(),
+                size,
+                hash,
+            });
+        }
+        let mut data = Vec::new();
+        let mut unchanged = blake3::Hasher::new();
+        let mut digest = TreeDigest::new();
+        for ((n, p), e) in new_nodes.iter().zip(&plans).zip(encoded) {
+            let kind = match &n.kind {
+                NodeKind::Dir => {
+                    digest.dir(&n.path);
+                    stats.dirs += 1;
+                    EntryKind::Dir
+                }
+                NodeKind::Symlink { target } => {
+                    digest.symlink(&n.path, target);
+                    stats.symlinks += 1;
+                    EntryKind::Symlink {
+                        target: target.clone(),
+                    }
+                }
+                NodeKind::File { exec, .. } => {
+                    let (size, hash) = new_hashes[&n.path];
+                    digest.file(&n.path, *exec, size, &hash);
+                    stats.new_bytes += size;
+                    let op = match (p, e) {
+                        (Some(Plan::Unchanged), _) => {
+                            unchanged.update(&hash);
+                            stats.unchanged += 1;
+                            FileOp::Unchanged
+                        }
+                        (Some(Plan::Copy(s)), _) => {
+                            stats.copied += 1;
+                            FileOp::Copy { source: table[s] }
+                        }
+                        (Some(Plan::Encode(src)), Some(Encoded::Delta(blob))) => {
+                            stats.modified += 1;
+                            let source = table[src.expect("a delta has a source")];
+                            FileOp::Delta {
+                                sources: vec![source],
+                                transform: 0,
+                                blob: push_blob(&mut data, &blob),
+                                hash,
+                            }
+                        }
+                        (Some(Plan::Encode(_)), Some(Encoded::Add(codec, blob))) => {
+                            stats.added += 1;
+                            FileOp::Add {
+                                codec,
+                                blob: push_blob(&mut data, &blob),
+                                hash,
+                            }
+                        }
+                        _ => unreachable!("every file has an encoded plan"),
+                    };
+                    EntryKind::File {
+                        exec: *exec,
+                        size,
+                        op,
+                    }
+                }
+            };
+            m.entries.push(Entry {
+                path: n.path.clone(),
+                kind,
+            });
+        }
+        let new_paths: std::collections::HashSet<&str> =
+            new_nodes.iter().map(|n| n.path.as_str()).collect();
+        m.deleted = old_nodes
+            .iter()
+            .filter(|n| !new_paths.contains(n.path.as_str()))
+            .map(|n| n.path.clone())
+            .collect();
+        stats.deleted = m.deleted.len() as u64;
+        m.unchanged_digest = *unchanged.finalize().as_bytes();
+        m.new_digest = digest.finish();
+        let (bytes, s) = self.assemble(&m, &data, true, stats.new_bytes)?;
+        stats.patch_bytes = s.patch_bytes;
+        Ok((bytes, stats))
+    }
+
+    /// Header + compressed manifest + data + trailer.
+    fn assemble(
+        &self,
+        m: &Manifest,
+        data: &[u8],
+        dir: bool,
+        new_total: u64,
+    ) -> Result<(Vec<u8>, DiffStats)> {
+        let raw = m.encode();
+        let mz = compress(&raw, self.level, self.window_log);
+        let header = Header {
+            minor: VERSION_MINOR,
+            flags: if dir { FLAG_DIRECTORY } else { 0 },
+            window_log: self.window_log,
+            manifest_len: mz.len() as u64,
+            manifest_raw_len: raw.len() as u64,
+            data_len: data.len() as u64,
+            new_total,
+        };
+        // Self-check: what we write must pass the reader's validation.
+        m.validate(&header)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + mz.len() + data.len() + 32);
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(&mz);
+        out.extend_from_slice(data);
+        let t = blake3::hash(&out);
+        out.extend_from_slice(t.as_bytes());
+        let stats = DiffStats {
+            patch_bytes: out.len() as u64,
+            ..DiffStats::default()
+        };
+        Ok((out, stats))
+    }
+
+    /// Encode one file's content: a delta from `source` or the content itself, whichever is
+    /// smaller.
+    fn encode(&self, ctx: &Ctx<'_>, source: Option<&[u8]>, new: &[u8]) -> Encoded {
+        if new.is_empty() {
+            return Encoded::Add(Codec::Raw, Vec::new());
+        }
+        let delta = source.map(|s| self.delta_blob(ctx, s, new));
+        let whole = |level: i32| {
+            let z = compress(new, level, self.window_log);
+            if z.len() < new.len() {
+                Encoded::Add(Codec::Zstd, z)
+            } else {
+                Encoded::Add(Codec::Raw, new.to_vec())
+            }
+        };
+        let Some(delta) = delta else {
+            let r = whole(self.level);
+            ctx.advance(new.len() as u64);
+            return r;
+        };
+        // A fast compression bounds the whole-file size from above; a delta well under it
+        // wins without paying for a slow compression of the whole file.
+        let fast = compress(new, 3.min(self.level), self.window_log)
+            .len()
+            .min(new.len());
+        if delta.len() * 10 <= fast * 7 {
+            return Encoded::Delta(delta);
+        }
+        let w = whole(self.level);
+        if delta.len() < w.len() {
+            Encoded::Delta(delta)
+        } else {
+            w
+        }
+    }
+
+    fn delta_blob(&self, ctx: &Ctx<'_>, source: &[u8], new: &[u8]) -> Vec<u8> {
+        let ix = matcher::Index::new(source);
+        let parts: Vec<(ChunkRow, Vec<u8>)> = new
+            .par_chunks(self.chunk_size)
+            .map(|c| {
+                let s = matcher::scan(&ix, c);
+                let cz = compress_stream(&s.ctrl, self.level, self.window_log);
+                let dz = compress_stream(&s.diff, self.level, self.window_log);
+                let ez = compress_stream(&s.extra, self.level, self.window_log);
+                ctx.advance(c.len() as u64);
+                let row = ChunkRow {
+                    new_len: c.len() as u64,
+                    ctrl_len: cz.len() as u64,
+                    diff_len: dz.len() as u64,
+                    extra_len: ez.len() as u64,
+                };
+                let mut f = cz;
+                f.extend_from_slice(&dz);
+                f.extend_from_slice(&ez);
+                (row, f)
+            })
+            .collect();
+        let rows: Vec<ChunkRow> = parts.iter().map(|p| p.0).collect();
+        let mut out = encode_chunk_table(&rows);
+        for (_, f) in parts {
+            out.extend_from_slice(&f);
+        }
+        out
+    }
+}
+
+enum Encoded {
+    Add(Codec, Vec<u8>),
+    Delta(Vec<u8>),
+}
+
+impl Encoded {
+    fn len(&self) -> usize {
+        match self {
+            Encoded::Add(_, b) | Encoded::Delta(b) => b.len(),
+        }
+    }
+}
+
+struct Ctx<'a> {
+    done: AtomicU64,
+    total: u64,
+    progress: Option<&'a DiffProgressFn>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(o: &'a DiffOptions, total: u64) -> Ctx<'a> {
+        Ctx {
+            done: AtomicU64::new(0),
+            total,
+            progress: o.progress.as_deref(),
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        let d = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(p) = self.progress {
+            p(d.min(self.total), self.total);
+        }
+    }
+}
+
+fn push_blob(data: &mut Vec<u8>, blob: &[u8]) -> Blob {
+    let b = Blob {
+        offset: data.len() as u64,
+        len: blob.len() as u64,
+    };
+    data.extend_from_slice(blob);
+    b
+}
+
+/// One zstd frame with the window capped to `window_log`.
+fn compress(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
+    let mut c = zstd::bulk::Compressor::new(level).expect("zstd: level was range-checked");
+    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(u32::from(
+        window_log,
+    )))
+    .expect("zstd: window log was range-checked");
+    c.compress(data)
+        .expect("zstd: compressing into a growable buffer cannot fail")
+}
+
+/// Like [`compress`], but an empty stream is stored as zero bytes (no frame).
+fn compress_stream(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
+    if data.is_empty() {
+        Vec::new()
+    } else {
+        compress(data, level, window_log)
+    }
+}

@@ -1,0 +1,184 @@
+//! The one error type of the library.
+//!
+//! Every variant carries the evidence (paths, numbers, expected and found values) and its
+//! message says what went wrong in terms a user can act on. Untrusted input (a patch) only
+//! ever produces `Corrupt`, `Checksum`, `Unsupported`, `LimitExceeded` or `WrongBase`: never a
+//! panic.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while diffing, verifying or applying.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on a named file failed.
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What was being done ("read", "create", "rename", ...).
+        op: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The patch is malformed: a field is out of range, a stream ends early or runs long.
+    Corrupt {
+        /// Which part of the patch ("header", "manifest", "delta stream", ...).
+        what: &'static str,
+        /// What exactly is wrong, with the numbers.
+        detail: String,
+    },
+    /// The whole-patch checksum does not match: the file was truncated or altered.
+    Checksum {
+        /// Hex of the checksum recorded in the patch.
+        expected: String,
+        /// Hex of the checksum computed over the bytes read.
+        found: String,
+    },
+    /// The patch uses a format version or feature this build does not know.
+    Unsupported {
+        /// What is unsupported.
+        what: &'static str,
+        /// The value found in the patch.
+        value: u64,
+    },
+    /// Applying (or reading) the patch would exceed a limit set by the caller.
+    LimitExceeded {
+        /// Which limit.
+        what: &'static str,
+        /// How much the patch needs.
+        needed: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// OLD is not the version the patch was made from.
+    WrongBase {
+        /// The first path (relative to OLD) found to differ; empty for a single-file bundle.
+        path: String,
+        /// How it differs.
+        reason: String,
+    },
+    /// A rebuilt file did not hash to the value recorded in the patch (nothing was committed).
+    OutputMismatch {
+        /// The entry path in the bundle.
+        path: String,
+    },
+    /// The output path already exists; bundelta never overwrites it.
+    OutputExists {
+        /// The path.
+        path: PathBuf,
+    },
+    /// An input to `diff` cannot be represented in a patch (bad name, case clash, special file...).
+    InvalidInput {
+        /// The offending path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Invalid options (out-of-range level, window, ...).
+    Config {
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, op: &'static str, source: io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            what,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn wrong_base(path: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::WrongBase {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid_input(path: &Path, reason: impl Into<String>) -> Error {
+        Error::InvalidInput {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, op, source } => {
+                write!(f, "{}: {op} failed: {source}", path.display())
+            }
+            Error::Corrupt { what, detail } => {
+                write!(f, "corrupt patch ({what}): {detail}")
+            }
+            Error::Checksum { expected, found } => write!(
+                f,
+                "patch checksum mismatch (recorded {expected}, computed {found}): \
+                 the patch file is truncated or damaged; fetch it again"
+            ),
+            Error::Unsupported { what, value } => write!(
+                f,
+                "unsupported {what} {value}: this patch needs a newer bundelta"
+            ),
+            Error::LimitExceeded {
+                what,
+                needed,
+                limit,
+            } => write!(
+                f,
+                "{what} needs {needed} bytes but the limit is {limit}: \
+                 raise the limit, or make the patch with a smaller --window-log"
+            ),
+            Error::WrongBase { path, reason } => {
+                if path.is_empty() {
+                    write!(
+                        f,
+                        "OLD is not the version this patch was made from: {reason}"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "OLD is not the version this patch was made from: {path}: {reason}"
+                    )
+                }
+            }
+            Error::OutputMismatch { path } => write!(
+                f,
+                "rebuilt file {path:?} does not match the hash in the patch; nothing was written"
+            ),
+            Error::OutputExists { path } => write!(
+                f,
+                "{}: output already exists; remove it or choose another path",
+                path.display()
+            ),
+            Error::InvalidInput { path, reason } => {
+                write!(f, "{}: {reason}", path.display())
+            }
+            Error::Config { detail } => write!(f, "invalid option: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,937 @@
+//! The patch format, version 1 (normative spec: `FORMAT.md` at the repository root).
+//!
+//! Everything here is hand-written: fixed little-endian header fields, LEB128 varints, and an
+//! explicit bound check for every number read. No serializer decides these bytes; the spec and
+//! the golden vectors under `corpus/golden/` do.
+//!
+//! Layout of a patch file:
+//!
+//! ```text
+//! +--------------------+  offset 0
+//! | header (64 bytes)  |  magic, version, flags, window log, section lengths
+//! +--------------------+  64
+//! | manifest           |  one zstd frame (manifest_len bytes)
+//! +--------------------+  64 + manifest_len
+//! | data               |  blobs referenced by the manifest (data_len bytes)
+//! +--------------------+
+//! | trailer (32 bytes) |  blake3 of every byte before it
+//! +--------------------+
+//! ```
+//!
+//! This module never imports the diff side: it is part of the apply core.
+
+use crate::error::{Error, Result};
+
+/// The four bytes every patch starts with.
+pub const MAGIC: [u8; 4] = *b"BDLT";
+/// Major format version written by this build. A reader refuses any other major version.
+pub const VERSION_MAJOR: u16 = 1;
+/// Minor format version written by this build. Readers accept any minor of their major:
+/// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
+pub const VERSION_MINOR: u16 = 0;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 64;
+/// Size of the trailer (blake3 of everything before it).
+pub const TRAILER_LEN: usize = 32;
+/// Header flag: the bundle is a directory tree (else a single file).
+pub const FLAG_DIRECTORY: u32 = 1;
+/// Smallest zstd window log a patch may declare.
+pub const MIN_WINDOW_LOG: u8 = 10;
+/// Largest zstd window log a patch may declare (2 GiB).
+pub const MAX_WINDOW_LOG: u8 = 31;
+/// Largest accepted path, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Largest accepted path component, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Largest number of source files one delta may concatenate.
+pub const MAX_DELTA_SOURCES: usize = 64;
+/// Largest accepted chunk count inside one delta blob, per byte of data (a chunk table row is
+/// at least 4 bytes), enforced as `chunks <= blob_len / 4`.
+pub const MIN_CHUNK_ROW: u64 = 4;
+
+/// A blake3 digest.
+pub type Hash = [u8; 32];
+
+/// Fixed header of a patch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Minor version found (major is always [`VERSION_MAJOR`]).
+    pub minor: u16,
+    /// [`FLAG_DIRECTORY`] or 0.
+    pub flags: u32,
+    /// Largest zstd window log of any frame in the patch; decoders are capped to it.
+    pub window_log: u8,
+    /// Compressed length of the manifest frame.
+    pub manifest_len: u64,
+    /// Decompressed length of the manifest.
+    pub manifest_raw_len: u64,
+    /// Length of the data section.
+    pub data_len: u64,
+    /// Sum of the sizes of all files of the new bundle.
+    pub new_total: u64,
+}
+
+impl Header {
+    /// Whether the bundle is a directory.
+    pub fn is_directory(&self) -> bool {
+        self.flags & FLAG_DIRECTORY != 0
+    }
+
+    /// Total patch length implied by the header, or `None` on overflow.
+    pub fn patch_len(&self) -> Option<u64> {
+        (HEADER_LEN as u64 + TRAILER_LEN as u64)
+            .checked_add(self.manifest_len)?
+            .checked_add(self.data_len)
+    }
+
+    /// Encode to the 64 fixed bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
+        b[6..8].copy_from_slice(&self.minor.to_le_bytes());
+        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
+        b[12] = self.window_log;
+        b[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.manifest_raw_len.to_le_bytes());
+        b[32..40].copy_from_slice(&self.data_len.to_le_bytes());
+        b[40..48].copy_from_slice(&self.new_total.to_le_bytes());
+        b
+    }
+
+    /// Decode and range-check the fixed header.
+    pub fn decode(b: &[u8]) -> Result<Header> {
+        if b.len() < HEADER_LEN {
+            return Err(Error::corrupt(
+                "header",
+                format!(
+                    "patch is {} bytes, shorter than the {HEADER_LEN}-byte header",
+                    b.len()
+                ),
+            ));
+        }
+        if b[0..4] != MAGIC {
+            return Err(Error::corrupt(
+                "header",
+                "bad magic: this is not a bundelta patch".to_string(),
+            ));
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        let major = u16_at(4);
+        if major != VERSION_MAJOR {
+            return Err(Error::Unsupported {
+                what: "format major version",
+                value: major.into(),
+            });
+        }
+        let flags = u32_at(8);
+        if flags & !FLAG_DIRECTORY != 0 {
+            return Err(Error::Unsupported {
+                what: "header flags",
+                value: flags.into(),
+            });
+        }
+        let window_log = b[12];
+        if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
+            return Err(Error::corrupt(
+                "header",
+                format!("window log {window_log} outside {MIN_WINDOW_LOG}..={MAX_WINDOW_LOG}"),
+            ));
+        }
+        if b[13..16].iter().chain(&b[48..64]).any(|&x| x != 0) {
+            return Err(Error::corrupt("header", "reserved bytes are not zero"));
+        }
+        let h = Header {
+            minor: u16_at(6),
+            flags,
+            window_log,
+            manifest_len: u64_at(16),
+            manifest_raw_len: u64_at(24),
+            data_len: u64_at(32),
+            new_total: u64_at(40),
+        };
+        if h.patch_len().is_none() {
+            return Err(Error::corrupt("header", "section lengths overflow"));
+        }
+        Ok(h)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Varints
+
+/// Append `v` as an unsigned LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Append a signed value as a zigzag LEB128 varint.
+pub fn put_svarint(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// Bounds-checked cursor over untrusted bytes.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `buf`; `what` names the section in error messages.
+    pub fn new(buf: &'a [u8], what: &'static str) -> Reader<'a> {
+        Reader { buf, pos: 0, what }
+    }
+
+    /// Bytes not yet consumed.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Whether everything was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    fn eof(&self, need: &str) -> Error {
+        Error::corrupt(
+            self.what,
+            format!("ends at byte {} while reading {need}", self.pos),
+        )
+    }
+
+    /// Read one byte.
+    pub fn u8(&mut self) -> Result<u8> {
+        let b = *self.buf.get(self.pos).ok_or_else(|| self.eof("a byte"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// Read an unsigned LEB128 varint (at most 10 bytes, no overflow).
+    pub fn varint(&mut self) -> Result<u64> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.u8()?;
+            let part = u64::from(b & 0x7f);
+            if i == 9 && part > 1 {
+                return Err(Error::corrupt(
+                    self.what,
+                    format!("varint overflows at byte {}", self.pos),
+                ));
+            }
+            v |= part << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Error::corrupt(
+            self.what,
+            format!("varint longer than 10 bytes at byte {}", self.pos),
+        ))
+    }
+
+    /// Read a zigzag varint.
+    pub fn svarint(&mut self) -> Result<i64> {
+        let u = self.varint()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    /// Read a varint that must be at most `max`.
+    pub fn varint_max(&mut self, max: u64, field: &str) -> Result<u64> {
+        let v = self.varint()?;
+        if v > max {
+            return Err(Error::corrupt(
+                self.what,
+                format!("{field} is {v}, above the bound {max}"),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Read `n` raw bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(self.eof(&format!("{n} bytes")));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// Read a 32-byte hash.
+    pub fn hash(&mut self) -> Result<Hash> {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(self.bytes(32)?);
+        Ok(h)
+    }
+
+    /// Read a length-prefixed UTF-8 string of at most `max` bytes.
+    pub fn string(&mut self, max: usize) -> Result<&'a str> {
+        let n = self.varint_max(max as u64, "string length")? as usize;
+        let b = self.bytes(n)?;
+        std::str::from_utf8(b).map_err(|_| Error::corrupt(self.what, "string is not UTF-8"))
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifest
+
+/// A byte range inside the data section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blob {
+    /// Offset from the start of the data section.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// How an `add` blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Codec {
+    /// The bytes themselves.
+    Raw = 0,
+    /// One zstd frame.
+    Zstd = 1,
+}
+
+/// How one file of the new bundle is produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileOp {
+    /// Same path, same content in OLD. Its hash is covered by the manifest's unchanged digest.
+    Unchanged,
+    /// The content of an old file (by index into the old-file table), at any path.
+    Copy {
+        /// Index into [`Manifest::old_files`].
+        source: u32,
+    },
+    /// Content carried in the patch.
+    Add {
+        /// Storage codec.
+        codec: Codec,
+        /// Where the content is.
+        blob: Blob,
+        /// blake3 of the content.
+        hash: Hash,
+    },
+    /// Binary delta against the concatenation of one or more old files.
+    Delta {
+        /// Indices into [`Manifest::old_files`], concatenated in this order.
+        sources: Vec<u32>,
+        /// Reversible transform applied before diffing; 0 = none (the only value in v1.0).
+        transform: u8,
+        /// Where the delta blob is.
+        blob: Blob,
+        /// blake3 of the rebuilt content.
+        hash: Hash,
+    },
+}
+
+impl FileOp {
+    /// Short name used by `info`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FileOp::Unchanged => "unchanged",
+            FileOp::Copy { .. } => "copy",
+            FileOp::Add { .. } => "add",
+            FileOp::Delta { .. } => "modify",
+        }
+    }
+}
+
+/// What an entry of the new bundle is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// A directory (possibly empty).
+    Dir,
+    /// A symbolic link, stored as its target text; never followed.
+    Symlink {
+        /// Link target.
+        target: String,
+    },
+    /// A regular file.
+    File {
+        /// Executable bit.
+        exec: bool,
+        /// Size in bytes.
+        size: u64,
+        /// How it is produced.
+        op: FileOp,
+    },
+}
+
+/// One entry of the new bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative `/`-separated path; empty for a single-file bundle.
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// An old file the patch relies on (a copy or delta source).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OldFile {
+    /// Path relative to OLD; empty for a single-file bundle.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// blake3 of its content.
+    pub hash: Hash,
+}
+
+/// The decoded manifest: everything about the patch except the blob bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Manifest {
+    /// Digest of the whole new bundle (see [`crate::tree`]); for a file, blake3 of its content.
+    pub new_digest: Hash,
+    /// blake3 over the concatenated hashes of all `unchanged` files, in entry order.
+    pub unchanged_digest: Hash,
+    /// Old files relied upon, sorted by path.
+    pub old_files: Vec<OldFile>,
+    /// New bundle entries, strictly sorted by path bytes.
+    pub entries: Vec<Entry>,
+    /// Old paths absent from the new bundle (informational).
+    pub deleted: Vec<String>,
+}
+
+const KIND_DIR: u8 = 0;
+const KIND_FILE: u8 = 1;
+const KIND_SYMLINK: u8 = 2;
+const OP_UNCHANGED: u8 = 0;
+const OP_COPY: u8 = 1;
+const OP_ADD: u8 = 2;
+const OP_DELTA: u8 = 3;
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    let n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    // Never split a UTF-8 sequence.
+    (0..=n).rev().find(|&i| b.is_char_boundary(i)).unwrap_or(0)
+}
+
+fn put_blob(out: &mut Vec<u8>, b: &Blob) {
+    put_varint(out, b.offset);
+    put_varint(out, b.len);
+}
+
+impl Manifest {
+    /// Encode the manifest body (before compression).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.new_digest);
+        out.extend_from_slice(&self.unchanged_digest);
+        put_varint(&mut out, self.old_files.len() as u64);
+        for f in &self.old_files {
+            put_str(&mut out, &f.path);
+            put_varint(&mut out, f.size);
+            out.extend_from_slice(&f.hash);
+        }
+        put_varint(&mut out, self.entries.len() as u64);
+        let mut prev = "";
+        for e in &self.entries {
+            let shared = common_prefix(prev, &e.path);
+            put_varint(&mut out, shared as u64);
+            put_str(&mut out, &e.path[shared..]);
+            prev = &e.path;
+            match &e.kind {
+                EntryKind::Dir => out.push(KIND_DIR),
+                EntryKind::Symlink { target } => {
+                    out.push(KIND_SYMLINK);
+                    put_str(&mut out, target);
+                }
+                EntryKind::File { exec, size, op } => {
+                    out.push(KIND_FILE);
+                    out.push(u8::from(*exec));
+                    put_varint(&mut out, *size);
+                    match op {
+                        FileOp::Unchanged => out.push(OP_UNCHANGED),
+                        FileOp::Copy { source } => {
+                            out.push(OP_COPY);
+                            put_varint(&mut out, u64::from(*source));
+                        }
+                        FileOp::Add { codec, blob, hash } => {
+                            out.push(OP_ADD);
+                            out.push(*codec as u8);
+                            put_blob(&mut out, blob);
+                            out.extend_from_slice(hash);
+                        }
+                        FileOp::Delta {
+                            sources,
+                            transform,
+                            blob,
+                            hash,
+                        } => {
+                            out.push(OP_DELTA);
+                            put_varint(&mut out, sources.len() as u64);
+                            for s in sources {
+                                put_varint(&mut out, u64::from(*s));
+                            }
+                            out.push(*transform);
+                            put_blob(&mut out, blob);
+                            out.extend_from_slice(hash);
+                        }
+                    }
+                }
+            }
+        }
+        put_varint(&mut out, self.deleted.len() as u64);
+        for d in &self.deleted {
+            put_str(&mut out, d);
+        }
+        out
+    }
+
+    /// Decode and fully validate a manifest body against its header.
+    ///
+    /// Validation covers: every count bounded by the bytes left, every path safe (see
+    /// [`validate_path`]), entries strictly sorted (so no duplicates), no two paths equal up to
+    /// case, every parent of an entry present as a directory entry, every old-file index in
+    /// range, every blob inside the data section, sizes adding up to `header.new_total`.
+    pub fn decode(raw: &[u8], header: &Header) -> Result<Manifest> {
+        let mut r = Reader::new(raw, "manifest");
+        let new_digest = r.hash()?;
+        let unchanged_digest = r.hash()?;
+        // Each record takes at least 34 bytes, so this bounds the allocation by the input.
+        let n_old = r.varint_max((r.remaining() / 34) as u64, "old file count")? as usize;
+        let mut old_files = Vec::with_capacity(n_old);
+        for _ in 0..n_old {
+            let path = r.string(MAX_PATH_LEN)?.to_string();
+            let size = r.varint()?;
+            let hash = r.hash()?;
+            old_files.push(OldFile { path, size, hash });
+        }
+        // An entry takes at least 3 bytes.
+        let n_entries = r.varint_max((r.remaining() / 3) as u64, "entry count")? as usize;
+        let mut entries: Vec<Entry> = Vec::with_capacity(n_entries);
+        let mut prev = String::new();
+        for _ in 0..n_entries {
+            let shared = r.varint_max(prev.len() as u64, "shared path prefix")? as usize;
+            if !prev.is_char_boundary(shared) {
+                return Err(Error::corrupt(
+                    "manifest",
+                    "shared path prefix splits a character",
+                ));
+            }
+            let suffix = r.string(MAX_PATH_LEN)?;
+            let mut path = String::with_capacity(shared + suffix.len());
+            path.push_str(&prev[..shared]);
+            path.push_str(suffix);
+            let kind = match r.u8()? {
+                KIND_DIR => EntryKind::Dir,
+                KIND_SYMLINK => EntryKind::Symlink {
+                    target: r.string(MAX_PATH_LEN)?.to_string(),
+                },
+                KIND_FILE => {
+                    let exec = match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        v => return Err(Error::corrupt("manifest", format!("file flags {v}"))),
+                    };
+                    let size = r.varint()?;
+                    let op = match r.u8()? {
+                        OP_UNCHANGED => FileOp::Unchanged,
+                        OP_COPY => FileOp::Copy {
+                            source: old_index(&mut r, n_old)?,
+                        },
+                        OP_ADD => {
+                            let codec = match r.u8()? {
+                                0 => Codec::Raw,
+                                1 => Codec::Zstd,
+                                v => {
+                                    return Err(Error::Unsupported {
+                                        what: "codec",
+                                        value: v.into(),
+                                    })
+                                }
+                            };
+                            let blob = read_blob(&mut r, header)?;
+                            if codec == Codec::Raw && blob.len != size {
+                                return Err(Error::corrupt(
+                                    "manifest",
+                                    format!(
+                                        "{path:?}: raw blob of {} bytes for a {size}-byte file",
+                                        blob.len
+                                    ),
+                                ));
+                            }
+                            FileOp::Add {
+                                codec,
+                                blob,
+                                hash: r.hash()?,
+                            }
+                        }
+                        OP_DELTA => {
+                            let n = r.varint_max(MAX_DELTA_SOURCES as u64, "delta source count")?;
+                            if n == 0 {
+                                return Err(Error::corrupt("manifest", "delta with no source"));
+                            }
+                            let mut sources = Vec::with_capacity(n as usize);
+                            for _ in 0..n {
+                                sources.push(old_index(&mut r, n_old)?);
+                            }
+                            let transform = r.u8()?;
+                            if transform != 0 {
+                                return Err(Error::Unsupported {
+                                    what: "delta transform",
+                                    value: transform.into(),
+                                });
+                            }
+                            let blob = read_blob(&mut r, header)?;
+                            FileOp::Delta {
+                                sources,
+                                transform,
+                                blob,
+                                hash: r.hash()?,
+                            }
+                        }
+                        v => {
+                            return Err(Error::Unsupported {
+                                what: "file operation",
+                                value: v.into(),
+                            })
+                        }
+                    };
+                    EntryKind::File { exec, size, op }
+                }
+                v => {
+                    return Err(Error::Unsupported {
+                        what: "entry kind",
+                        value: v.into(),
+                    })
+                }
+            };
+            prev.clone_from(&path);
+            entries.push(Entry { path, kind });
+        }
+        let n_del = r.varint_max((r.remaining()) as u64, "deleted count")? as usize;
+        let mut deleted = Vec::with_capacity(n_del);
+        for _ in 0..n_del {
+            deleted.push(r.string(MAX_PATH_LEN)?.to_string());
+        }
+        if !r.is_empty() {
+            return Err(Error::corrupt(
+                "manifest",
+                format!("{} trailing bytes", r.remaining()),
+            ));
+        }
+        let m = Manifest {
+            new_digest,
+            unchanged_digest,
+            old_files,
+            entries,
+            deleted,
+        };
+        m.validate(header)?;
+        Ok(m)
+    }
+
+    /// Structural checks shared by decode and by the diff side's self-check.
+    pub fn validate(&self, header: &Header) -> Result<()> {
+        let dir = header.is_directory();
+        if dir {
+            for f in &self.old_files {
+                validate_path(&f.path)?;
+            }
+            for w in self.old_files.windows(2) {
+                if w[0].path >= w[1].path {
+                    return Err(Error::corrupt(
+                        "manifest",
+                        "old file table not strictly sorted",
+                    ));
+                }
+            }
+            for d in &self.deleted {
+                validate_path(d)?;
+            }
+            let mut dirs = std::collections::HashSet::new();
+            let mut folded = std::collections::HashSet::new();
+            let mut prev: Option<&str> = None;
+            for e in &self.entries {
+                validate_path(&e.path)?;
+                if let Some(p) = prev {
+                    if p >= e.path.as_str() {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!(
+                                "entries not strictly sorted at {:?} (duplicate or out of order)",
+                                e.path
+                            ),
+                        ));
+                    }
+                }
+                prev = Some(&e.path);
+                if let Some((parent, _)) = e.path.rsplit_once('/') {
+                    if !dirs.contains(parent) {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!(
+                                "{:?}: parent is not a directory entry of the bundle",
+                                e.path
+                            ),
+                        ));
+                    }
+                }
+                if !folded.insert(e.path.to_lowercase()) {
+                    return Err(Error::corrupt(
+                        "manifest",
+                        format!("{:?} differs from another entry only by case", e.path),
+                    ));
+                }
+                if matches!(e.kind, EntryKind::Dir) {
+                    dirs.insert(e.path.as_str());
+                }
+                if let EntryKind::Symlink { target } = &e.kind {
+                    if target.is_empty() || target.contains('\0') {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!("{:?}: bad symlink target", e.path),
+                        ));
+                    }
+                }
+            }
+        } else {
+            if self.entries.len() != 1
+                || !self.entries[0].path.is_empty()
+                || !matches!(self.entries[0].kind, EntryKind::File { .. })
+            {
+                return Err(Error::corrupt(
+                    "manifest",
+                    "a file bundle must hold exactly one file entry",
+                ));
+            }
+            if self.old_files.len() > 1 || self.old_files.iter().any(|f| !f.path.is_empty()) {
+                return Err(Error::corrupt(
+                    "manifest",
+                    "a file bundle has at most one old file, unnamed",
+                ));
+            }
+            if !self.deleted.is_empty() {
+                return Err(Error::corrupt("manifest", "a file bundle deletes nothing"));
+            }
+        }
+        let mut total: u64 = 0;
+        for e in &self.entries {
+            if let EntryKind::File { size, op, .. } = &e.kind {
+                total = total
+                    .checked_add(*size)
+                    .ok_or_else(|| Error::corrupt("manifest", "file sizes overflow"))?;
+                if let FileOp::Copy { source } = op {
+                    let src = &self.old_files[*source as usize];
+                    if src.size != *size {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!(
+                                "{:?}: copy of a {}-byte file declared {size} bytes",
+                                e.path, src.size
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if total != header.new_total {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "file sizes add up to {total}, header says {}",
+                    header.new_total
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn old_index(r: &mut Reader<'_>, n_old: usize) -> Result<u32> {
+    if n_old == 0 {
+        return Err(Error::corrupt(
+            "manifest",
+            "reference to an old file, but the table is empty",
+        ));
+    }
+    Ok(r.varint_max(n_old as u64 - 1, "old file index")? as u32)
+}
+
+fn read_blob(r: &mut Reader<'_>, header: &Header) -> Result<Blob> {
+    let offset = r.varint()?;
+    let len = r.varint()?;
+    match offset.checked_add(len) {
+        Some(end) if end <= header.data_len => Ok(Blob { offset, len }),
+        _ => Err(Error::corrupt(
+            "manifest",
+            format!(
+                "blob {offset}+{len} outside the {}-byte data section",
+                header.data_len
+            ),
+        )),
+    }
+}
+
+/// Check that a bundle path is safe to create under a root: relative, `/`-separated, no empty,
+/// `.` or `..` component, no NUL, backslash or control character, no drive prefix, bounded
+/// lengths.
+pub fn validate_path(p: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::corrupt(
+            "manifest",
+            format!("unsafe path {p:?}: {why}"),
+        ))
+    };
+    if p.is_empty() {
+        return bad("empty");
+    }
+    if p.len() > MAX_PATH_LEN {
+        return bad("too long");
+    }
+    if p.starts_with('/') {
+        return bad("absolute");
+    }
+    if p.chars().any(|c| c == '\\' || c.is_control()) {
+        return bad("backslash or control character");
+    }
+    for (i, c) in p.split('/').enumerate() {
+        if c.is_empty() || c == "." || c == ".." {
+            return bad("empty, '.' or '..' component");
+        }
+        if c.len() > MAX_NAME_LEN {
+            return bad("component too long");
+        }
+        if i == 0 && c.len() == 2 && c.ends_with(':') {
+            return bad("drive prefix");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delta blob
+
+/// One chunk of a delta blob: `new_len` output bytes from three zstd frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRow {
+    /// Bytes of output this chunk produces.
+    pub new_len: u64,
+    /// Compressed length of the control frame.
+    pub ctrl_len: u64,
+    /// Compressed length of the diff frame.
+    pub diff_len: u64,
+    /// Compressed length of the extra frame.
+    pub extra_len: u64,
+}
+
+/// Encode a delta blob's chunk table (the frames follow it in order).
+pub fn encode_chunk_table(rows: &[ChunkRow]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, rows.len() as u64);
+    for r in rows {
+        put_varint(&mut out, r.new_len);
+        put_varint(&mut out, r.ctrl_len);
+        put_varint(&mut out, r.diff_len);
+        put_varint(&mut out, r.extra_len);
+    }
+    out
+}
+
+/// One control of a delta chunk (bsdiff-style).
+///
+/// Output `diff` bytes as `source[pos + i] + diff_stream[i]` (wrapping), then `extra` bytes
+/// from the extra stream, then move `pos` by `seek`. `pos` starts at 0 in every chunk and must
+/// stay within `0..=source_len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Control {
+    /// Bytes added to the source.
+    pub diff: u64,
+    /// Bytes copied from the extra stream.
+    pub extra: u64,
+    /// Relative move of the source position.
+    pub seek: i64,
+}
+
+/// Append a control to a control stream.
+pub fn put_control(out: &mut Vec<u8>, c: &Control) {
+    put_varint(out, c.diff);
+    put_varint(out, c.extra);
+    put_svarint(out, c.seek);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_roundtrip_and_overflow() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            let mut r = Reader::new(&b, "t");
+            assert_eq!(r.varint().unwrap(), v);
+            assert!(r.is_empty());
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            let mut b = Vec::new();
+            put_svarint(&mut b, v);
+            assert_eq!(Reader::new(&b, "t").svarint().unwrap(), v);
+        }
+        let over = [0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(Reader::new(&over, "t").varint().is_err());
+        let long = [0x80u8; 11];
+        assert!(Reader::new(&long, "t").varint().is_err());
+    }
+
+    #[test]
+    fn paths() {
+        for ok in ["a", "a/b", "a.b/c d", "ü/ñ"] {
+            validate_path(ok).unwrap();
+        }
+        for bad in [
+            "", "/a", "a//b", "a/./b", "../a", "a/..", "a\\b", "C:/x", "a\0b", "a/",
+        ] {
+            assert!(validate_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn header_roundtrip_and_rejects() {
+        let h = Header {
+            minor: 0,
+            flags: FLAG_DIRECTORY,
+            window_log: 21,
+            manifest_len: 10,
+            manifest_raw_len: 20,
+            data_len: 30,
+            new_total: 40,
+        };
+        let b = h.encode();
+        assert_eq!(Header::decode(&b).unwrap(), h);
+        let mut bad = b;
+        bad[4] = 2;
+        assert!(matches!(
+            Header::decode(&bad),
+            Err(Error::Unsupported { .. })
+        ));
+        let mut bad = b;
+        bad[12] = 40;
+        assert!(Header::decode(&bad).is_err());
+        let mut bad = b;
+        bad[9] = 1;
+        assert!(Header::decode(&bad).is_err());
+        assert!(Header::decode(&b[..63]).is_err());
+    }
+}

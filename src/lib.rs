@@ -1,0 +1,64 @@
+//! bundelta: compact, hash-verified patches between two versions of a software bundle (one
+//! file or a directory tree), and a streaming, bounded-memory, crash-safe applier.
+//!
+//! - [`DiffOptions`] (feature `diff`) makes a patch from OLD and NEW.
+//! - [`Patcher`] applies one: to a new location ([`Patcher::apply`]), in place and
+//!   crash-safely ([`Patcher::apply_in_place`]), or as a dry run ([`Patcher::verify`]).
+//! - [`format`] is the normative description of the bytes (see also `FORMAT.md`).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[cfg(feature = "diff")] {
+//! let dir = tempfile::tempdir()?;
+//! let (old, new, patch, out) = (dir.path().join("old"), dir.path().join("new"),
+//!                               dir.path().join("p.bdp"), dir.path().join("out"));
+//! std::fs::write(&old, b"the quick brown fox jumps over the lazy dog")?;
+//! std::fs::write(&new, b"the quick brown cat jumps over the lazy dog!")?;
+//! bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
+//! bundelta::Patcher::new().apply(&old, &patch, &out)?;
+//! assert_eq!(std::fs::read(&out)?, std::fs::read(&new)?);
+//! # }
+//! # Ok(()) }
+//! ```
+//!
+//! # Cargo features
+//!
+//! - `diff` (default): the patch producer (libsais suffix arrays, rayon).
+//! - `cli` (default): the `bundelta` binary.
+//!
+//! `cargo build --no-default-features` builds only the apply core (format, verification,
+//! streaming and in-place apply), which depends on nothing but zstd, blake3 and libc.
+//!
+//! # Memory and trust model
+//!
+//! See the [`Patcher`] docs: every number in a patch is checked before use, every path is
+//! validated, every old file relied upon is hashed before anything is written, every output
+//! is hashed before it replaces anything, and apply memory is bounded by a formula of two
+//! header fields ([`memory_needed`]), never by file sizes.
+
+#![deny(missing_docs)]
+
+mod apply;
+#[cfg(feature = "diff")]
+mod diff;
+mod error;
+pub mod format;
+mod inplace;
+mod tree;
+
+pub use apply::{memory_needed, ApplyReport, Patch, Patcher, ProgressFn, DEFAULT_MEMORY_LIMIT};
+#[cfg(feature = "diff")]
+pub use diff::{
+    DiffOptions, DiffProgressFn, DiffStats, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_WINDOW_LOG,
+    MIN_CHUNK_SIZE,
+};
+pub use error::{Error, Result};
+pub use inplace::{InPlaceOutcome, InPlaceReport};
+pub use tree::hex;
+
+/// blake3 digest identifying a bundle on disk: for a file, the hash of its content; for a
+/// directory, the tree digest over every entry's path, kind, mode, size and content hash.
+/// This is the value a patch records as its target ([`format::Manifest::new_digest`]).
+pub fn bundle_digest(path: &std::path::Path) -> Result<format::Hash> {
+    tree::bundle_digest(path)
+}

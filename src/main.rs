@@ -1,0 +1,506 @@
+//! The `bundelta` command line: diff, apply, verify, info.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bundelta::format::{EntryKind, FileOp};
+use bundelta::{DiffOptions, InPlaceOutcome, Patch, Patcher};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+/// Compact, hash-verified binary patches between two versions of a file or directory tree.
+///
+/// Make a patch on the server with `bundelta diff OLD NEW -o PATCH`; rebuild NEW on a client
+/// with `bundelta apply OLD PATCH -o OUT`, or update a directory in place, crash-safely, with
+/// `bundelta apply --in-place DIR PATCH`. Every old file the patch relies on is checked before
+/// anything is written, and every output is checked (blake3) before it replaces anything.
+#[derive(Parser)]
+#[command(name = "bundelta", version, about, long_about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a patch that turns OLD into NEW (two files, or two directories).
+    ///
+    /// Unchanged files cost only their path; files whose content exists anywhere in OLD are
+    /// copied by reference; changed files get a binary delta from the same path or, for
+    /// renamed files (content-hashed bundler chunks), from the most similar old file; a file
+    /// whose delta would not be smaller than the file compressed alone is carried whole.
+    /// The same inputs and options always give the same bytes, at any --threads.
+    Diff(DiffArgs),
+    /// Rebuild NEW from OLD and a patch, or update a directory in place.
+    ///
+    /// `apply OLD PATCH -o OUT` writes into a staging location next to OUT and renames it into
+    /// place only when every file matched its hash; OUT must not exist, and on failure nothing
+    /// is left at OUT and OLD is untouched.
+    ///
+    /// `apply --in-place DIR PATCH` updates DIR so that a crash or kill at any moment leaves
+    /// the old or the new version; rerun the same command to finish. A rerun on a DIR that is
+    /// already at the patch's version reports so and exits 0.
+    Apply(ApplyArgs),
+    /// Check a patch's integrity and, with --old, that OLD is the version it applies to (by
+    /// rebuilding every file in memory-bounded streaming fashion, writing nothing).
+    Verify(VerifyArgs),
+    /// Show what a patch changes: counts, sizes, memory needed, and with --list every entry.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Print a JSON object on stdout instead of the human summary.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bar and no summary (errors are still printed).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The old version (file or directory).
+    old: PathBuf,
+    /// The new version (same kind as OLD).
+    new: PathBuf,
+    /// Where to write the patch.
+    #[arg(short, long, value_name = "PATCH")]
+    output: PathBuf,
+    /// zstd level of every stream, 1..=22. Higher: smaller patch, slower diff; apply is unaffected.
+    #[arg(long, default_value_t = bundelta::DEFAULT_LEVEL, value_name = "N")]
+    level: i32,
+    /// Largest zstd window as a power of two, 10..=31. The applier needs about
+    /// 3 x (2^N + 0.5 MiB) of memory; the default 21 fits its default 12 MiB limit.
+    #[arg(long, default_value_t = bundelta::DEFAULT_WINDOW_LOG, value_name = "N")]
+    window_log: u8,
+    /// Split new files into chunks of this size, diffed in parallel (e.g. 4M, 512K; min 64K).
+    #[arg(long, default_value = "4M", value_parser = parse_size, value_name = "SIZE")]
+    chunk_size: u64,
+    /// Worker threads (default: all cores). The patch is identical for any value.
+    #[arg(short = 'j', long, value_name = "N")]
+    threads: Option<usize>,
+    /// Overwrite PATCH if it exists.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// The old version (with --in-place: the file or directory to update).
+    old: PathBuf,
+    /// The patch.
+    patch: PathBuf,
+    /// Where to build the new version (must not exist).
+    #[arg(
+        short,
+        long,
+        value_name = "OUT",
+        required_unless_present = "in_place",
+        conflicts_with = "in_place"
+    )]
+    output: Option<PathBuf>,
+    /// Update OLD itself, atomically and crash-safely.
+    #[arg(long)]
+    in_place: bool,
+    /// Refuse patches needing more memory than this (e.g. 12M, 64M).
+    #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
+    memory_limit: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The patch.
+    patch: PathBuf,
+    /// Also check that this old version satisfies the patch (rebuilds every file, writes nothing).
+    #[arg(long, value_name = "OLD")]
+    old: Option<PathBuf>,
+    /// Refuse patches needing more memory than this.
+    #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
+    memory_limit: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// The patch.
+    patch: PathBuf,
+    /// List every entry with its operation.
+    #[arg(short, long)]
+    list: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let m = match s[i..].to_ascii_lowercase().as_str() {
+                "b" => 1u64,
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                other => return Err(format!("unknown size suffix {other:?} (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512K or 4M"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", U[i])
+    }
+}
+
+fn bar(quiet: bool, json: bool, msg: &'static str) -> Option<ProgressBar> {
+    if quiet || json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg);
+    Some(pb)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("bundelta: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Diff(a) => diff(a),
+        Cmd::Apply(a) => apply(a),
+        Cmd::Verify(a) => verify(a),
+        Cmd::Info(a) => info(a),
+    }
+}
+
+fn diff(a: DiffArgs) -> Result<ExitCode> {
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("starting worker threads")?;
+    }
+    if !a.force && a.output.exists() {
+        bail!(
+            "{}: output already exists (use --force to overwrite)",
+            a.output.display()
+        );
+    }
+    let chunk = usize::try_from(a.chunk_size).context("--chunk-size too large")?;
+    let mut opts = DiffOptions::new();
+    opts.level(a.level)
+        .window_log(a.window_log)
+        .chunk_size(chunk);
+    let pb = bar(a.common.quiet, a.common.json, "diffing");
+    if let Some(pb) = &pb {
+        let pb = pb.clone();
+        opts.progress(Arc::new(move |done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        }));
+    }
+    let t = Instant::now();
+    let stats = opts.diff_to_file(&a.old, &a.new, &a.output)?;
+    let secs = t.elapsed().as_secs_f64();
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let pct = if stats.new_bytes > 0 {
+        100.0 * stats.patch_bytes as f64 / stats.new_bytes as f64
+    } else {
+        0.0
+    };
+    if a.common.json {
+        println!(
+            "{}",
+            json!({
+                "patch": a.output, "patch_bytes": stats.patch_bytes, "new_bytes": stats.new_bytes,
+                "percent_of_new": pct, "seconds": secs,
+                "unchanged": stats.unchanged, "copied": stats.copied, "added": stats.added,
+                "modified": stats.modified, "deleted": stats.deleted, "dirs": stats.dirs,
+                "symlinks": stats.symlinks,
+            })
+        );
+    } else if !a.common.quiet {
+        eprintln!(
+            "wrote {}: {} ({pct:.2}% of {} new) in {secs:.2}s; files: {} modified, {} added, {} copied, {} unchanged, {} deleted",
+            a.output.display(),
+            human(stats.patch_bytes),
+            human(stats.new_bytes),
+            stats.modified,
+            stats.added,
+            stats.copied,
+            stats.unchanged,
+            stats.deleted
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn patcher(limit: u64, pb: &Option<ProgressBar>) -> Patcher {
+    let mut p = Patcher::new();
+    p.memory_limit(limit);
+    if let Some(pb) = pb {
+        let pb = pb.clone();
+        p.progress(Box::new(move |done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        }));
+    }
+    p
+}
+
+fn apply(a: ApplyArgs) -> Result<ExitCode> {
+    let pb = bar(a.common.quiet, a.common.json, "applying");
+    let p = patcher(a.memory_limit, &pb);
+    let t = Instant::now();
+    if a.in_place {
+        let r = p.apply_in_place(&a.old, &a.patch)?;
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let (status, files, bytes) = match &r.outcome {
+            InPlaceOutcome::Applied(rep) => ("applied", rep.files, rep.bytes),
+            InPlaceOutcome::AlreadyUpToDate => ("already-up-to-date", 0, 0),
+            _ => ("unknown", 0, 0),
+        };
+        if a.common.json {
+            println!(
+                "{}",
+                json!({"target": a.old, "status": status, "recovered": r.recovered,
+                       "files": files, "bytes": bytes, "seconds": secs})
+            );
+        } else if !a.common.quiet {
+            if r.recovered {
+                eprintln!("recovered an interrupted earlier apply");
+            }
+            match r.outcome {
+                InPlaceOutcome::AlreadyUpToDate => {
+                    eprintln!(
+                        "{}: already at the patch's new version; nothing to do",
+                        a.old.display()
+                    )
+                }
+                _ => eprintln!(
+                    "updated {} in place: {files} files, {} in {secs:.2}s",
+                    a.old.display(),
+                    human(bytes)
+                ),
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = a.output.expect("clap requires -o without --in-place");
+    let r = p.apply(&a.old, &a.patch, &out)?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if a.common.json {
+        println!(
+            "{}",
+            json!({"output": out, "status": "applied", "files": r.files, "bytes": r.bytes,
+                   "dirs": r.dirs, "symlinks": r.symlinks, "digest": bundelta::hex(&r.digest), "seconds": secs})
+        );
+    } else if !a.common.quiet {
+        eprintln!(
+            "wrote {}: {} files, {} verified in {secs:.2}s",
+            out.display(),
+            r.files,
+            human(r.bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let pb = bar(a.common.quiet, a.common.json, "verifying");
+    let p = patcher(a.memory_limit, &pb);
+    let r = p.verify(&a.patch, a.old.as_deref())?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if a.common.json {
+        println!(
+            "{}",
+            json!({"patch": a.patch, "ok": true, "old_checked": r.is_some(),
+                   "files": r.as_ref().map(|r| r.files), "bytes": r.as_ref().map(|r| r.bytes)})
+        );
+    } else if !a.common.quiet {
+        match r {
+            Some(r) => eprintln!(
+                "{}: ok; {} satisfies it ({} files, {} rebuilt and verified)",
+                a.patch.display(),
+                a.old.as_deref().unwrap_or(Path::new("")).display(),
+                r.files,
+                human(r.bytes)
+            ),
+            None => eprintln!(
+                "{}: ok (checksum, header and manifest valid)",
+                a.patch.display()
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(a: InfoArgs) -> Result<ExitCode> {
+    // Reading the manifest is bounded by 1 GiB whatever the patch says.
+    let p = Patch::open_limited(&a.patch, 1 << 30, u64::MAX)?;
+    let h = p.header();
+    let m = p.manifest();
+    let mut counts = std::collections::BTreeMap::<&str, (u64, u64)>::new();
+    let mut rows = Vec::new();
+    for e in &m.entries {
+        let (op, size, data, source) = match &e.kind {
+            EntryKind::Dir => ("dir", 0, 0, None),
+            EntryKind::Symlink { target } => ("symlink", 0, 0, Some(target.clone())),
+            EntryKind::File { size, op, .. } => {
+                let (data, source) = match op {
+                    FileOp::Unchanged => (0, None),
+                    FileOp::Copy { source } => {
+                        (0, Some(m.old_files[*source as usize].path.clone()))
+                    }
+                    FileOp::Add { blob, .. } => (blob.len, None),
+                    FileOp::Delta { sources, blob, .. } => (
+                        blob.len,
+                        Some(
+                            sources
+                                .iter()
+                                .map(|s| m.old_files[*s as usize].path.as_str())
+                                .collect::<Vec<_>>()
+                                .join("+"),
+                        ),
+                    ),
+                    _ => (0, None),
+                };
+                (op.name(), *size, data, source)
+            }
+            _ => ("unknown", 0, 0, None),
+        };
+        let c = counts.entry(op).or_default();
+        c.0 += 1;
+        c.1 += data;
+        rows.push((e.path.clone(), op, size, data, source));
+    }
+    let mem = bundelta::memory_needed(h);
+    if a.common.json {
+        let ops: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(k, (n, d))| (k.to_string(), json!({"count": n, "data_bytes": d})))
+            .collect();
+        let mut v = json!({
+            "patch": a.patch, "patch_bytes": p.len(), "format": format!("{}.{}", bundelta::format::VERSION_MAJOR, h.minor),
+            "bundle": if h.is_directory() { "directory" } else { "file" },
+            "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
+            "new_digest": bundelta::hex(&m.new_digest), "old_files_relied_on": m.old_files.len(),
+            "deleted": m.deleted.len(), "ops": ops,
+        });
+        if a.list {
+            v["entries"] = rows
+                .iter()
+                .map(|(p, op, size, data, src)| json!({"path": p, "op": op, "size": size, "data_bytes": data, "source": src}))
+                .collect();
+            v["deleted_paths"] = json!(m.deleted);
+        }
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("patch:        {} ({})", a.patch.display(), human(p.len()));
+    println!(
+        "format:       {}.{}",
+        bundelta::format::VERSION_MAJOR,
+        h.minor
+    );
+    println!(
+        "bundle:       {}",
+        if h.is_directory() {
+            "directory"
+        } else {
+            "single file"
+        }
+    );
+    println!("new size:     {}", human(h.new_total));
+    println!("new digest:   {}", bundelta::hex(&m.new_digest));
+    println!("apply memory: {} (window log {})", human(mem), h.window_log);
+    println!(
+        "relies on:    {} old files (+ unchanged ones)",
+        m.old_files.len()
+    );
+    for (op, (n, d)) in &counts {
+        println!("  {op:<10} {n:>8}  {}", human(*d));
+    }
+    if !m.deleted.is_empty() {
+        println!("  {:<10} {:>8}", "deleted", m.deleted.len());
+    }
+    if a.list {
+        println!();
+        for (p, op, size, data, src) in &rows {
+            let src = src
+                .as_deref()
+                .map(|s| format!(" <- {s}"))
+                .unwrap_or_default();
+            println!(
+                "{op:<9} {size:>12} {data:>10}  {}{src}",
+                if p.is_empty() { "(file)" } else { p }
+            );
+        }
+        for d in &m.deleted {
+            println!("{:<9} {:>12} {:>10}  {d}", "delete", "", "");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

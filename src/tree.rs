@@ -1,0 +1,244 @@
+//! Bundle trees on disk: scanning a directory into a sorted entry list, hashing files, and the
+//! canonical digest that identifies a whole bundle version.
+//!
+//! The digest is what lets an applier say "this directory already is the target version" and
+//! what every rebuilt output is checked against before it replaces anything. It covers every
+//! entry's path, kind, executable bit, size and content hash, and every symlink target.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::format::{put_varint, Hash};
+
+/// What a scanned path is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NodeKind {
+    Dir,
+    File { exec: bool, size: u64 },
+    Symlink { target: String },
+}
+
+/// One scanned entry, path relative to the root, `/`-separated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Node {
+    pub path: String,
+    pub kind: NodeKind,
+}
+
+/// Scan `root` (a directory) recursively, without following symlinks.
+///
+/// Returns entries sorted by path bytes. Fails on a name that is not UTF-8, on two names that
+/// differ only by case, and on anything that is not a regular file, directory or symlink.
+pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
+    let mut out = Vec::new();
+    scan_into(root, "", &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut folded = std::collections::HashMap::new();
+    for n in &out {
+        if let Some(other) = folded.insert(n.path.to_lowercase(), n.path.clone()) {
+            return Err(Error::invalid_input(
+                &root.join(&n.path),
+                format!(
+                    "differs from {:?} only by case; such a bundle cannot be applied on \
+                     case-insensitive file systems",
+                    other
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn scan_into(dir: &Path, prefix: &str, out: &mut Vec<Node>) -> Result<()> {
+    let rd = fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| Error::io(dir, "read directory", e))?;
+        let full = ent.path();
+        let name = ent.file_name();
+        let name = name.to_str().ok_or_else(|| {
+            Error::invalid_input(
+                &full,
+                "file name is not UTF-8; bundles hold UTF-8 names only",
+            )
+        })?;
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let md = fs::symlink_metadata(&full).map_err(|e| Error::io(&full, "stat", e))?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            out.push(Node {
+                path: rel.clone(),
+                kind: NodeKind::Dir,
+            });
+            scan_into(&full, &rel, out)?;
+        } else if ft.is_file() {
+            out.push(Node {
+                path: rel,
+                kind: NodeKind::File {
+                    exec: is_exec(&md),
+                    size: md.len(),
+                },
+            });
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&full).map_err(|e| Error::io(&full, "read link", e))?;
+            let target = t
+                .to_str()
+                .ok_or_else(|| Error::invalid_input(&full, "symlink target is not UTF-8"))?
+                .to_string();
+            out.push(Node {
+                path: rel,
+                kind: NodeKind::Symlink { target },
+            });
+        } else {
+            return Err(Error::invalid_input(
+                &full,
+                "not a regular file, directory or symlink (devices, fifos and sockets cannot be bundled)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+pub(crate) fn is_exec(md: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    md.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+pub(crate) fn is_exec(_md: &fs::Metadata) -> bool {
+    false
+}
+
+/// Buffer size for streaming reads on the apply side.
+pub(crate) const IO_BUF: usize = 64 * 1024;
+
+/// blake3 and length of everything `r` yields, read through a small buffer.
+pub(crate) fn hash_reader(mut r: impl Read, path: &Path) -> Result<(u64, Hash)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; IO_BUF];
+    let mut n: u64 = 0;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, "read", e)),
+        };
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, *h.finalize().as_bytes()))
+}
+
+/// blake3 and length of a file, refusing anything that is not a regular file (symlinks are not
+/// followed).
+pub(crate) fn hash_file(path: &Path) -> Result<(u64, Hash)> {
+    let f = open_regular(path)?;
+    hash_reader(f, path)
+}
+
+/// Open a regular file for reading without following a final symlink.
+pub(crate) fn open_regular(path: &Path) -> Result<File> {
+    let mut opts = fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW);
+    }
+    let f = opts.open(path).map_err(|e| Error::io(path, "open", e))?;
+    let md = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if !md.is_file() {
+        return Err(Error::io(
+            path,
+            "open",
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    Ok(f)
+}
+
+/// Incremental computation of the canonical digest of a directory bundle.
+pub(crate) struct TreeDigest {
+    h: blake3::Hasher,
+    scratch: Vec<u8>,
+}
+
+impl TreeDigest {
+    pub(crate) fn new() -> TreeDigest {
+        TreeDigest {
+            h: blake3::Hasher::new_derive_key("bundelta tree digest v1"),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn path(&mut self, kind: u8, path: &str) {
+        self.scratch.clear();
+        self.scratch.push(kind);
+        put_varint(&mut self.scratch, path.len() as u64);
+        self.scratch.extend_from_slice(path.as_bytes());
+    }
+
+    pub(crate) fn dir(&mut self, path: &str) {
+        self.path(0, path);
+        self.h.update(&self.scratch);
+    }
+
+    pub(crate) fn file(&mut self, path: &str, exec: bool, size: u64, hash: &Hash) {
+        self.path(1, path);
+        self.scratch.push(u8::from(exec));
+        self.scratch.extend_from_slice(&size.to_le_bytes());
+        self.scratch.extend_from_slice(hash);
+        self.h.update(&self.scratch);
+    }
+
+    pub(crate) fn symlink(&mut self, path: &str, target: &str) {
+        self.path(2, path);
+        put_varint(&mut self.scratch, target.len() as u64);
+        self.scratch.extend_from_slice(target.as_bytes());
+        self.h.update(&self.scratch);
+    }
+
+    pub(crate) fn finish(&self) -> Hash {
+        *self.h.finalize().as_bytes()
+    }
+}
+
+/// Digest of the bundle at `root`: for a file, blake3 of its content; for a directory, the
+/// tree digest over every entry (hashing every file).
+pub(crate) fn bundle_digest(root: &Path) -> Result<Hash> {
+    let md = fs::symlink_metadata(root).map_err(|e| Error::io(root, "stat", e))?;
+    if md.is_file() {
+        return Ok(hash_file(root)?.1);
+    }
+    if !md.is_dir() {
+        return Err(Error::invalid_input(root, "not a file or directory"));
+    }
+    let mut d = TreeDigest::new();
+    for n in scan(root)? {
+        match &n.kind {
+            NodeKind::Dir => d.dir(&n.path),
+            NodeKind::Symlink { target } => d.symlink(&n.path, target),
+            NodeKind::File { exec, .. } => {
+                let (size, hash) = hash_file(&root.join(&n.path))?;
+                d.file(&n.path, *exec, size, &hash);
+            }
+        }
+    }
+    Ok(d.finish())
+}
+
+/// Lowercase hex of a hash.
+pub fn hex(h: &Hash) -> String {
+    let mut s = String::with_capacity(64);
+    for b in h {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
