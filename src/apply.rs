@@ -350,6 +350,38 @@ impl Patch {
         Ok(())
     }
 
+    /// Whether `target` has exactly the new bundle's shape (paths, kinds, sizes, modes, link
+    /// targets), judged without reading file contents: a cheap test before hashing it all.
+    pub(crate) fn shape_matches(&self, target: &Path) -> Result<bool> {
+        if !self.header.is_directory() {
+            let md = fs::symlink_metadata(target).map_err(|e| Error::io(target, "stat", e))?;
+            return Ok(md.is_file() && md.len() == self.header.new_total);
+        }
+        let nodes = match tree::scan(target) {
+            Ok(n) => n,
+            Err(_) => return Ok(false),
+        };
+        if nodes.len() != self.manifest.entries.len() {
+            return Ok(false);
+        }
+        Ok(nodes.iter().zip(&self.manifest.entries).all(|(n, e)| {
+            n.path == e.path
+                && match (&n.kind, &e.kind) {
+                    (tree::NodeKind::Dir, EntryKind::Dir) => true,
+                    (tree::NodeKind::Symlink { target: a }, EntryKind::Symlink { target: b }) => {
+                        a == b
+                    }
+                    (
+                        tree::NodeKind::File { exec: x, size: a },
+                        EntryKind::File {
+                            exec: y, size: b, ..
+                        },
+                    ) => x == y && a == b,
+                    _ => false,
+                }
+        }))
+    }
+
     fn old_path(&self, old: &Path, rel: &str) -> PathBuf {
         if rel.is_empty() {
             old.to_path_buf()

@@ -206,6 +206,12 @@ impl Patcher {
         let stage = side_path(target, "stage")?;
         let recovered = recover(target, &journal, &stage)?;
         p.check_old_kind(target)?;
+        if p.shape_matches(target)? && bundle_digest(target)? == p.manifest().new_digest {
+            return Ok(InPlaceReport {
+                outcome: InPlaceOutcome::AlreadyUpToDate,
+                recovered,
+            });
+        }
         let base = match p.check_base(target) {
             Ok(b) => b,
             Err(e) => {

@@ -110,7 +110,10 @@ impl<'a> Index<'a> {
             let mid = st + (en - st) / 2;
             let p = self.sa(mid);
             let n = (self.old.len() - p).min(t.len());
-            if self.old[p..p + n] < t[..n] {
+            // A suffix that is a proper prefix of `t` sorts before it (plain bsdiff treats it
+            // as equal and can miss the longest match).
+            let c = self.old[p..p + n].cmp(&t[..n]);
+            if c.is_lt() || (c.is_eq() && n < t.len()) {
                 st = mid;
             } else {
                 en = mid;

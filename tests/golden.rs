@@ -1,0 +1,159 @@
+//! Golden vectors: the bytes of format v1 are pinned by committed patches in corpus/golden/v1.
+//! Inputs are generated here deterministically; the test applies each committed patch to its
+//! generated OLD, and re-diffs to check the writer still produces the same bytes.
+//! Regenerate (only for a deliberate format change) with `BUNDELTA_BLESS=1 cargo test golden`.
+
+use std::fs;
+use std::path::PathBuf;
+
+use bundelta::{DiffOptions, Patcher};
+
+use crate::util::*;
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v1")
+}
+
+fn file_inputs() -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(0x601d);
+    let old = rng.text(20_000);
+    let new = rng.edit(&old, 15);
+    (old, new)
+}
+
+fn dir_inputs() -> (Tree, Tree) {
+    let mut rng = Rng(0xd1d1);
+    let mut old = Tree::new();
+    old.insert("assets".into(), Item::Dir);
+    old.insert(
+        "assets/app.3f9a1c.js".into(),
+        Item::File {
+            data: rng.text(12_000),
+            exec: false,
+        },
+    );
+    old.insert(
+        "assets/logo.svg".into(),
+        Item::File {
+            data: rng.text(900),
+            exec: false,
+        },
+    );
+    old.insert("bin".into(), Item::Dir);
+    old.insert(
+        "bin/tool".into(),
+        Item::File {
+            data: rng.text(5_000),
+            exec: true,
+        },
+    );
+    old.insert(
+        "gone.txt".into(),
+        Item::File {
+            data: b"deleted in new".to_vec(),
+            exec: false,
+        },
+    );
+    old.insert(
+        "same.txt".into(),
+        Item::File {
+            data: b"unchanged".to_vec(),
+            exec: false,
+        },
+    );
+    let mut new = old.clone();
+    new.remove("gone.txt");
+    let app = match new.remove("assets/app.3f9a1c.js") {
+        Some(Item::File { data, .. }) => data,
+        _ => unreachable!(),
+    };
+    new.insert(
+        "assets/app.b7e210.js".into(),
+        Item::File {
+            data: rng.edit(&app, 6),
+            exec: false,
+        },
+    );
+    new.insert(
+        "assets/logo-copy.svg".into(),
+        old["assets/logo.svg"].clone(),
+    );
+    if let Some(Item::File { data, .. }) = new.get_mut("bin/tool") {
+        *data = Rng(9).edit(data, 3);
+    }
+    new.insert("empty".into(), Item::Dir);
+    new.insert(
+        "empty.txt".into(),
+        Item::File {
+            data: Vec::new(),
+            exec: false,
+        },
+    );
+    new.insert("latest".into(), Item::Link("bin/tool".into()));
+    new.insert(
+        "new.dat".into(),
+        Item::File {
+            data: rng.text(3000),
+            exec: false,
+        },
+    );
+    (old, new)
+}
+
+fn check(name: &str, produced: &[u8]) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("BUNDELTA_BLESS").is_some() {
+        fs::create_dir_all(golden_dir()).unwrap();
+        fs::write(&path, produced).unwrap();
+    }
+    let committed = fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with BUNDELTA_BLESS=1)", path.display()));
+    assert!(
+        committed == produced,
+        "{name}: the writer no longer produces the committed bytes ({} vs {}); a format change needs a version bump",
+        produced.len(),
+        committed.len()
+    );
+}
+
+#[test]
+fn golden_file_patch() {
+    let (old, new) = file_inputs();
+    let patch = DiffOptions::new().diff_bytes(&old, &new).unwrap();
+    check("file.bdp", &patch);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &golden_dir().join("file.bdp"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
+}
+
+#[test]
+fn golden_dir_patch() {
+    let (old, new) = dir_inputs();
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(&dir.path().join("old"), &old);
+    write_tree(&dir.path().join("new"), &new);
+    let (patch, stats) = DiffOptions::new()
+        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .unwrap();
+    assert_eq!(
+        (stats.unchanged, stats.copied, stats.modified, stats.deleted),
+        (2, 1, 2, 2),
+        "{stats:?}"
+    );
+    check("dir.bdp", &patch);
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &golden_dir().join("dir.bdp"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(read_tree(&dir.path().join("out")), new);
+}

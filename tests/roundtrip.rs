@@ -1,0 +1,267 @@
+//! Round trips (proptest), the oracle, determinism across thread counts.
+
+use std::fs;
+
+use bundelta::{DiffOptions, Patcher};
+use proptest::prelude::*;
+
+use crate::util::*;
+
+fn opts_small_chunks() -> DiffOptions {
+    let mut o = DiffOptions::new();
+    o.level(3).chunk_size(bundelta::MIN_CHUNK_SIZE);
+    o
+}
+
+fn file_roundtrip(old: &[u8], new: &[u8], o: &DiffOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let (po, pn, pp, out) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("p"),
+        dir.path().join("out"),
+    );
+    fs::write(&po, old).unwrap();
+    fs::write(&pn, new).unwrap();
+    let patch = o.diff_bytes(old, new).unwrap();
+    // Same bytes through the path API.
+    let (from_paths, _) = o.diff_paths(&po, &pn).unwrap();
+    assert_eq!(patch, from_paths);
+    fs::write(&pp, &patch).unwrap();
+    Patcher::new().apply(&po, &pp, &out).unwrap();
+    assert_eq!(fs::read(&out).unwrap(), new);
+    // The oracle agrees.
+    let mut t = Tree::new();
+    t.insert(
+        String::new(),
+        Item::File {
+            data: old.to_vec(),
+            exec: false,
+        },
+    );
+    let n = naive_apply(&t, &patch);
+    assert_eq!(
+        n.get(""),
+        Some(&Item::File {
+            data: new.to_vec(),
+            exec: false
+        })
+    );
+    // Never worse than a full download: the data carried is at most the file compressed
+    // alone at the same level (the rest is the fixed header, manifest and trailer).
+    let whole = zstd::bulk::compress(new, 3).unwrap().len().min(new.len());
+    let data_len = bundelta::format::Header::decode(&patch).unwrap().data_len as usize;
+    assert!(data_len <= whole, "data {data_len} vs whole {whole}");
+}
+
+fn tree_roundtrip(old: &Tree, new: &Tree, o: &DiffOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let (po, pn, pp, out) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("p"),
+        dir.path().join("out"),
+    );
+    write_tree(&po, old);
+    write_tree(&pn, new);
+    let (patch, _) = o.diff_paths(&po, &pn).unwrap();
+    fs::write(&pp, &patch).unwrap();
+    let rep = Patcher::new().apply(&po, &pp, &out).unwrap();
+    assert_eq!(read_tree(&out), *new);
+    assert_eq!(rep.digest, bundelta::bundle_digest(&pn).unwrap());
+    assert_eq!(read_tree(&po), *old, "OLD was modified");
+    assert_eq!(naive_apply(old, &patch), *new);
+    // In place, then a rerun says "already up to date".
+    let r = Patcher::new().apply_in_place(&po, &pp).unwrap();
+    if old == new {
+        assert_eq!(r.outcome, bundelta::InPlaceOutcome::AlreadyUpToDate);
+    } else {
+        assert!(matches!(r.outcome, bundelta::InPlaceOutcome::Applied(_)));
+    }
+    assert_eq!(read_tree(&po), *new);
+    let r = Patcher::new().apply_in_place(&po, &pp).unwrap();
+    assert_eq!(r.outcome, bundelta::InPlaceOutcome::AlreadyUpToDate);
+    assert_eq!(listing(dir.path()), vec!["new", "old", "out", "p"]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            "tests/proptest-regressions.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn files_roundtrip(seed in any::<u64>(), len in 0usize..20_000, edits in 0usize..30) {
+        let mut rng = Rng(seed | 1);
+        let old = rng.text(len);
+        let new = rng.edit(&old, edits);
+        file_roundtrip(&old, &new, &opts_small_chunks());
+    }
+
+    #[test]
+    fn random_bytes_roundtrip(old in proptest::collection::vec(any::<u8>(), 0..3000),
+                              new in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        file_roundtrip(&old, &new, &opts_small_chunks());
+    }
+
+    #[test]
+    fn trees_roundtrip(seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let n = rng.below(14) as usize;
+        let old = random_tree(&mut rng, n);
+        let new = edit_tree(&mut rng, &old);
+        tree_roundtrip(&old, &new, &opts_small_chunks());
+    }
+}
+
+#[test]
+fn tiny_and_boundary_sizes() {
+    let o = opts_small_chunks();
+    let c = bundelta::MIN_CHUNK_SIZE;
+    let mut rng = Rng(7);
+    for &n in &[0usize, 1, 2, c - 1, c, c + 1, 2 * c, 2 * c + 1] {
+        let old = rng.text(n);
+        for &m in &[0usize, 1, n.saturating_sub(1), n, n + 1] {
+            let mut new = rng.edit(&old, 3);
+            new.resize(m, 7);
+            file_roundtrip(&old, &new, &o);
+        }
+    }
+    file_roundtrip(b"", b"", &o);
+    file_roundtrip(b"x", b"x", &o);
+    file_roundtrip(b"", b"x", &o);
+    file_roundtrip(b"x", b"", &o);
+}
+
+#[test]
+fn renamed_and_edited_chunk_uses_old_file_as_source() {
+    let mut rng = Rng(99);
+    let body = rng.text(200_000);
+    let mut old = Tree::new();
+    old.insert("dist".into(), Item::Dir);
+    old.insert(
+        "dist/app.3f9a1c.js".into(),
+        Item::File {
+            data: body.clone(),
+            exec: false,
+        },
+    );
+    old.insert(
+        "dist/vendor.aa11bb.js".into(),
+        Item::File {
+            data: rng.text(50_000),
+            exec: false,
+        },
+    );
+    let mut new = old.clone();
+    new.remove("dist/app.3f9a1c.js");
+    new.insert(
+        "dist/app.b7e210.js".into(),
+        Item::File {
+            data: rng.edit(&body, 5),
+            exec: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(&dir.path().join("o"), &old);
+    write_tree(&dir.path().join("n"), &new);
+    let (patch, stats) = DiffOptions::new()
+        .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+        .unwrap();
+    assert_eq!(stats.modified, 1, "{stats:?}");
+    assert_eq!(stats.unchanged, 1);
+    assert!(
+        patch.len() < 3_000,
+        "renamed file was not diffed against its old version: {} bytes",
+        patch.len()
+    );
+    tree_roundtrip(&old, &new, &DiffOptions::new());
+}
+
+#[test]
+fn deterministic_across_thread_counts() {
+    let mut rng = Rng(2024);
+    let old = rng.text(600_000);
+    let new = rng.edit(&old, 200);
+    let mut told = random_tree(&mut rng, 30);
+    told.insert(
+        "big.bin".into(),
+        Item::File {
+            data: old.clone(),
+            exec: false,
+        },
+    );
+    let mut tnew = edit_tree(&mut rng, &told);
+    tnew.insert(
+        "big.bin".into(),
+        Item::File {
+            data: new.clone(),
+            exec: true,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(&dir.path().join("o"), &told);
+    write_tree(&dir.path().join("n"), &tnew);
+    let mut o = DiffOptions::new();
+    o.chunk_size(bundelta::MIN_CHUNK_SIZE).level(5);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            (
+                o.diff_bytes(&old, &new).unwrap(),
+                o.diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+                    .unwrap()
+                    .0,
+            )
+        })
+    };
+    let one = run(1);
+    let two = run(2);
+    let four = run(4);
+    assert_eq!(one, two);
+    assert_eq!(one, four);
+    assert_eq!(one, run(1), "not reproducible run to run");
+}
+
+#[test]
+fn unchanged_files_cost_no_hash_each() {
+    // 2,000 unchanged files and one change: the manifest holds paths, not 32-byte hashes.
+    let mut old = Tree::new();
+    old.insert("d".into(), Item::Dir);
+    for i in 0..2000 {
+        old.insert(
+            format!("d/f{i:05}.txt"),
+            Item::File {
+                data: format!("file {i}").into_bytes(),
+                exec: false,
+            },
+        );
+    }
+    let mut new = old.clone();
+    new.insert(
+        "d/f00007.txt".into(),
+        Item::File {
+            data: b"changed".to_vec(),
+            exec: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(&dir.path().join("o"), &old);
+    write_tree(&dir.path().join("n"), &new);
+    let (patch, stats) = DiffOptions::new()
+        .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+        .unwrap();
+    assert_eq!(stats.unchanged, 1999);
+    assert!(
+        patch.len() < 2000 * 4,
+        "patch is {} bytes for 2000 unchanged files",
+        patch.len()
+    );
+    tree_roundtrip(&old, &new, &DiffOptions::new());
+}

@@ -1,0 +1,15 @@
+//! Integration tests: one binary (one link), modules by theme. They need the `diff` feature
+//! (and the CLI tests the `cli` feature); `cargo test --no-default-features` runs the apply
+//! core's unit tests only.
+
+#![cfg(feature = "diff")]
+
+mod util;
+
+mod badinput;
+#[cfg(feature = "cli")]
+mod cli;
+mod golden;
+#[cfg(feature = "cli")]
+mod inplace;
+mod roundtrip;

@@ -1,0 +1,385 @@
+//! Shared helpers: a small PRNG, tree builders, and a naive in-memory applier (the oracle).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use bundelta::format::{self, Codec, EntryKind, FileOp, Header, Manifest};
+
+/// xorshift64*: deterministic, dependency-free.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    /// Bytes with structure (repeats of a small vocabulary) so deltas find matches.
+    pub fn text(&mut self, n: usize) -> Vec<u8> {
+        let words: [&[u8]; 8] = [
+            b"function ",
+            b"return ",
+            b"0x1f2e",
+            b"\x00\x00\x00\x01",
+            b"let x=",
+            b";\n",
+            b"bundle",
+            b"\xff\xfe",
+        ];
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            if self.below(4) == 0 {
+                v.push(self.next() as u8);
+            } else {
+                v.extend_from_slice(words[self.below(8) as usize]);
+            }
+        }
+        v.truncate(n);
+        v
+    }
+    /// Apply random byte edits (insert, delete, change, move a block).
+    pub fn edit(&mut self, data: &[u8], n_edits: usize) -> Vec<u8> {
+        let mut d = data.to_vec();
+        for _ in 0..n_edits {
+            let len = d.len() as u64;
+            match self.below(4) {
+                0 => {
+                    let at = self.below(len + 1) as usize;
+                    let k = 1 + self.below(40) as usize;
+                    let ins = self.text(k);
+                    d.splice(at..at, ins);
+                }
+                1 if len > 0 => {
+                    let at = self.below(len) as usize;
+                    let k = (1 + self.below(40) as usize).min(d.len() - at);
+                    d.drain(at..at + k);
+                }
+                2 if len > 0 => {
+                    let at = self.below(len) as usize;
+                    d[at] = d[at].wrapping_add(1 + self.below(255) as u8);
+                }
+                _ if len > 2 => {
+                    let a = self.below(len) as usize;
+                    let k = (1 + self.below(200) as usize).min(d.len() - a);
+                    let block: Vec<u8> = d.drain(a..a + k).collect();
+                    let to = self.below(d.len() as u64 + 1) as usize;
+                    d.splice(to..to, block);
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    Dir,
+    File { data: Vec<u8>, exec: bool },
+    Link(String),
+}
+
+pub type Tree = BTreeMap<String, Item>;
+
+pub fn write_tree(root: &Path, t: &Tree) {
+    fs::create_dir_all(root).unwrap();
+    for (p, item) in t {
+        let full = root.join(p);
+        match item {
+            Item::Dir => fs::create_dir_all(&full).unwrap(),
+            Item::File { data, exec } => {
+                fs::create_dir_all(full.parent().unwrap()).unwrap();
+                fs::write(&full, data).unwrap();
+                set_exec(&full, *exec);
+            }
+            Item::Link(target) => {
+                fs::create_dir_all(full.parent().unwrap()).unwrap();
+                std::os::unix::fs::symlink(target, &full).unwrap();
+            }
+        }
+    }
+}
+
+pub fn set_exec(p: &Path, exec: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        p,
+        fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 }),
+    )
+    .unwrap();
+}
+
+pub fn read_tree(root: &Path) -> Tree {
+    let mut t = Tree::new();
+    fn walk(root: &Path, dir: &Path, t: &mut Tree) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                t.insert(rel, Item::Dir);
+                walk(root, &p, t);
+            } else if md.file_type().is_symlink() {
+                t.insert(
+                    rel,
+                    Item::Link(fs::read_link(&p).unwrap().to_str().unwrap().to_string()),
+                );
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let exec = md.permissions().mode() & 0o111 != 0;
+                t.insert(
+                    rel,
+                    Item::File {
+                        data: fs::read(&p).unwrap(),
+                        exec,
+                    },
+                );
+            }
+        }
+    }
+    walk(root, root, &mut t);
+    t
+}
+
+fn parent(p: &str) -> Option<&str> {
+    p.rsplit_once('/').map(|(a, _)| a)
+}
+
+/// A random tree of up to `n` entries with lowercase names (no case clashes).
+pub fn random_tree(rng: &mut Rng, n: usize) -> Tree {
+    let mut t = Tree::new();
+    let names = ["a", "b", "c", "lib", "app.3f9a1c.js", "x.bin", "empty", "d"];
+    for _ in 0..n {
+        let depth = rng.below(3) as usize;
+        let mut path = String::new();
+        for i in 0..=depth {
+            if i > 0 {
+                path.push('/');
+            }
+            path.push_str(names[rng.below(names.len() as u64) as usize]);
+        }
+        add_item(rng, &mut t, &path);
+    }
+    t
+}
+
+fn add_item(rng: &mut Rng, t: &mut Tree, path: &str) {
+    // Every ancestor must be a directory; give up if one is a file or link.
+    let mut anc = Vec::new();
+    let mut p = path;
+    while let Some(q) = parent(p) {
+        anc.push(q.to_string());
+        p = q;
+    }
+    for a in &anc {
+        match t.get(a) {
+            None | Some(Item::Dir) => {}
+            _ => return,
+        }
+    }
+    if t.contains_key(path) || t.keys().any(|k| k.starts_with(&format!("{path}/"))) {
+        return;
+    }
+    for a in anc {
+        t.insert(a, Item::Dir);
+    }
+    let item = match rng.below(8) {
+        0 => Item::Dir,
+        1 => Item::Link(["../a", "b", "/etc/passwd", "x/y"][rng.below(4) as usize].to_string()),
+        2 => Item::File {
+            data: Vec::new(),
+            exec: false,
+        },
+        3 => Item::File {
+            data: vec![rng.next() as u8],
+            exec: rng.below(2) == 0,
+        },
+        _ => {
+            let n = rng.below(6000) as usize;
+            Item::File {
+                data: rng.text(n),
+                exec: rng.below(3) == 0,
+            }
+        }
+    };
+    t.insert(path.to_string(), item);
+}
+
+/// Random edits of a tree: modify, delete, rename/move, mode change, new files, dirs, links.
+pub fn edit_tree(rng: &mut Rng, old: &Tree) -> Tree {
+    let mut t = old.clone();
+    let n = 1 + rng.below(6);
+    for _ in 0..n {
+        let keys: Vec<String> = t.keys().cloned().collect();
+        let pick = |rng: &mut Rng| keys.get(rng.below(keys.len() as u64) as usize).cloned();
+        match rng.below(6) {
+            0 => {
+                if let Some(k) = pick(rng) {
+                    if let Some(Item::File { data, .. }) = t.get_mut(&k) {
+                        let k = 1 + rng.below(10) as usize;
+                        *data = rng.edit(&data.clone(), k);
+                    }
+                }
+            }
+            1 => {
+                if let Some(k) = pick(rng) {
+                    let prefix = format!("{k}/");
+                    t.retain(|p, _| p != &k && !p.starts_with(&prefix));
+                }
+            }
+            2 => {
+                // Rename a file (optionally with edits): content-hashed chunk names.
+                if let Some(k) = pick(rng) {
+                    if let Some(Item::File { data, exec }) = t.get(&k).cloned() {
+                        t.remove(&k);
+                        let dir = parent(&k).map(|d| format!("{d}/")).unwrap_or_default();
+                        let nn = format!("{dir}app.{:06x}.js", rng.below(1 << 24));
+                        let data = if rng.below(2) == 0 {
+                            rng.edit(&data, 3)
+                        } else {
+                            data
+                        };
+                        t.entry(nn).or_insert(Item::File { data, exec });
+                    }
+                }
+            }
+            3 => {
+                if let Some(k) = pick(rng) {
+                    if let Some(Item::File { exec, .. }) = t.get_mut(&k) {
+                        *exec = !*exec;
+                    }
+                }
+            }
+            _ => {
+                let extra = random_tree(rng, 2);
+                for (p, _) in extra {
+                    add_item(rng, &mut t, &p);
+                }
+            }
+        }
+    }
+    t
+}
+
+/// The oracle: apply a patch entirely in memory, straight from the spec, with none of the
+/// streaming machinery. Returns the new tree (for a file bundle: one entry with path "").
+pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
+    let h = Header::decode(patch).unwrap();
+    let body_end = patch.len() - format::TRAILER_LEN;
+    assert_eq!(
+        blake3::hash(&patch[..body_end]).as_bytes(),
+        &patch[body_end..]
+    );
+    let m_start = format::HEADER_LEN;
+    let m_end = m_start + h.manifest_len as usize;
+    let raw = zstd::decode_all(&patch[m_start..m_end]).unwrap();
+    let m = Manifest::decode(&raw, &h).unwrap();
+    let data = &patch[m_end..body_end];
+    let old_data = |p: &str| match old.get(p) {
+        Some(Item::File { data, .. }) => data.clone(),
+        other => panic!("old {p:?} is {other:?}"),
+    };
+    let mut out = Tree::new();
+    for e in &m.entries {
+        let item = match &e.kind {
+            EntryKind::Dir => Item::Dir,
+            EntryKind::Symlink { target } => Item::Link(target.clone()),
+            EntryKind::File { exec, op, .. } => {
+                let data = match op {
+                    FileOp::Unchanged => old_data(&e.path),
+                    FileOp::Copy { source } => old_data(&m.old_files[*source as usize].path),
+                    FileOp::Add { codec, blob, .. } => {
+                        let b = &data[blob.offset as usize..(blob.offset + blob.len) as usize];
+                        match codec {
+                            Codec::Raw => b.to_vec(),
+                            _ => zstd::decode_all(b).unwrap(),
+                        }
+                    }
+                    FileOp::Delta { sources, blob, .. } => {
+                        let src: Vec<u8> = sources
+                            .iter()
+                            .flat_map(|s| old_data(&m.old_files[*s as usize].path))
+                            .collect();
+                        naive_delta(
+                            &src,
+                            &data[blob.offset as usize..(blob.offset + blob.len) as usize],
+                        )
+                    }
+                    other => panic!("unknown op {other:?}"),
+                };
+                Item::File { data, exec: *exec }
+            }
+            other => panic!("unknown kind {other:?}"),
+        };
+        out.insert(e.path.clone(), item);
+    }
+    out
+}
+
+fn naive_delta(src: &[u8], blob: &[u8]) -> Vec<u8> {
+    let mut r = format::Reader::new(blob, "blob");
+    let n = r.varint().unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..n {
+        rows.push((
+            r.varint().unwrap(),
+            r.varint().unwrap() as usize,
+            r.varint().unwrap() as usize,
+            r.varint().unwrap() as usize,
+        ));
+    }
+    let mut frames = r.bytes(r.remaining()).unwrap();
+    let mut take = |k: usize| {
+        let (a, b) = frames.split_at(k);
+        frames = b;
+        if a.is_empty() {
+            Vec::new()
+        } else {
+            zstd::decode_all(a).unwrap()
+        }
+    };
+    let mut out = Vec::new();
+    for (new_len, cl, dl, el) in rows {
+        let ctrl = take(cl);
+        let diff = take(dl);
+        let extra = take(el);
+        let start = out.len();
+        let mut c = format::Reader::new(&ctrl, "ctrl");
+        let (mut pos, mut d, mut e) = (0i64, 0usize, 0usize);
+        while !c.is_empty() {
+            let dl = c.varint().unwrap() as usize;
+            let el = c.varint().unwrap() as usize;
+            let sk = c.svarint().unwrap();
+            for i in 0..dl {
+                out.push(src[pos as usize + i].wrapping_add(diff[d + i]));
+            }
+            pos += dl as i64;
+            d += dl;
+            out.extend_from_slice(&extra[e..e + el]);
+            e += el;
+            pos += sk;
+        }
+        assert_eq!(out.len() - start, new_len as usize);
+    }
+    out
+}
+
+/// Every file and directory name under `dir` (to check that nothing was left behind).
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
