@@ -82,13 +82,18 @@ fi
 
 echo
 echo "peers available:"
-for c in bsdiff bspatch xdelta3 zstd detools; do
-    printf '  %-8s %s\n' "$c" "$(command -v "$c" || echo '(missing)')"
+for c in bsdiff bspatch xdelta3 zstd; do
+    printf '  %-10s %s\n' "$c" "$(command -v "$c" || echo '(missing)')"
 done
-if "$PYTHON" -c "import hdiffpatch" >/dev/null 2>&1; then
-    echo "  hdiffpatch  python module for $PYTHON (no CLI)"
+if "$PYTHON" -c "import detools" >/dev/null 2>&1; then
+    printf '  %-10s %s\n' detools "CLI, also as: $PYTHON -m detools"
 else
-    echo "  hdiffpatch  (missing)"
+    printf '  %-10s %s\n' detools "(missing)"
+fi
+if "$PYTHON" -c "import hdiffpatch" >/dev/null 2>&1; then
+    printf '  %-10s %s\n' hdiffpatch "python module for $PYTHON (no CLI)"
+else
+    printf '  %-10s %s\n' hdiffpatch "(missing)"
 fi
 if [ ${#skipped[@]} -gt 0 ]; then
     echo "skipped: ${skipped[*]}"
