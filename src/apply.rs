@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    Blob, Codec, EntryKind, FileOp, Hash, Header, Manifest, HEADER_LEN, MIN_CHUNK_ROW, TRAILER_LEN,
+    EntryKind, FileOp, Hash, Header, Manifest, CODEC_RAW, HEADER_LEN, TRAILER_LEN,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -299,6 +299,11 @@ impl Patch {
         })
     }
 
+    /// The path the patch was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The fixed header.
     pub fn header(&self) -> &Header {
         &self.header
@@ -479,6 +484,7 @@ impl Patch {
             create_dir(stage)?;
         }
         let mut made_dirs: Vec<PathBuf> = Vec::new();
+        let mut streams = Streams::open(self)?;
         for e in &self.manifest.entries {
             let dest = stage.map(|s| {
                 if e.path.is_empty() {
@@ -528,7 +534,7 @@ impl Patch {
                             total,
                             progress,
                         };
-                        self.produce(old, &e.path, *size, op, &mut sink)?;
+                        self.produce(old, &e.path, *size, op, &mut streams, &mut sink)?;
                         let (n, hash, file) = w.finish().map_err(|err| {
                             Error::io(dest.as_deref().unwrap_or(Path::new(&e.path)), "write", err)
                         })?;
@@ -549,6 +555,7 @@ impl Patch {
                 }
             }
         }
+        streams.finish()?;
         let d = if dir_bundle {
             digest.finish()
         } else {
@@ -586,27 +593,17 @@ impl Patch {
         path: &str,
         size: u64,
         op: &FileOp,
+        streams: &mut Streams<'_>,
         out: &mut dyn Write,
     ) -> Result<()> {
-        let data_start = HEADER_LEN as u64 + self.header.manifest_len;
         match op {
             FileOp::Unchanged => copy_file(&self.old_path(old, path), size, out),
             FileOp::Copy { source } => {
                 let f = &self.manifest.old_files[*source as usize];
                 copy_file(&self.old_path(old, &f.path), size, out)
             }
-            FileOp::Add { codec, blob, .. } => {
-                let sec = Section::new(&self.file, data_start + blob.offset, blob.len);
-                match codec {
-                    Codec::Raw => copy_exact(sec, size, out, "add blob", &self.path),
-                    Codec::Zstd => {
-                        let dec = decoder(sec, self.header.window_log)
-                            .map_err(|e| stream_err("add blob", e))?;
-                        copy_exact_stream(dec, size, out, "add blob")
-                    }
-                }
-            }
-            FileOp::Delta { sources, blob, .. } => {
+            FileOp::Add { .. } => copy_exact_stream(&mut streams.extra, size, out, "extra stream"),
+            FileOp::Delta { sources, .. } => {
                 let mut parts = Vec::with_capacity(sources.len());
                 for &s in sources {
                     let f = &self.manifest.old_files[s as usize];
@@ -614,17 +611,41 @@ impl Patch {
                     parts.push((open_regular(&p)?, f.size, p));
                 }
                 let src = Source::new(parts)?;
-                apply_delta(
-                    &self.file,
-                    data_start,
-                    *blob,
-                    &src,
-                    self.header.window_log,
-                    size,
-                    out,
-                )
+                apply_delta(streams, &src, size, out)
             }
         }
+    }
+}
+
+/// The three solid streams of a patch, decoded as files consume them.
+pub(crate) struct Streams<'a> {
+    ctrl: BufReader<Stream<'a>>,
+    diff: Stream<'a>,
+    extra: Stream<'a>,
+    obuf: Vec<u8>,
+    dbuf: Vec<u8>,
+}
+
+impl<'a> Streams<'a> {
+    fn open(p: &'a Patch) -> Result<Streams<'a>> {
+        let h = &p.header;
+        let open = |i: usize, what: &'static str| {
+            Stream::open(&p.file, h.stream_offset(i), h.stream_lens[i], h.codecs[i], h.window_log, what)
+        };
+        Ok(Streams {
+            ctrl: BufReader::with_capacity(4096, open(0, "control stream")?),
+            diff: open(1, "diff stream")?,
+            extra: open(2, "extra stream")?,
+            obuf: vec![0u8; IO_BUF],
+            dbuf: vec![0u8; IO_BUF],
+        })
+    }
+
+    /// Every stream must be consumed exactly.
+    fn finish(&mut self) -> Result<()> {
+        expect_end(&mut self.ctrl, "control stream")?;
+        expect_end(&mut self.diff, "diff stream")?;
+        expect_end(&mut self.extra, "extra stream")
     }
 }
 
@@ -755,45 +776,14 @@ fn read_full(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()
     Ok(())
 }
 
-fn copy_exact_stream(
-    mut r: impl Read,
-    n: u64,
-    out: &mut dyn Write,
-    what: &'static str,
-) -> Result<()> {
-    let mut buf = vec![0u8; IO_BUF];
+/// Copy exactly `n` bytes of a stream to `out` (the stream may hold more).
+fn copy_exact_stream(r: &mut impl Read, n: u64, out: &mut dyn Write, what: &'static str) -> Result<()> {
+    let mut buf = [0u8; 16 << 10];
     let mut left = n;
     while left > 0 {
         let k = (left.min(buf.len() as u64)) as usize;
-        read_full(&mut r, &mut buf[..k], what)?;
-        out.write_all(&buf[..k])
-            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
-        left -= k as u64;
-    }
-    expect_end(&mut r, what)
-}
-
-fn copy_exact(
-    mut r: Section<'_>,
-    n: u64,
-    out: &mut dyn Write,
-    what: &'static str,
-    path: &Path,
-) -> Result<()> {
-    let mut buf = vec![0u8; IO_BUF];
-    let mut left = n;
-    while left > 0 {
-        let k = (left.min(buf.len() as u64)) as usize;
-        let mut got = 0;
-        while got < k {
-            let m = read_retry(&mut r, &mut buf[got..k]).map_err(|e| Error::io(path, "read", e))?;
-            if m == 0 {
-                return Err(Error::corrupt(what, "ends early"));
-            }
-            got += m;
-        }
-        out.write_all(&buf[..k])
-            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
+        read_full(r, &mut buf[..k], what)?;
+        out.write_all(&buf[..k]).map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
         left -= k as u64;
     }
     Ok(())
@@ -893,183 +883,82 @@ fn need_varint(r: &mut impl Read, what: &'static str) -> Result<u64> {
     read_varint_stream(r, what)?.ok_or_else(|| Error::corrupt(what, "ends early"))
 }
 
-/// Apply one delta blob: stream `size` bytes of output from `src` and the blob's frames.
-pub(crate) fn apply_delta(
-    patch: &File,
-    data_start: u64,
-    blob: Blob,
-    src: &Source,
-    window_log: u8,
-    size: u64,
-    out: &mut dyn Write,
-) -> Result<()> {
-    const W: &str = "delta chunk table";
-    let blob_start = data_start + blob.offset;
-    // Pass 1: walk the chunk table without storing it, to find where the frames start and to
-    // check that the rows add up.
-    let mut table = BufReader::with_capacity(4096, Section::new(patch, blob_start, blob.len));
-    let n_chunks = need_varint(&mut table, W)?;
-    if n_chunks > blob.len / MIN_CHUNK_ROW + 1 {
-        return Err(Error::corrupt(
-            W,
-            format!("{n_chunks} chunks in a {}-byte blob", blob.len),
-        ));
-    }
-    let mut out_total: u64 = 0;
-    let mut frames_total: u64 = 0;
-    let mut table_len = count_varint_len(n_chunks);
-    for _ in 0..n_chunks {
-        for i in 0..4 {
-            let v = need_varint(&mut table, W)?;
-            table_len += count_varint_len(v);
-            if i == 0 {
-                out_total = out_total
-                    .checked_add(v)
-                    .ok_or_else(|| Error::corrupt(W, "sizes overflow"))?;
-            } else {
-                frames_total = frames_total
-                    .checked_add(v)
-                    .ok_or_else(|| Error::corrupt(W, "sizes overflow"))?;
-            }
+/// Rebuild one file of `size` bytes from its controls (see [`crate::format::Control`]).
+pub(crate) fn apply_delta(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Write) -> Result<()> {
+    const C: &str = "control stream";
+    let mut pos: u64 = 0;
+    let mut produced: u64 = 0;
+    let mut first = true;
+    while produced < size {
+        let d = need_varint(&mut st.ctrl, C)?;
+        let e = need_varint(&mut st.ctrl, C)?;
+        let s_raw = need_varint(&mut st.ctrl, C)?;
+        let seek = ((s_raw >> 1) as i64) ^ -((s_raw & 1) as i64);
+        let step = d.checked_add(e).ok_or_else(|| Error::corrupt(C, "length overflow"))?;
+        if step == 0 && !first {
+            return Err(Error::corrupt(C, "a control that produces nothing (only a file's first may)"));
         }
-    }
-    if out_total != size {
-        return Err(Error::corrupt(
-            W,
-            format!("chunks produce {out_total} bytes, file has {size}"),
-        ));
-    }
-    if table_len.checked_add(frames_total) != Some(blob.len) {
-        return Err(Error::corrupt(
-            W,
-            "chunk frames do not fill the blob exactly",
-        ));
-    }
-    // Pass 2: apply chunk by chunk.
-    let mut table = BufReader::with_capacity(4096, Section::new(patch, blob_start, blob.len));
-    need_varint(&mut table, W)?;
-    let mut frame_pos = blob_start + table_len;
-    let mut obuf = vec![0u8; IO_BUF];
-    let mut dbuf = vec![0u8; IO_BUF];
-    for _ in 0..n_chunks {
-        let new_len = need_varint(&mut table, W)?;
-        let cl = need_varint(&mut table, W)?;
-        let dl = need_varint(&mut table, W)?;
-        let el = need_varint(&mut table, W)?;
-        let mut ctrl = BufReader::with_capacity(
-            4096,
-            Stream::open(patch, frame_pos, cl, window_log, "control stream")?,
-        );
-        let mut diff = Stream::open(patch, frame_pos + cl, dl, window_log, "diff stream")?;
-        let mut extra = Stream::open(patch, frame_pos + cl + dl, el, window_log, "extra stream")?;
-        frame_pos += cl + dl + el;
-        let mut pos: u64 = 0;
-        let mut produced: u64 = 0;
-        while let Some(d) = read_varint_stream(&mut ctrl, "control stream")? {
-            let e = need_varint(&mut ctrl, "control stream")?;
-            let s_raw = need_varint(&mut ctrl, "control stream")?;
-            let seek = ((s_raw >> 1) as i64) ^ -((s_raw & 1) as i64);
-            let step = d
-                .checked_add(e)
-                .ok_or_else(|| Error::corrupt("control stream", "length overflow"))?;
-            if produced.checked_add(step).is_none_or(|t| t > new_len) {
-                return Err(Error::corrupt(
-                    "control stream",
-                    format!("controls produce more than the chunk's {new_len} bytes"),
-                ));
-            }
-            if pos.checked_add(d).is_none_or(|t| t > src.len) {
-                return Err(Error::corrupt(
-                    "control stream",
-                    format!(
-                        "reads {d} source bytes at {pos}, past the {}-byte source",
-                        src.len
-                    ),
-                ));
-            }
-            let mut left = d;
-            while left > 0 {
-                let k = left.min(IO_BUF as u64) as usize;
-                src.read_exact_at(&mut obuf[..k], pos)?;
-                read_full(&mut diff, &mut dbuf[..k], "diff stream")?;
-                for (o, x) in obuf[..k].iter_mut().zip(&dbuf[..k]) {
-                    *o = o.wrapping_add(*x);
-                }
-                out.write_all(&obuf[..k])
-                    .map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
-                pos += k as u64;
-                left -= k as u64;
-            }
-            let mut left = e;
-            while left > 0 {
-                let k = left.min(IO_BUF as u64) as usize;
-                read_full(&mut extra, &mut dbuf[..k], "extra stream")?;
-                out.write_all(&dbuf[..k])
-                    .map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
-                left -= k as u64;
-            }
-            produced += step;
-            let np = i128::from(pos) + i128::from(seek);
-            if np < 0 || np > i128::from(src.len) {
-                return Err(Error::corrupt(
-                    "control stream",
-                    format!("seek to {np}, outside the {}-byte source", src.len),
-                ));
-            }
-            pos = np as u64;
+        first = false;
+        if produced.checked_add(step).is_none_or(|t| t > size) {
+            return Err(Error::corrupt(C, format!("controls produce more than the file's {size} bytes")));
         }
-        if produced != new_len {
+        if pos.checked_add(d).is_none_or(|t| t > src.len) {
             return Err(Error::corrupt(
-                "control stream",
-                format!("chunk produced {produced} of {new_len} bytes"),
+                C,
+                format!("reads {d} source bytes at {pos}, past the {}-byte source", src.len),
             ));
         }
-        expect_end(&mut diff, "diff stream")?;
-        expect_end(&mut extra, "extra stream")?;
+        let mut left = d;
+        while left > 0 {
+            let k = left.min(IO_BUF as u64) as usize;
+            src.read_exact_at(&mut st.obuf[..k], pos)?;
+            read_full(&mut st.diff, &mut st.dbuf[..k], "diff stream")?;
+            for (o, x) in st.obuf[..k].iter_mut().zip(&st.dbuf[..k]) {
+                *o = o.wrapping_add(*x);
+            }
+            out.write_all(&st.obuf[..k]).map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
+            pos += k as u64;
+            left -= k as u64;
+        }
+        copy_exact_stream(&mut st.extra, e, out, "extra stream")?;
+        produced += step;
+        let np = i128::from(pos) + i128::from(seek);
+        if np < 0 || np > i128::from(src.len) {
+            return Err(Error::corrupt(C, format!("seek to {np}, outside the {}-byte source", src.len)));
+        }
+        pos = np as u64;
     }
     Ok(())
 }
 
-/// One delta stream: zero bytes in the patch mean an empty stream, else one zstd frame.
+/// One solid stream: stored raw, or one or more concatenated zstd frames.
 enum Stream<'a> {
-    Empty,
+    Raw(Section<'a>),
     Zstd(Box<Dec<'a>>),
 }
 
 impl<'a> Stream<'a> {
-    fn open(
-        patch: &'a File,
-        pos: u64,
-        len: u64,
-        window_log: u8,
-        what: &'static str,
-    ) -> Result<Stream<'a>> {
-        if len == 0 {
-            return Ok(Stream::Empty);
+    fn open(file: &'a File, pos: u64, len: u64, codec: u8, window_log: u8, what: &'static str) -> Result<Stream<'a>> {
+        let sec = Section::new(file, pos, len);
+        if codec == CODEC_RAW || len == 0 {
+            return Ok(Stream::Raw(sec));
         }
-        Ok(Stream::Zstd(Box::new(
-            decoder(Section::new(patch, pos, len), window_log).map_err(|e| stream_err(what, e))?,
-        )))
+        let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(32 << 10, sec))
+            .map_err(|e| stream_err(what, e))?;
+        d.window_log_max(u32::from(window_log)).map_err(|e| stream_err(what, e))?;
+        Ok(Stream::Zstd(Box::new(d)))
     }
 }
 
 impl Read for Stream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Empty => Ok(0),
+            Stream::Raw(s) => s.read(buf),
             Stream::Zstd(d) => d.read(buf),
         }
     }
 }
 
-fn count_varint_len(mut v: u64) -> u64 {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
 
 // ---------------------------------------------------------------------------------------------
 // Output helpers

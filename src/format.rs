@@ -12,11 +12,17 @@
 //! +--------------------+  64
 //! | manifest           |  one zstd frame (manifest_len bytes)
 //! +--------------------+  64 + manifest_len
-//! | data               |  blobs referenced by the manifest (data_len bytes)
+//! | control stream     |  ctrl_len bytes
+//! | diff stream        |  diff_len bytes
+//! | extra stream       |  extra_len bytes
 //! +--------------------+
 //! | trailer (32 bytes) |  blake3 of every byte before it
 //! +--------------------+
 //! ```
+//!
+//! The three streams are solid: they are shared by all files of the bundle, which consume them
+//! in manifest order, so small files compress together (as in one tar) while the applier still
+//! streams everything with three decoders.
 //!
 //! This module never imports the diff side: it is part of the apply core.
 
@@ -45,9 +51,10 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_NAME_LEN: usize = 255;
 /// Largest number of source files one delta may concatenate.
 pub const MAX_DELTA_SOURCES: usize = 64;
-/// Largest accepted chunk count inside one delta blob, per byte of data (a chunk table row is
-/// at least 4 bytes), enforced as `chunks <= blob_len / 4`.
-pub const MIN_CHUNK_ROW: u64 = 4;
+/// Stream codec: the bytes themselves.
+pub const CODEC_RAW: u8 = 0;
+/// Stream codec: one or more concatenated zstd frames.
+pub const CODEC_ZSTD: u8 = 1;
 
 /// A blake3 digest.
 pub type Hash = [u8; 32];
@@ -61,14 +68,16 @@ pub struct Header {
     pub flags: u32,
     /// Largest zstd window log of any frame in the patch; decoders are capped to it.
     pub window_log: u8,
+    /// Codec of the control, diff and extra streams ([`CODEC_RAW`] or [`CODEC_ZSTD`]).
+    pub codecs: [u8; 3],
     /// Compressed length of the manifest frame.
     pub manifest_len: u64,
     /// Decompressed length of the manifest.
     pub manifest_raw_len: u64,
-    /// Length of the data section.
-    pub data_len: u64,
     /// Sum of the sizes of all files of the new bundle.
     pub new_total: u64,
+    /// Stored lengths of the control, diff and extra streams.
+    pub stream_lens: [u64; 3],
 }
 
 impl Header {
@@ -77,11 +86,21 @@ impl Header {
         self.flags & FLAG_DIRECTORY != 0
     }
 
+    /// Length of the three streams together, or `None` on overflow.
+    pub fn data_len(&self) -> Option<u64> {
+        self.stream_lens[0].checked_add(self.stream_lens[1])?.checked_add(self.stream_lens[2])
+    }
+
+    /// Offset of stream `i` (0 control, 1 diff, 2 extra) from the start of the patch.
+    pub fn stream_offset(&self, i: usize) -> u64 {
+        HEADER_LEN as u64 + self.manifest_len + self.stream_lens[..i].iter().sum::<u64>()
+    }
+
     /// Total patch length implied by the header, or `None` on overflow.
     pub fn patch_len(&self) -> Option<u64> {
         (HEADER_LEN as u64 + TRAILER_LEN as u64)
             .checked_add(self.manifest_len)?
-            .checked_add(self.data_len)
+            .checked_add(self.data_len()?)
     }
 
     /// Encode to the 64 fixed bytes.
@@ -92,10 +111,13 @@ impl Header {
         b[6..8].copy_from_slice(&self.minor.to_le_bytes());
         b[8..12].copy_from_slice(&self.flags.to_le_bytes());
         b[12] = self.window_log;
+        b[13..16].copy_from_slice(&self.codecs);
         b[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
         b[24..32].copy_from_slice(&self.manifest_raw_len.to_le_bytes());
-        b[32..40].copy_from_slice(&self.data_len.to_le_bytes());
-        b[40..48].copy_from_slice(&self.new_total.to_le_bytes());
+        b[32..40].copy_from_slice(&self.new_total.to_le_bytes());
+        for (i, l) in self.stream_lens.iter().enumerate() {
+            b[40 + 8 * i..48 + 8 * i].copy_from_slice(&l.to_le_bytes());
+        }
         b
     }
 
@@ -144,17 +166,19 @@ impl Header {
                 format!("window log {window_log} outside {MIN_WINDOW_LOG}..={MAX_WINDOW_LOG}"),
             ));
         }
-        if b[13..16].iter().chain(&b[48..64]).any(|&x| x != 0) {
-            return Err(Error::corrupt("header", "reserved bytes are not zero"));
+        let codecs = [b[13], b[14], b[15]];
+        if let Some(&c) = codecs.iter().find(|&&c| c != CODEC_RAW && c != CODEC_ZSTD) {
+            return Err(Error::Unsupported { what: "stream codec", value: c.into() });
         }
         let h = Header {
             minor: u16_at(6),
             flags,
             window_log,
+            codecs,
             manifest_len: u64_at(16),
             manifest_raw_len: u64_at(24),
-            data_len: u64_at(32),
-            new_total: u64_at(40),
+            new_total: u64_at(32),
+            stream_lens: [u64_at(40), u64_at(48), u64_at(56)],
         };
         if h.patch_len().is_none() {
             return Err(Error::corrupt("header", "section lengths overflow"));
@@ -291,25 +315,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 // ---------------------------------------------------------------------------------------------
 // Manifest
 
-/// A byte range inside the data section.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Blob {
-    /// Offset from the start of the data section.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-/// How an `add` blob is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Codec {
-    /// The bytes themselves.
-    Raw = 0,
-    /// One zstd frame.
-    Zstd = 1,
-}
-
 /// How one file of the new bundle is produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -321,23 +326,18 @@ pub enum FileOp {
         /// Index into [`Manifest::old_files`].
         source: u32,
     },
-    /// Content carried in the patch.
+    /// Content carried in the patch: the next `size` bytes of the extra stream.
     Add {
-        /// Storage codec.
-        codec: Codec,
-        /// Where the content is.
-        blob: Blob,
         /// blake3 of the content.
         hash: Hash,
     },
-    /// Binary delta against the concatenation of one or more old files.
+    /// Binary delta against the concatenation of one or more old files: controls are read
+    /// from the control stream until they have produced `size` bytes (see [`Control`]).
     Delta {
         /// Indices into [`Manifest::old_files`], concatenated in this order.
         sources: Vec<u32>,
         /// Reversible transform applied before diffing; 0 = none (the only value in v1.0).
         transform: u8,
-        /// Where the delta blob is.
-        blob: Blob,
         /// blake3 of the rebuilt content.
         hash: Hash,
     },
@@ -426,11 +426,6 @@ fn common_prefix(a: &str, b: &str) -> usize {
     (0..=n).rev().find(|&i| b.is_char_boundary(i)).unwrap_or(0)
 }
 
-fn put_blob(out: &mut Vec<u8>, b: &Blob) {
-    put_varint(out, b.offset);
-    put_varint(out, b.len);
-}
-
 impl Manifest {
     /// Encode the manifest body (before compression).
     pub fn encode(&self) -> Vec<u8> {
@@ -466,25 +461,17 @@ impl Manifest {
                             out.push(OP_COPY);
                             put_varint(&mut out, u64::from(*source));
                         }
-                        FileOp::Add { codec, blob, hash } => {
+                        FileOp::Add { hash } => {
                             out.push(OP_ADD);
-                            out.push(*codec as u8);
-                            put_blob(&mut out, blob);
                             out.extend_from_slice(hash);
                         }
-                        FileOp::Delta {
-                            sources,
-                            transform,
-                            blob,
-                            hash,
-                        } => {
+                        FileOp::Delta { sources, transform, hash } => {
                             out.push(OP_DELTA);
                             put_varint(&mut out, sources.len() as u64);
                             for s in sources {
                                 put_varint(&mut out, u64::from(*s));
                             }
                             out.push(*transform);
-                            put_blob(&mut out, blob);
                             out.extend_from_slice(hash);
                         }
                     }
@@ -550,33 +537,7 @@ impl Manifest {
                         OP_COPY => FileOp::Copy {
                             source: old_index(&mut r, n_old)?,
                         },
-                        OP_ADD => {
-                            let codec = match r.u8()? {
-                                0 => Codec::Raw,
-                                1 => Codec::Zstd,
-                                v => {
-                                    return Err(Error::Unsupported {
-                                        what: "codec",
-                                        value: v.into(),
-                                    })
-                                }
-                            };
-                            let blob = read_blob(&mut r, header)?;
-                            if codec == Codec::Raw && blob.len != size {
-                                return Err(Error::corrupt(
-                                    "manifest",
-                                    format!(
-                                        "{path:?}: raw blob of {} bytes for a {size}-byte file",
-                                        blob.len
-                                    ),
-                                ));
-                            }
-                            FileOp::Add {
-                                codec,
-                                blob,
-                                hash: r.hash()?,
-                            }
-                        }
+                        OP_ADD => FileOp::Add { hash: r.hash()? },
                         OP_DELTA => {
                             let n = r.varint_max(MAX_DELTA_SOURCES as u64, "delta source count")?;
                             if n == 0 {
@@ -593,13 +554,7 @@ impl Manifest {
                                     value: transform.into(),
                                 });
                             }
-                            let blob = read_blob(&mut r, header)?;
-                            FileOp::Delta {
-                                sources,
-                                transform,
-                                blob,
-                                hash: r.hash()?,
-                            }
+                            FileOp::Delta { sources, transform, hash: r.hash()? }
                         }
                         v => {
                             return Err(Error::Unsupported {
@@ -769,21 +724,6 @@ fn old_index(r: &mut Reader<'_>, n_old: usize) -> Result<u32> {
     Ok(r.varint_max(n_old as u64 - 1, "old file index")? as u32)
 }
 
-fn read_blob(r: &mut Reader<'_>, header: &Header) -> Result<Blob> {
-    let offset = r.varint()?;
-    let len = r.varint()?;
-    match offset.checked_add(len) {
-        Some(end) if end <= header.data_len => Ok(Blob { offset, len }),
-        _ => Err(Error::corrupt(
-            "manifest",
-            format!(
-                "blob {offset}+{len} outside the {}-byte data section",
-                header.data_len
-            ),
-        )),
-    }
-}
-
 /// Check that a bundle path is safe to create under a root: relative, `/`-separated, no empty,
 /// `.` or `..` component, no NUL, backslash or control character, no drive prefix, bounded
 /// lengths.
@@ -821,39 +761,15 @@ pub fn validate_path(p: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Delta blob
+// Controls
 
-/// One chunk of a delta blob: `new_len` output bytes from three zstd frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChunkRow {
-    /// Bytes of output this chunk produces.
-    pub new_len: u64,
-    /// Compressed length of the control frame.
-    pub ctrl_len: u64,
-    /// Compressed length of the diff frame.
-    pub diff_len: u64,
-    /// Compressed length of the extra frame.
-    pub extra_len: u64,
-}
-
-/// Encode a delta blob's chunk table (the frames follow it in order).
-pub fn encode_chunk_table(rows: &[ChunkRow]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_varint(&mut out, rows.len() as u64);
-    for r in rows {
-        put_varint(&mut out, r.new_len);
-        put_varint(&mut out, r.ctrl_len);
-        put_varint(&mut out, r.diff_len);
-        put_varint(&mut out, r.extra_len);
-    }
-    out
-}
-
-/// One control of a delta chunk (bsdiff-style).
+/// One control of a delta (bsdiff-style), read from the control stream.
 ///
 /// Output `diff` bytes as `source[pos + i] + diff_stream[i]` (wrapping), then `extra` bytes
-/// from the extra stream, then move `pos` by `seek`. `pos` starts at 0 in every chunk and must
-/// stay within `0..=source_len`.
+/// from the extra stream, then move `pos` by `seek`. `pos` starts at 0 for every file and must
+/// stay within `0..=source_len`. A file's controls end when they have produced exactly its
+/// size; a control may not cross into the next file. Only a file's first control may produce
+/// nothing (it positions `pos`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Control {
     /// Bytes added to the source.
@@ -913,10 +829,11 @@ mod tests {
             minor: 0,
             flags: FLAG_DIRECTORY,
             window_log: 21,
+            codecs: [CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD],
             manifest_len: 10,
             manifest_raw_len: 20,
-            data_len: 30,
             new_total: 40,
+            stream_lens: [1, 2, 3],
         };
         let b = h.encode();
         assert_eq!(Header::decode(&b).unwrap(), h);
@@ -932,6 +849,9 @@ mod tests {
         let mut bad = b;
         bad[9] = 1;
         assert!(Header::decode(&bad).is_err());
+        let mut bad = b;
+        bad[14] = 9;
+        assert!(matches!(Header::decode(&bad), Err(Error::Unsupported { what: "stream codec", .. })));
         assert!(Header::decode(&b[..63]).is_err());
     }
 }

@@ -405,54 +405,49 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     let mut counts = std::collections::BTreeMap::<&str, (u64, u64)>::new();
     let mut rows = Vec::new();
     for e in &m.entries {
-        let (op, size, data, source) = match &e.kind {
-            EntryKind::Dir => ("dir", 0, 0, None),
-            EntryKind::Symlink { target } => ("symlink", 0, 0, Some(target.clone())),
+        let (op, size, source) = match &e.kind {
+            EntryKind::Dir => ("dir", 0, None),
+            EntryKind::Symlink { target } => ("symlink", 0, Some(target.clone())),
             EntryKind::File { size, op, .. } => {
-                let (data, source) = match op {
-                    FileOp::Unchanged => (0, None),
-                    FileOp::Copy { source } => {
-                        (0, Some(m.old_files[*source as usize].path.clone()))
-                    }
-                    FileOp::Add { blob, .. } => (blob.len, None),
-                    FileOp::Delta { sources, blob, .. } => (
-                        blob.len,
-                        Some(
-                            sources
-                                .iter()
-                                .map(|s| m.old_files[*s as usize].path.as_str())
-                                .collect::<Vec<_>>()
-                                .join("+"),
-                        ),
+                let source = match op {
+                    FileOp::Copy { source } => Some(m.old_files[*source as usize].path.clone()),
+                    FileOp::Delta { sources, .. } => Some(
+                        sources.iter().map(|s| m.old_files[*s as usize].path.as_str()).collect::<Vec<_>>().join("+"),
                     ),
-                    _ => (0, None),
+                    _ => None,
                 };
-                (op.name(), *size, data, source)
+                (op.name(), *size, source)
             }
-            _ => ("unknown", 0, 0, None),
+            _ => ("unknown", 0, None),
         };
         let c = counts.entry(op).or_default();
         c.0 += 1;
-        c.1 += data;
-        rows.push((e.path.clone(), op, size, data, source));
+        c.1 += size;
+        rows.push((e.path.clone(), op, size, source));
     }
     let mem = bundelta::memory_needed(h);
+    let codec = |c: u8| if c == bundelta::format::CODEC_ZSTD { "zstd" } else { "raw" };
     if a.common.json {
         let ops: serde_json::Map<String, serde_json::Value> = counts
             .iter()
-            .map(|(k, (n, d))| (k.to_string(), json!({"count": n, "data_bytes": d})))
+            .map(|(k, (n, b))| (k.to_string(), json!({"count": n, "new_bytes": b})))
+            .collect();
+        let streams: serde_json::Map<String, serde_json::Value> = ["control", "diff", "extra"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), json!({"bytes": h.stream_lens[i], "codec": codec(h.codecs[i])})))
             .collect();
         let mut v = json!({
             "patch": a.patch, "patch_bytes": p.len(), "format": format!("{}.{}", bundelta::format::VERSION_MAJOR, h.minor),
             "bundle": if h.is_directory() { "directory" } else { "file" },
             "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
             "new_digest": bundelta::hex(&m.new_digest), "old_files_relied_on": m.old_files.len(),
-            "deleted": m.deleted.len(), "ops": ops,
+            "deleted": m.deleted.len(), "ops": ops, "manifest_bytes": h.manifest_len, "streams": streams,
         });
         if a.list {
             v["entries"] = rows
                 .iter()
-                .map(|(p, op, size, data, src)| json!({"path": p, "op": op, "size": size, "data_bytes": data, "source": src}))
+                .map(|(p, op, size, src)| json!({"path": p, "op": op, "size": size, "source": src}))
                 .collect();
             v["deleted_paths"] = json!(m.deleted);
         }
@@ -460,46 +455,37 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("patch:        {} ({})", a.patch.display(), human(p.len()));
-    println!(
-        "format:       {}.{}",
-        bundelta::format::VERSION_MAJOR,
-        h.minor
-    );
-    println!(
-        "bundle:       {}",
-        if h.is_directory() {
-            "directory"
-        } else {
-            "single file"
-        }
-    );
+    println!("format:       {}.{}", bundelta::format::VERSION_MAJOR, h.minor);
+    println!("bundle:       {}", if h.is_directory() { "directory" } else { "single file" });
     println!("new size:     {}", human(h.new_total));
     println!("new digest:   {}", bundelta::hex(&m.new_digest));
     println!("apply memory: {} (window log {})", human(mem), h.window_log);
     println!(
-        "relies on:    {} old files (+ unchanged ones)",
-        m.old_files.len()
+        "sections:     manifest {}, control {} ({}), diff {} ({}), extra {} ({})",
+        human(h.manifest_len),
+        human(h.stream_lens[0]),
+        codec(h.codecs[0]),
+        human(h.stream_lens[1]),
+        codec(h.codecs[1]),
+        human(h.stream_lens[2]),
+        codec(h.codecs[2])
     );
-    for (op, (n, d)) in &counts {
-        println!("  {op:<10} {n:>8}  {}", human(*d));
+    println!("relies on:    {} old files (+ unchanged ones)", m.old_files.len());
+    println!("operations:");
+    for (op, (n, b)) in &counts {
+        println!("  {op:<10} {n:>8}  {} of new content", human(*b));
     }
     if !m.deleted.is_empty() {
         println!("  {:<10} {:>8}", "deleted", m.deleted.len());
     }
     if a.list {
         println!();
-        for (p, op, size, data, src) in &rows {
-            let src = src
-                .as_deref()
-                .map(|s| format!(" <- {s}"))
-                .unwrap_or_default();
-            println!(
-                "{op:<9} {size:>12} {data:>10}  {}{src}",
-                if p.is_empty() { "(file)" } else { p }
-            );
+        for (p, op, size, src) in &rows {
+            let src = src.as_deref().map(|s| format!(" <- {s}")).unwrap_or_default();
+            println!("{op:<9} {size:>12}  {}{src}", if p.is_empty() { "(file)" } else { p });
         }
         for d in &m.deleted {
-            println!("{:<9} {:>12} {:>10}  {d}", "delete", "", "");
+            println!("{:<9} {:>12}  {d}", "delete", "");
         }
     }
     Ok(ExitCode::SUCCESS)

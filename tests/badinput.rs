@@ -256,7 +256,7 @@ fn resealed_forgeries_are_rejected_structurally() {
     let e = must_fail(&c, &reseal(b));
     assert!(e.to_string().contains("corrupt patch"), "{e}");
     // Unknown flag, bad window, nonzero reserved byte.
-    for (at, v) in [(9usize, 1u8), (12, 40), (50, 1)] {
+    for (at, v) in [(9usize, 1u8), (12, 40), (14, 7)] {
         let mut b = c.patch.clone();
         b[at] = v;
         must_fail(&c, &reseal(b));
@@ -294,10 +294,11 @@ fn manifest_with_hostile_paths_is_rejected() {
             minor: 0,
             flags: FLAG_DIRECTORY,
             window_log: 20,
+            codecs: [CODEC_ZSTD; 3],
             manifest_len: 0,
             manifest_raw_len: raw.len() as u64,
-            data_len: 0,
             new_total: 0,
+            stream_lens: [0; 3],
         };
         assert!(Manifest::decode(&raw, &h).is_err(), "{bad:?} accepted");
     }
@@ -306,10 +307,11 @@ fn manifest_with_hostile_paths_is_rejected() {
         minor: 0,
         flags: FLAG_DIRECTORY,
         window_log: 20,
+        codecs: [CODEC_ZSTD; 3],
         manifest_len: 0,
         manifest_raw_len: 0,
-        data_len: 0,
         new_total: 0,
+        stream_lens: [0; 3],
     };
     let m = Manifest {
         entries: vec![

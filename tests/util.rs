@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use bundelta::format::{self, Codec, EntryKind, FileOp, Header, Manifest};
+use bundelta::format::{self, EntryKind, FileOp, Header, Manifest};
 
 /// xorshift64*: deterministic, dependency-free.
 pub struct Rng(pub u64);
@@ -276,15 +276,24 @@ pub fn edit_tree(rng: &mut Rng, old: &Tree) -> Tree {
 pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
     let h = Header::decode(patch).unwrap();
     let body_end = patch.len() - format::TRAILER_LEN;
-    assert_eq!(
-        blake3::hash(&patch[..body_end]).as_bytes(),
-        &patch[body_end..]
-    );
+    assert_eq!(blake3::hash(&patch[..body_end]).as_bytes(), &patch[body_end..]);
     let m_start = format::HEADER_LEN;
     let m_end = m_start + h.manifest_len as usize;
     let raw = zstd::decode_all(&patch[m_start..m_end]).unwrap();
     let m = Manifest::decode(&raw, &h).unwrap();
-    let data = &patch[m_end..body_end];
+    let stream = |i: usize| {
+        let a = h.stream_offset(i) as usize;
+        let b = a + h.stream_lens[i] as usize;
+        let bytes = &patch[a..b];
+        if h.codecs[i] == format::CODEC_ZSTD {
+            zstd::decode_all(bytes).unwrap()
+        } else {
+            bytes.to_vec()
+        }
+    };
+    let (ctrl, diff, extra) = (stream(0), stream(1), stream(2));
+    let mut c = format::Reader::new(&ctrl, "ctrl");
+    let (mut d, mut x) = (0usize, 0usize);
     let old_data = |p: &str| match old.get(p) {
         Some(Item::File { data, .. }) => data.clone(),
         other => panic!("old {p:?} is {other:?}"),
@@ -294,26 +303,35 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         let item = match &e.kind {
             EntryKind::Dir => Item::Dir,
             EntryKind::Symlink { target } => Item::Link(target.clone()),
-            EntryKind::File { exec, op, .. } => {
+            EntryKind::File { exec, op, size } => {
+                let size = *size as usize;
                 let data = match op {
                     FileOp::Unchanged => old_data(&e.path),
                     FileOp::Copy { source } => old_data(&m.old_files[*source as usize].path),
-                    FileOp::Add { codec, blob, .. } => {
-                        let b = &data[blob.offset as usize..(blob.offset + blob.len) as usize];
-                        match codec {
-                            Codec::Raw => b.to_vec(),
-                            _ => zstd::decode_all(b).unwrap(),
-                        }
+                    FileOp::Add { .. } => {
+                        x += size;
+                        extra[x - size..x].to_vec()
                     }
-                    FileOp::Delta { sources, blob, .. } => {
-                        let src: Vec<u8> = sources
-                            .iter()
-                            .flat_map(|s| old_data(&m.old_files[*s as usize].path))
-                            .collect();
-                        naive_delta(
-                            &src,
-                            &data[blob.offset as usize..(blob.offset + blob.len) as usize],
-                        )
+                    FileOp::Delta { sources, .. } => {
+                        let src: Vec<u8> =
+                            sources.iter().flat_map(|s| old_data(&m.old_files[*s as usize].path)).collect();
+                        let mut o = Vec::new();
+                        let mut pos = 0i64;
+                        while o.len() < size {
+                            let dl = c.varint().unwrap() as usize;
+                            let el = c.varint().unwrap() as usize;
+                            let sk = c.svarint().unwrap();
+                            for i in 0..dl {
+                                o.push(src[pos as usize + i].wrapping_add(diff[d + i]));
+                            }
+                            pos += dl as i64;
+                            d += dl;
+                            o.extend_from_slice(&extra[x..x + el]);
+                            x += el;
+                            pos += sk;
+                        }
+                        assert_eq!(o.len(), size);
+                        o
                     }
                     other => panic!("unknown op {other:?}"),
                 };
@@ -323,54 +341,7 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         };
         out.insert(e.path.clone(), item);
     }
-    out
-}
-
-fn naive_delta(src: &[u8], blob: &[u8]) -> Vec<u8> {
-    let mut r = format::Reader::new(blob, "blob");
-    let n = r.varint().unwrap();
-    let mut rows = Vec::new();
-    for _ in 0..n {
-        rows.push((
-            r.varint().unwrap(),
-            r.varint().unwrap() as usize,
-            r.varint().unwrap() as usize,
-            r.varint().unwrap() as usize,
-        ));
-    }
-    let mut frames = r.bytes(r.remaining()).unwrap();
-    let mut take = |k: usize| {
-        let (a, b) = frames.split_at(k);
-        frames = b;
-        if a.is_empty() {
-            Vec::new()
-        } else {
-            zstd::decode_all(a).unwrap()
-        }
-    };
-    let mut out = Vec::new();
-    for (new_len, cl, dl, el) in rows {
-        let ctrl = take(cl);
-        let diff = take(dl);
-        let extra = take(el);
-        let start = out.len();
-        let mut c = format::Reader::new(&ctrl, "ctrl");
-        let (mut pos, mut d, mut e) = (0i64, 0usize, 0usize);
-        while !c.is_empty() {
-            let dl = c.varint().unwrap() as usize;
-            let el = c.varint().unwrap() as usize;
-            let sk = c.svarint().unwrap();
-            for i in 0..dl {
-                out.push(src[pos as usize + i].wrapping_add(diff[d + i]));
-            }
-            pos += dl as i64;
-            d += dl;
-            out.extend_from_slice(&extra[e..e + el]);
-            e += el;
-            pos += sk;
-        }
-        assert_eq!(out.len() - start, new_len as usize);
-    }
+    assert!(c.is_empty() && d == diff.len() && x == extra.len(), "streams not consumed exactly");
     out
 }
 

@@ -11,7 +11,7 @@
 //! 10 MB inputs). Here a match of [`LONG_MATCH`] bytes or more is always taken, which bounds the
 //! work per new byte by `O(LONG_MATCH + log n)`.
 
-use crate::format::{put_control, Control};
+use crate::format::Control;
 
 /// Matches at least this long are taken at once (see module docs).
 pub(crate) const LONG_MATCH: usize = 256;
@@ -142,10 +142,10 @@ pub(crate) fn match_len(a: &[u8], b: &[u8]) -> usize {
     i
 }
 
-/// The three raw (uncompressed) streams of one delta chunk.
+/// The raw (uncompressed) output of scanning one chunk: controls, diff bytes, extra bytes.
 #[derive(Default, Debug)]
 pub(crate) struct Streams {
-    pub ctrl: Vec<u8>,
+    pub ctrls: Vec<Control>,
     pub diff: Vec<u8>,
     pub extra: Vec<u8>,
 }
@@ -245,14 +245,11 @@ pub(crate) fn scan(ix: &Index<'_>, nw: &[u8]) -> Streams {
             let extra_end = scan - lenb;
             st.extra.extend_from_slice(&nw[lastscan + lenf..extra_end]);
             let seek = (pos as i64 - lenb as i64) - (lastpos + lenf) as i64;
-            put_control(
-                &mut st.ctrl,
-                &Control {
+            st.ctrls.push(Control {
                     diff: lenf as u64,
                     extra: (extra_end - (lastscan + lenf)) as u64,
-                    seek,
-                },
-            );
+                seek,
+            });
             lastscan = scan - lenb;
             lastpos = pos - lenb;
             lastoffset = pos as isize - scan as isize;
@@ -264,14 +261,10 @@ pub(crate) fn scan(ix: &Index<'_>, nw: &[u8]) -> Streams {
 /// Oracle: rebuild a chunk from its raw streams (used by tests to check `scan`).
 #[cfg(test)]
 pub(crate) fn naive_apply(old: &[u8], s: &Streams) -> Vec<u8> {
-    use crate::format::Reader;
     let mut out = Vec::new();
-    let mut r = Reader::new(&s.ctrl, "ctrl");
     let (mut d, mut e, mut pos) = (0usize, 0usize, 0i64);
-    while !r.is_empty() {
-        let dl = r.varint().unwrap() as usize;
-        let el = r.varint().unwrap() as usize;
-        let sk = r.svarint().unwrap();
+    for c in &s.ctrls {
+        let (dl, el, sk) = (c.diff as usize, c.extra as usize, c.seek);
         for i in 0..dl {
             out.push(old[pos as usize + i].wrapping_add(s.diff[d + i]));
         }

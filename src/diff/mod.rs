@@ -26,8 +26,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_chunk_table, Blob, ChunkRow, Codec, Entry, EntryKind, FileOp, Hash, Header, Manifest,
-    OldFile, FLAG_DIRECTORY, HEADER_LEN, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
+    put_control, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest, OldFile, CODEC_RAW,
+    CODEC_ZSTD, FLAG_DIRECTORY, HEADER_LEN, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
 
@@ -163,8 +163,8 @@ impl DiffOptions {
     pub fn diff_bytes(&self, old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
         self.check()?;
         let ctx = Ctx::new(self, new.len() as u64);
-        let (m, data) = self.plan_file(&ctx, old, new, false)?;
-        Ok(self.assemble(&m, &data, false, new.len() as u64)?.0)
+        let (m, solid) = self.plan_file(&ctx, old, new, false)?;
+        Ok(self.assemble(&m, solid, false, new.len() as u64)?.0)
     }
 
     /// Diff OLD and NEW (both files or both directories); returns the patch bytes and stats.
@@ -176,8 +176,8 @@ impl DiffOptions {
             let o = fs::read(old).map_err(|e| Error::io(old, "read", e))?;
             let n = fs::read(new).map_err(|e| Error::io(new, "read", e))?;
             let ctx = Ctx::new(self, n.len() as u64);
-            let (m, data) = self.plan_file(&ctx, &o, &n, tree::is_exec(&mn))?;
-            let (bytes, mut stats) = self.assemble(&m, &data, false, n.len() as u64)?;
+            let (m, solid) = self.plan_file(&ctx, &o, &n, tree::is_exec(&mn))?;
+            let (bytes, mut stats) = self.assemble(&m, solid, false, n.len() as u64)?;
             stats.new_bytes = n.len() as u64;
             if let EntryKind::File { op, .. } = &m.entries[0].kind {
                 match op {
@@ -224,54 +224,29 @@ impl DiffOptions {
         old: &[u8],
         new: &[u8],
         exec: bool,
-    ) -> Result<(Manifest, Vec<u8>)> {
+    ) -> Result<(Manifest, Solid)> {
         let old_hash = *blake3::hash(old).as_bytes();
         let new_hash = *blake3::hash(new).as_bytes();
-        let mut m = Manifest {
-            new_digest: new_hash,
-            ..Manifest::default()
-        };
+        let mut m = Manifest { new_digest: new_hash, ..Manifest::default() };
         let mut unchanged = blake3::Hasher::new();
-        let mut data = Vec::new();
+        let mut solid = Solid::default();
         let op = if old_hash == new_hash {
             unchanged.update(&old_hash);
             FileOp::Unchanged
         } else {
-            match self.encode(ctx, if old.is_empty() { None } else { Some(old) }, new) {
-                Encoded::Add(codec, blob) => {
-                    let b = push_blob(&mut data, &blob);
-                    FileOp::Add {
-                        codec,
-                        blob: b,
-                        hash: new_hash,
-                    }
-                }
-                Encoded::Delta(blob) => {
-                    m.old_files.push(OldFile {
-                        path: String::new(),
-                        size: old.len() as u64,
-                        hash: old_hash,
-                    });
-                    let b = push_blob(&mut data, &blob);
-                    FileOp::Delta {
-                        sources: vec![0],
-                        transform: 0,
-                        blob: b,
-                        hash: new_hash,
-                    }
-                }
+            let enc = self.encode(ctx, if old.is_empty() { None } else { Some(old) }, new);
+            let is_delta = matches!(enc, Encoded::Delta(_));
+            solid.push(enc);
+            if is_delta {
+                m.old_files.push(OldFile { path: String::new(), size: old.len() as u64, hash: old_hash });
+                FileOp::Delta { sources: vec![0], transform: 0, hash: new_hash }
+            } else {
+                FileOp::Add { hash: new_hash }
             }
         };
         m.unchanged_digest = *unchanged.finalize().as_bytes();
-        m.entries.push(Entry {
-            path: String::new(),
-            kind: EntryKind::File {
-                exec,
-                size: new.len() as u64,
-                op,
-            },
-        });
-        Ok((m, data))
+        m.entries.push(Entry { path: String::new(), kind: EntryKind::File { exec, size: new.len() as u64, op } });
+        Ok((m, solid))
     }
 
     fn diff_dirs(&self, old: &Path, new: &Path) -> Result<(Vec<u8>, DiffStats)> {
@@ -422,7 +397,7 @@ impl DiffOptions {
                 hash,
             });
         }
-        let mut data = Vec::new();
+        let mut solid = Solid::default();
         let mut unchanged = blake3::Hasher::new();
         let mut digest = TreeDigest::new();
         for ((n, p), e) in new_nodes.iter().zip(&plans).zip(encoded) {
@@ -453,23 +428,16 @@ impl DiffOptions {
                             stats.copied += 1;
                             FileOp::Copy { source: table[s] }
                         }
-                        (Some(Plan::Encode(src)), Some(Encoded::Delta(blob))) => {
+                        (Some(Plan::Encode(src)), Some(enc @ Encoded::Delta(_))) => {
                             stats.modified += 1;
+                            solid.push(enc);
                             let source = table[src.expect("a delta has a source")];
-                            FileOp::Delta {
-                                sources: vec![source],
-                                transform: 0,
-                                blob: push_blob(&mut data, &blob),
-                                hash,
-                            }
+                            FileOp::Delta { sources: vec![source], transform: 0, hash }
                         }
-                        (Some(Plan::Encode(_)), Some(Encoded::Add(codec, blob))) => {
+                        (Some(Plan::Encode(_)), Some(enc @ Encoded::Add(_))) => {
                             stats.added += 1;
-                            FileOp::Add {
-                                codec,
-                                blob: push_blob(&mut data, &blob),
-                                hash,
-                            }
+                            solid.push(enc);
+                            FileOp::Add { hash }
                         }
                         _ => unreachable!("every file has an encoded plan"),
                     };
@@ -495,121 +463,161 @@ impl DiffOptions {
         stats.deleted = m.deleted.len() as u64;
         m.unchanged_digest = *unchanged.finalize().as_bytes();
         m.new_digest = digest.finish();
-        let (bytes, s) = self.assemble(&m, &data, true, stats.new_bytes)?;
+        let (bytes, s) = self.assemble(&m, solid, true, stats.new_bytes)?;
         stats.patch_bytes = s.patch_bytes;
         Ok((bytes, stats))
     }
 
-    /// Header + compressed manifest + data + trailer.
-    fn assemble(
-        &self,
-        m: &Manifest,
-        data: &[u8],
-        dir: bool,
-        new_total: u64,
-    ) -> Result<(Vec<u8>, DiffStats)> {
+    /// Header + compressed manifest + streams + trailer.
+    fn assemble(&self, m: &Manifest, solid: Solid, dir: bool, new_total: u64) -> Result<(Vec<u8>, DiffStats)> {
         let raw = m.encode();
         let mz = compress(&raw, self.level, self.window_log);
+        let streams = [&solid.ctrl, &solid.diff, &solid.extra].map(|st| self.compress_solid(st));
         let header = Header {
             minor: VERSION_MINOR,
             flags: if dir { FLAG_DIRECTORY } else { 0 },
             window_log: self.window_log,
+            codecs: [streams[0].0, streams[1].0, streams[2].0],
             manifest_len: mz.len() as u64,
             manifest_raw_len: raw.len() as u64,
-            data_len: data.len() as u64,
             new_total,
+            stream_lens: [streams[0].1.len() as u64, streams[1].1.len() as u64, streams[2].1.len() as u64],
         };
         // Self-check: what we write must pass the reader's validation.
         m.validate(&header)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + mz.len() + data.len() + 32);
+        let total = HEADER_LEN + mz.len() + streams.iter().map(|s| s.1.len()).sum::<usize>() + 32;
+        let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&header.encode());
         out.extend_from_slice(&mz);
-        out.extend_from_slice(data);
+        for (_, st) in &streams {
+            out.extend_from_slice(st);
+        }
         let t = blake3::hash(&out);
         out.extend_from_slice(t.as_bytes());
-        let stats = DiffStats {
-            patch_bytes: out.len() as u64,
-            ..DiffStats::default()
-        };
+        let stats = DiffStats { patch_bytes: out.len() as u64, ..DiffStats::default() };
         Ok((out, stats))
     }
 
-    /// Encode one file's content: a delta from `source` or the content itself, whichever is
-    /// smaller.
-    fn encode(&self, ctx: &Ctx<'_>, source: Option<&[u8]>, new: &[u8]) -> Encoded {
-        if new.is_empty() {
-            return Encoded::Add(Codec::Raw, Vec::new());
-        }
-        let delta = source.map(|s| self.delta_blob(ctx, s, new));
-        let whole = |level: i32| {
-            let z = compress(new, level, self.window_log);
-            if z.len() < new.len() {
-                Encoded::Add(Codec::Zstd, z)
-            } else {
-                Encoded::Add(Codec::Raw, new.to_vec())
-            }
-        };
-        let Some(delta) = delta else {
-            let r = whole(self.level);
-            ctx.advance(new.len() as u64);
-            return r;
-        };
-        // A fast compression bounds the whole-file size from above; a delta well under it
-        // wins without paying for a slow compression of the whole file.
-        let fast = compress(new, 3.min(self.level), self.window_log)
-            .len()
-            .min(new.len());
-        if delta.len() * 10 <= fast * 7 {
-            return Encoded::Delta(delta);
-        }
-        let w = whole(self.level);
-        if delta.len() < w.len() {
-            Encoded::Delta(delta)
+    /// Compress one solid stream as independent zstd frames of [`SEGMENT`] input bytes each
+    /// (compressed in parallel; the split depends only on the length, so output is
+    /// deterministic), or store it raw when that is not larger.
+    fn compress_solid(&self, data: &[u8]) -> (u8, Vec<u8>) {
+        let frames: Vec<Vec<u8>> =
+            data.par_chunks(SEGMENT).map(|seg| compress(seg, self.level, self.window_log)).collect();
+        let z: usize = frames.iter().map(|f| f.len()).sum();
+        if z >= data.len() {
+            (CODEC_RAW, data.to_vec())
         } else {
-            w
+            (CODEC_ZSTD, frames.concat())
         }
     }
 
-    fn delta_blob(&self, ctx: &Ctx<'_>, source: &[u8], new: &[u8]) -> Vec<u8> {
+    /// Encode one file: a delta from `source`, or the content itself when the delta is not
+    /// smaller. Sizes are compared with a quick zstd level 3 of each candidate; the chosen
+    /// bytes are compressed later, together with every other file's, at the configured level.
+    fn encode(&self, ctx: &Ctx<'_>, source: Option<&[u8]>, new: &[u8]) -> Encoded {
+        let Some(source) = source.filter(|s| !s.is_empty() && !new.is_empty()) else {
+            ctx.advance(new.len() as u64);
+            return Encoded::Add(new.to_vec());
+        };
+        let delta = self.file_delta(ctx, source, new);
+        let est = |d: &[u8]| if d.is_empty() { 0 } else { compress(d, 3, self.window_log).len() };
+        let est_delta = est(&delta.ctrl) + est(&delta.diff) + est(&delta.extra);
+        let est_whole = est(new).min(new.len());
+        if est_delta < est_whole {
+            Encoded::Delta(delta)
+        } else {
+            Encoded::Add(new.to_vec())
+        }
+    }
+
+    /// Scan `new` against `source` in parallel chunks and join the chunks' controls into one
+    /// control list for the file (see [`join_controls`]).
+    fn file_delta(&self, ctx: &Ctx<'_>, source: &[u8], new: &[u8]) -> Solid {
         let ix = matcher::Index::new(source);
-        let parts: Vec<(ChunkRow, Vec<u8>)> = new
+        let parts: Vec<matcher::Streams> = new
             .par_chunks(self.chunk_size)
             .map(|c| {
                 let s = matcher::scan(&ix, c);
-                let cz = compress_stream(&s.ctrl, self.level, self.window_log);
-                let dz = compress_stream(&s.diff, self.level, self.window_log);
-                let ez = compress_stream(&s.extra, self.level, self.window_log);
                 ctx.advance(c.len() as u64);
-                let row = ChunkRow {
-                    new_len: c.len() as u64,
-                    ctrl_len: cz.len() as u64,
-                    diff_len: dz.len() as u64,
-                    extra_len: ez.len() as u64,
-                };
-                let mut f = cz;
-                f.extend_from_slice(&dz);
-                f.extend_from_slice(&ez);
-                (row, f)
+                s
             })
             .collect();
-        let rows: Vec<ChunkRow> = parts.iter().map(|p| p.0).collect();
-        let mut out = encode_chunk_table(&rows);
-        for (_, f) in parts {
-            out.extend_from_slice(&f);
+        let mut out = Solid::default();
+        let mut ctrls = Vec::new();
+        for p in parts {
+            ctrls.push(p.ctrls);
+            out.diff.extend_from_slice(&p.diff);
+            out.extra.extend_from_slice(&p.extra);
+        }
+        for c in join_controls(ctrls) {
+            put_control(&mut out.ctrl, &c);
         }
         out
     }
 }
 
-enum Encoded {
-    Add(Codec, Vec<u8>),
-    Delta(Vec<u8>),
+/// Input bytes per zstd frame of a solid stream (8 MiB).
+const SEGMENT: usize = 8 << 20;
+
+/// Join per-chunk control lists into one list for a file, in the form the applier accepts:
+/// every chunk's scan started at source position 0, so each chunk but the last ends with a
+/// seek back to 0; controls that produce nothing are folded into the previous control's seek
+/// (only a file's first control may produce nothing); the final seek is 0.
+fn join_controls(chunks: Vec<Vec<Control>>) -> Vec<Control> {
+    let n = chunks.len();
+    let mut out: Vec<Control> = Vec::new();
+    for (k, mut cs) in chunks.into_iter().enumerate() {
+        if k + 1 < n {
+            let mut pos: i64 = 0;
+            let last = cs.len().saturating_sub(1);
+            for (i, c) in cs.iter_mut().enumerate() {
+                pos += c.diff as i64;
+                if i == last {
+                    c.seek = -pos;
+                } else {
+                    pos += c.seek;
+                }
+            }
+        }
+        for c in cs {
+            match out.last_mut() {
+                Some(prev) if c.diff == 0 && c.extra == 0 => prev.seek += c.seek,
+                _ => out.push(c),
+            }
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        last.seek = 0;
+    }
+    out
 }
 
-impl Encoded {
-    fn len(&self) -> usize {
-        match self {
-            Encoded::Add(_, b) | Encoded::Delta(b) => b.len(),
+/// One file's encoding.
+enum Encoded {
+    /// The content itself, carried in the extra stream.
+    Add(Vec<u8>),
+    /// Controls, diff bytes and extra bytes.
+    Delta(Solid),
+}
+
+/// Raw (uncompressed) control, diff and extra streams.
+#[derive(Default)]
+struct Solid {
+    ctrl: Vec<u8>,
+    diff: Vec<u8>,
+    extra: Vec<u8>,
+}
+
+impl Solid {
+    fn push(&mut self, e: Encoded) {
+        match e {
+            Encoded::Add(content) => self.extra.extend_from_slice(&content),
+            Encoded::Delta(d) => {
+                self.ctrl.extend_from_slice(&d.ctrl);
+                self.diff.extend_from_slice(&d.diff);
+                self.extra.extend_from_slice(&d.extra);
+            }
         }
     }
 }
@@ -637,15 +645,6 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn push_blob(data: &mut Vec<u8>, blob: &[u8]) -> Blob {
-    let b = Blob {
-        offset: data.len() as u64,
-        len: blob.len() as u64,
-    };
-    data.extend_from_slice(blob);
-    b
-}
-
 /// One zstd frame with the window capped to `window_log`.
 fn compress(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
     let mut c = zstd::bulk::Compressor::new(level).expect("zstd: level was range-checked");
@@ -655,13 +654,4 @@ fn compress(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
     .expect("zstd: window log was range-checked");
     c.compress(data)
         .expect("zstd: compressing into a growable buffer cannot fail")
-}
-
-/// Like [`compress`], but an empty stream is stored as zero bytes (no frame).
-fn compress_stream(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
-    if data.is_empty() {
-        Vec::new()
-    } else {
-        compress(data, level, window_log)
-    }
 }
