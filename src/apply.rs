@@ -192,9 +192,19 @@ pub struct Patch {
     manifest: Manifest,
 }
 
-/// Result of checking OLD against a patch: hashes of the unchanged files, in entry order.
+/// Result of checking OLD against a patch: size and hash of every old file relied upon at its
+/// own path (see [`uses_same_path`]), in entry order.
 pub(crate) struct BaseCheck {
-    unchanged: Vec<Hash>,
+    base: Vec<(u64, Hash)>,
+}
+
+/// Whether a file operation reads the old file at the entry's own path.
+fn uses_same_path(op: &FileOp) -> bool {
+    match op {
+        FileOp::Unchanged => true,
+        FileOp::Delta { sources, .. } => sources.is_empty(),
+        _ => false,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -327,15 +337,11 @@ impl Patch {
     /// Whether the patch needs anything from OLD.
     fn needs_old(&self) -> bool {
         !self.manifest.old_files.is_empty()
-            || self.manifest.entries.iter().any(|e| {
-                matches!(
-                    e.kind,
-                    EntryKind::File {
-                        op: FileOp::Unchanged,
-                        ..
-                    }
-                )
-            })
+            || self
+                .manifest
+                .entries
+                .iter()
+                .any(|e| matches!(&e.kind, EntryKind::File { op, .. } if uses_same_path(op)))
     }
 
     pub(crate) fn check_old_kind(&self, old: &Path) -> Result<()> {
@@ -398,9 +404,7 @@ impl Patch {
     /// Hash every old file the patch relies on and compare, before anything is written.
     pub(crate) fn check_base(&self, old: &Path) -> Result<BaseCheck> {
         if !self.needs_old() {
-            return Ok(BaseCheck {
-                unchanged: Vec::new(),
-            });
+            return Ok(BaseCheck { base: Vec::new() });
         }
         for f in &self.manifest.old_files {
             let p = self.old_path(old, &f.path);
@@ -423,45 +427,48 @@ impl Patch {
                 ));
             }
         }
-        let mut unchanged = Vec::new();
+        let mut base = Vec::new();
         let mut h = blake3::Hasher::new();
         for e in &self.manifest.entries {
-            if let EntryKind::File {
-                size,
-                op: FileOp::Unchanged,
-                ..
-            } = &e.kind
-            {
-                let p = self.old_path(old, &e.path);
-                let (got, hash) = hash_file(&p).map_err(|err| match err {
-                    Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                        Error::wrong_base(&e.path, "missing")
-                    }
-                    other => other,
-                })?;
-                if got != *size {
-                    return Err(Error::wrong_base(
-                        &e.path,
-                        format!("size is {got}, the patch expects {size}"),
-                    ));
-                }
-                h.update(&hash);
-                unchanged.push(hash);
+            let EntryKind::File { size, op, .. } = &e.kind else {
+                continue;
+            };
+            if !uses_same_path(op) {
+                continue;
             }
+            let p = self.old_path(old, &e.path);
+            let (got, hash) = hash_file(&p).map_err(|err| match err {
+                Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                    Error::wrong_base(&e.path, "missing")
+                }
+                other => other,
+            })?;
+            let want = match op {
+                FileOp::Delta { base_size, .. } => *base_size,
+                _ => *size,
+            };
+            if got != want {
+                return Err(Error::wrong_base(
+                    &e.path,
+                    format!("size is {got}, the patch expects {want}"),
+                ));
+            }
+            h.update(&hash);
+            base.push((got, hash));
         }
-        if *h.finalize().as_bytes() != self.manifest.unchanged_digest {
+        if *h.finalize().as_bytes() != self.manifest.base_digest {
             if !self.header.is_directory() {
                 return Err(Error::wrong_base("", "content differs (blake3 mismatch)"));
             }
             return Err(Error::wrong_base(
                 "",
                 format!(
-                    "the content of one or more of the {} files the patch keeps unchanged differs",
-                    unchanged.len()
+                    "the content of one or more of the {} files the patch keeps or modifies in place differs",
+                    base.len()
                 ),
             ));
         }
-        Ok(BaseCheck { unchanged })
+        Ok(BaseCheck { base })
     }
 
     /// Rebuild every entry under `stage` (or into a hashing sink when `None`), verifying each
@@ -476,7 +483,8 @@ impl Patch {
     ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         let mut digest = TreeDigest::new();
-        let mut unchanged = base.unchanged.iter();
+        let mut base_files = base.base.iter();
+        let mut file_hash = [0u8; 32];
         let done = AtomicU64::new(0);
         let total = self.header.new_total;
         let dir_bundle = self.header.is_directory();
@@ -510,12 +518,21 @@ impl Patch {
                     report.symlinks += 1;
                 }
                 EntryKind::File { exec, size, op } => {
-                    let expected: Hash = match op {
-                        FileOp::Unchanged => *unchanged.next().ok_or_else(|| {
-                            Error::corrupt("manifest", "unchanged count mismatch")
-                        })?,
-                        FileOp::Copy { source } => self.manifest.old_files[*source as usize].hash,
-                        FileOp::Add { hash, .. } | FileOp::Delta { hash, .. } => *hash,
+                    // Size and hash of the old file at this path, when the op reads it.
+                    let same = if uses_same_path(op) {
+                        Some(*base_files.next().ok_or_else(|| {
+                            Error::corrupt("manifest", "base file count mismatch")
+                        })?)
+                    } else {
+                        None
+                    };
+                    // The hash this output must have, where the patch determines it up front.
+                    let expected: Option<Hash> = match op {
+                        FileOp::Unchanged => same.map(|s| s.1),
+                        FileOp::Copy { source } => {
+                            Some(self.manifest.old_files[*source as usize].hash)
+                        }
+                        _ => None,
                     };
                     let linked = match (&dest, op, link) {
                         (Some(d), FileOp::Unchanged, LinkMode::HardLink) => {
@@ -523,7 +540,10 @@ impl Patch {
                         }
                         _ => false,
                     };
-                    if !linked {
+                    let hash = if linked {
+                        done.fetch_add(*size, Ordering::Relaxed);
+                        expected.expect("an unchanged file has a base hash")
+                    } else {
                         let mut w = HashingWriter::new(match &dest {
                             Some(d) => Some(create_file(d, *exec)?),
                             None => None,
@@ -534,11 +554,19 @@ impl Patch {
                             total,
                             progress,
                         };
-                        self.produce(old, &e.path, *size, op, &mut streams, &mut sink)?;
+                        self.produce(
+                            old,
+                            &e.path,
+                            *size,
+                            op,
+                            same.map(|s| s.0),
+                            &mut streams,
+                            &mut sink,
+                        )?;
                         let (n, hash, file) = w.finish().map_err(|err| {
                             Error::io(dest.as_deref().unwrap_or(Path::new(&e.path)), "write", err)
                         })?;
-                        if n != *size || hash != expected {
+                        if n != *size || expected.is_some_and(|x| x != hash) {
                             return Err(Error::OutputMismatch {
                                 path: e.path.clone(),
                             });
@@ -546,10 +574,10 @@ impl Patch {
                         if let (Some(f), Some(d)) = (file, &dest) {
                             f.sync_all().map_err(|err| Error::io(d, "fsync", err))?;
                         }
-                    } else {
-                        done.fetch_add(*size, Ordering::Relaxed);
-                    }
-                    digest.file(&e.path, *exec, *size, &expected);
+                        hash
+                    };
+                    digest.file(&e.path, *exec, *size, &hash);
+                    file_hash = hash;
                     report.files += 1;
                     report.bytes += size;
                 }
@@ -559,14 +587,7 @@ impl Patch {
         let d = if dir_bundle {
             digest.finish()
         } else {
-            match &self.manifest.entries[0].kind {
-                EntryKind::File { op, .. } => match op {
-                    FileOp::Unchanged => base.unchanged.first().copied().unwrap_or([0; 32]),
-                    FileOp::Copy { source } => self.manifest.old_files[*source as usize].hash,
-                    FileOp::Add { hash, .. } | FileOp::Delta { hash, .. } => *hash,
-                },
-                _ => [0; 32],
-            }
+            file_hash
         };
         if d != self.manifest.new_digest {
             return Err(Error::OutputMismatch {
@@ -593,6 +614,7 @@ impl Patch {
         path: &str,
         size: u64,
         op: &FileOp,
+        same_size: Option<u64>,
         streams: &mut Streams<'_>,
         out: &mut dyn Write,
     ) -> Result<()> {
@@ -602,9 +624,13 @@ impl Patch {
                 let f = &self.manifest.old_files[*source as usize];
                 copy_file(&self.old_path(old, &f.path), size, out)
             }
-            FileOp::Add { .. } => copy_exact_stream(&mut streams.extra, size, out, "extra stream"),
+            FileOp::Add => copy_exact_stream(&mut streams.extra, size, out, "extra stream"),
             FileOp::Delta { sources, .. } => {
-                let mut parts = Vec::with_capacity(sources.len());
+                let mut parts = Vec::with_capacity(sources.len().max(1));
+                if sources.is_empty() {
+                    let p = self.old_path(old, path);
+                    parts.push((open_regular(&p)?, same_size.unwrap_or(0), p));
+                }
                 for &s in sources {
                     let f = &self.manifest.old_files[s as usize];
                     let p = self.old_path(old, &f.path);
@@ -630,7 +656,14 @@ impl<'a> Streams<'a> {
     fn open(p: &'a Patch) -> Result<Streams<'a>> {
         let h = &p.header;
         let open = |i: usize, what: &'static str| {
-            Stream::open(&p.file, h.stream_offset(i), h.stream_lens[i], h.codecs[i], h.window_log, what)
+            Stream::open(
+                &p.file,
+                h.stream_offset(i),
+                h.stream_lens[i],
+                h.codecs[i],
+                h.window_log,
+                what,
+            )
         };
         Ok(Streams {
             ctrl: BufReader::with_capacity(4096, open(0, "control stream")?),
@@ -777,13 +810,19 @@ fn read_full(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()
 }
 
 /// Copy exactly `n` bytes of a stream to `out` (the stream may hold more).
-fn copy_exact_stream(r: &mut impl Read, n: u64, out: &mut dyn Write, what: &'static str) -> Result<()> {
+fn copy_exact_stream(
+    r: &mut impl Read,
+    n: u64,
+    out: &mut dyn Write,
+    what: &'static str,
+) -> Result<()> {
     let mut buf = [0u8; 16 << 10];
     let mut left = n;
     while left > 0 {
         let k = (left.min(buf.len() as u64)) as usize;
         read_full(r, &mut buf[..k], what)?;
-        out.write_all(&buf[..k]).map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
+        out.write_all(&buf[..k])
+            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
         left -= k as u64;
     }
     Ok(())
@@ -884,7 +923,12 @@ fn need_varint(r: &mut impl Read, what: &'static str) -> Result<u64> {
 }
 
 /// Rebuild one file of `size` bytes from its controls (see [`crate::format::Control`]).
-pub(crate) fn apply_delta(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Write) -> Result<()> {
+pub(crate) fn apply_delta(
+    st: &mut Streams<'_>,
+    src: &Source,
+    size: u64,
+    out: &mut dyn Write,
+) -> Result<()> {
     const C: &str = "control stream";
     let mut pos: u64 = 0;
     let mut produced: u64 = 0;
@@ -894,18 +938,29 @@ pub(crate) fn apply_delta(st: &mut Streams<'_>, src: &Source, size: u64, out: &m
         let e = need_varint(&mut st.ctrl, C)?;
         let s_raw = need_varint(&mut st.ctrl, C)?;
         let seek = ((s_raw >> 1) as i64) ^ -((s_raw & 1) as i64);
-        let step = d.checked_add(e).ok_or_else(|| Error::corrupt(C, "length overflow"))?;
+        let step = d
+            .checked_add(e)
+            .ok_or_else(|| Error::corrupt(C, "length overflow"))?;
         if step == 0 && !first {
-            return Err(Error::corrupt(C, "a control that produces nothing (only a file's first may)"));
+            return Err(Error::corrupt(
+                C,
+                "a control that produces nothing (only a file's first may)",
+            ));
         }
         first = false;
         if produced.checked_add(step).is_none_or(|t| t > size) {
-            return Err(Error::corrupt(C, format!("controls produce more than the file's {size} bytes")));
+            return Err(Error::corrupt(
+                C,
+                format!("controls produce more than the file's {size} bytes"),
+            ));
         }
         if pos.checked_add(d).is_none_or(|t| t > src.len) {
             return Err(Error::corrupt(
                 C,
-                format!("reads {d} source bytes at {pos}, past the {}-byte source", src.len),
+                format!(
+                    "reads {d} source bytes at {pos}, past the {}-byte source",
+                    src.len
+                ),
             ));
         }
         let mut left = d;
@@ -916,7 +971,8 @@ pub(crate) fn apply_delta(st: &mut Streams<'_>, src: &Source, size: u64, out: &m
             for (o, x) in st.obuf[..k].iter_mut().zip(&st.dbuf[..k]) {
                 *o = o.wrapping_add(*x);
             }
-            out.write_all(&st.obuf[..k]).map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
+            out.write_all(&st.obuf[..k])
+                .map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
             pos += k as u64;
             left -= k as u64;
         }
@@ -924,7 +980,10 @@ pub(crate) fn apply_delta(st: &mut Streams<'_>, src: &Source, size: u64, out: &m
         produced += step;
         let np = i128::from(pos) + i128::from(seek);
         if np < 0 || np > i128::from(src.len) {
-            return Err(Error::corrupt(C, format!("seek to {np}, outside the {}-byte source", src.len)));
+            return Err(Error::corrupt(
+                C,
+                format!("seek to {np}, outside the {}-byte source", src.len),
+            ));
         }
         pos = np as u64;
     }
@@ -938,14 +997,23 @@ enum Stream<'a> {
 }
 
 impl<'a> Stream<'a> {
-    fn open(file: &'a File, pos: u64, len: u64, codec: u8, window_log: u8, what: &'static str) -> Result<Stream<'a>> {
+    fn open(
+        file: &'a File,
+        pos: u64,
+        len: u64,
+        codec: u8,
+        window_log: u8,
+        what: &'static str,
+    ) -> Result<Stream<'a>> {
         let sec = Section::new(file, pos, len);
         if codec == CODEC_RAW || len == 0 {
             return Ok(Stream::Raw(sec));
         }
-        let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(32 << 10, sec))
+        let mut d =
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(32 << 10, sec))
+                .map_err(|e| stream_err(what, e))?;
+        d.window_log_max(u32::from(window_log))
             .map_err(|e| stream_err(what, e))?;
-        d.window_log_max(u32::from(window_log)).map_err(|e| stream_err(what, e))?;
         Ok(Stream::Zstd(Box::new(d)))
     }
 }
@@ -958,7 +1026,6 @@ impl Read for Stream<'_> {
         }
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Output helpers

@@ -88,7 +88,9 @@ impl Header {
 
     /// Length of the three streams together, or `None` on overflow.
     pub fn data_len(&self) -> Option<u64> {
-        self.stream_lens[0].checked_add(self.stream_lens[1])?.checked_add(self.stream_lens[2])
+        self.stream_lens[0]
+            .checked_add(self.stream_lens[1])?
+            .checked_add(self.stream_lens[2])
     }
 
     /// Offset of stream `i` (0 control, 1 diff, 2 extra) from the start of the patch.
@@ -168,7 +170,10 @@ impl Header {
         }
         let codecs = [b[13], b[14], b[15]];
         if let Some(&c) = codecs.iter().find(|&&c| c != CODEC_RAW && c != CODEC_ZSTD) {
-            return Err(Error::Unsupported { what: "stream codec", value: c.into() });
+            return Err(Error::Unsupported {
+                what: "stream codec",
+                value: c.into(),
+            });
         }
         let h = Header {
             minor: u16_at(6),
@@ -319,7 +324,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FileOp {
-    /// Same path, same content in OLD. Its hash is covered by the manifest's unchanged digest.
+    /// Same path, same content in OLD. Its hash is covered by [`Manifest::base_digest`].
     Unchanged,
     /// The content of an old file (by index into the old-file table), at any path.
     Copy {
@@ -327,19 +332,18 @@ pub enum FileOp {
         source: u32,
     },
     /// Content carried in the patch: the next `size` bytes of the extra stream.
-    Add {
-        /// blake3 of the content.
-        hash: Hash,
-    },
-    /// Binary delta against the concatenation of one or more old files: controls are read
-    /// from the control stream until they have produced `size` bytes (see [`Control`]).
+    Add,
+    /// Binary delta: controls are read from the control stream until they have produced
+    /// `size` bytes (see [`Control`]).
     Delta {
-        /// Indices into [`Manifest::old_files`], concatenated in this order.
+        /// Indices into [`Manifest::old_files`], concatenated in this order; empty means the
+        /// old file at the same path (whose hash is covered by [`Manifest::base_digest`]).
         sources: Vec<u32>,
+        /// Size of the old file at the same path when `sources` is empty (0 otherwise): lets
+        /// the applier name a same-path source whose size differs.
+        base_size: u64,
         /// Reversible transform applied before diffing; 0 = none (the only value in v1.0).
         transform: u8,
-        /// blake3 of the rebuilt content.
-        hash: Hash,
     },
 }
 
@@ -400,10 +404,13 @@ pub struct OldFile {
 /// The decoded manifest: everything about the patch except the blob bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Manifest {
-    /// Digest of the whole new bundle (see [`crate::tree`]); for a file, blake3 of its content.
+    /// Digest of the whole new bundle (see `FORMAT.md`); for a file, blake3 of its content.
+    /// Every output is checked against it before anything is committed.
     pub new_digest: Hash,
-    /// blake3 over the concatenated hashes of all `unchanged` files, in entry order.
-    pub unchanged_digest: Hash,
+    /// blake3 over the concatenated blake3 hashes of every old file relied upon at its own
+    /// path (`unchanged` files and same-path `modify` sources), in entry order. Checked before
+    /// anything is written; costs 32 bytes however many files it covers.
+    pub base_digest: Hash,
     /// Old files relied upon, sorted by path.
     pub old_files: Vec<OldFile>,
     /// New bundle entries, strictly sorted by path bytes.
@@ -431,7 +438,7 @@ impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.new_digest);
-        out.extend_from_slice(&self.unchanged_digest);
+        out.extend_from_slice(&self.base_digest);
         put_varint(&mut out, self.old_files.len() as u64);
         for f in &self.old_files {
             put_str(&mut out, &f.path);
@@ -461,18 +468,21 @@ impl Manifest {
                             out.push(OP_COPY);
                             put_varint(&mut out, u64::from(*source));
                         }
-                        FileOp::Add { hash } => {
-                            out.push(OP_ADD);
-                            out.extend_from_slice(hash);
-                        }
-                        FileOp::Delta { sources, transform, hash } => {
+                        FileOp::Add => out.push(OP_ADD),
+                        FileOp::Delta {
+                            sources,
+                            base_size,
+                            transform,
+                        } => {
                             out.push(OP_DELTA);
                             put_varint(&mut out, sources.len() as u64);
                             for s in sources {
                                 put_varint(&mut out, u64::from(*s));
                             }
+                            if sources.is_empty() {
+                                put_varint(&mut out, *base_size);
+                            }
                             out.push(*transform);
-                            out.extend_from_slice(hash);
                         }
                     }
                 }
@@ -494,7 +504,7 @@ impl Manifest {
     pub fn decode(raw: &[u8], header: &Header) -> Result<Manifest> {
         let mut r = Reader::new(raw, "manifest");
         let new_digest = r.hash()?;
-        let unchanged_digest = r.hash()?;
+        let base_digest = r.hash()?;
         // Each record takes at least 34 bytes, so this bounds the allocation by the input.
         let n_old = r.varint_max((r.remaining() / 34) as u64, "old file count")? as usize;
         let mut old_files = Vec::with_capacity(n_old);
@@ -537,16 +547,14 @@ impl Manifest {
                         OP_COPY => FileOp::Copy {
                             source: old_index(&mut r, n_old)?,
                         },
-                        OP_ADD => FileOp::Add { hash: r.hash()? },
+                        OP_ADD => FileOp::Add,
                         OP_DELTA => {
                             let n = r.varint_max(MAX_DELTA_SOURCES as u64, "delta source count")?;
-                            if n == 0 {
-                                return Err(Error::corrupt("manifest", "delta with no source"));
-                            }
                             let mut sources = Vec::with_capacity(n as usize);
                             for _ in 0..n {
                                 sources.push(old_index(&mut r, n_old)?);
                             }
+                            let base_size = if sources.is_empty() { r.varint()? } else { 0 };
                             let transform = r.u8()?;
                             if transform != 0 {
                                 return Err(Error::Unsupported {
@@ -554,7 +562,11 @@ impl Manifest {
                                     value: transform.into(),
                                 });
                             }
-                            FileOp::Delta { sources, transform, hash: r.hash()? }
+                            FileOp::Delta {
+                                sources,
+                                base_size,
+                                transform,
+                            }
                         }
                         v => {
                             return Err(Error::Unsupported {
@@ -588,7 +600,7 @@ impl Manifest {
         }
         let m = Manifest {
             new_digest,
-            unchanged_digest,
+            base_digest,
             old_files,
             entries,
             deleted,
@@ -851,7 +863,13 @@ mod tests {
         assert!(Header::decode(&bad).is_err());
         let mut bad = b;
         bad[14] = 9;
-        assert!(matches!(Header::decode(&bad), Err(Error::Unsupported { what: "stream codec", .. })));
+        assert!(matches!(
+            Header::decode(&bad),
+            Err(Error::Unsupported {
+                what: "stream codec",
+                ..
+            })
+        ));
         assert!(Header::decode(&b[..63]).is_err());
     }
 }

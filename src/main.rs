@@ -411,8 +411,13 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             EntryKind::File { size, op, .. } => {
                 let source = match op {
                     FileOp::Copy { source } => Some(m.old_files[*source as usize].path.clone()),
+                    FileOp::Delta { sources, .. } if sources.is_empty() => Some(e.path.clone()),
                     FileOp::Delta { sources, .. } => Some(
-                        sources.iter().map(|s| m.old_files[*s as usize].path.as_str()).collect::<Vec<_>>().join("+"),
+                        sources
+                            .iter()
+                            .map(|s| m.old_files[*s as usize].path.as_str())
+                            .collect::<Vec<_>>()
+                            .join("+"),
                     ),
                     _ => None,
                 };
@@ -426,7 +431,13 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         rows.push((e.path.clone(), op, size, source));
     }
     let mem = bundelta::memory_needed(h);
-    let codec = |c: u8| if c == bundelta::format::CODEC_ZSTD { "zstd" } else { "raw" };
+    let codec = |c: u8| {
+        if c == bundelta::format::CODEC_ZSTD {
+            "zstd"
+        } else {
+            "raw"
+        }
+    };
     if a.common.json {
         let ops: serde_json::Map<String, serde_json::Value> = counts
             .iter()
@@ -435,7 +446,12 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         let streams: serde_json::Map<String, serde_json::Value> = ["control", "diff", "extra"]
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.to_string(), json!({"bytes": h.stream_lens[i], "codec": codec(h.codecs[i])})))
+            .map(|(i, n)| {
+                (
+                    n.to_string(),
+                    json!({"bytes": h.stream_lens[i], "codec": codec(h.codecs[i])}),
+                )
+            })
             .collect();
         let mut v = json!({
             "patch": a.patch, "patch_bytes": p.len(), "format": format!("{}.{}", bundelta::format::VERSION_MAJOR, h.minor),
@@ -455,8 +471,19 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("patch:        {} ({})", a.patch.display(), human(p.len()));
-    println!("format:       {}.{}", bundelta::format::VERSION_MAJOR, h.minor);
-    println!("bundle:       {}", if h.is_directory() { "directory" } else { "single file" });
+    println!(
+        "format:       {}.{}",
+        bundelta::format::VERSION_MAJOR,
+        h.minor
+    );
+    println!(
+        "bundle:       {}",
+        if h.is_directory() {
+            "directory"
+        } else {
+            "single file"
+        }
+    );
     println!("new size:     {}", human(h.new_total));
     println!("new digest:   {}", bundelta::hex(&m.new_digest));
     println!("apply memory: {} (window log {})", human(mem), h.window_log);
@@ -470,7 +497,10 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         human(h.stream_lens[2]),
         codec(h.codecs[2])
     );
-    println!("relies on:    {} old files (+ unchanged ones)", m.old_files.len());
+    println!(
+        "relies on:    {} old files (+ unchanged ones)",
+        m.old_files.len()
+    );
     println!("operations:");
     for (op, (n, b)) in &counts {
         println!("  {op:<10} {n:>8}  {} of new content", human(*b));
@@ -481,8 +511,14 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     if a.list {
         println!();
         for (p, op, size, src) in &rows {
-            let src = src.as_deref().map(|s| format!(" <- {s}")).unwrap_or_default();
-            println!("{op:<9} {size:>12}  {}{src}", if p.is_empty() { "(file)" } else { p });
+            let src = src
+                .as_deref()
+                .map(|s| format!(" <- {s}"))
+                .unwrap_or_default();
+            println!(
+                "{op:<9} {size:>12}  {}{src}",
+                if p.is_empty() { "(file)" } else { p }
+            );
         }
         for d in &m.deleted {
             println!("{:<9} {:>12}  {d}", "delete", "");

@@ -50,8 +50,14 @@ fn file_roundtrip(old: &[u8], new: &[u8], o: &DiffOptions) {
     // Never (much) worse than a full download: the streams are at most the file compressed
     // alone at the same level, give or take the frame overheads of up to three streams.
     let whole = zstd::bulk::compress(new, 3).unwrap().len().min(new.len());
-    let data_len = bundelta::format::Header::decode(&patch).unwrap().data_len().unwrap() as usize;
-    assert!(data_len <= whole + whole / 20 + 40, "streams {data_len} vs whole {whole}");
+    let data_len = bundelta::format::Header::decode(&patch)
+        .unwrap()
+        .data_len()
+        .unwrap() as usize;
+    assert!(
+        data_len <= whole + whole / 20 + 40,
+        "streams {data_len} vs whole {whole}"
+    );
 }
 
 fn tree_roundtrip(old: &Tree, new: &Tree, o: &DiffOptions) {

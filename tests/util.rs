@@ -276,7 +276,10 @@ pub fn edit_tree(rng: &mut Rng, old: &Tree) -> Tree {
 pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
     let h = Header::decode(patch).unwrap();
     let body_end = patch.len() - format::TRAILER_LEN;
-    assert_eq!(blake3::hash(&patch[..body_end]).as_bytes(), &patch[body_end..]);
+    assert_eq!(
+        blake3::hash(&patch[..body_end]).as_bytes(),
+        &patch[body_end..]
+    );
     let m_start = format::HEADER_LEN;
     let m_end = m_start + h.manifest_len as usize;
     let raw = zstd::decode_all(&patch[m_start..m_end]).unwrap();
@@ -308,13 +311,19 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                 let data = match op {
                     FileOp::Unchanged => old_data(&e.path),
                     FileOp::Copy { source } => old_data(&m.old_files[*source as usize].path),
-                    FileOp::Add { .. } => {
+                    FileOp::Add => {
                         x += size;
                         extra[x - size..x].to_vec()
                     }
                     FileOp::Delta { sources, .. } => {
-                        let src: Vec<u8> =
-                            sources.iter().flat_map(|s| old_data(&m.old_files[*s as usize].path)).collect();
+                        let src: Vec<u8> = if sources.is_empty() {
+                            old_data(&e.path)
+                        } else {
+                            sources
+                                .iter()
+                                .flat_map(|s| old_data(&m.old_files[*s as usize].path))
+                                .collect()
+                        };
                         let mut o = Vec::new();
                         let mut pos = 0i64;
                         while o.len() < size {
@@ -341,7 +350,10 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         };
         out.insert(e.path.clone(), item);
     }
-    assert!(c.is_empty() && d == diff.len() && x == extra.len(), "streams not consumed exactly");
+    assert!(
+        c.is_empty() && d == diff.len() && x == extra.len(),
+        "streams not consumed exactly"
+    );
     out
 }
 

@@ -246,8 +246,8 @@ pub(crate) fn scan(ix: &Index<'_>, nw: &[u8]) -> Streams {
             st.extra.extend_from_slice(&nw[lastscan + lenf..extra_end]);
             let seek = (pos as i64 - lenb as i64) - (lastpos + lenf) as i64;
             st.ctrls.push(Control {
-                    diff: lenf as u64,
-                    extra: (extra_end - (lastscan + lenf)) as u64,
+                diff: lenf as u64,
+                extra: (extra_end - (lastscan + lenf)) as u64,
                 seek,
             });
             lastscan = scan - lenb;

@@ -227,7 +227,10 @@ impl DiffOptions {
     ) -> Result<(Manifest, Solid)> {
         let old_hash = *blake3::hash(old).as_bytes();
         let new_hash = *blake3::hash(new).as_bytes();
-        let mut m = Manifest { new_digest: new_hash, ..Manifest::default() };
+        let mut m = Manifest {
+            new_digest: new_hash,
+            ..Manifest::default()
+        };
         let mut unchanged = blake3::Hasher::new();
         let mut solid = Solid::default();
         let op = if old_hash == new_hash {
@@ -238,14 +241,25 @@ impl DiffOptions {
             let is_delta = matches!(enc, Encoded::Delta(_));
             solid.push(enc);
             if is_delta {
-                m.old_files.push(OldFile { path: String::new(), size: old.len() as u64, hash: old_hash });
-                FileOp::Delta { sources: vec![0], transform: 0, hash: new_hash }
+                unchanged.update(&old_hash);
+                FileOp::Delta {
+                    sources: Vec::new(),
+                    base_size: old.len() as u64,
+                    transform: 0,
+                }
             } else {
-                FileOp::Add { hash: new_hash }
+                FileOp::Add
             }
         };
-        m.unchanged_digest = *unchanged.finalize().as_bytes();
-        m.entries.push(Entry { path: String::new(), kind: EntryKind::File { exec, size: new.len() as u64, op } });
+        m.base_digest = *unchanged.finalize().as_bytes();
+        m.entries.push(Entry {
+            path: String::new(),
+            kind: EntryKind::File {
+                exec,
+                size: new.len() as u64,
+                op,
+            },
+        });
         Ok((m, solid))
     }
 
@@ -374,14 +388,15 @@ impl DiffOptions {
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;
-        // Old file table: every copy or delta source, sorted by path.
+        // Old file table: every copy source, and every delta source at another path (a
+        // same-path source is covered by the base digest), sorted by path.
         let mut table: BTreeMap<&str, u32> = BTreeMap::new();
-        for (p, e) in plans.iter().zip(&encoded) {
+        for ((n, p), e) in new_nodes.iter().zip(&plans).zip(&encoded) {
             match (p, e) {
                 (Some(Plan::Copy(s)), _) => {
                     table.insert(s, 0);
                 }
-                (Some(Plan::Encode(Some(s))), Some(Encoded::Delta(_))) => {
+                (Some(Plan::Encode(Some(s))), Some(Encoded::Delta(_))) if *s != n.path => {
                     table.insert(s, 0);
                 }
                 _ => {}
@@ -431,13 +446,27 @@ impl DiffOptions {
                         (Some(Plan::Encode(src)), Some(enc @ Encoded::Delta(_))) => {
                             stats.modified += 1;
                             solid.push(enc);
-                            let source = table[src.expect("a delta has a source")];
-                            FileOp::Delta { sources: vec![source], transform: 0, hash }
+                            let src = src.expect("a delta has a source");
+                            if src == n.path {
+                                let (base_size, h) = old_hashes[src];
+                                unchanged.update(&h);
+                                FileOp::Delta {
+                                    sources: Vec::new(),
+                                    base_size,
+                                    transform: 0,
+                                }
+                            } else {
+                                FileOp::Delta {
+                                    sources: vec![table[src]],
+                                    base_size: 0,
+                                    transform: 0,
+                                }
+                            }
                         }
                         (Some(Plan::Encode(_)), Some(enc @ Encoded::Add(_))) => {
                             stats.added += 1;
                             solid.push(enc);
-                            FileOp::Add { hash }
+                            FileOp::Add
                         }
                         _ => unreachable!("every file has an encoded plan"),
                     };
@@ -461,7 +490,7 @@ impl DiffOptions {
             .map(|n| n.path.clone())
             .collect();
         stats.deleted = m.deleted.len() as u64;
-        m.unchanged_digest = *unchanged.finalize().as_bytes();
+        m.base_digest = *unchanged.finalize().as_bytes();
         m.new_digest = digest.finish();
         let (bytes, s) = self.assemble(&m, solid, true, stats.new_bytes)?;
         stats.patch_bytes = s.patch_bytes;
@@ -469,7 +498,13 @@ impl DiffOptions {
     }
 
     /// Header + compressed manifest + streams + trailer.
-    fn assemble(&self, m: &Manifest, solid: Solid, dir: bool, new_total: u64) -> Result<(Vec<u8>, DiffStats)> {
+    fn assemble(
+        &self,
+        m: &Manifest,
+        solid: Solid,
+        dir: bool,
+        new_total: u64,
+    ) -> Result<(Vec<u8>, DiffStats)> {
         let raw = m.encode();
         let mz = compress(&raw, self.level, self.window_log);
         let streams = [&solid.ctrl, &solid.diff, &solid.extra].map(|st| self.compress_solid(st));
@@ -481,7 +516,11 @@ impl DiffOptions {
             manifest_len: mz.len() as u64,
             manifest_raw_len: raw.len() as u64,
             new_total,
-            stream_lens: [streams[0].1.len() as u64, streams[1].1.len() as u64, streams[2].1.len() as u64],
+            stream_lens: [
+                streams[0].1.len() as u64,
+                streams[1].1.len() as u64,
+                streams[2].1.len() as u64,
+            ],
         };
         // Self-check: what we write must pass the reader's validation.
         m.validate(&header)?;
@@ -494,7 +533,10 @@ impl DiffOptions {
         }
         let t = blake3::hash(&out);
         out.extend_from_slice(t.as_bytes());
-        let stats = DiffStats { patch_bytes: out.len() as u64, ..DiffStats::default() };
+        let stats = DiffStats {
+            patch_bytes: out.len() as u64,
+            ..DiffStats::default()
+        };
         Ok((out, stats))
     }
 
@@ -502,8 +544,10 @@ impl DiffOptions {
     /// (compressed in parallel; the split depends only on the length, so output is
     /// deterministic), or store it raw when that is not larger.
     fn compress_solid(&self, data: &[u8]) -> (u8, Vec<u8>) {
-        let frames: Vec<Vec<u8>> =
-            data.par_chunks(SEGMENT).map(|seg| compress(seg, self.level, self.window_log)).collect();
+        let frames: Vec<Vec<u8>> = data
+            .par_chunks(SEGMENT)
+            .map(|seg| compress(seg, self.level, self.window_log))
+            .collect();
         let z: usize = frames.iter().map(|f| f.len()).sum();
         if z >= data.len() {
             (CODEC_RAW, data.to_vec())
@@ -521,7 +565,13 @@ impl DiffOptions {
             return Encoded::Add(new.to_vec());
         };
         let delta = self.file_delta(ctx, source, new);
-        let est = |d: &[u8]| if d.is_empty() { 0 } else { compress(d, 3, self.window_log).len() };
+        let est = |d: &[u8]| {
+            if d.is_empty() {
+                0
+            } else {
+                compress(d, 3, self.window_log).len()
+            }
+        };
         let est_delta = est(&delta.ctrl) + est(&delta.diff) + est(&delta.extra);
         let est_whole = est(new).min(new.len());
         if est_delta < est_whole {
