@@ -611,13 +611,16 @@ impl Patch {
     fn produce(
         &self,
         old: &Path,
-        path: &str,
-        size: u64,
-        op: &FileOp,
+        e: &crate::format::Entry,
         same_size: Option<u64>,
         streams: &mut Streams<'_>,
         out: &mut dyn Write,
     ) -> Result<()> {
+        let path = e.path.as_str();
+        let EntryKind::File { size, op, .. } = &e.kind else {
+            return Ok(());
+        };
+        let size = *size;
         match op {
             FileOp::Unchanged => copy_file(&self.old_path(old, path), size, out),
             FileOp::Copy { source } => {

@@ -353,7 +353,7 @@ impl FileOp {
         match self {
             FileOp::Unchanged => "unchanged",
             FileOp::Copy { .. } => "copy",
-            FileOp::Add { .. } => "add",
+            FileOp::Add => "add",
             FileOp::Delta { .. } => "modify",
         }
     }
