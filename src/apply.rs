@@ -554,15 +554,7 @@ impl Patch {
                             total,
                             progress,
                         };
-                        self.produce(
-                            old,
-                            &e.path,
-                            *size,
-                            op,
-                            same.map(|s| s.0),
-                            &mut streams,
-                            &mut sink,
-                        )?;
+                        self.produce(old, e, same.map(|s| s.0), &mut streams, &mut sink)?;
                         let (n, hash, file) = w.finish().map_err(|err| {
                             Error::io(dest.as_deref().unwrap_or(Path::new(&e.path)), "write", err)
                         })?;
