@@ -27,13 +27,13 @@
 //! renamed into place. On any error the staging location is removed and OLD is untouched.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    EntryKind, FileOp, Hash, Header, Manifest, CODEC_RAW, HEADER_LEN, TRAILER_LEN,
+    EntryKind, FileOp, Hash, Header, Manifest, CODEC_LZMA2, CODEC_RAW, HEADER_LEN, TRAILER_LEN,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -564,7 +564,9 @@ impl Patch {
                             });
                         }
                         if let (Some(f), Some(d)) = (file, &dest) {
-                            f.sync_all().map_err(|err| Error::io(d, "fsync", err))?;
+                            if !SYNCFS {
+                                f.sync_all().map_err(|err| Error::io(d, "fsync", err))?;
+                            }
                         }
                         hash
                     };
@@ -587,13 +589,19 @@ impl Patch {
             });
         }
         report.digest = d;
-        // Directories last, deepest first, so their entries are durable.
+        // Make everything durable before the caller renames it into place: on Linux one
+        // syncfs(2) of the staging file system (data and metadata of every staged file and
+        // directory); elsewhere each file was fsynced on close, then directories deepest first.
         if let Some(stage) = stage {
-            for dir in made_dirs.iter().rev() {
-                sync_dir(dir)?;
-            }
-            if dir_bundle {
-                sync_dir(stage)?;
+            if SYNCFS {
+                syncfs(stage)?;
+            } else {
+                for dir in made_dirs.iter().rev() {
+                    sync_dir(dir)?;
+                }
+                if dir_bundle {
+                    sync_dir(stage)?;
+                }
             }
         }
         Ok(report)
@@ -985,10 +993,49 @@ pub(crate) fn apply_delta(
     Ok(())
 }
 
-/// One solid stream: stored raw, or one or more concatenated zstd frames.
+/// One solid stream: stored raw, concatenated zstd frames, or concatenated raw LZMA2 streams.
 enum Stream<'a> {
     Raw(Section<'a>),
     Zstd(Box<Dec<'a>>),
+    Lzma(Box<MultiLzma<'a>>),
+}
+
+/// Decoder for one or more concatenated raw LZMA2 streams: when one ends, the next starts on
+/// the bytes left in the same buffer. The dictionary is fixed by the header, never by the data.
+struct MultiLzma<'a> {
+    dec: Option<liblzma::bufread::XzDecoder<BufReader<Section<'a>>>>,
+    dict: u32,
+}
+
+fn lzma_decoder(dict: u32) -> io::Result<liblzma::stream::Stream> {
+    let mut opts = liblzma::stream::LzmaOptions::new_preset(6).map_err(io::Error::other)?;
+    opts.dict_size(dict);
+    let mut f = liblzma::stream::Filters::new();
+    f.lzma2(&opts);
+    liblzma::stream::Stream::new_raw_decoder(&f).map_err(io::Error::other)
+}
+
+impl Read for MultiLzma<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(dec) = self.dec.as_mut() else {
+                return Ok(0);
+            };
+            let n = dec.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This LZMA2 stream ended; another may follow.
+            let mut inner = self.dec.take().expect("checked above").into_inner();
+            if inner.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.dec = Some(liblzma::bufread::XzDecoder::new_stream(
+                inner,
+                lzma_decoder(self.dict)?,
+            ));
+        }
+    }
 }
 
 impl<'a> Stream<'a> {
@@ -1004,6 +1051,15 @@ impl<'a> Stream<'a> {
         if codec == CODEC_RAW || len == 0 {
             return Ok(Stream::Raw(sec));
         }
+        if codec == CODEC_LZMA2 {
+            let dict = crate::format::lzma_dict_size(window_log);
+            let dec = lzma_decoder(dict).map_err(|e| stream_err(what, e))?;
+            let r = BufReader::with_capacity(32 << 10, sec);
+            return Ok(Stream::Lzma(Box::new(MultiLzma {
+                dec: Some(liblzma::bufread::XzDecoder::new_stream(r, dec)),
+                dict,
+            })));
+        }
         let mut d =
             zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(32 << 10, sec))
                 .map_err(|e| stream_err(what, e))?;
@@ -1018,6 +1074,7 @@ impl Read for Stream<'_> {
         match self {
             Stream::Raw(s) => s.read(buf),
             Stream::Zstd(d) => d.read(buf),
+            Stream::Lzma(d) => d.read(buf),
         }
     }
 }
@@ -1160,6 +1217,25 @@ fn try_hard_link(src: &Path, dst: &Path, exec: bool) -> Result<bool> {
         Ok(()) => Ok(true),
         Err(_) => Ok(false),
     }
+}
+
+/// Whether durability comes from one `syncfs(2)` per apply rather than an fsync per file.
+const SYNCFS: bool = cfg!(target_os = "linux");
+
+/// Flush the whole file system holding `p` (Linux).
+fn syncfs(p: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let f = File::open(p).map_err(|e| Error::io(p, "open", e))?;
+        // SAFETY: `f` is an open file descriptor for the duration of the call.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(Error::io(p, "syncfs", io::Error::last_os_error()));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = p;
+    Ok(())
 }
 
 pub(crate) fn sync_dir(p: &Path) -> Result<()> {

@@ -55,6 +55,14 @@ pub const MAX_DELTA_SOURCES: usize = 64;
 pub const CODEC_RAW: u8 = 0;
 /// Stream codec: one or more concatenated zstd frames.
 pub const CODEC_ZSTD: u8 = 1;
+/// Stream codec: one or more concatenated raw LZMA2 streams (each ended by its end marker),
+/// decoded with a dictionary of `max(2^window_log, 4096)` bytes.
+pub const CODEC_LZMA2: u8 = 2;
+
+/// LZMA2 dictionary size for a window log.
+pub fn lzma_dict_size(window_log: u8) -> u32 {
+    (1u32 << window_log.min(30)).max(4096)
+}
 
 /// A blake3 digest.
 pub type Hash = [u8; 32];
@@ -169,7 +177,7 @@ impl Header {
             ));
         }
         let codecs = [b[13], b[14], b[15]];
-        if let Some(&c) = codecs.iter().find(|&&c| c != CODEC_RAW && c != CODEC_ZSTD) {
+        if let Some(&c) = codecs.iter().find(|&&c| c > CODEC_LZMA2) {
             return Err(Error::Unsupported {
                 what: "stream codec",
                 value: c.into(),

@@ -15,10 +15,12 @@
 //!
 //! # Durability (fsync discipline)
 //!
-//! Every staged file is fsynced as it is closed, then every staged directory (deepest first),
-//! then the parent directory; only then is the journal moved to `ready` (written to a temp file,
-//! fsynced, renamed, parent fsynced). After the exchange the parent is fsynced before the old tree
-//! and the journal are removed.
+//! When the staging tree is complete and verified it is made durable (on Linux with one
+//! `syncfs(2)` of its file system, which covers the data and metadata of every staged file and
+//! directory; elsewhere an fsync of every file as it is closed, then of every directory deepest
+//! first), then the parent directory is fsynced; only then is the journal moved to `ready`
+//! (written to a temp file, fsynced, renamed, parent fsynced). After the exchange the parent is
+//! fsynced before the old tree and the journal are removed.
 //!
 //! A single-file bundle needs no journal: the new file is staged, fsynced and renamed over the
 //! old one, which is atomic.

@@ -49,8 +49,8 @@ mod tree;
 pub use apply::{memory_needed, ApplyReport, Patch, Patcher, ProgressFn, DEFAULT_MEMORY_LIMIT};
 #[cfg(feature = "diff")]
 pub use diff::{
-    DiffOptions, DiffProgressFn, DiffStats, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_WINDOW_LOG,
-    MIN_CHUNK_SIZE,
+    Codec, DiffOptions, DiffProgressFn, DiffStats, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL,
+    DEFAULT_WINDOW_LOG, MIN_CHUNK_SIZE,
 };
 pub use error::{Error, Result};
 pub use inplace::{InPlaceOutcome, InPlaceReport};

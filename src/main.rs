@@ -79,6 +79,9 @@ struct DiffArgs {
     /// 3 x (2^N + 0.5 MiB) of memory; the default 21 fits its default 12 MiB limit.
     #[arg(long, default_value_t = bundelta::DEFAULT_WINDOW_LOG, value_name = "N")]
     window_log: u8,
+    /// Entropy coder of the patch streams: lzma (smaller) or zstd (faster to diff and apply).
+    #[arg(long, value_enum, default_value_t = CodecArg::Lzma)]
+    codec: CodecArg,
     /// Split new files into chunks of this size, diffed in parallel (e.g. 4M, 512K; min 64K).
     #[arg(long, default_value = "4M", value_parser = parse_size, value_name = "SIZE")]
     chunk_size: u64,
@@ -140,6 +143,12 @@ struct InfoArgs {
     list: bool,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CodecArg {
+    Lzma,
+    Zstd,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -288,10 +288,10 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         let a = h.stream_offset(i) as usize;
         let b = a + h.stream_lens[i] as usize;
         let bytes = &patch[a..b];
-        if h.codecs[i] == format::CODEC_ZSTD {
-            zstd::decode_all(bytes).unwrap()
-        } else {
-            bytes.to_vec()
+        match h.codecs[i] {
+            format::CODEC_ZSTD => zstd::decode_all(bytes).unwrap(),
+            format::CODEC_LZMA2 => lzma_decode_all(bytes, format::lzma_dict_size(h.window_log)),
+            _ => bytes.to_vec(),
         }
     };
     let (ctrl, diff, extra) = (stream(0), stream(1), stream(2));
@@ -354,6 +354,29 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         c.is_empty() && d == diff.len() && x == extra.len(),
         "streams not consumed exactly"
     );
+    out
+}
+
+/// Decode concatenated raw LZMA2 streams in one go.
+fn lzma_decode_all(mut input: &[u8], dict: u32) -> Vec<u8> {
+    use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let mut o = LzmaOptions::new_preset(6).unwrap();
+        o.dict_size(dict);
+        let mut f = Filters::new();
+        f.lzma2(&o);
+        let mut st = Stream::new_raw_decoder(&f).unwrap();
+        loop {
+            out.reserve(1 << 16);
+            let before = st.total_in();
+            let status = st.process_vec(input, &mut out, Action::Run).unwrap();
+            input = &input[(st.total_in() - before) as usize..];
+            if status == Status::StreamEnd {
+                break;
+            }
+        }
+    }
     out
 }
 

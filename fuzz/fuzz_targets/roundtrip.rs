@@ -1,0 +1,3 @@
+#![no_main]
+//! See `bundelta_fuzz::roundtrip` for what this target checks.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bundelta_fuzz::roundtrip::run(data));

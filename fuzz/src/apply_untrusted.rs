@@ -1,0 +1,136 @@
+//! A whole patch file from the input, applied against the fixed OLD file or directory.
+//!
+//! The first input byte picks how the rest becomes a patch (`mode % 3`):
+//! - 0: the bytes as they are (the trailer must match by itself: almost never, for mutations);
+//! - 1: the bytes are the patch body; the blake3 trailer is recomputed and appended;
+//! - 2: as 1, and the extra stream's length in the header is first fixed up so the header's
+//!   section lengths add up to the file length (mutations that grow or shrink a real patch stay
+//!   well-formed and reach the manifest and stream parsers).
+//!
+//! Bit 0x40 of the mode byte also runs `apply_in_place` on a copy of OLD.
+//!
+//! Checked: no panic; the scratch directory holds only the patch and, exactly when apply
+//! returned Ok, the output (no staging leftovers); an Ok output has the reported digest and
+//! `verify` agrees with it; OLD is never modified; an in-place apply leaves the target at
+//! the old digest on error and at the patch's new digest on success, with no side files.
+
+use std::fs;
+use std::path::Path;
+
+use bundelta::format::{Header, HEADER_LEN};
+use bundelta::{bundle_digest, InPlaceOutcome, Patch, Patcher};
+
+use crate::{assert_only, fixture, materialize_old_dir, names, scratch, with_trailer, write, LIMIT};
+
+/// Turn the input into patch bytes according to the mode byte.
+pub fn patch_bytes(mode: u8, rest: &[u8]) -> Vec<u8> {
+    match mode % 3 {
+        0 => rest.to_vec(),
+        1 => with_trailer(rest),
+        _ => {
+            let mut body = rest.to_vec();
+            fix_lengths(&mut body);
+            with_trailer(&body)
+        }
+    }
+}
+
+/// Set the extra stream length so that the header's sections add up to `body.len() + 32`.
+fn fix_lengths(body: &mut [u8]) {
+    if body.len() < HEADER_LEN {
+        return;
+    }
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let manifest_len = u64_at(body, 16);
+    let (s0, s1) = (u64_at(body, 40), u64_at(body, 48));
+    let avail = (body.len() - HEADER_LEN) as u64;
+    if let Some(extra) = manifest_len
+        .checked_add(s0)
+        .and_then(|used| used.checked_add(s1))
+        .and_then(|used| avail.checked_sub(used))
+    {
+        body[56..64].copy_from_slice(&extra.to_le_bytes());
+    }
+}
+
+fn patcher() -> Patcher {
+    let mut p = Patcher::new();
+    p.memory_limit(LIMIT).output_limit(LIMIT);
+    p
+}
+
+/// Fuzz body.
+pub fn run(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let patch = patch_bytes(mode, rest);
+    let fx = fixture();
+    let root = scratch();
+    let tmp = root.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let p = tmp.join("p.bdp");
+    write(&p, &patch);
+    let directory = Header::decode(&patch)
+        .map(|h| h.is_directory())
+        .unwrap_or(mode & 0x80 != 0);
+    let old = fx.old(directory);
+    let out = tmp.join("out");
+
+    let patcher = patcher();
+    let result = patcher.apply(old, &p, &out);
+    match &result {
+        Ok(report) => {
+            assert_only(&tmp, &["p.bdp", "out"], "after Ok apply");
+            assert!(out.exists(), "apply returned Ok but OUT is missing");
+            let d = bundle_digest(&out).expect("digest of OUT");
+            assert_eq!(d, report.digest, "OUT does not hash to the reported digest");
+            let v = patcher.verify(&p, Some(old));
+            match v {
+                Ok(Some(vr)) => assert_eq!(&vr, report, "verify disagrees with apply"),
+                other => panic!("apply Ok but verify gave {other:?}"),
+            }
+        }
+        Err(_) => {
+            assert_only(&tmp, &["p.bdp"], "after failed apply");
+        }
+    }
+    assert_only(root.path(), &["tmp"], "scratch root");
+    fx.check_untouched();
+
+    if mode & 0x40 != 0 {
+        in_place(&tmp, &p, directory, result.as_ref().ok().map(|r| r.digest));
+    }
+}
+
+/// Apply in place to a fresh copy of OLD and check the target's state afterwards.
+fn in_place(tmp: &Path, patch: &Path, directory: bool, apply_digest: Option<[u8; 32]>) {
+    let target = tmp.join("target");
+    if directory {
+        materialize_old_dir(&target);
+    } else {
+        write(&target, crate::fixture::OLD_FILE);
+    }
+    let fx = fixture();
+    let old_digest = if directory { fx.dir_digest } else { fx.file_digest };
+    let before = names(tmp);
+    let r = patcher().apply_in_place(&target, patch);
+    let now = bundle_digest(&target).expect("digest of in-place target");
+    assert_eq!(names(tmp), before, "in-place apply left side files behind ({r:?})");
+    match r {
+        Ok(rep) => {
+            let m = Patch::open_limited(patch, LIMIT, LIMIT).expect("patch applied but won't open");
+            assert_eq!(now, m.manifest().new_digest, "in-place Ok but target is not NEW");
+            if let (InPlaceOutcome::Applied(a), Some(d)) = (&rep.outcome, apply_digest) {
+                assert_eq!(a.digest, d);
+            }
+        }
+        Err(e) => {
+            assert_eq!(now, old_digest, "in-place apply failed ({e}) but changed the target");
+            assert!(
+                apply_digest.is_none(),
+                "apply succeeded but in-place apply failed: {e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! Patches built field by field from the input: hostile paths and symlink targets, old-file
+//! tables, every file operation, and control streams, with a valid (or deliberately broken)
+//! header, zstd-compressed manifest and trailer. Applied against the fixed OLD into
+//! `ROOT/tmp/out`.
+//!
+//! Alongside, an independent model of the apply semantics (FORMAT.md: base checks, solid streams
+//! consumed in manifest order, bsdiff-style controls, exact stream ends) predicts the outcome.
+//! When the crate's own `Manifest::decode` accepts the manifest, the model materialises the
+//! expected tree in a separate scratch directory and its `bundle_digest` becomes the patch's
+//! `new_digest` (when the "honest digest" flag is set).
+//!
+//! Checked: no panic; ROOT holds only `tmp`, `tmp` holds only the patch and (exactly on Ok)
+//! `out`; OLD is untouched; every path of a manifest that decodes is a safe relative path
+//! (an independent re-statement of `validate_path`); apply succeeds exactly when the model
+//! says so, and then OUT has the expected digest.
+
+use std::fs;
+use std::path::Path;
+
+use bundelta::format::{
+    put_control, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest, OldFile, CODEC_RAW,
+    CODEC_ZSTD, FLAG_DIRECTORY, VERSION_MINOR,
+};
+use bundelta::{bundle_digest, Patcher};
+
+use crate::{assert_only, fixture, scratch, set_exec, with_trailer, write, Bytes, LIMIT};
+
+/// Path components the generator picks from: ordinary names, names of the fixture, and every
+/// kind of trouble `validate_path` must catch.
+const COMPONENTS: &[&str] = &[
+    "a", "b", "A", "lib", "bin", "util", "tool", "core.js", "strings.js", "README.md",
+    "readme.md", "empty", "link", "out", "tmp", "..", ".", "", "é", "e\u{301}", "ß", "SS", "C:",
+    "c:", "a\\b", "nul\0", "tab\t", "nl\n", ".hidden", "...", " ", "~", "\u{202e}rtl", "*",
+];
+
+/// Symlink targets: inside the bundle, escaping it, absolute, empty, NUL.
+const TARGETS: &[&str] = &[
+    "lib/core.js", "a", "../../escape", "../p.bdp", "../../tmp", "/etc/passwd", "..", ".", "",
+    "a\0b", "link", "../../../../../../../../tmp", "//", "a/../../..",
+];
+
+/// Old-file table candidates for a directory bundle: fixture files, a symlink, a directory, a
+/// missing file, and a path escaping OLD.
+const OLD_CANDIDATES: &[&str] = &[
+    "../old.txt", "README.md", "bin/tool", "empty", "lib", "lib/core.js", "lib/util/strings.js",
+    "link", "missing",
+];
+
+fn gen_path(b: &mut Bytes<'_>) -> String {
+    let n = 1 + b.u8() % 4;
+    let mut parts = Vec::new();
+    for _ in 0..n {
+        let c = usize::from(b.u8());
+        let k = COMPONENTS.len();
+        parts.push(match c % (k + 3) {
+            i if i < k => COMPONENTS[i].to_string(),
+            i if i == k => "x".repeat(255 + c / (k + 3) % 2), // 255 ok, 256 too long
+            i if i == k + 1 => {
+                let n = usize::from(b.u8() % 8);
+                String::from_utf8_lossy(b.take(n)).into_owned()
+            }
+            _ => format!("f{c}"),
+        });
+    }
+    let mut p = parts.join("/");
+    let lead = b.u8();
+    if lead >= 0xf0 {
+        p.insert(0, '/');
+    } else if lead >= 0xe8 {
+        p.push('/');
+    }
+    p
+}
+
+fn gen_target(b: &mut Bytes<'_>) -> String {
+    let c = usize::from(b.u8());
+    if c < TARGETS.len() * 8 {
+        TARGETS[c % TARGETS.len()].to_string()
+    } else {
+        let n = usize::from(b.u8() % 16);
+        String::from_utf8_lossy(b.take(n)).into_owned()
+    }
+}
+
+/// One control with its diff and extra bytes.
+#[derive(Clone, Debug)]
+struct Ctl {
+    diff: u64,
+    extra: u64,
+    seek: i64,
+    dbytes: Vec<u8>,
+    ebytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Unchanged,
+    Copy(u32),
+    Add(Vec<u8>),
+    Delta {
+        sources: Vec<u32>,
+        base_size: Option<u64>,
+        ctls: Vec<Ctl>,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Dir,
+    Symlink(String),
+    File {
+        exec: bool,
+        op: Op,
+        size: Option<u64>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Gen {
+    path: String,
+    kind: Kind,
+}
+
+/// Content of a regular file of OLD, as the model sees it ("" is the single OLD file).
+fn old_content(single: bool, path: &str) -> Option<&'static [u8]> {
+    if single {
+        return path.is_empty().then_some(crate::fixture::OLD_FILE);
+    }
+    crate::fixture::file(path).map(|(d, _)| d)
+}
+
+fn gen_ctls(b: &mut Bytes<'_>) -> Vec<Ctl> {
+    let n = b.u8() % 6;
+    (0..n)
+        .map(|_| {
+            let sel = b.u8();
+            let diff = u64::from(b.u8()) * if sel & 1 != 0 { 16 } else { 1 };
+            let extra = u64::from(b.u8() % 64);
+            let seek = i64::from(b.u8() as i8) * if sel & 2 != 0 { 32 } else { 1 };
+            let dbytes = if sel & 4 != 0 {
+                b.take_padded(diff as usize)
+            } else {
+                vec![0; diff as usize]
+            };
+            let ebytes = b.take_padded(extra as usize);
+            Ctl {
+                diff,
+                extra,
+                seek,
+                dbytes,
+                ebytes,
+            }
+        })
+        .collect()
+}
+
+fn gen_entry(b: &mut Bytes<'_>, single: bool, n_old: usize) -> Gen {
+    let path = if single { String::new() } else { gen_path(b) };
+    let k = if single { 2 + b.u8() % 6 } else { b.u8() % 8 };
+    let kind = match k {
+        0 => Kind::Dir,
+        1 => Kind::Symlink(gen_target(b)),
+        _ => {
+            let sel = b.u8();
+            let exec = sel & 1 != 0;
+            let size = (sel & 0x80 != 0).then(|| u64::from(b.u16() % 4096));
+            let idx = |b: &mut Bytes<'_>| u32::from(b.u8()) % (n_old.max(1) as u32 + (sel >> 6 & 1) as u32);
+            let op = match k {
+                2 => Op::Unchanged,
+                3 => Op::Copy(idx(b)),
+                4 | 5 => {
+                    let n = usize::from(b.u8() % 48);
+                    Op::Add(b.take_padded(n))
+                }
+                _ => {
+                    let n_src = if sel & 2 != 0 { 1 + b.u8() % 3 } else { 0 };
+                    let sources = (0..n_src).map(|_| idx(b)).collect();
+                    let base_size = (sel & 4 != 0).then(|| u64::from(b.u16() % 4096));
+                    Op::Delta {
+                        sources,
+                        base_size,
+                        ctls: gen_ctls(b),
+                    }
+                }
+            };
+            Kind::File { exec, op, size }
+        }
+    };
+    Gen { path, kind }
+}
+
+/// The stream cursors of the model.
+struct Cur<'a> {
+    ctls: &'a [Ctl],
+    next: usize,
+    extra_left: Vec<u8>,
+    // Add data and control extras interleave in the extra stream; keep one flat stream.
+    extra_pos: usize,
+    diff: Vec<u8>,
+    diff_pos: usize,
+}
+
+impl Cur<'_> {
+    fn take_extra(&mut self, n: u64) -> Result<Vec<u8>, String> {
+        let n = usize::try_from(n).map_err(|_| "huge extra")?;
+        if self.extra_left.len() - self.extra_pos < n {
+            return Err("extra stream ends early".into());
+        }
+        let v = self.extra_left[self.extra_pos..self.extra_pos + n].to_vec();
+        self.extra_pos += n;
+        Ok(v)
+    }
+    fn take_diff(&mut self, n: u64) -> Result<Vec<u8>, String> {
+        let n = usize::try_from(n).map_err(|_| "huge diff")?;
+        if self.diff.len() - self.diff_pos < n {
+            return Err("diff stream ends early".into());
+        }
+        let v = self.diff[self.diff_pos..self.diff_pos + n].to_vec();
+        self.diff_pos += n;
+        Ok(v)
+    }
+}
+
+/// Model of one delta file (FORMAT.md "Controls").
+fn model_delta(src: &[u8], size: u64, cur: &mut Cur<'_>) -> Result<Vec<u8>, String> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut pos: u64 = 0;
+    let mut first = true;
+    let src_len = src.len() as u64;
+    while (out.len() as u64) < size {
+        let c = cur.ctls.get(cur.next).ok_or("control stream ends")?.clone();
+        cur.next += 1;
+        let step = c.diff.checked_add(c.extra).ok_or("overflow")?;
+        if step == 0 && !first {
+            return Err("empty control".into());
+        }
+        first = false;
+        if out.len() as u64 + step > size {
+            return Err("controls overshoot the file".into());
+        }
+        if pos + c.diff > src_len {
+            return Err("diff reads past the source".into());
+        }
+        let d = cur.take_diff(c.diff)?;
+        for (i, x) in d.iter().enumerate() {
+            out.push(src[pos as usize + i].wrapping_add(*x));
+        }
+        out.extend(cur.take_extra(c.extra)?);
+        pos += c.diff;
+        let np = pos as i64 + c.seek;
+        if np < 0 || np as u64 > src_len {
+            return Err("seek outside the source".into());
+        }
+        pos = np as u64;
+    }
+    Ok(out)
+}
+
+/// An independent statement of what a safe bundle path is.
+fn safe_rel(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && !p.contains('\0')
+        && !p.contains('\\')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// What the model predicts for a patch.
+enum Expect {
+    /// The applier must refuse it.
+    Err(String),
+    /// The applier must produce a bundle with this digest.
+    Ok(Hash),
+}
+
+/// Fuzz body.
+pub fn run(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let f1 = b.u8();
+    let f2 = b.u8();
+    let sort = f1 & 1 != 0;
+    let parents = f1 & 2 != 0;
+    let zstd_streams = f1 & 4 != 0;
+    let honest_digest = f1 & 8 != 0;
+    let corrupt_old = f1 & 0x10 != 0;
+    let single = f1 & 0x20 != 0;
+    let with_deleted = f1 & 0x40 != 0;
+    let honest_base = f1 & 0x80 != 0;
+    let total_off = f2 & 1 != 0;
+    let flag_mismatch = f2 & 2 != 0;
+
+    // Old-file table.
+    let cands: &[&str] = if single { &[""] } else { OLD_CANDIDATES };
+    let mask = b.u16();
+    let mut old_files = Vec::new();
+    for (i, c) in cands.iter().enumerate() {
+        if mask & (1 << i) != 0 {
+            let (size, hash) = match old_content(single, c) {
+                Some(d) => (d.len() as u64, *blake3::hash(d).as_bytes()),
+                None => (u64::from(b.u8()), [0u8; 32]),
+            };
+            old_files.push(OldFile {
+                path: c.to_string(),
+                size,
+                hash,
+            });
+        }
+    }
+    if corrupt_old && !old_files.is_empty() {
+        let i = usize::from(b.u8()) % old_files.len();
+        old_files[i].hash[0] ^= 1;
+    }
+
+    // Entries.
+    let n = if single { 1 } else { b.u8() % 12 };
+    let mut gens: Vec<Gen> = (0..n)
+        .map(|_| gen_entry(&mut b, single, old_files.len()))
+        .collect();
+    if parents {
+        let mut extra = Vec::new();
+        for g in &gens {
+            let mut at = 0;
+            while let Some(i) = g.path[at..].find('/') {
+                let parent = &g.path[..at + i];
+                if !parent.is_empty() {
+                    extra.push(Gen {
+                        path: parent.to_string(),
+                        kind: Kind::Dir,
+                    });
+                }
+                at += i + 1;
+            }
+        }
+        for e in extra {
+            if !gens.iter().any(|g| g.path == e.path) {
+                gens.push(e);
+            }
+        }
+    }
+    if sort {
+        gens.sort_by(|a, c| a.path.cmp(&c.path));
+        gens.dedup_by(|a, c| a.path == c.path);
+    }
+    let deleted: Vec<String> = if with_deleted {
+        (0..b.u8() % 3).map(|_| gen_path(&mut b)).collect()
+    } else {
+        Vec::new()
+    };
+
+    // Streams in manifest order, sizes and base digest.
+    let mut ctrl = Vec::new();
+    let mut diff = Vec::new();
+    let mut extra = Vec::new();
+    let mut all_ctls: Vec<Ctl> = Vec::new();
+    let mut entries = Vec::new();
+    let mut base = blake3::Hasher::new();
+    let mut total: u64 = 0;
+    for g in &gens {
+        let kind = match &g.kind {
+            Kind::Dir => EntryKind::Dir,
+            Kind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+            Kind::File { exec, op, size } => {
+                let here = old_content(single, &g.path);
+                let (honest, fop) = match op {
+                    Op::Unchanged => {
+                        base.update(blake3::hash(here.unwrap_or(b"")).as_bytes());
+                        (here.map_or(0, |d| d.len() as u64), FileOp::Unchanged)
+                    }
+                    Op::Copy(s) => (
+                        old_files.get(*s as usize).map_or(0, |f| f.size),
+                        FileOp::Copy { source: *s },
+                    ),
+                    Op::Add(d) => {
+                        extra.extend_from_slice(d);
+                        (d.len() as u64, FileOp::Add)
+                    }
+                    Op::Delta {
+                        sources,
+                        base_size,
+                        ctls,
+                    } => {
+                        let mut produced = 0u64;
+                        for c in ctls {
+                            put_control(
+                                &mut ctrl,
+                                &Control {
+                                    diff: c.diff,
+                                    extra: c.extra,
+                                    seek: c.seek,
+                                },
+                            );
+                            diff.extend_from_slice(&c.dbytes);
+                            extra.extend_from_slice(&c.ebytes);
+                            produced += c.diff + c.extra;
+                            all_ctls.push(c.clone());
+                        }
+                        let base_size = if sources.is_empty() {
+                            base.update(blake3::hash(here.unwrap_or(b"")).as_bytes());
+                            base_size.unwrap_or(here.map_or(0, |d| d.len() as u64))
+                        } else {
+                            0
+                        };
+                        (
+                            produced,
+                            FileOp::Delta {
+                                sources: sources.clone(),
+                                base_size,
+                                transform: 0,
+                            },
+                        )
+                    }
+                };
+                let size = size.unwrap_or(honest);
+                total += size;
+                EntryKind::File {
+                    exec: *exec,
+                    size,
+                    op: fop,
+                }
+            }
+        };
+        entries.push(Entry {
+            path: g.path.clone(),
+            kind,
+        });
+    }
+    let base_digest = if honest_base {
+        *base.finalize().as_bytes()
+    } else {
+        b.take_padded(32).try_into().unwrap()
+    };
+    let supplied_digest: Hash = b.take_padded(32).try_into().unwrap();
+    let mut m = Manifest {
+        new_digest: supplied_digest,
+        base_digest,
+        old_files,
+        entries,
+        deleted,
+    };
+    let directory = !single ^ flag_mismatch;
+    let codec = if zstd_streams { CODEC_ZSTD } else { CODEC_RAW };
+    let mut header = Header {
+        minor: VERSION_MINOR,
+        flags: if directory { FLAG_DIRECTORY } else { 0 },
+        window_log: 20,
+        codecs: [codec; 3],
+        manifest_len: 0,
+        manifest_raw_len: 0,
+        new_total: total + u64::from(total_off),
+        stream_lens: [0; 3],
+    };
+
+    // The model.
+    let scratch_exp = scratch();
+    let mut expect = match Manifest::decode(&m.encode(), &header) {
+        Err(e) => Expect::Err(format!("manifest rejected: {e}")),
+        Ok(dm) => {
+            assert_eq!(dm, m, "manifest changed through encode/decode");
+            if directory {
+                for p in dm
+                    .entries
+                    .iter()
+                    .map(|e| &e.path)
+                    .chain(dm.old_files.iter().map(|f| &f.path))
+                    .chain(dm.deleted.iter())
+                {
+                    assert!(safe_rel(p), "Manifest::decode accepted unsafe path {p:?}");
+                }
+            }
+            model(&m, !directory, &all_ctls, &diff, &extra, scratch_exp.path())
+        }
+    };
+    if let Expect::Ok(d) = expect {
+        if honest_digest {
+            m.new_digest = d;
+        } else if d != m.new_digest {
+            expect = Expect::Err("new digest differs".into());
+        }
+    }
+
+    // Assemble the patch.
+    let raw = m.encode();
+    let comp = zstd::bulk::compress(&raw, 1).unwrap();
+    let streams: Vec<Vec<u8>> = [ctrl, diff, extra]
+        .into_iter()
+        .map(|s| {
+            if zstd_streams {
+                zstd::bulk::compress(&s, 1).unwrap()
+            } else {
+                s
+            }
+        })
+        .collect();
+    header.manifest_len = comp.len() as u64;
+    header.manifest_raw_len = raw.len() as u64;
+    for (i, s) in streams.iter().enumerate() {
+        header.stream_lens[i] = s.len() as u64;
+    }
+    let mut body = header.encode().to_vec();
+    body.extend_from_slice(&comp);
+    for s in &streams {
+        body.extend_from_slice(s);
+    }
+    let patch = with_trailer(&body);
+
+    // Apply.
+    let fx = fixture();
+    let root = scratch();
+    let tmp = root.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let p = tmp.join("p.bdp");
+    write(&p, &patch);
+    let out = tmp.join("out");
+    let mut patcher = Patcher::new();
+    patcher.memory_limit(LIMIT).output_limit(LIMIT);
+    let result = patcher.apply(fx.old(directory), &p, &out);
+
+    assert_only(root.path(), &["tmp"], "scratch root");
+    fx.check_untouched();
+    match (&result, &expect) {
+        (Ok(rep), Expect::Ok(d)) => {
+            assert_only(&tmp, &["p.bdp", "out"], "after Ok apply");
+            assert_eq!(&rep.digest, d);
+            assert_eq!(&bundle_digest(&out).expect("digest of OUT"), d, "OUT differs");
+        }
+        (Err(_), Expect::Err(_)) => assert_only(&tmp, &["p.bdp"], "after failed apply"),
+        (Ok(_), Expect::Err(why)) => panic!(
+            "apply accepted a patch the model rejects ({why}); OUT = {:?}",
+            crate::tree_listing(&out)
+        ),
+        (Err(e), Expect::Ok(_)) => panic!("apply failed ({e}) where the model succeeds"),
+    }
+}
+
+/// Run the model on a manifest that decoded (`single`: the header says single file): base
+/// checks, then every entry in order. On success the expected bundle is written under `dir`
+/// and its digest returned.
+fn model(
+    m: &Manifest,
+    single: bool,
+    ctls: &[Ctl],
+    diff: &[u8],
+    extra: &[u8],
+    dir: &Path,
+) -> Expect {
+    // Base check: only when the patch needs anything from OLD.
+    let same_path = |op: &FileOp| match op {
+        FileOp::Unchanged => true,
+        FileOp::Delta { sources, .. } => sources.is_empty(),
+        _ => false,
+    };
+    let needs_old = !m.old_files.is_empty()
+        || m
+            .entries
+            .iter()
+            .any(|e| matches!(&e.kind, EntryKind::File { op, .. } if same_path(op)));
+    if needs_old {
+        for f in &m.old_files {
+            match old_content(single, &f.path) {
+                None => return Expect::Err(format!("old {:?} missing", f.path)),
+                Some(d) if d.len() as u64 != f.size => return Expect::Err("old size".into()),
+                Some(d) if *blake3::hash(d).as_bytes() != f.hash => {
+                    return Expect::Err("old hash".into())
+                }
+                _ => {}
+            }
+        }
+        let mut h = blake3::Hasher::new();
+        for e in &m.entries {
+            if let EntryKind::File { size, op, .. } = &e.kind {
+                if !same_path(op) {
+                    continue;
+                }
+                let Some(d) = old_content(single, &e.path) else {
+                    return Expect::Err(format!("same-path {:?} missing", e.path));
+                };
+                let want = match op {
+                    FileOp::Delta { base_size, .. } => *base_size,
+                    _ => *size,
+                };
+                if d.len() as u64 != want {
+                    return Expect::Err("same-path size".into());
+                }
+                h.update(blake3::hash(d).as_bytes());
+            }
+        }
+        if *h.finalize().as_bytes() != m.base_digest {
+            return Expect::Err("base digest".into());
+        }
+    }
+
+    // Build.
+    let mut cur = Cur {
+        ctls,
+        next: 0,
+        extra_left: extra.to_vec(),
+        extra_pos: 0,
+        diff: diff.to_vec(),
+        diff_pos: 0,
+    };
+    let mut outputs: Vec<Option<Vec<u8>>> = Vec::new();
+    for e in &m.entries {
+        let EntryKind::File { size, op, .. } = &e.kind else {
+            outputs.push(None);
+            continue;
+        };
+        let content = match op {
+            FileOp::Unchanged => old_content(single, &e.path).unwrap().to_vec(),
+            FileOp::Copy { source } => {
+                old_content(single, &m.old_files[*source as usize].path).unwrap().to_vec()
+            }
+            FileOp::Add => match cur.take_extra(*size) {
+                Ok(v) => v,
+                Err(why) => return Expect::Err(why),
+            },
+            FileOp::Delta { sources, .. } => {
+                let mut src = Vec::new();
+                if sources.is_empty() {
+                    src.extend_from_slice(old_content(single, &e.path).unwrap());
+                }
+                for s in sources {
+                    match old_content(single, &m.old_files[*s as usize].path) {
+                        Some(d) => src.extend_from_slice(d),
+                        None => return Expect::Err("delta source missing".into()),
+                    }
+                }
+                match model_delta(&src, *size, &mut cur) {
+                    Ok(v) => v,
+                    Err(why) => return Expect::Err(why),
+                }
+            }
+            _ => return Expect::Err("unknown op".into()),
+        };
+        if content.len() as u64 != *size {
+            return Expect::Err("size mismatch".into());
+        }
+        outputs.push(Some(content));
+    }
+    if cur.next != ctls.len() {
+        return Expect::Err("control stream has leftovers".into());
+    }
+    if cur.diff_pos != diff.len() {
+        return Expect::Err("diff stream has leftovers".into());
+    }
+    if cur.extra_pos != extra.len() {
+        return Expect::Err("extra stream has leftovers".into());
+    }
+
+    // Materialise the expected bundle and take its digest.
+    let root = dir.join("expect");
+    if single {
+        let content = outputs[0].as_ref().unwrap();
+        write(&root, content);
+    } else {
+        fs::create_dir(&root).unwrap();
+        for (e, content) in m.entries.iter().zip(&outputs) {
+            let at = root.join(&e.path);
+            match &e.kind {
+                EntryKind::Dir => fs::create_dir(&at).unwrap(),
+                EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &at).unwrap(),
+                EntryKind::File { exec, .. } => {
+                    write(&at, content.as_ref().unwrap());
+                    set_exec(&at, *exec);
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+    Expect::Ok(bundle_digest(&root).expect("digest of the expected bundle"))
+}
