@@ -11,7 +11,8 @@
 #                    recomputed by the target; 0x41 also runs the in-place apply)
 #   header_manifest  64-byte header + decompressed manifest
 #   roundtrip        [window][split u16][old][edit script]
-#   dir_apply        a few flag combinations followed by deterministic pseudo-random bytes
+#   dir_apply        a few flag combinations (codecs raw, zstd, LZMA2, split LZMA2) followed by
+#                    deterministic pseudo-random bytes
 # The golden patches (corpus/golden/v1) are added to apply_untrusted as they are.
 # Needs: cargo, zstd, awk, od, dd, coreutils.
 set -euo pipefail
@@ -64,7 +65,7 @@ d=$(newdir copy); cp "$d/lib/core.js" "$d/core-copy.js"; cp "$d/README.md" "$d/b
 d=$(newdir mixed); sed -i 's/function/fn/g' "$d/lib/util/strings.js"; cat "$d/lib/core.js" >>"$d/bin/tool"; rm "$d/empty"; mkdir -p "$d/a/b/c"; echo deep >"$d/a/b/c/d.txt"
 
 # --- diff every pair with several option sets --------------------------------------------
-OPTS=("" "--level 1 --window-log 10" "--level 3 --chunk-size 64K --window-log 12")
+OPTS=("" "--level 1 --window-log 10" "--codec zstd --level 3 --chunk-size 64K --window-log 12" "--codec zstd")
 PATCHES="$WORK/patches"
 mkdir -p "$PATCHES"
 for new in "$nf"/*; do
@@ -122,7 +123,10 @@ done
 i=0
 for f1 in '\x8b' '\x8f' '\xab' '\xcb' '\x9b' '\x0b' '\x83'; do
     for seed in 1 2 3; do
-        { printf "$f1\x00"; prng $((i * 7 + seed)) 200; } >"$CORPUS/dir_apply/seed-$i-$seed"
+        # second flag byte: raw/zstd, LZMA2, LZMA2 split into two streams
+        for f2 in '\x00' '\x04' '\x0c'; do
+            { printf "$f1$f2"; prng $((i * 7 + seed)) 200; } >"$CORPUS/dir_apply/seed-$i-$seed-$(printf "$f2" | od -An -tx1 | tr -d ' ')"
+        done
     done
     i=$((i + 1))
 done

@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    EntryKind, FileOp, Hash, Header, Manifest, CODEC_LZMA2, CODEC_RAW, HEADER_LEN, TRAILER_LEN,
+    Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_LZMA2, CODEC_RAW, HEADER_LEN,
+    MAX_CONTROL_BLOCK, TRAILER_LEN,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -296,7 +297,11 @@ impl Patch {
             .map_err(|_| Error::corrupt("header", "manifest length does not fit in memory"))?;
         let sec = Section::new(&file, HEADER_LEN as u64, header.manifest_len);
         let mut raw = Vec::new();
-        {
+        if header.manifest_len == header.manifest_raw_len {
+            // Stored as it is.
+            let mut s = sec;
+            read_exact_stream(&mut s, &mut raw, cap, "manifest")?;
+        } else {
             let mut dec = decoder(sec, header.window_log).map_err(|e| stream_err("manifest", e))?;
             read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
         }
@@ -653,6 +658,9 @@ pub(crate) struct Streams<'a> {
     extra: Stream<'a>,
     obuf: Vec<u8>,
     dbuf: Vec<u8>,
+    /// The current control block and how many of its controls were used.
+    block: Vec<Control>,
+    used: usize,
 }
 
 impl<'a> Streams<'a> {
@@ -674,10 +682,47 @@ impl<'a> Streams<'a> {
             extra: open(2, "extra stream")?,
             obuf: vec![0u8; IO_BUF],
             dbuf: vec![0u8; IO_BUF],
+            block: Vec::new(),
+            used: 0,
         })
     }
 
     /// Every stream must be consumed exactly.
+    /// The next control of the current file, reading a new block when the current one is used.
+    fn next_control(&mut self) -> Result<Control> {
+        const C: &str = "control stream";
+        if self.used == self.block.len() {
+            let n = need_varint(&mut self.ctrl, C)?;
+            if n == 0 || n > MAX_CONTROL_BLOCK as u64 {
+                return Err(Error::corrupt(
+                    C,
+                    format!("control block of {n} controls (1..={MAX_CONTROL_BLOCK})"),
+                ));
+            }
+            let n = n as usize;
+            // Bounded by MAX_CONTROL_BLOCK, not by the patch.
+            self.block.clear();
+            for _ in 0..n {
+                let diff = need_varint(&mut self.ctrl, C)?;
+                self.block.push(Control {
+                    diff,
+                    extra: 0,
+                    seek: 0,
+                });
+            }
+            for i in 0..n {
+                self.block[i].extra = need_varint(&mut self.ctrl, C)?;
+            }
+            for i in 0..n {
+                let s = need_varint(&mut self.ctrl, C)?;
+                self.block[i].seek = ((s >> 1) as i64) ^ -((s & 1) as i64);
+            }
+            self.used = 0;
+        }
+        self.used += 1;
+        Ok(self.block[self.used - 1])
+    }
+
     fn finish(&mut self) -> Result<()> {
         expect_end(&mut self.ctrl, "control stream")?;
         expect_end(&mut self.diff, "diff stream")?;
@@ -937,10 +982,11 @@ pub(crate) fn apply_delta(
     let mut produced: u64 = 0;
     let mut first = true;
     while produced < size {
-        let d = need_varint(&mut st.ctrl, C)?;
-        let e = need_varint(&mut st.ctrl, C)?;
-        let s_raw = need_varint(&mut st.ctrl, C)?;
-        let seek = ((s_raw >> 1) as i64) ^ -((s_raw & 1) as i64);
+        let Control {
+            diff: d,
+            extra: e,
+            seek,
+        } = st.next_control()?;
         let step = d
             .checked_add(e)
             .ok_or_else(|| Error::corrupt(C, "length overflow"))?;
@@ -989,6 +1035,12 @@ pub(crate) fn apply_delta(
             ));
         }
         pos = np as u64;
+    }
+    if st.used != st.block.len() {
+        return Err(Error::corrupt(
+            C,
+            "a control block runs past the end of its file",
+        ));
     }
     Ok(())
 }

@@ -251,7 +251,11 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     let mut opts = DiffOptions::new();
     opts.level(a.level)
         .window_log(a.window_log)
-        .chunk_size(chunk);
+        .chunk_size(chunk)
+        .codec(match a.codec {
+            CodecArg::Lzma => bundelta::Codec::Lzma,
+            CodecArg::Zstd => bundelta::Codec::Zstd,
+        });
     let pb = bar(a.common.quiet, a.common.json, "diffing");
     if let Some(pb) = &pb {
         let pb = pb.clone();
@@ -440,12 +444,10 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         rows.push((e.path.clone(), op, size, source));
     }
     let mem = bundelta::memory_needed(h);
-    let codec = |c: u8| {
-        if c == bundelta::format::CODEC_ZSTD {
-            "zstd"
-        } else {
-            "raw"
-        }
+    let codec = |c: u8| match c {
+        bundelta::format::CODEC_ZSTD => "zstd",
+        bundelta::format::CODEC_LZMA2 => "lzma2",
+        _ => "raw",
     };
     if a.common.json {
         let ops: serde_json::Map<String, serde_json::Value> = counts

@@ -274,3 +274,48 @@ fn unchanged_files_cost_no_hash_each() {
     );
     tree_roundtrip(&old, &new, &DiffOptions::new());
 }
+
+#[test]
+fn many_controls_span_several_blocks() {
+    // Thousands of scattered edits give more than one block of controls in one file, in a
+    // bundle with other files around it.
+    let mut rng = Rng(31337);
+    let old = rng.text(400_000);
+    let mut new = old.clone();
+    for i in (0..new.len()).step_by(37) {
+        new[i] = new[i].wrapping_add(1 + (i % 7) as u8);
+    }
+    let mut o = DiffOptions::new();
+    o.level(3);
+    let patch = o.diff_bytes(&old, &new).unwrap();
+    let h = bundelta::format::Header::decode(&patch).unwrap();
+    assert!(h.stream_lens[0] > 0);
+    file_roundtrip(&old, &new, &o);
+    let mut told = Tree::new();
+    told.insert(
+        "a.bin".into(),
+        Item::File {
+            data: old.clone(),
+            exec: false,
+        },
+    );
+    told.insert(
+        "b.bin".into(),
+        Item::File {
+            data: rng.text(5000),
+            exec: false,
+        },
+    );
+    let mut tnew = told.clone();
+    tnew.insert(
+        "a.bin".into(),
+        Item::File {
+            data: new,
+            exec: false,
+        },
+    );
+    if let Some(Item::File { data, .. }) = tnew.get_mut("b.bin") {
+        *data = Rng(5).edit(data, 10);
+    }
+    tree_roundtrip(&told, &tnew, &o);
+}

@@ -282,7 +282,11 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
     );
     let m_start = format::HEADER_LEN;
     let m_end = m_start + h.manifest_len as usize;
-    let raw = zstd::decode_all(&patch[m_start..m_end]).unwrap();
+    let raw = if h.manifest_len == h.manifest_raw_len {
+        patch[m_start..m_end].to_vec()
+    } else {
+        zstd::decode_all(&patch[m_start..m_end]).unwrap()
+    };
     let m = Manifest::decode(&raw, &h).unwrap();
     let stream = |i: usize| {
         let a = h.stream_offset(i) as usize;
@@ -326,10 +330,19 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                         };
                         let mut o = Vec::new();
                         let mut pos = 0i64;
+                        let mut block: Vec<(usize, usize, i64)> = Vec::new();
                         while o.len() < size {
-                            let dl = c.varint().unwrap() as usize;
-                            let el = c.varint().unwrap() as usize;
-                            let sk = c.svarint().unwrap();
+                            if block.is_empty() {
+                                let n = c.varint().unwrap() as usize;
+                                let d: Vec<u64> = (0..n).map(|_| c.varint().unwrap()).collect();
+                                let x: Vec<u64> = (0..n).map(|_| c.varint().unwrap()).collect();
+                                let k: Vec<i64> = (0..n).map(|_| c.svarint().unwrap()).collect();
+                                block = (0..n)
+                                    .rev()
+                                    .map(|i| (d[i] as usize, x[i] as usize, k[i]))
+                                    .collect();
+                            }
+                            let (dl, el, sk) = block.pop().unwrap();
                             for i in 0..dl {
                                 o.push(src[pos as usize + i].wrapping_add(diff[d + i]));
                             }
@@ -340,6 +353,7 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                             pos += sk;
                         }
                         assert_eq!(o.len(), size);
+                        assert!(block.is_empty(), "control block crosses a file end");
                         o
                     }
                     other => panic!("unknown op {other:?}"),

@@ -79,6 +79,12 @@ pub fn run(data: &[u8]) {
 
     let patcher = patcher();
     let result = patcher.apply(old, &p, &out);
+    if crate::debug() {
+        match &result {
+            Ok(r) => eprintln!("apply_untrusted: Ok {} files", r.files),
+            Err(e) => eprintln!("apply_untrusted: Err {e}"),
+        }
+    }
     match &result {
         Ok(report) => {
             assert_only(&tmp, &["p.bdp", "out"], "after Ok apply");

@@ -1,6 +1,7 @@
 //! Patches built field by field from the input: hostile paths and symlink targets, old-file
-//! tables, every file operation, and control streams, with a valid (or deliberately broken)
-//! header, zstd-compressed manifest and trailer. Applied against the fixed OLD into
+//! tables, every file operation, and control streams (stored raw, zstd or LZMA2, as one or two
+//! concatenated frames), with a valid (or deliberately broken) header, zstd-compressed manifest
+//! and trailer. Applied against the fixed OLD into
 //! `ROOT/tmp/out`.
 //!
 //! Alongside, an independent model of the apply semantics (FORMAT.md: base checks, solid streams
@@ -18,8 +19,8 @@ use std::fs;
 use std::path::Path;
 
 use bundelta::format::{
-    put_control, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest, OldFile, CODEC_RAW,
-    CODEC_ZSTD, FLAG_DIRECTORY, VERSION_MINOR,
+    lzma_dict_size, put_control, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest,
+    OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY, VERSION_MINOR,
 };
 use bundelta::{bundle_digest, Patcher};
 
@@ -280,7 +281,7 @@ pub fn run(data: &[u8]) {
     let f2 = b.u8();
     let sort = f1 & 1 != 0;
     let parents = f1 & 2 != 0;
-    let zstd_streams = f1 & 4 != 0;
+    let compressed = f1 & 4 != 0;
     let honest_digest = f1 & 8 != 0;
     let corrupt_old = f1 & 0x10 != 0;
     let single = f1 & 0x20 != 0;
@@ -288,6 +289,8 @@ pub fn run(data: &[u8]) {
     let honest_base = f1 & 0x80 != 0;
     let total_off = f2 & 1 != 0;
     let flag_mismatch = f2 & 2 != 0;
+    let lzma = f2 & 4 != 0;
+    let split_frames = f2 & 8 != 0;
 
     // Old-file table.
     let cands: &[&str] = if single { &[""] } else { OLD_CANDIDATES };
@@ -438,7 +441,11 @@ pub fn run(data: &[u8]) {
         deleted,
     };
     let directory = !single ^ flag_mismatch;
-    let codec = if zstd_streams { CODEC_ZSTD } else { CODEC_RAW };
+    let codec = match (compressed, lzma) {
+        (false, _) => CODEC_RAW,
+        (true, false) => CODEC_ZSTD,
+        (true, true) => CODEC_LZMA2,
+    };
     let mut header = Header {
         minor: VERSION_MINOR,
         flags: if directory { FLAG_DIRECTORY } else { 0 },
@@ -483,13 +490,7 @@ pub fn run(data: &[u8]) {
     let comp = zstd::bulk::compress(&raw, 1).unwrap();
     let streams: Vec<Vec<u8>> = [ctrl, diff, extra]
         .into_iter()
-        .map(|s| {
-            if zstd_streams {
-                zstd::bulk::compress(&s, 1).unwrap()
-            } else {
-                s
-            }
-        })
+        .map(|s| encode_stream(&s, codec, split_frames))
         .collect();
     header.manifest_len = comp.len() as u64;
     header.manifest_raw_len = raw.len() as u64;
@@ -515,6 +516,13 @@ pub fn run(data: &[u8]) {
     patcher.memory_limit(LIMIT).output_limit(LIMIT);
     let result = patcher.apply(fx.old(directory), &p, &out);
 
+    if crate::debug() {
+        match (&result, &expect) {
+            (Ok(_), _) => eprintln!("dir_apply: Ok"),
+            (Err(e), Expect::Err(why)) => eprintln!("dir_apply: Err {e} (model: {why})"),
+            (Err(e), _) => eprintln!("dir_apply: Err {e}"),
+        }
+    }
     assert_only(root.path(), &["tmp"], "scratch root");
     fx.check_untouched();
     match (&result, &expect) {
@@ -529,6 +537,52 @@ pub fn run(data: &[u8]) {
             crate::tree_listing(&out)
         ),
         (Err(e), Expect::Ok(_)) => panic!("apply failed ({e}) where the model succeeds"),
+    }
+}
+
+/// Encode one solid stream with `codec`; `split`: as two concatenated frames / LZMA2 streams
+/// (the format allows any number).
+fn encode_stream(s: &[u8], codec: u8, split: bool) -> Vec<u8> {
+    if codec == CODEC_RAW {
+        return s.to_vec();
+    }
+    let parts: Vec<&[u8]> = if split {
+        let (a, b) = s.split_at(s.len() / 2);
+        vec![a, b]
+    } else {
+        vec![s]
+    };
+    let mut out = Vec::new();
+    for p in parts {
+        if codec == CODEC_ZSTD {
+            out.extend(zstd::bulk::compress(p, 1).unwrap());
+        } else {
+            out.extend(lzma2(p));
+        }
+    }
+    out
+}
+
+/// One raw LZMA2 stream (preset 1, dictionary of the header's window log 20).
+fn lzma2(data: &[u8]) -> Vec<u8> {
+    use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
+    let mut opts = LzmaOptions::new_preset(1).unwrap();
+    opts.dict_size(lzma_dict_size(20));
+    let mut f = Filters::new();
+    f.lzma2(&opts);
+    let mut st = Stream::new_raw_encoder(&f).unwrap();
+    let mut out: Vec<u8> = Vec::with_capacity(data.len() + 4096);
+    let mut input = data;
+    loop {
+        if out.capacity() - out.len() < 4096 {
+            out.reserve(out.capacity().max(4096));
+        }
+        let before = st.total_in();
+        let status = st.process_vec(input, &mut out, Action::Finish).unwrap();
+        input = &input[(st.total_in() - before) as usize..];
+        if status == Status::StreamEnd {
+            return out;
+        }
     }
 }
 

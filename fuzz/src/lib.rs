@@ -56,6 +56,13 @@ pub mod fixture {
     }
 }
 
+/// Whether `BUNDELTA_FUZZ_DEBUG` is set: targets then print each input's outcome on stderr
+/// (useful with `cargo fuzz run TARGET corpus/TARGET -- -runs=0` to see what a corpus reaches).
+pub fn debug() -> bool {
+    static D: OnceLock<bool> = OnceLock::new();
+    *D.get_or_init(|| std::env::var_os("BUNDELTA_FUZZ_DEBUG").is_some())
+}
+
 /// Where scratch directories go: `/dev/shm` (tmpfs: fsync is free) when usable.
 pub fn scratch_base() -> PathBuf {
     static BASE: OnceLock<PathBuf> = OnceLock::new();

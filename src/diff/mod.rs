@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    lzma_dict_size, put_control, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest,
+    lzma_dict_size, put_controls, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest,
     OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY, HEADER_LEN, MAX_WINDOW_LOG,
     MIN_WINDOW_LOG, VERSION_MINOR,
 };
@@ -527,8 +527,17 @@ impl DiffOptions {
         new_total: u64,
     ) -> Result<(Vec<u8>, DiffStats)> {
         let raw = m.encode();
-        let mz = compress(&raw, self.level, self.window_log);
-        let streams = [&solid.ctrl, &solid.diff, &solid.extra].map(|st| self.compress_solid(st));
+        // A manifest that does not shrink is stored as it is (its two lengths are then equal).
+        let mut mz = compress(&raw, self.level, self.window_log);
+        if mz.len() >= raw.len() {
+            mz = raw.clone();
+        }
+        let streams = [
+            (&solid.ctrl, false),
+            (&solid.diff, true),
+            (&solid.extra, false),
+        ]
+        .map(|(st, sparse)| self.compress_solid(st, sparse));
         let header = Header {
             minor: VERSION_MINOR,
             flags: if dir { FLAG_DIRECTORY } else { 0 },
@@ -564,18 +573,21 @@ impl DiffOptions {
     /// Compress one solid stream as independent zstd frames of [`SEGMENT`] input bytes each
     /// (compressed in parallel; the split depends only on the length, so output is
     /// deterministic), or store it raw when that is not larger.
-    fn compress_solid(&self, data: &[u8]) -> (u8, Vec<u8>) {
+    fn compress_solid(&self, data: &[u8], sparse: bool) -> (u8, Vec<u8>) {
+        // Equal segments of at most SEGMENT bytes: the split depends only on the length.
+        let n = data.len().div_ceil(SEGMENT).max(1);
+        let seg = data.len().div_ceil(n).max(1);
         let (id, frames): (u8, Vec<Vec<u8>>) = match self.codec {
             Codec::Zstd => (
                 CODEC_ZSTD,
-                data.par_chunks(SEGMENT)
-                    .map(|seg| compress(seg, self.level, self.window_log))
+                data.par_chunks(seg)
+                    .map(|c| compress(c, self.level, self.window_log))
                     .collect(),
             ),
             Codec::Lzma => (
                 CODEC_LZMA2,
-                data.par_chunks(SEGMENT)
-                    .map(|seg| compress_lzma(seg, self.level, self.window_log))
+                data.par_chunks(seg)
+                    .map(|c| compress_lzma(c, self.level, self.window_log, sparse))
                     .collect(),
             ),
         };
@@ -631,14 +643,12 @@ impl DiffOptions {
             out.diff.extend_from_slice(&p.diff);
             out.extra.extend_from_slice(&p.extra);
         }
-        for c in join_controls(ctrls) {
-            put_control(&mut out.ctrl, &c);
-        }
+        put_controls(&mut out.ctrl, &join_controls(ctrls));
         out
     }
 }
 
-/// Input bytes per zstd frame of a solid stream (8 MiB).
+/// Most input bytes per independently compressed segment of a solid stream (8 MiB).
 const SEGMENT: usize = 8 << 20;
 
 /// Join per-chunk control lists into one list for a file, in the form the applier accepts:
@@ -739,7 +749,9 @@ fn compress(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
 
 /// One raw LZMA2 stream (ended by its end marker) with the dictionary of `window_log`. The
 /// zstd-style level maps to an LZMA preset: 18 and above is preset 9 "extreme", else level / 2.
-fn compress_lzma(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
+/// `sparse` (the diff stream: mostly zeros, few literals) drops the literal and position
+/// context bits, which models it better.
+fn compress_lzma(data: &[u8], level: i32, window_log: u8, sparse: bool) -> Vec<u8> {
     use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream, PRESET_EXTREME};
     let preset = if level >= 18 {
         9 | PRESET_EXTREME
@@ -748,6 +760,9 @@ fn compress_lzma(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
     };
     let mut opts = LzmaOptions::new_preset(preset).expect("lzma: preset is in range");
     opts.dict_size(lzma_dict_size(window_log));
+    if sparse {
+        opts.literal_context_bits(0).position_bits(0);
+    }
     let mut f = Filters::new();
     f.lzma2(&opts);
     let mut st = Stream::new_raw_encoder(&f).expect("lzma: valid LZMA2 options");
