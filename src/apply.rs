@@ -8,11 +8,13 @@
 //!
 //! ```text
 //! memory_needed = 4 × manifest_raw_len                 (manifest bytes + parsed entries)
-//!               + 3 × (2^window_log + 512 KiB)          (ctrl, diff, extra zstd decoders)
+//!               + Σ decoder_memory(codec_s)             (control, diff, extra decoders)
 //!               + 512 KiB                               (I/O buffers)
 //! ```
 //!
-//! where `window_log` and `manifest_raw_len` come from the patch header. The patch is refused
+//! where a decoder needs `2^window_log + 512 KiB` for zstd and LZMA2, `4.5 MiB` for bzip2 and
+//! nothing for a raw stream ([`crate::format::decoder_memory`]), and `window_log`, the codecs
+//! and `manifest_raw_len` come from the patch header. The patch is refused
 //! before anything is written when this exceeds [`Patcher::memory_limit`] (default
 //! [`DEFAULT_MEMORY_LIMIT`], 12 MiB, which admits the default `--window-log 21`). Process RSS is
 //! that plus the program itself (about 3 MiB).
@@ -33,23 +35,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_LZMA2, CODEC_RAW, HEADER_LEN,
-    MAX_CONTROL_BLOCK, TRAILER_LEN,
+    Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW,
+    HEADER_LEN, MAX_CONTROL_BLOCK, TRAILER_LEN,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
 /// Default heap budget of an apply: 12 MiB.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 12 << 20;
 
-/// Per-decoder overhead on top of its window (zstd's DStream context and buffers).
-const DECODER_OVERHEAD: u64 = 512 << 10;
-
 /// Bytes of heap an apply of a patch with this header needs at most (see module docs).
 pub fn memory_needed(h: &Header) -> u64 {
-    let window = 1u64 << h.window_log;
+    let decoders: u64 = h
+        .codecs
+        .iter()
+        .map(|&c| crate::format::decoder_memory(c, h.window_log))
+        .sum();
     h.manifest_raw_len
         .saturating_mul(4)
-        .saturating_add(3 * (window + DECODER_OVERHEAD))
+        .saturating_add(decoders)
         .saturating_add(512 << 10)
 }
 
@@ -1050,6 +1053,7 @@ enum Stream<'a> {
     Raw(Section<'a>),
     Zstd(Box<Dec<'a>>),
     Lzma(Box<MultiLzma<'a>>),
+    Bzip2(Box<bzip2::bufread::MultiBzDecoder<BufReader<Section<'a>>>>),
 }
 
 /// Decoder for one or more concatenated raw LZMA2 streams: when one ends, the next starts on
@@ -1103,6 +1107,12 @@ impl<'a> Stream<'a> {
         if codec == CODEC_RAW || len == 0 {
             return Ok(Stream::Raw(sec));
         }
+        if codec == CODEC_BZIP2 {
+            let r = BufReader::with_capacity(32 << 10, sec);
+            return Ok(Stream::Bzip2(Box::new(
+                bzip2::bufread::MultiBzDecoder::new(r),
+            )));
+        }
         if codec == CODEC_LZMA2 {
             let dict = crate::format::lzma_dict_size(window_log);
             let dec = lzma_decoder(dict).map_err(|e| stream_err(what, e))?;
@@ -1127,6 +1137,7 @@ impl Read for Stream<'_> {
             Stream::Raw(s) => s.read(buf),
             Stream::Zstd(d) => d.read(buf),
             Stream::Lzma(d) => d.read(buf),
+            Stream::Bzip2(d) => d.read(buf),
         }
     }
 }

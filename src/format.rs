@@ -59,6 +59,21 @@ pub const CODEC_ZSTD: u8 = 1;
 /// decoded with a dictionary of `max(2^window_log, 4096)` bytes.
 pub const CODEC_LZMA2: u8 = 2;
 
+/// Stream codec: one or more concatenated bzip2 streams (block size up to 900 kB).
+pub const CODEC_BZIP2: u8 = 3;
+
+/// Bytes of decoder memory one stream of this codec needs at most: the window (zstd), the
+/// dictionary (LZMA2) or the block buffers (bzip2, fixed by its largest block size), plus
+/// buffers and state.
+pub fn decoder_memory(codec: u8, window_log: u8) -> u64 {
+    const OVERHEAD: u64 = 512 << 10;
+    match codec {
+        CODEC_RAW => 0,
+        CODEC_BZIP2 => (4 << 20) + OVERHEAD,
+        _ => (1u64 << window_log) + OVERHEAD,
+    }
+}
+
 /// LZMA2 dictionary size for a window log.
 pub fn lzma_dict_size(window_log: u8) -> u32 {
     (1u32 << window_log.min(30)).max(4096)
@@ -177,7 +192,7 @@ impl Header {
             ));
         }
         let codecs = [b[13], b[14], b[15]];
-        if let Some(&c) = codecs.iter().find(|&&c| c > CODEC_LZMA2) {
+        if let Some(&c) = codecs.iter().find(|&&c| c > CODEC_BZIP2) {
             return Err(Error::Unsupported {
                 what: "stream codec",
                 value: c.into(),

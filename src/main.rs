@@ -79,7 +79,8 @@ struct DiffArgs {
     /// 3 x (2^N + 0.5 MiB) of memory; the default 21 fits its default 12 MiB limit.
     #[arg(long, default_value_t = bundelta::DEFAULT_WINDOW_LOG, value_name = "N")]
     window_log: u8,
-    /// Entropy coder of the patch streams: lzma (smaller) or zstd (faster to diff and apply).
+    /// Entropy coder of the patch streams: lzma (smallest; the diff stream may use bzip2 when
+    /// that is smaller) or zstd (faster to diff and apply, larger patches).
     #[arg(long, value_enum, default_value_t = CodecArg::Lzma)]
     codec: CodecArg,
     /// Split new files into chunks of this size, diffed in parallel (e.g. 4M, 512K; min 64K).
@@ -447,6 +448,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     let codec = |c: u8| match c {
         bundelta::format::CODEC_ZSTD => "zstd",
         bundelta::format::CODEC_LZMA2 => "lzma2",
+        bundelta::format::CODEC_BZIP2 => "bzip2",
         _ => "raw",
     };
     if a.common.json {

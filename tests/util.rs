@@ -291,12 +291,7 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
     let stream = |i: usize| {
         let a = h.stream_offset(i) as usize;
         let b = a + h.stream_lens[i] as usize;
-        let bytes = &patch[a..b];
-        match h.codecs[i] {
-            format::CODEC_ZSTD => zstd::decode_all(bytes).unwrap(),
-            format::CODEC_LZMA2 => lzma_decode_all(bytes, format::lzma_dict_size(h.window_log)),
-            _ => bytes.to_vec(),
-        }
+        decode_stream(h.codecs[i], h.window_log, &patch[a..b])
     };
     let (ctrl, diff, extra) = (stream(0), stream(1), stream(2));
     let mut c = format::Reader::new(&ctrl, "ctrl");
@@ -369,6 +364,42 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         "streams not consumed exactly"
     );
     out
+}
+
+/// Decode a whole stream in memory (the oracle's way).
+pub fn decode_stream(codec: u8, window_log: u8, bytes: &[u8]) -> Vec<u8> {
+    match codec {
+        format::CODEC_ZSTD => zstd::decode_all(bytes).unwrap(),
+        format::CODEC_LZMA2 => lzma_decode_all(bytes, format::lzma_dict_size(window_log)),
+        format::CODEC_BZIP2 => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut bzip2::read::MultiBzDecoder::new(bytes), &mut v)
+                .unwrap();
+            v
+        }
+        _ => bytes.to_vec(),
+    }
+}
+
+/// One raw LZMA2 stream with a 2 MiB dictionary (matches window log 21).
+pub fn lzma_encode(data: &[u8]) -> Vec<u8> {
+    use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
+    let mut o = LzmaOptions::new_preset(6).unwrap();
+    o.dict_size(1 << 21);
+    let mut f = Filters::new();
+    f.lzma2(&o);
+    let mut st = Stream::new_raw_encoder(&f).unwrap();
+    let mut out = Vec::new();
+    let mut input = data;
+    loop {
+        out.reserve(1 << 16);
+        let before = st.total_in();
+        let status = st.process_vec(input, &mut out, Action::Finish).unwrap();
+        input = &input[(st.total_in() - before) as usize..];
+        if status == Status::StreamEnd {
+            return out;
+        }
+    }
 }
 
 /// Decode concatenated raw LZMA2 streams in one go.
