@@ -72,7 +72,8 @@ struct DiffArgs {
     /// Where to write the patch.
     #[arg(short, long, value_name = "PATCH")]
     output: PathBuf,
-    /// zstd level of every stream, 1..=22. Higher: smaller patch, slower diff; apply is unaffected.
+    /// Compression effort, 1..=22 (zstd levels; for lzma, 20+ is "extreme", 17-19 strong,
+    /// 10-16 medium). Higher: smaller patch, slower diff; apply speed and memory are unaffected.
     #[arg(long, default_value_t = bundelta::DEFAULT_LEVEL, value_name = "N")]
     level: i32,
     /// Largest zstd window as a power of two, 10..=31. The applier needs about
@@ -263,6 +264,9 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
         opts.progress(Arc::new(move |done, total| {
             pb.set_length(total);
             pb.set_position(done);
+            if done >= total {
+                pb.set_message("compressing");
+            }
         }));
     }
     let t = Instant::now();
