@@ -43,6 +43,9 @@ use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 /// Default heap budget of an apply: 12 MiB.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 12 << 20;
 
+/// Placeholder path of write errors inside `produce`, replaced by the real destination.
+const OUTPUT: &str = "(output)";
+
 /// Bytes of heap an apply of a patch with this header needs at most (see module docs).
 pub fn memory_needed(h: &Header) -> u64 {
     let decoders: u64 = h
@@ -562,7 +565,20 @@ impl Patch {
                             total,
                             progress,
                         };
-                        self.produce(old, e, same.map(|s| s.0), &mut streams, &mut sink)?;
+                        self.produce(old, e, same.map(|s| s.0), &mut streams, &mut sink)
+                            .map_err(|err| match (err, &dest) {
+                                // Name the file being written (disk full, I/O error).
+                                (Error::Io { path, op, source }, Some(d))
+                                    if path == Path::new(OUTPUT) =>
+                                {
+                                    Error::Io {
+                                        path: d.clone(),
+                                        op,
+                                        source,
+                                    }
+                                }
+                                (err, _) => err,
+                            })?;
                         let (n, hash, file) = w.finish().map_err(|err| {
                             Error::io(dest.as_deref().unwrap_or(Path::new(&e.path)), "write", err)
                         })?;
@@ -873,7 +889,7 @@ fn copy_exact_stream(
         let k = (left.min(buf.len() as u64)) as usize;
         read_full(r, &mut buf[..k], what)?;
         out.write_all(&buf[..k])
-            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
+            .map_err(|e| Error::io(Path::new(OUTPUT), "write", e))?;
         left -= k as u64;
     }
     Ok(())
@@ -894,7 +910,7 @@ fn copy_file(p: &Path, size: u64, out: &mut dyn Write) -> Result<()> {
             ));
         }
         out.write_all(&buf[..k])
-            .map_err(|e| Error::io(Path::new("(output)"), "write", e))?;
+            .map_err(|e| Error::io(Path::new(OUTPUT), "write", e))?;
         left -= k as u64;
     }
     Ok(())
@@ -1024,7 +1040,7 @@ pub(crate) fn apply_delta(
                 *o = o.wrapping_add(*x);
             }
             out.write_all(&st.obuf[..k])
-                .map_err(|er| Error::io(Path::new("(output)"), "write", er))?;
+                .map_err(|er| Error::io(Path::new(OUTPUT), "write", er))?;
             pos += k as u64;
             left -= k as u64;
         }

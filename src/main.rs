@@ -208,6 +208,13 @@ fn bar(quiet: bool, json: bool, msg: &'static str) -> Option<ProgressBar> {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (RLIMIT_FSIZE) must surface as a write error we clean up after, not
+    // as a signal that kills the process mid-write.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -79,3 +79,36 @@ fn errors_are_one_line_and_nonzero() {
     }
     assert!(!dir.path().join("out").exists());
 }
+
+#[test]
+fn file_size_limit_gives_clean_error_and_no_leftovers() {
+    // RLIMIT_FSIZE stands in for a full disk: the write fails, the error names the file,
+    // nothing is left next to OUT and OLD is untouched.
+    let mut rng = Rng(12);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let old = rng.text(300_000);
+    fs::write(p("old"), &old).unwrap();
+    fs::write(p("new"), rng.edit(&old, 30)).unwrap();
+    assert!(
+        bundelta(&["diff", &p("old"), &p("new"), "-o", &p("p.bdp"), "-q"])
+            .status
+            .success()
+    );
+    let script = format!(
+        "ulimit -f 100; exec {} apply {} {} -o {}",
+        env!("CARGO_BIN_EXE_bundelta"),
+        p("old"),
+        p("p.bdp"),
+        p("out")
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("write failed") && err.contains(".out.bundelta-new"),
+        "{err}"
+    );
+    assert_eq!(listing(dir.path()), vec!["new", "old", "p.bdp"]);
+    assert_eq!(fs::read(p("old")).unwrap(), old);
+}
