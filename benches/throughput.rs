@@ -1,7 +1,7 @@
 //! Diff and apply throughput on generated inputs and, when fetched, one corpus pair.
 //!
 //! ```text
-//! cargo bench --bench throughput               # full run (about 2-3 minutes)
+//! cargo bench --bench throughput               # full run (about 2 minutes)
 //! cargo bench --bench throughput -- --test     # each benchmark once (what CI runs)
 //! cargo bench --bench throughput -- apply      # only the apply group
 //! ```
@@ -54,7 +54,7 @@ impl Rng {
 }
 
 /// 4 MiB of JSON-ish records and a copy with about 100 scattered small edits.
-fn small_edits() -> (Vec<u8>, Vec<u8>) {
+fn small_edits() -> Pair {
     const WORDS: [&str; 12] = [
         "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
         "juliet", "kilo", "lima",
@@ -82,7 +82,8 @@ fn small_edits() -> (Vec<u8>, Vec<u8>) {
         let at = r.below(new.len() as u64 - 64) as usize;
         match r.below(3) {
             0 => {
-                let ins = r.bytes(1 + r.below(24) as usize);
+                let k = 1 + r.below(24) as usize;
+                let ins = r.bytes(k);
                 new.splice(at..at, ins);
             }
             1 => {
@@ -99,13 +100,13 @@ fn small_edits() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// 1 MiB of random bytes, and an unrelated 1 MiB.
-fn random() -> (Vec<u8>, Vec<u8>) {
+fn random() -> Pair {
     (Rng(0xa11ce).bytes(1 << 20), Rng(0xb0b).bytes(1 << 20))
 }
 
 /// 2 MiB of eight 256 KiB periodic runs; in NEW each run's pattern has one more byte, so the
 /// period shifts and matches are short and everywhere.
-fn pathological() -> (Vec<u8>, Vec<u8>) {
+fn pathological() -> Pair {
     let mut r = Rng(0x9a7);
     let (mut old, mut new) = (Vec::new(), Vec::new());
     for i in 0..8u64 {
@@ -120,8 +121,11 @@ fn pathological() -> (Vec<u8>, Vec<u8>) {
     (old, new)
 }
 
+/// An OLD and a NEW.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// The corpus pair, when fetched.
-fn corpus_pair() -> Option<(Vec<u8>, Vec<u8>)> {
+fn corpus_pair() -> Option<Pair> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/data/js-bundle-small");
     let old = std::fs::read(dir.join("old")).ok()?;
     let new = std::fs::read(dir.join("new")).ok()?;
@@ -135,6 +139,8 @@ struct Case {
     new: Vec<u8>,
     old_path: PathBuf,
     patch_path: PathBuf,
+    /// How long the one untimed diff took (sizes the measurement time).
+    diff_time: Duration,
 }
 
 struct Cases {
@@ -150,7 +156,7 @@ fn cases() -> &'static Cases {
             None => tempfile::tempdir(),
         }
         .expect("create bench temp dir");
-        let mut inputs: Vec<(&'static str, (Vec<u8>, Vec<u8>))> = vec![
+        let mut inputs: Vec<(&'static str, Pair)> = vec![
             ("small-edits", small_edits()),
             ("random", random()),
             ("pathological", pathological()),
@@ -165,9 +171,11 @@ fn cases() -> &'static Cases {
         let cases = inputs
             .into_iter()
             .map(|(name, (old, new))| {
+                let t = std::time::Instant::now();
                 let patch = DiffOptions::new()
                     .diff_bytes(&old, &new)
                     .expect("diff for the apply benchmark");
+                let diff_time = t.elapsed();
                 let old_path = dir.path().join(format!("{name}.old"));
                 let patch_path = dir.path().join(format!("{name}.bdp"));
                 std::fs::write(&old_path, &old).unwrap();
@@ -189,6 +197,7 @@ fn cases() -> &'static Cases {
                     new,
                     old_path,
                     patch_path,
+                    diff_time,
                 }
             })
             .collect();
@@ -196,14 +205,10 @@ fn cases() -> &'static Cases {
     })
 }
 
-/// Measurement time per case: big, slow diffs get a short budget (criterion then runs the
-/// minimum of 10 samples of one iteration each).
-fn diff_budget(new_len: usize) -> Duration {
-    if new_len >= 2 << 20 {
-        Duration::from_secs(8)
-    } else {
-        Duration::from_secs(5)
-    }
+/// Measurement time of a diff case: room for the 10 samples of one iteration each that flat
+/// sampling needs at least (from the untimed diff made for the apply group), at least 3 s.
+fn diff_budget(case: &Case) -> Duration {
+    (case.diff_time * 12).max(Duration::from_secs(3))
 }
 
 fn bench_diff(c: &mut Criterion) {
@@ -213,7 +218,7 @@ fn bench_diff(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     for case in &cases().cases {
         g.throughput(Throughput::Bytes(case.new.len() as u64));
-        g.measurement_time(diff_budget(case.new.len()));
+        g.measurement_time(diff_budget(case));
         g.bench_with_input(BenchmarkId::from_parameter(case.name), case, |b, case| {
             let opts = DiffOptions::new();
             b.iter(|| opts.diff_bytes(&case.old, &case.new).unwrap());

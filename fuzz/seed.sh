@@ -11,7 +11,7 @@
 #                    recomputed by the target; 0x41 also runs the in-place apply)
 #   header_manifest  64-byte header + decompressed manifest
 #   roundtrip        [window][split u16][old][edit script]
-#   dir_apply        a few flag combinations (codecs raw, zstd, LZMA2, split LZMA2) followed by
+#   dir_apply        a few flag combinations (codecs, frame splits, control blocks) followed by
 #                    deterministic pseudo-random bytes
 # The golden patches (corpus/golden/v1) are added to apply_untrusted as they are.
 # Needs: cargo, zstd, awk, od, dd, coreutils.
@@ -100,7 +100,10 @@ for p in "$PATCHES"/*.bdp; do
     { printf '\x02'; cat "$body"; } >"$CORPUS/apply_untrusted/$name-fixlen"
     { printf '\x41'; cat "$body"; } >"$CORPUS/apply_untrusted/$name-inplace"
     mlen=$(u64_at "$p" 16)
-    { head -c 64 "$p"; dd if="$p" bs=1 skip=64 count="$mlen" status=none | zstd -dq -c; } \
+    rawlen=$(u64_at "$p" 24)
+    # The manifest is one zstd frame, or stored as it is when manifest_len == manifest_raw_len.
+    unz() { if [ "$mlen" = "$rawlen" ]; then cat; else zstd -dq -c; fi; }
+    { head -c 64 "$p"; dd if="$p" bs=1 skip=64 count="$mlen" status=none | unz; } \
         >"$CORPUS/header_manifest/$name"
 done
 
@@ -123,8 +126,9 @@ done
 i=0
 for f1 in '\x8b' '\x8f' '\xab' '\xcb' '\x9b' '\x0b' '\x83'; do
     for seed in 1 2 3; do
-        # second flag byte: raw/zstd, LZMA2, LZMA2 split into two streams
-        for f2 in '\x00' '\x04' '\x0c'; do
+        # second flag byte: zstd (or raw), LZMA2, bzip2, split LZMA2 frames,
+        # per-stream codecs with multi-block controls, stored manifest
+        for f2 in '\x00' '\x04' '\x08' '\x14' '\x2c' '\x80'; do
             { printf "$f1$f2"; prng $((i * 7 + seed)) 200; } >"$CORPUS/dir_apply/seed-$i-$seed-$(printf "$f2" | od -An -tx1 | tr -d ' ')"
         done
     done

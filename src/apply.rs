@@ -205,6 +205,28 @@ pub(crate) struct BaseCheck {
     base: Vec<(u64, Hash)>,
 }
 
+/// Hash an old file the patch relies on; a missing file, or one that is not a regular file
+/// (a directory, a symlink, a path through a file), means OLD is not the expected base.
+fn hash_base_file(p: &Path, rel: &str) -> Result<(u64, Hash)> {
+    hash_file(p).map_err(|e| match e {
+        Error::Io { source, .. } => {
+            let why = match (source.kind(), source.raw_os_error()) {
+                (io::ErrorKind::NotFound, _) => "missing",
+                (io::ErrorKind::InvalidInput, _) => "not a regular file",
+                #[cfg(unix)]
+                (_, Some(libc::ELOOP)) => "is a symlink (never followed)",
+                #[cfg(unix)]
+                (_, Some(libc::ENOTDIR)) => "a parent is not a directory",
+                #[cfg(unix)]
+                (_, Some(libc::EISDIR)) => "not a regular file",
+                _ => return Error::io(p, "read", source),
+            };
+            Error::wrong_base(rel, why)
+        }
+        other => other,
+    })
+}
+
 /// Whether a file operation reads the old file at the entry's own path.
 fn uses_same_path(op: &FileOp) -> bool {
     match op {
@@ -419,12 +441,7 @@ impl Patch {
         }
         for f in &self.manifest.old_files {
             let p = self.old_path(old, &f.path);
-            let (size, hash) = hash_file(&p).map_err(|e| match e {
-                Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                    Error::wrong_base(&f.path, "missing")
-                }
-                other => other,
-            })?;
+            let (size, hash) = hash_base_file(&p, &f.path)?;
             if size != f.size {
                 return Err(Error::wrong_base(
                     &f.path,
@@ -448,12 +465,7 @@ impl Patch {
                 continue;
             }
             let p = self.old_path(old, &e.path);
-            let (got, hash) = hash_file(&p).map_err(|err| match err {
-                Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                    Error::wrong_base(&e.path, "missing")
-                }
-                other => other,
-            })?;
+            let (got, hash) = hash_base_file(&p, &e.path)?;
             let want = match op {
                 FileOp::Delta { base_size, .. } => *base_size,
                 _ => *size,

@@ -1,9 +1,10 @@
 //! The one error type of the library.
 //!
 //! Every variant carries the evidence (paths, numbers, expected and found values) and its
-//! message says what went wrong in terms a user can act on. Untrusted input (a patch) only
-//! ever produces `Corrupt`, `Checksum`, `Unsupported`, `LimitExceeded` or `WrongBase`: never a
-//! panic.
+//! message says what went wrong in terms a user can act on. Untrusted input (a patch) produces
+//! `Corrupt`, `Checksum`, `Unsupported`, `LimitExceeded`, `WrongBase` (including an old path
+//! that is missing or not a regular file) or `OutputMismatch` (a rebuilt bundle that does not
+//! match the patch's digest); `Io` only for real I/O trouble (permissions, disk). Never a panic.
 
 use std::fmt;
 use std::io;

@@ -134,6 +134,25 @@ fn wrong_old_is_refused_before_any_write() {
         Error::WrongBase { path, .. } => assert_eq!(path, "mod.bin"),
         other => panic!("{other}"),
     }
+    // A directory or a symlink where the patch relies on a file: a wrong base, named.
+    fs::remove_file(d.p("old/mod.bin")).unwrap();
+    fs::create_dir(d.p("old/mod.bin")).unwrap();
+    let e = Patcher::new()
+        .apply(&d.p("old"), &d.p("p.bdp"), &d.p("out"))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::WrongBase { path, .. } if path == "mod.bin"),
+        "{e}"
+    );
+    fs::remove_dir(d.p("old/mod.bin")).unwrap();
+    std::os::unix::fs::symlink("keep.txt", d.p("old/mod.bin")).unwrap();
+    let e = Patcher::new()
+        .apply(&d.p("old"), &d.p("p.bdp"), &d.p("out"))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::WrongBase { path, reason } if path == "mod.bin" && reason.contains("symlink")),
+        "{e}"
+    );
     fs::remove_file(d.p("old/keep.txt")).unwrap();
     // A file patch on a directory, and the reverse.
     let e = Patcher::new()

@@ -20,7 +20,9 @@ use std::path::Path;
 use bundelta::format::{Header, HEADER_LEN};
 use bundelta::{bundle_digest, InPlaceOutcome, Patch, Patcher};
 
-use crate::{assert_only, fixture, materialize_old_dir, names, scratch, with_trailer, write, LIMIT};
+use crate::{
+    assert_only, fixture, materialize_old_dir, names, scratch, with_trailer, write, LIMIT,
+};
 
 /// Turn the input into patch bytes according to the mode byte.
 pub fn patch_bytes(mode: u8, rest: &[u8]) -> Vec<u8> {
@@ -118,21 +120,36 @@ fn in_place(tmp: &Path, patch: &Path, directory: bool, apply_digest: Option<[u8;
         write(&target, crate::fixture::OLD_FILE);
     }
     let fx = fixture();
-    let old_digest = if directory { fx.dir_digest } else { fx.file_digest };
+    let old_digest = if directory {
+        fx.dir_digest
+    } else {
+        fx.file_digest
+    };
     let before = names(tmp);
     let r = patcher().apply_in_place(&target, patch);
     let now = bundle_digest(&target).expect("digest of in-place target");
-    assert_eq!(names(tmp), before, "in-place apply left side files behind ({r:?})");
+    assert_eq!(
+        names(tmp),
+        before,
+        "in-place apply left side files behind ({r:?})"
+    );
     match r {
         Ok(rep) => {
             let m = Patch::open_limited(patch, LIMIT, LIMIT).expect("patch applied but won't open");
-            assert_eq!(now, m.manifest().new_digest, "in-place Ok but target is not NEW");
+            assert_eq!(
+                now,
+                m.manifest().new_digest,
+                "in-place Ok but target is not NEW"
+            );
             if let (InPlaceOutcome::Applied(a), Some(d)) = (&rep.outcome, apply_digest) {
                 assert_eq!(a.digest, d);
             }
         }
         Err(e) => {
-            assert_eq!(now, old_digest, "in-place apply failed ({e}) but changed the target");
+            assert_eq!(
+                now, old_digest,
+                "in-place apply failed ({e}) but changed the target"
+            );
             assert!(
                 apply_digest.is_none(),
                 "apply succeeded but in-place apply failed: {e}"

@@ -1,7 +1,7 @@
 //! Patches built field by field from the input: hostile paths and symlink targets, old-file
-//! tables, every file operation, and control streams (stored raw, zstd or LZMA2, as one or two
-//! concatenated frames), with a valid (or deliberately broken) header, zstd-compressed manifest
-//! and trailer. Applied against the fixed OLD into
+//! tables, every file operation, and control blocks (streams stored raw, zstd, LZMA2 or bzip2,
+//! as one or two concatenated frames), with a valid (or deliberately broken) header, a zstd or
+//! stored manifest and the trailer. Applied against the fixed OLD into
 //! `ROOT/tmp/out`.
 //!
 //! Alongside, an independent model of the apply semantics (FORMAT.md: base checks, solid streams
@@ -19,32 +19,86 @@ use std::fs;
 use std::path::Path;
 
 use bundelta::format::{
-    lzma_dict_size, put_control, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest,
+    lzma_dict_size, put_svarint, put_varint, Entry, EntryKind, FileOp, Hash, Header, Manifest,
     OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY, VERSION_MINOR,
 };
-use bundelta::{bundle_digest, Patcher};
+use bundelta::{bundle_digest, memory_needed, Patcher};
 
 use crate::{assert_only, fixture, scratch, set_exec, with_trailer, write, Bytes, LIMIT};
+
+/// Stream codec value of bzip2 (format minor addition; a build that lacks it refuses the
+/// header, which the model checks with `Header::decode`).
+const CODEC_BZIP2: u8 = 3;
 
 /// Path components the generator picks from: ordinary names, names of the fixture, and every
 /// kind of trouble `validate_path` must catch.
 const COMPONENTS: &[&str] = &[
-    "a", "b", "A", "lib", "bin", "util", "tool", "core.js", "strings.js", "README.md",
-    "readme.md", "empty", "link", "out", "tmp", "..", ".", "", "é", "e\u{301}", "ß", "SS", "C:",
-    "c:", "a\\b", "nul\0", "tab\t", "nl\n", ".hidden", "...", " ", "~", "\u{202e}rtl", "*",
+    "a",
+    "b",
+    "A",
+    "lib",
+    "bin",
+    "util",
+    "tool",
+    "core.js",
+    "strings.js",
+    "README.md",
+    "readme.md",
+    "empty",
+    "link",
+    "out",
+    "tmp",
+    "..",
+    ".",
+    "",
+    "é",
+    "e\u{301}",
+    "ß",
+    "SS",
+    "C:",
+    "c:",
+    "a\\b",
+    "nul\0",
+    "tab\t",
+    "nl\n",
+    ".hidden",
+    "...",
+    " ",
+    "~",
+    "\u{202e}rtl",
+    "*",
 ];
 
 /// Symlink targets: inside the bundle, escaping it, absolute, empty, NUL.
 const TARGETS: &[&str] = &[
-    "lib/core.js", "a", "../../escape", "../p.bdp", "../../tmp", "/etc/passwd", "..", ".", "",
-    "a\0b", "link", "../../../../../../../../tmp", "//", "a/../../..",
+    "lib/core.js",
+    "a",
+    "../../escape",
+    "../p.bdp",
+    "../../tmp",
+    "/etc/passwd",
+    "..",
+    ".",
+    "",
+    "a\0b",
+    "link",
+    "../../../../../../../../tmp",
+    "//",
+    "a/../../..",
 ];
 
 /// Old-file table candidates for a directory bundle: fixture files, a symlink, a directory, a
 /// missing file, and a path escaping OLD.
 const OLD_CANDIDATES: &[&str] = &[
-    "../old.txt", "README.md", "bin/tool", "empty", "lib", "lib/core.js", "lib/util/strings.js",
-    "link", "missing",
+    "../old.txt",
+    "README.md",
+    "bin/tool",
+    "empty",
+    "lib",
+    "lib/core.js",
+    "lib/util/strings.js",
+    "link",
+    "missing",
 ];
 
 fn gen_path(b: &mut Bytes<'_>) -> String {
@@ -102,6 +156,9 @@ enum Op {
         sources: Vec<u32>,
         base_size: Option<u64>,
         ctls: Vec<Ctl>,
+        /// Sizes of the control blocks this file's controls are written in (sum = ctls.len();
+        /// a 0 is an empty block, which the format forbids).
+        blocks: Vec<usize>,
     },
 }
 
@@ -155,7 +212,37 @@ fn gen_ctls(b: &mut Bytes<'_>) -> Vec<Ctl> {
         .collect()
 }
 
-fn gen_entry(b: &mut Bytes<'_>, single: bool, n_old: usize) -> Gen {
+/// Split `n` controls into blocks: one block, or (multi) blocks of 1..=4, with an empty block
+/// first when `empty` is set.
+fn gen_blocks(b: &mut Bytes<'_>, n: usize, multi: bool, empty: bool) -> Vec<usize> {
+    let mut v = Vec::new();
+    if empty {
+        v.push(0);
+    }
+    let mut left = n;
+    while left > 0 {
+        let k = if multi {
+            (1 + usize::from(b.u8() % 4)).min(left)
+        } else {
+            left
+        };
+        v.push(k);
+        left -= k;
+    }
+    v
+}
+
+/// Options that shape how entries are generated.
+#[derive(Clone, Copy)]
+struct GenOpts {
+    single: bool,
+    n_old: usize,
+    multi_blocks: bool,
+    empty_block: bool,
+}
+
+fn gen_entry(b: &mut Bytes<'_>, o: GenOpts) -> Gen {
+    let GenOpts { single, n_old, .. } = o;
     let path = if single { String::new() } else { gen_path(b) };
     let k = if single { 2 + b.u8() % 6 } else { b.u8() % 8 };
     let kind = match k {
@@ -165,7 +252,9 @@ fn gen_entry(b: &mut Bytes<'_>, single: bool, n_old: usize) -> Gen {
             let sel = b.u8();
             let exec = sel & 1 != 0;
             let size = (sel & 0x80 != 0).then(|| u64::from(b.u16() % 4096));
-            let idx = |b: &mut Bytes<'_>| u32::from(b.u8()) % (n_old.max(1) as u32 + (sel >> 6 & 1) as u32);
+            let idx = |b: &mut Bytes<'_>| {
+                u32::from(b.u8()) % (n_old.max(1) as u32 + (sel >> 6 & 1) as u32)
+            };
             let op = match k {
                 2 => Op::Unchanged,
                 3 => Op::Copy(idx(b)),
@@ -177,10 +266,13 @@ fn gen_entry(b: &mut Bytes<'_>, single: bool, n_old: usize) -> Gen {
                     let n_src = if sel & 2 != 0 { 1 + b.u8() % 3 } else { 0 };
                     let sources = (0..n_src).map(|_| idx(b)).collect();
                     let base_size = (sel & 4 != 0).then(|| u64::from(b.u16() % 4096));
+                    let ctls = gen_ctls(b);
+                    let blocks = gen_blocks(b, ctls.len(), o.multi_blocks, o.empty_block);
                     Op::Delta {
                         sources,
                         base_size,
-                        ctls: gen_ctls(b),
+                        ctls,
+                        blocks,
                     }
                 }
             };
@@ -192,8 +284,13 @@ fn gen_entry(b: &mut Bytes<'_>, single: bool, n_old: usize) -> Gen {
 
 /// The stream cursors of the model.
 struct Cur<'a> {
-    ctls: &'a [Ctl],
-    next: usize,
+    /// Control blocks in stream order.
+    blocks: &'a [Vec<Ctl>],
+    /// Next block to read.
+    next_block: usize,
+    /// The current block and how many of its controls were used.
+    block: &'a [Ctl],
+    used: usize,
     extra_left: Vec<u8>,
     // Add data and control extras interleave in the extra stream; keep one flat stream.
     extra_pos: usize,
@@ -202,6 +299,24 @@ struct Cur<'a> {
 }
 
 impl Cur<'_> {
+    /// FORMAT.md: a file's controls come in blocks (count, then the diff, extra and seek
+    /// columns); a block holds 1..=4096 controls and never spans two files.
+    fn next_control(&mut self) -> Result<Ctl, String> {
+        if self.used == self.block.len() {
+            let blk = self
+                .blocks
+                .get(self.next_block)
+                .ok_or("control stream ends")?;
+            self.next_block += 1;
+            if blk.is_empty() {
+                return Err("empty control block".into());
+            }
+            self.block = blk;
+            self.used = 0;
+        }
+        self.used += 1;
+        Ok(self.block[self.used - 1].clone())
+    }
     fn take_extra(&mut self, n: u64) -> Result<Vec<u8>, String> {
         let n = usize::try_from(n).map_err(|_| "huge extra")?;
         if self.extra_left.len() - self.extra_pos < n {
@@ -229,8 +344,7 @@ fn model_delta(src: &[u8], size: u64, cur: &mut Cur<'_>) -> Result<Vec<u8>, Stri
     let mut first = true;
     let src_len = src.len() as u64;
     while (out.len() as u64) < size {
-        let c = cur.ctls.get(cur.next).ok_or("control stream ends")?.clone();
-        cur.next += 1;
+        let c = cur.next_control()?;
         let step = c.diff.checked_add(c.extra).ok_or("overflow")?;
         if step == 0 && !first {
             return Err("empty control".into());
@@ -253,6 +367,9 @@ fn model_delta(src: &[u8], size: u64, cur: &mut Cur<'_>) -> Result<Vec<u8>, Stri
             return Err("seek outside the source".into());
         }
         pos = np as u64;
+    }
+    if cur.used != cur.block.len() {
+        return Err("control block spans two files".into());
     }
     Ok(out)
 }
@@ -289,8 +406,11 @@ pub fn run(data: &[u8]) {
     let honest_base = f1 & 0x80 != 0;
     let total_off = f2 & 1 != 0;
     let flag_mismatch = f2 & 2 != 0;
-    let lzma = f2 & 4 != 0;
-    let split_frames = f2 & 8 != 0;
+    let codec_sel = (f2 >> 2) & 3;
+    let split_frames = f2 & 0x10 != 0;
+    let multi_blocks = f2 & 0x20 != 0;
+    let empty_block = f2 & 0x40 != 0;
+    let raw_manifest = f2 & 0x80 != 0;
 
     // Old-file table.
     let cands: &[&str] = if single { &[""] } else { OLD_CANDIDATES };
@@ -316,9 +436,13 @@ pub fn run(data: &[u8]) {
 
     // Entries.
     let n = if single { 1 } else { b.u8() % 12 };
-    let mut gens: Vec<Gen> = (0..n)
-        .map(|_| gen_entry(&mut b, single, old_files.len()))
-        .collect();
+    let o = GenOpts {
+        single,
+        n_old: old_files.len(),
+        multi_blocks,
+        empty_block,
+    };
+    let mut gens: Vec<Gen> = (0..n).map(|_| gen_entry(&mut b, o)).collect();
     if parents {
         let mut extra = Vec::new();
         for g in &gens {
@@ -354,7 +478,7 @@ pub fn run(data: &[u8]) {
     let mut ctrl = Vec::new();
     let mut diff = Vec::new();
     let mut extra = Vec::new();
-    let mut all_ctls: Vec<Ctl> = Vec::new();
+    let mut all_blocks: Vec<Vec<Ctl>> = Vec::new();
     let mut entries = Vec::new();
     let mut base = blake3::Hasher::new();
     let mut total: u64 = 0;
@@ -381,21 +505,20 @@ pub fn run(data: &[u8]) {
                         sources,
                         base_size,
                         ctls,
+                        blocks,
                     } => {
                         let mut produced = 0u64;
                         for c in ctls {
-                            put_control(
-                                &mut ctrl,
-                                &Control {
-                                    diff: c.diff,
-                                    extra: c.extra,
-                                    seek: c.seek,
-                                },
-                            );
                             diff.extend_from_slice(&c.dbytes);
                             extra.extend_from_slice(&c.ebytes);
                             produced += c.diff + c.extra;
-                            all_ctls.push(c.clone());
+                        }
+                        let mut at = 0;
+                        for &k in blocks {
+                            let blk = &ctls[at..at + k];
+                            at += k;
+                            put_block(&mut ctrl, blk);
+                            all_blocks.push(blk.to_vec());
                         }
                         let base_size = if sources.is_empty() {
                             base.update(blake3::hash(here.unwrap_or(b"")).as_bytes());
@@ -441,16 +564,17 @@ pub fn run(data: &[u8]) {
         deleted,
     };
     let directory = !single ^ flag_mismatch;
-    let codec = match (compressed, lzma) {
-        (false, _) => CODEC_RAW,
-        (true, false) => CODEC_ZSTD,
-        (true, true) => CODEC_LZMA2,
+    const CODECS: [u8; 4] = [CODEC_RAW, CODEC_ZSTD, CODEC_LZMA2, CODEC_BZIP2];
+    let codecs: [u8; 3] = match (compressed, codec_sel) {
+        (false, _) => [CODEC_RAW; 3],
+        (true, 3) => [0; 3].map(|_: u8| CODECS[usize::from(b.u8() % 4)]),
+        (true, c) => [CODECS[usize::from(c) + 1]; 3],
     };
     let mut header = Header {
         minor: VERSION_MINOR,
         flags: if directory { FLAG_DIRECTORY } else { 0 },
         window_log: 20,
-        codecs: [codec; 3],
+        codecs,
         manifest_len: 0,
         manifest_raw_len: 0,
         new_total: total + u64::from(total_off),
@@ -474,7 +598,14 @@ pub fn run(data: &[u8]) {
                     assert!(safe_rel(p), "Manifest::decode accepted unsafe path {p:?}");
                 }
             }
-            model(&m, !directory, &all_ctls, &diff, &extra, scratch_exp.path())
+            model(
+                &m,
+                !directory,
+                &all_blocks,
+                &diff,
+                &extra,
+                scratch_exp.path(),
+            )
         }
     };
     if let Expect::Ok(d) = expect {
@@ -487,10 +618,16 @@ pub fn run(data: &[u8]) {
 
     // Assemble the patch.
     let raw = m.encode();
-    let comp = zstd::bulk::compress(&raw, 1).unwrap();
+    // The manifest is one zstd frame, or stored as it is (then manifest_len == raw length),
+    // which a writer must do when the frame would not be smaller.
+    let mut comp = zstd::bulk::compress(&raw, 1).unwrap();
+    if raw_manifest || comp.len() >= raw.len() {
+        comp = raw.clone();
+    }
     let streams: Vec<Vec<u8>> = [ctrl, diff, extra]
         .into_iter()
-        .map(|s| encode_stream(&s, codec, split_frames))
+        .zip(codecs)
+        .map(|(s, codec)| encode_stream(&s, codec, split_frames))
         .collect();
     header.manifest_len = comp.len() as u64;
     header.manifest_raw_len = raw.len() as u64;
@@ -503,6 +640,11 @@ pub fn run(data: &[u8]) {
         body.extend_from_slice(s);
     }
     let patch = with_trailer(&body);
+    if let Err(e) = Header::decode(&header.encode()) {
+        expect = Expect::Err(format!("header rejected: {e}"));
+    } else if memory_needed(&header) > LIMIT {
+        expect = Expect::Err("memory limit".into());
+    }
 
     // Apply.
     let fx = fixture();
@@ -529,7 +671,11 @@ pub fn run(data: &[u8]) {
         (Ok(rep), Expect::Ok(d)) => {
             assert_only(&tmp, &["p.bdp", "out"], "after Ok apply");
             assert_eq!(&rep.digest, d);
-            assert_eq!(&bundle_digest(&out).expect("digest of OUT"), d, "OUT differs");
+            assert_eq!(
+                &bundle_digest(&out).expect("digest of OUT"),
+                d,
+                "OUT differs"
+            );
         }
         (Err(_), Expect::Err(_)) => assert_only(&tmp, &["p.bdp"], "after failed apply"),
         (Ok(_), Expect::Err(why)) => panic!(
@@ -554,13 +700,36 @@ fn encode_stream(s: &[u8], codec: u8, split: bool) -> Vec<u8> {
     };
     let mut out = Vec::new();
     for p in parts {
-        if codec == CODEC_ZSTD {
-            out.extend(zstd::bulk::compress(p, 1).unwrap());
-        } else {
-            out.extend(lzma2(p));
+        match codec {
+            CODEC_ZSTD => out.extend(zstd::bulk::compress(p, 1).unwrap()),
+            CODEC_LZMA2 => out.extend(lzma2(p)),
+            _ => out.extend(bzip2(p)),
         }
     }
     out
+}
+
+/// One bzip2 stream (block size 100 kB).
+fn bzip2(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::new(1));
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// One control block, written from the spec (not with the crate's writer): count, then every
+/// diff, every extra, every zigzag seek, as LEB128 varints.
+fn put_block(out: &mut Vec<u8>, blk: &[Ctl]) {
+    put_varint(out, blk.len() as u64);
+    for c in blk {
+        put_varint(out, c.diff);
+    }
+    for c in blk {
+        put_varint(out, c.extra);
+    }
+    for c in blk {
+        put_svarint(out, c.seek);
+    }
 }
 
 /// One raw LZMA2 stream (preset 1, dictionary of the header's window log 20).
@@ -592,7 +761,7 @@ fn lzma2(data: &[u8]) -> Vec<u8> {
 fn model(
     m: &Manifest,
     single: bool,
-    ctls: &[Ctl],
+    blocks: &[Vec<Ctl>],
     diff: &[u8],
     extra: &[u8],
     dir: &Path,
@@ -604,8 +773,7 @@ fn model(
         _ => false,
     };
     let needs_old = !m.old_files.is_empty()
-        || m
-            .entries
+        || m.entries
             .iter()
             .any(|e| matches!(&e.kind, EntryKind::File { op, .. } if same_path(op)));
     if needs_old {
@@ -645,8 +813,10 @@ fn model(
 
     // Build.
     let mut cur = Cur {
-        ctls,
-        next: 0,
+        blocks,
+        next_block: 0,
+        block: &[],
+        used: 0,
         extra_left: extra.to_vec(),
         extra_pos: 0,
         diff: diff.to_vec(),
@@ -660,9 +830,9 @@ fn model(
         };
         let content = match op {
             FileOp::Unchanged => old_content(single, &e.path).unwrap().to_vec(),
-            FileOp::Copy { source } => {
-                old_content(single, &m.old_files[*source as usize].path).unwrap().to_vec()
-            }
+            FileOp::Copy { source } => old_content(single, &m.old_files[*source as usize].path)
+                .unwrap()
+                .to_vec(),
             FileOp::Add => match cur.take_extra(*size) {
                 Ok(v) => v,
                 Err(why) => return Expect::Err(why),
@@ -690,7 +860,7 @@ fn model(
         }
         outputs.push(Some(content));
     }
-    if cur.next != ctls.len() {
+    if cur.next_block != blocks.len() {
         return Expect::Err("control stream has leftovers".into());
     }
     if cur.diff_pos != diff.len() {

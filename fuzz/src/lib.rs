@@ -34,10 +34,22 @@ pub mod fixture {
     pub const DIRS: &[&str] = &["bin", "lib", "lib/util"];
     /// Regular files of the OLD tree: (path, content, executable).
     pub const FILES: &[(&str, &[u8], bool)] = &[
-        ("README.md", include_bytes!("../fixtures/old-dir/README.md"), false),
-        ("bin/tool", include_bytes!("../fixtures/old-dir/bin/tool"), true),
+        (
+            "README.md",
+            include_bytes!("../fixtures/old-dir/README.md"),
+            false,
+        ),
+        (
+            "bin/tool",
+            include_bytes!("../fixtures/old-dir/bin/tool"),
+            true,
+        ),
         ("empty", include_bytes!("../fixtures/old-dir/empty"), false),
-        ("lib/core.js", include_bytes!("../fixtures/old-dir/lib/core.js"), false),
+        (
+            "lib/core.js",
+            include_bytes!("../fixtures/old-dir/lib/core.js"),
+            false,
+        ),
         (
             "lib/util/strings.js",
             include_bytes!("../fixtures/old-dir/lib/util/strings.js"),
@@ -77,12 +89,38 @@ pub fn scratch_base() -> PathBuf {
     .clone()
 }
 
-/// A fresh scratch directory.
+/// Prefix of every scratch directory: `bundelta-fuzz-PID-`.
+const PREFIX: &str = "bundelta-fuzz-";
+
+/// A fresh scratch directory, named after this process. The first call removes scratch
+/// directories left by processes that no longer run (libFuzzer exits without running
+/// destructors, so the fixture directory, and the scratch directory of a crashing input, stay).
 pub fn scratch() -> tempfile::TempDir {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(sweep_stale);
     tempfile::Builder::new()
-        .prefix("bundelta-fuzz-")
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
         .tempdir_in(scratch_base())
         .expect("create scratch directory")
+}
+
+fn sweep_stale() {
+    let Ok(rd) = fs::read_dir(scratch_base()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Write a file, creating nothing else.

@@ -69,7 +69,11 @@ pub fn run(data: &[u8]) {
     let window_log = 10 + b.u8() % 12; // 10..=21: fits the default memory limit
     let split = usize::from(b.u16());
     let rest = b.rest();
-    let split = if rest.is_empty() { 0 } else { split % (rest.len() + 1) };
+    let split = if rest.is_empty() {
+        0
+    } else {
+        split % (rest.len() + 1)
+    };
     let (old_part, script) = rest.split_at(split);
     // Stretch a small OLD so the suffix array and chunking have something to chew on.
     let mut old = old_part.to_vec();
@@ -81,7 +85,9 @@ pub fn run(data: &[u8]) {
     let new = edit(&old, script);
 
     let mut opts = DiffOptions::new();
-    opts.level(1).chunk_size(MIN_CHUNK_SIZE).window_log(window_log);
+    opts.level(1)
+        .chunk_size(MIN_CHUNK_SIZE)
+        .window_log(window_log);
     let patch = opts.diff_bytes(&old, &new).expect("diff_bytes failed");
 
     let dir = scratch();
@@ -96,6 +102,11 @@ pub fn run(data: &[u8]) {
         .apply(&o, &p, &out)
         .unwrap_or_else(|e| panic!("apply of a fresh patch failed: {e}"));
     let got = std::fs::read(&out).unwrap();
-    assert!(got == new, "roundtrip output differs from NEW ({} vs {} bytes)", got.len(), new.len());
+    assert!(
+        got == new,
+        "roundtrip output differs from NEW ({} vs {} bytes)",
+        got.len(),
+        new.len()
+    );
     assert_eq!(report.bytes, new.len() as u64);
 }

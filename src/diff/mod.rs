@@ -771,15 +771,15 @@ fn compress(data: &[u8], level: i32, window_log: u8) -> Vec<u8> {
 ///
 /// The zstd-style level maps to LZMA match-finder effort, measured on real diff streams: 20 and
 /// above is preset 9 "extreme" (nice length 273, depth 512: the smallest, about 1.7 MB/s);
-/// 17..=19 keeps nice length 273 (long zero runs of diff streams want it) with depth 32: 1-2%
-/// larger and about 1.5x faster; 10..=16 nice 128, depth 16; below, preset `level / 2`.
+/// 17..=19 keeps nice length 273 (long zero runs of diff streams want it) with depth 16: 2-4%
+/// larger and about 2x faster; 10..=16 nice 128, depth 16; below, preset `level / 2`.
 /// `sparse` (the diff stream: mostly zeros, few literals) drops the literal and position
 /// context bits, which models it better.
 fn compress_lzma(data: &[u8], level: i32, window_log: u8, sparse: bool) -> Vec<u8> {
     use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream, PRESET_EXTREME};
     let (preset, tune) = match level {
         20.. => (9 | PRESET_EXTREME, None),
-        17..=19 => (9, Some((273, 32))),
+        17..=19 => (9, Some((273, 16))),
         10..=16 => (9, Some((128, 16))),
         _ => ((level / 2).clamp(0, 9) as u32, None),
     };
