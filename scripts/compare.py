@@ -8,8 +8,8 @@ Usage:
 
 A PAIR_DIR holds `old` and `new` (as made by corpus/fetch.py): two files, or
 two directory trees. Every tool runs as a child process; for each we measure
-patch bytes, diff wall / CPU (user+sys) seconds and peak RSS (from os.wait4's
-rusage), apply wall seconds and peak RSS, and check the applied output
+patch bytes, diff wall / CPU (user+sys) seconds and peak RSS (GNU time's %M when
+installed, else os.wait4's rusage), apply wall seconds and peak RSS, and check the applied output
 byte-for-byte against `new`.
 
 Directory pairs: the file-only peers diff a deterministic tar of each side
@@ -91,7 +91,14 @@ def median_run(runs):
 
 
 def run_measured(cmd, timeout, log_path):
-    """Run cmd as a child; return dict(rc, wall_s, cpu_s, maxrss_kib, timed_out, log)."""
+    """Run cmd as a child; return dict(rc, wall_s, cpu_s, maxrss_kib, timed_out, log).
+
+    Peak RSS comes from GNU time when it is installed: the rusage of a child forked from this
+    Python process would count the interpreter pages copied before exec (about 20 MiB).
+    """
+    rss_file = log_path + ".rss"
+    if os.path.exists("/usr/bin/time"):
+        cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file] + list(cmd)
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
         try:
@@ -125,8 +132,15 @@ def run_measured(cmd, timeout, log_path):
     proc.returncode = rc  # we reaped it ourselves
     with open(log_path, "rb") as f:
         tail = f.read()[-2000:].decode("utf-8", "replace").strip()
+    maxrss = ru.ru_maxrss
+    try:
+        with open(rss_file) as f:
+            maxrss = int(f.read().split()[-1])
+        os.unlink(rss_file)
+    except (OSError, ValueError, IndexError):
+        pass
     return {"rc": rc, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-            "maxrss_kib": ru.ru_maxrss, "timed_out": timed_out.is_set(), "log": tail}
+            "maxrss_kib": maxrss, "timed_out": timed_out.is_set(), "log": tail}
 
 
 def files_equal(a, b):
