@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::format::{
     Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW,
-    HEADER_LEN, MAX_CONTROL_BLOCK, TRAILER_LEN,
+    FORM_RELATIVE, HEADER_LEN, MAX_CONTROL_BLOCK, TRAILER_LEN,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -138,8 +138,9 @@ impl Patcher {
     /// `out` appears only once every file and the bundle digest matched; on error nothing is
     /// left at `out` and `old` is untouched.
     pub fn apply(&self, old: &Path, patch: &Path, out: &Path) -> Result<ApplyReport> {
-        let p = self.open(patch)?;
+        let mut p = self.open(patch)?;
         p.check_old_kind(old)?;
+        p.bind(old)?;
         let base = p.check_base(old)?;
         if fs::symlink_metadata(out).is_ok() {
             return Err(Error::OutputExists {
@@ -169,11 +170,12 @@ impl Patcher {
     /// Check a patch and, with `old`, that OLD satisfies it, by rebuilding every file into a
     /// hashing sink (nothing is written).
     pub fn verify(&self, patch: &Path, old: Option<&Path>) -> Result<Option<ApplyReport>> {
-        let p = self.open(patch)?;
+        let mut p = self.open(patch)?;
         match old {
             None => Ok(None),
             Some(old) => {
                 p.check_old_kind(old)?;
+                p.bind(old)?;
                 let base = p.check_base(old)?;
                 Ok(Some(p.build(
                     old,
@@ -196,7 +198,9 @@ pub struct Patch {
     file: File,
     path: PathBuf,
     header: Header,
-    manifest: Manifest,
+    manifest: Option<Manifest>,
+    relative: Vec<u8>,
+    new_digest: Hash,
 }
 
 /// Result of checking OLD against a patch: size and hash of every old file relied upon at its
@@ -333,13 +337,59 @@ impl Patch {
             let mut dec = decoder(sec, header.window_log).map_err(|e| stream_err("manifest", e))?;
             read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
         }
-        let manifest = Manifest::decode(&raw, &header)?;
+        // A relative manifest is resolved against OLD's file list by `bind`; here its
+        // structure is checked and its target digest read.
+        let (manifest, relative, new_digest) =
+            if raw.first() == Some(&FORM_RELATIVE) && header.is_directory() {
+                Manifest::summarize_relative(&raw)?;
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&raw[1..33]);
+                (None, raw, d)
+            } else {
+                let m = Manifest::decode(&raw, &header)?;
+                let d = m.new_digest;
+                (Some(m), Vec::new(), d)
+            };
         Ok(Patch {
             file,
             path: path.to_path_buf(),
             header,
             manifest,
+            relative,
+            new_digest,
         })
+    }
+
+    /// Resolve a manifest stored relative to OLD's file list by scanning `old` (no contents
+    /// are read). Does nothing for a manifest stored in full. A file list that differs from
+    /// the patch's base is [`Error::WrongBase`].
+    pub fn bind(&mut self, old: &Path) -> Result<()> {
+        if self.manifest.is_some() {
+            return Ok(());
+        }
+        let listing = tree::scan(old).map_err(|e| match e {
+            Error::InvalidInput { path, reason } => {
+                Error::wrong_base(path.display().to_string(), reason)
+            }
+            other => other,
+        })?;
+        self.manifest = Some(Manifest::decode_with_old(
+            &self.relative,
+            &self.header,
+            Some(&listing),
+        )?);
+        Ok(())
+    }
+
+    /// The bundle digest this patch produces.
+    pub fn new_digest(&self) -> Hash {
+        self.new_digest
+    }
+
+    fn m(&self) -> &Manifest {
+        self.manifest
+            .as_ref()
+            .expect("Patch::bind runs before the manifest is used")
     }
 
     /// The path the patch was opened from.
@@ -352,9 +402,19 @@ impl Patch {
         &self.header
     }
 
-    /// The validated manifest.
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+    /// The validated manifest, once known: always for a manifest stored in full; for one
+    /// stored relative to OLD's file list, after [`Patch::bind`].
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    /// The raw relative-form manifest, when the patch has one (for summaries without OLD).
+    pub fn relative_manifest(&self) -> Option<&[u8]> {
+        if self.relative.is_empty() {
+            None
+        } else {
+            Some(&self.relative)
+        }
     }
 
     /// Total length of the patch file.
@@ -369,9 +429,9 @@ impl Patch {
 
     /// Whether the patch needs anything from OLD.
     fn needs_old(&self) -> bool {
-        !self.manifest.old_files.is_empty()
+        !self.m().old_files.is_empty()
             || self
-                .manifest
+                .m()
                 .entries
                 .iter()
                 .any(|e| matches!(&e.kind, EntryKind::File { op, .. } if uses_same_path(op)))
@@ -405,10 +465,10 @@ impl Patch {
             Ok(n) => n,
             Err(_) => return Ok(false),
         };
-        if nodes.len() != self.manifest.entries.len() {
+        if nodes.len() != self.m().entries.len() {
             return Ok(false);
         }
-        Ok(nodes.iter().zip(&self.manifest.entries).all(|(n, e)| {
+        Ok(nodes.iter().zip(&self.m().entries).all(|(n, e)| {
             n.path == e.path
                 && match (&n.kind, &e.kind) {
                     (tree::NodeKind::Dir, EntryKind::Dir) => true,
@@ -439,7 +499,7 @@ impl Patch {
         if !self.needs_old() {
             return Ok(BaseCheck { base: Vec::new() });
         }
-        for f in &self.manifest.old_files {
+        for f in &self.m().old_files {
             let p = self.old_path(old, &f.path);
             let (size, hash) = hash_base_file(&p, &f.path)?;
             if size != f.size {
@@ -457,7 +517,7 @@ impl Patch {
         }
         let mut base = Vec::new();
         let mut h = blake3::Hasher::new();
-        for e in &self.manifest.entries {
+        for e in &self.m().entries {
             let EntryKind::File { size, op, .. } = &e.kind else {
                 continue;
             };
@@ -479,7 +539,7 @@ impl Patch {
             h.update(&hash);
             base.push((got, hash));
         }
-        if *h.finalize().as_bytes() != self.manifest.base_digest {
+        if *h.finalize().as_bytes() != self.m().base_digest {
             if !self.header.is_directory() {
                 return Err(Error::wrong_base("", "content differs (blake3 mismatch)"));
             }
@@ -516,7 +576,7 @@ impl Patch {
         }
         let mut made_dirs: Vec<PathBuf> = Vec::new();
         let mut streams = Streams::open(self)?;
-        for e in &self.manifest.entries {
+        for e in &self.m().entries {
             let dest = stage.map(|s| {
                 if e.path.is_empty() {
                     s.to_path_buf()
@@ -552,9 +612,7 @@ impl Patch {
                     // The hash this output must have, where the patch determines it up front.
                     let expected: Option<Hash> = match op {
                         FileOp::Unchanged => same.map(|s| s.1),
-                        FileOp::Copy { source } => {
-                            Some(self.manifest.old_files[*source as usize].hash)
-                        }
+                        FileOp::Copy { source } => Some(self.m().old_files[*source as usize].hash),
                         _ => None,
                     };
                     let linked = match (&dest, op, link) {
@@ -619,7 +677,7 @@ impl Patch {
         } else {
             file_hash
         };
-        if d != self.manifest.new_digest {
+        if d != self.m().new_digest {
             return Err(Error::OutputMismatch {
                 path: "(bundle digest)".into(),
             });
@@ -660,7 +718,7 @@ impl Patch {
         match op {
             FileOp::Unchanged => copy_file(&self.old_path(old, path), size, out),
             FileOp::Copy { source } => {
-                let f = &self.manifest.old_files[*source as usize];
+                let f = &self.m().old_files[*source as usize];
                 copy_file(&self.old_path(old, &f.path), size, out)
             }
             FileOp::Add => copy_exact_stream(&mut streams.extra, size, out, "extra stream"),
@@ -671,7 +729,7 @@ impl Patch {
                     parts.push((open_regular(&p)?, same_size.unwrap_or(0), p));
                 }
                 for &s in sources {
-                    let f = &self.manifest.old_files[s as usize];
+                    let f = &self.m().old_files[s as usize];
                     let p = self.old_path(old, &f.path);
                     parts.push((open_regular(&p)?, f.size, p));
                 }

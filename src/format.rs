@@ -442,6 +442,87 @@ pub struct Manifest {
     pub deleted: Vec<String>,
 }
 
+/// Manifest form: every entry of NEW listed with its path.
+pub const FORM_FULL: u8 = 0;
+/// Manifest form: NEW described as an edit of OLD's sorted file list (keep, drop, change,
+/// insert), so unchanged paths cost nothing; the applier re-reads OLD's list.
+pub const FORM_RELATIVE: u8 = 1;
+
+const ITEM_KEEP: u8 = 0;
+const ITEM_DROP: u8 = 1;
+const ITEM_SAME: u8 = 2;
+const ITEM_NEW: u8 = 3;
+
+/// One entry of a directory listing, as the applier scans OLD (sorted by path bytes,
+/// symlinks not followed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListEntry {
+    /// Relative `/`-separated path.
+    pub path: String,
+    /// What it is.
+    pub kind: ListKind,
+}
+
+/// Kind of a [`ListEntry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File {
+        /// Executable bit.
+        exec: bool,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// A symlink.
+    Symlink {
+        /// Its target.
+        target: String,
+    },
+}
+
+/// Digest of a listing (paths, kinds, modes, sizes, link targets; not contents).
+pub fn listing_digest(list: &[ListEntry]) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("bundelta listing digest v1");
+    let mut b = Vec::new();
+    for e in list {
+        b.clear();
+        match &e.kind {
+            ListKind::Dir => b.push(0),
+            ListKind::File { .. } => b.push(1),
+            ListKind::Symlink { .. } => b.push(2),
+        }
+        put_str(&mut b, &e.path);
+        match &e.kind {
+            ListKind::Dir => {}
+            ListKind::File { exec, size } => {
+                b.push(u8::from(*exec));
+                b.extend_from_slice(&size.to_le_bytes());
+            }
+            ListKind::Symlink { target } => put_str(&mut b, target),
+        }
+        h.update(&b);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Counts of a relative-form manifest, readable without OLD (for `info`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelativeSummary {
+    /// Old entries kept as they are.
+    pub kept: u64,
+    /// Old entries dropped.
+    pub dropped: u64,
+    /// Old paths whose entry changed.
+    pub changed: u64,
+    /// Entries at paths OLD does not have.
+    pub inserted: Vec<Entry>,
+    /// Old entries the listing has in all.
+    pub old_entries: u64,
+}
+
 const KIND_DIR: u8 = 0;
 const KIND_FILE: u8 = 1;
 const KIND_SYMLINK: u8 = 2;
@@ -459,7 +540,7 @@ fn common_prefix(a: &str, b: &str) -> usize {
 impl Manifest {
     /// Encode the manifest body (before compression).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = vec![FORM_FULL];
         out.extend_from_slice(&self.new_digest);
         out.extend_from_slice(&self.base_digest);
         put_varint(&mut out, self.old_files.len() as u64);
@@ -475,41 +556,7 @@ impl Manifest {
             put_varint(&mut out, shared as u64);
             put_str(&mut out, &e.path[shared..]);
             prev = &e.path;
-            match &e.kind {
-                EntryKind::Dir => out.push(KIND_DIR),
-                EntryKind::Symlink { target } => {
-                    out.push(KIND_SYMLINK);
-                    put_str(&mut out, target);
-                }
-                EntryKind::File { exec, size, op } => {
-                    out.push(KIND_FILE);
-                    out.push(u8::from(*exec));
-                    put_varint(&mut out, *size);
-                    match op {
-                        FileOp::Unchanged => out.push(OP_UNCHANGED),
-                        FileOp::Copy { source } => {
-                            out.push(OP_COPY);
-                            put_varint(&mut out, u64::from(*source));
-                        }
-                        FileOp::Add => out.push(OP_ADD),
-                        FileOp::Delta {
-                            sources,
-                            base_size,
-                            transform,
-                        } => {
-                            out.push(OP_DELTA);
-                            put_varint(&mut out, sources.len() as u64);
-                            for s in sources {
-                                put_varint(&mut out, u64::from(*s));
-                            }
-                            if sources.is_empty() {
-                                put_varint(&mut out, *base_size);
-                            }
-                            out.push(*transform);
-                        }
-                    }
-                }
-            }
+            put_body(&mut out, &e.kind);
         }
         put_varint(&mut out, self.deleted.len() as u64);
         for d in &self.deleted {
@@ -525,6 +572,293 @@ impl Manifest {
     /// case, every parent of an entry present as a directory entry, every old-file index in
     /// range, every blob inside the data section, sizes adding up to `header.new_total`.
     pub fn decode(raw: &[u8], header: &Header) -> Result<Manifest> {
+        Manifest::decode_with_old(raw, header, None)
+    }
+
+    /// Decode a manifest of either form. The relative form needs OLD's listing (as
+    /// [`listing`] returns it for OLD) and fails without one.
+    pub fn decode_with_old(
+        raw: &[u8],
+        header: &Header,
+        old: Option<&[ListEntry]>,
+    ) -> Result<Manifest> {
+        match raw.first() {
+            Some(&FORM_FULL) => Manifest::decode_full(&raw[1..], header),
+            Some(&FORM_RELATIVE) => match old {
+                Some(old) => Manifest::decode_relative(&raw[1..], header, old),
+                None => Err(Error::corrupt(
+                    "manifest",
+                    "this manifest is relative to OLD's file list; give OLD",
+                )),
+            },
+            Some(&f) => Err(Error::Unsupported {
+                what: "manifest form",
+                value: f.into(),
+            }),
+            None => Err(Error::corrupt("manifest", "empty")),
+        }
+    }
+
+    /// Encode in the relative form against OLD's listing (which must be the sorted listing
+    /// the diff saw). Every old file the manifest relies on must be in the listing.
+    pub fn encode_relative(&self, old: &[ListEntry]) -> Option<Vec<u8>> {
+        let index = |p: &str| old.binary_search_by(|e| e.path.as_str().cmp(p)).ok();
+        let mut out = vec![FORM_RELATIVE];
+        out.extend_from_slice(&self.new_digest);
+        out.extend_from_slice(&self.base_digest);
+        out.extend_from_slice(&listing_digest(old));
+        put_varint(&mut out, self.old_files.len() as u64);
+        let mut prev_idx: Option<usize> = None;
+        for f in &self.old_files {
+            let i = index(&f.path)?;
+            // Strictly increasing: stored as the gap to the previous index.
+            put_varint(&mut out, (i - prev_idx.map_or(0, |p| p + 1)) as u64);
+            prev_idx = Some(i);
+            out.extend_from_slice(&f.hash);
+        }
+        // Merge-walk OLD's listing and NEW's entries.
+        let mut items: Vec<u8> = Vec::new();
+        let mut n_items: u64 = 0;
+        let mut run: Option<(u8, u64)> = None;
+        let flush = |items: &mut Vec<u8>, n_items: &mut u64, run: &mut Option<(u8, u64)>| {
+            if let Some((tag, n)) = run.take() {
+                items.push(tag);
+                put_varint(items, n);
+                *n_items += 1;
+            }
+        };
+        let (mut i, mut j) = (0usize, 0usize);
+        let mut prev_new = "";
+        while i < old.len() || j < self.entries.len() {
+            let o = old.get(i);
+            let e = self.entries.get(j);
+            let ord = match (o, e) {
+                (Some(o), Some(e)) => o.path.as_str().cmp(e.path.as_str()),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            let tag = match ord {
+                std::cmp::Ordering::Equal => {
+                    let (o, e) = (o?, e?);
+                    let same = match (&o.kind, &e.kind) {
+                        (ListKind::Dir, EntryKind::Dir) => true,
+                        (ListKind::Symlink { target: a }, EntryKind::Symlink { target: b }) => {
+                            a == b
+                        }
+                        (
+                            ListKind::File { exec: x, size: a },
+                            EntryKind::File {
+                                exec: y,
+                                size: b,
+                                op,
+                            },
+                        ) => x == y && a == b && matches!(op, FileOp::Unchanged),
+                        _ => false,
+                    };
+                    if same {
+                        ITEM_KEEP
+                    } else {
+                        ITEM_SAME
+                    }
+                }
+                std::cmp::Ordering::Less => ITEM_DROP,
+                std::cmp::Ordering::Greater => ITEM_NEW,
+            };
+            match tag {
+                ITEM_KEEP | ITEM_DROP => match &mut run {
+                    Some((t, n)) if *t == tag => *n += 1,
+                    _ => {
+                        flush(&mut items, &mut n_items, &mut run);
+                        run = Some((tag, 1));
+                    }
+                },
+                _ => {
+                    flush(&mut items, &mut n_items, &mut run);
+                    items.push(tag);
+                    n_items += 1;
+                    let e = e?;
+                    if tag == ITEM_NEW {
+                        // Prefix-compressed against the previous *inserted* path, so the
+                        // paths can be read without OLD.
+                        let shared = common_prefix(prev_new, &e.path);
+                        put_varint(&mut items, shared as u64);
+                        put_str(&mut items, &e.path[shared..]);
+                        prev_new = &e.path;
+                    }
+                    put_body(&mut items, &e.kind);
+                }
+            }
+            if tag != ITEM_NEW {
+                i += 1;
+            }
+            if tag != ITEM_DROP {
+                j += 1;
+            }
+        }
+        flush(&mut items, &mut n_items, &mut run);
+        put_varint(&mut out, n_items);
+        out.extend_from_slice(&items);
+        Some(out)
+    }
+
+    /// Read a relative-form manifest's counts without OLD.
+    pub fn summarize_relative(raw: &[u8]) -> Result<RelativeSummary> {
+        if raw.first() != Some(&FORM_RELATIVE) {
+            return Err(Error::corrupt("manifest", "not in the relative form"));
+        }
+        let mut r = Reader::new(&raw[1..], "manifest");
+        r.bytes(96)?;
+        let n_old = r.varint_max((r.remaining() / 33) as u64, "old file count")? as usize;
+        for _ in 0..n_old {
+            r.varint()?;
+            r.hash()?;
+        }
+        let n_items = r.varint_max(r.remaining() as u64, "item count")?;
+        let mut s = RelativeSummary::default();
+        let mut prev = String::new();
+        for _ in 0..n_items {
+            match r.u8()? {
+                ITEM_KEEP => s.kept = s.kept.saturating_add(r.varint()?),
+                ITEM_DROP => s.dropped = s.dropped.saturating_add(r.varint()?),
+                ITEM_SAME => {
+                    read_body(&mut r, n_old)?;
+                    s.changed += 1;
+                }
+                ITEM_NEW => {
+                    let path = read_prefixed(&mut r, &prev)?;
+                    let kind = read_body(&mut r, n_old)?;
+                    prev.clone_from(&path);
+                    s.inserted.push(Entry { path, kind });
+                }
+                v => {
+                    return Err(Error::Unsupported {
+                        what: "manifest item",
+                        value: v.into(),
+                    })
+                }
+            }
+        }
+        s.old_entries = s.kept.saturating_add(s.dropped).saturating_add(s.changed);
+        Ok(s)
+    }
+
+    fn decode_relative(raw: &[u8], header: &Header, old: &[ListEntry]) -> Result<Manifest> {
+        let mut r = Reader::new(raw, "manifest");
+        let new_digest = r.hash()?;
+        let base_digest = r.hash()?;
+        let want = r.hash()?;
+        if listing_digest(old) != want {
+            return Err(Error::wrong_base(
+                "",
+                "its file list differs from the one the patch was made from (an entry was added, \
+                 removed, or changed in kind, size or mode)",
+            ));
+        }
+        let n_old = r.varint_max((r.remaining() / 33) as u64, "old file count")? as usize;
+        let mut old_files = Vec::with_capacity(n_old);
+        let mut next = 0u64;
+        for _ in 0..n_old {
+            let gap = r.varint()?;
+            let i = next
+                .checked_add(gap)
+                .filter(|&i| i < old.len() as u64)
+                .ok_or_else(|| {
+                    Error::corrupt("manifest", "old file index past the end of OLD's list")
+                })? as usize;
+            next = i as u64 + 1;
+            let ListKind::File { size, .. } = old[i].kind else {
+                return Err(Error::corrupt(
+                    "manifest",
+                    format!("{:?} is not a file in OLD", old[i].path),
+                ));
+            };
+            old_files.push(OldFile {
+                path: old[i].path.clone(),
+                size,
+                hash: r.hash()?,
+            });
+        }
+        let n_items = r.varint_max(r.remaining() as u64, "item count")?;
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut deleted = Vec::new();
+        let mut cursor = 0usize;
+        let mut prev = String::new();
+        let take = |cursor: &mut usize, n: u64| -> Result<std::ops::Range<usize>> {
+            let end = (*cursor as u64)
+                .checked_add(n)
+                .filter(|&e| e <= old.len() as u64)
+                .ok_or_else(|| Error::corrupt("manifest", "items run past the end of OLD's list"))?
+                as usize;
+            let r = *cursor..end;
+            *cursor = end;
+            Ok(r)
+        };
+        for _ in 0..n_items {
+            match r.u8()? {
+                ITEM_KEEP => {
+                    let n = r.varint()?;
+                    for o in &old[take(&mut cursor, n)?] {
+                        let kind = match &o.kind {
+                            ListKind::Dir => EntryKind::Dir,
+                            ListKind::Symlink { target } => EntryKind::Symlink {
+                                target: target.clone(),
+                            },
+                            ListKind::File { exec, size } => EntryKind::File {
+                                exec: *exec,
+                                size: *size,
+                                op: FileOp::Unchanged,
+                            },
+                        };
+                        entries.push(Entry {
+                            path: o.path.clone(),
+                            kind,
+                        });
+                    }
+                }
+                ITEM_DROP => {
+                    let n = r.varint()?;
+                    deleted.extend(old[take(&mut cursor, n)?].iter().map(|o| o.path.clone()));
+                }
+                ITEM_SAME => {
+                    let o = &old[take(&mut cursor, 1)?][0];
+                    let kind = read_body(&mut r, n_old)?;
+                    entries.push(Entry {
+                        path: o.path.clone(),
+                        kind,
+                    });
+                }
+                ITEM_NEW => {
+                    let path = read_prefixed(&mut r, &prev)?;
+                    let kind = read_body(&mut r, n_old)?;
+                    prev.clone_from(&path);
+                    entries.push(Entry { path, kind });
+                }
+                v => {
+                    return Err(Error::Unsupported {
+                        what: "manifest item",
+                        value: v.into(),
+                    })
+                }
+            }
+        }
+        if cursor != old.len() || !r.is_empty() {
+            return Err(Error::corrupt(
+                "manifest",
+                "items do not cover OLD's list exactly",
+            ));
+        }
+        let m = Manifest {
+            new_digest,
+            base_digest,
+            old_files,
+            entries,
+            deleted,
+        };
+        m.validate(header)?;
+        Ok(m)
+    }
+
+    fn decode_full(raw: &[u8], header: &Header) -> Result<Manifest> {
         let mut r = Reader::new(raw, "manifest");
         let new_digest = r.hash()?;
         let base_digest = r.hash()?;
@@ -553,60 +887,7 @@ impl Manifest {
             let mut path = String::with_capacity(shared + suffix.len());
             path.push_str(&prev[..shared]);
             path.push_str(suffix);
-            let kind = match r.u8()? {
-                KIND_DIR => EntryKind::Dir,
-                KIND_SYMLINK => EntryKind::Symlink {
-                    target: r.string(MAX_PATH_LEN)?.to_string(),
-                },
-                KIND_FILE => {
-                    let exec = match r.u8()? {
-                        0 => false,
-                        1 => true,
-                        v => return Err(Error::corrupt("manifest", format!("file flags {v}"))),
-                    };
-                    let size = r.varint()?;
-                    let op = match r.u8()? {
-                        OP_UNCHANGED => FileOp::Unchanged,
-                        OP_COPY => FileOp::Copy {
-                            source: old_index(&mut r, n_old)?,
-                        },
-                        OP_ADD => FileOp::Add,
-                        OP_DELTA => {
-                            let n = r.varint_max(MAX_DELTA_SOURCES as u64, "delta source count")?;
-                            let mut sources = Vec::with_capacity(n as usize);
-                            for _ in 0..n {
-                                sources.push(old_index(&mut r, n_old)?);
-                            }
-                            let base_size = if sources.is_empty() { r.varint()? } else { 0 };
-                            let transform = r.u8()?;
-                            if transform != 0 {
-                                return Err(Error::Unsupported {
-                                    what: "delta transform",
-                                    value: transform.into(),
-                                });
-                            }
-                            FileOp::Delta {
-                                sources,
-                                base_size,
-                                transform,
-                            }
-                        }
-                        v => {
-                            return Err(Error::Unsupported {
-                                what: "file operation",
-                                value: v.into(),
-                            })
-                        }
-                    };
-                    EntryKind::File { exec, size, op }
-                }
-                v => {
-                    return Err(Error::Unsupported {
-                        what: "entry kind",
-                        value: v.into(),
-                    })
-                }
-            };
+            let kind = read_body(&mut r, n_old)?;
             prev.clone_from(&path);
             entries.push(Entry { path, kind });
         }
@@ -747,6 +1028,118 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+fn read_prefixed(r: &mut Reader<'_>, prev: &str) -> Result<String> {
+    let shared = r.varint_max(prev.len() as u64, "shared path prefix")? as usize;
+    if !prev.is_char_boundary(shared) {
+        return Err(Error::corrupt(
+            "manifest",
+            "shared path prefix splits a character",
+        ));
+    }
+    let suffix = r.string(MAX_PATH_LEN)?;
+    let mut path = String::with_capacity(shared + suffix.len());
+    path.push_str(&prev[..shared]);
+    path.push_str(suffix);
+    Ok(path)
+}
+
+fn put_body(out: &mut Vec<u8>, kind: &EntryKind) {
+    let e_kind = kind;
+    match e_kind {
+        EntryKind::Dir => out.push(KIND_DIR),
+        EntryKind::Symlink { target } => {
+            out.push(KIND_SYMLINK);
+            put_str(out, target);
+        }
+        EntryKind::File { exec, size, op } => {
+            out.push(KIND_FILE);
+            out.push(u8::from(*exec));
+            put_varint(out, *size);
+            match op {
+                FileOp::Unchanged => out.push(OP_UNCHANGED),
+                FileOp::Copy { source } => {
+                    out.push(OP_COPY);
+                    put_varint(out, u64::from(*source));
+                }
+                FileOp::Add => out.push(OP_ADD),
+                FileOp::Delta {
+                    sources,
+                    base_size,
+                    transform,
+                } => {
+                    out.push(OP_DELTA);
+                    put_varint(out, sources.len() as u64);
+                    for s in sources {
+                        put_varint(out, u64::from(*s));
+                    }
+                    if sources.is_empty() {
+                        put_varint(out, *base_size);
+                    }
+                    out.push(*transform);
+                }
+            }
+        }
+    }
+}
+
+fn read_body(r: &mut Reader<'_>, n_old: usize) -> Result<EntryKind> {
+    let kind = match r.u8()? {
+        KIND_DIR => EntryKind::Dir,
+        KIND_SYMLINK => EntryKind::Symlink {
+            target: r.string(MAX_PATH_LEN)?.to_string(),
+        },
+        KIND_FILE => {
+            let exec = match r.u8()? {
+                0 => false,
+                1 => true,
+                v => return Err(Error::corrupt("manifest", format!("file flags {v}"))),
+            };
+            let size = r.varint()?;
+            let op = match r.u8()? {
+                OP_UNCHANGED => FileOp::Unchanged,
+                OP_COPY => FileOp::Copy {
+                    source: old_index(r, n_old)?,
+                },
+                OP_ADD => FileOp::Add,
+                OP_DELTA => {
+                    let n = r.varint_max(MAX_DELTA_SOURCES as u64, "delta source count")?;
+                    let mut sources = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        sources.push(old_index(r, n_old)?);
+                    }
+                    let base_size = if sources.is_empty() { r.varint()? } else { 0 };
+                    let transform = r.u8()?;
+                    if transform != 0 {
+                        return Err(Error::Unsupported {
+                            what: "delta transform",
+                            value: transform.into(),
+                        });
+                    }
+                    FileOp::Delta {
+                        sources,
+                        base_size,
+                        transform,
+                    }
+                }
+                v => {
+                    return Err(Error::Unsupported {
+                        what: "file operation",
+                        value: v.into(),
+                    })
+                }
+            };
+            EntryKind::File { exec, size, op }
+        }
+        v => {
+            return Err(Error::Unsupported {
+                what: "entry kind",
+                value: v.into(),
+            })
+        }
+    };
+    Ok(kind)
 }
 
 fn old_index(r: &mut Reader<'_>, n_old: usize) -> Result<u32> {

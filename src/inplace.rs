@@ -203,12 +203,23 @@ impl Patcher {
     /// finishes the job (see the module docs). A rerun on a target already at the new version
     /// returns [`InPlaceOutcome::AlreadyUpToDate`] without changing anything.
     pub fn apply_in_place(&self, target: &Path, patch: &Path) -> Result<InPlaceReport> {
-        let p = self.open(patch)?;
+        let mut p = self.open(patch)?;
         let journal = side_path(target, "journal")?;
         let stage = side_path(target, "stage")?;
         let recovered = recover(target, &journal, &stage)?;
         p.check_old_kind(target)?;
-        if p.shape_matches(target)? && bundle_digest(target)? == p.manifest().new_digest {
+        if let Err(e) = p.bind(target) {
+            // A relative manifest binds only to OLD's file list: a target at the new version
+            // does not bind, and is recognised by its digest.
+            if bundle_digest(target).ok() == Some(p.new_digest()) {
+                return Ok(InPlaceReport {
+                    outcome: InPlaceOutcome::AlreadyUpToDate,
+                    recovered,
+                });
+            }
+            return Err(e);
+        }
+        if p.shape_matches(target)? && bundle_digest(target)? == p.new_digest() {
             return Ok(InPlaceReport {
                 outcome: InPlaceOutcome::AlreadyUpToDate,
                 recovered,
@@ -217,7 +228,7 @@ impl Patcher {
         let base = match p.check_base(target) {
             Ok(b) => b,
             Err(e) => {
-                if bundle_digest(target).ok() == Some(p.manifest().new_digest) {
+                if bundle_digest(target).ok() == Some(p.new_digest()) {
                     return Ok(InPlaceReport {
                         outcome: InPlaceOutcome::AlreadyUpToDate,
                         recovered,

@@ -143,6 +143,10 @@ struct InfoArgs {
     /// List every entry with its operation.
     #[arg(short, long)]
     list: bool,
+    /// The old version: lets a patch whose manifest is stored relative to OLD's file list
+    /// show every path (without it: counts, and the paths OLD does not have).
+    #[arg(long, value_name = "OLD")]
+    old: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -422,11 +426,57 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `info` for a patch whose manifest is relative to OLD's file list, without OLD.
+fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
+    let h = p.header();
+    let s =
+        bundelta::format::Manifest::summarize_relative(p.relative_manifest().unwrap_or_default())?;
+    let mem = bundelta::memory_needed(h);
+    if a.common.json {
+        let mut v = json!({
+            "patch": a.patch, "patch_bytes": p.len(), "bundle": "directory",
+            "manifest_form": "relative to OLD's file list",
+            "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
+            "new_digest": bundelta::hex(&p.new_digest()), "kept": s.kept, "changed": s.changed,
+            "inserted": s.inserted.len(), "deleted": s.dropped, "manifest_bytes": h.manifest_len,
+        });
+        if a.list {
+            v["inserted_paths"] = s.inserted.iter().map(|e| json!(e.path)).collect();
+        }
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("patch:        {} ({})", a.patch.display(), human(p.len()));
+    println!("bundle:       directory; manifest relative to OLD's file list (--old OLD lists every path)");
+    println!("new size:     {}", human(h.new_total));
+    println!("new digest:   {}", bundelta::hex(&p.new_digest()));
+    println!("apply memory: {} (window log {})", human(mem), h.window_log);
+    println!(
+        "entries:      {} kept, {} changed, {} inserted, {} deleted",
+        s.kept,
+        s.changed,
+        s.inserted.len(),
+        s.dropped
+    );
+    if a.list {
+        for e in &s.inserted {
+            println!("inserted  {}", e.path);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn info(a: InfoArgs) -> Result<ExitCode> {
     // Reading the manifest is bounded by 1 GiB whatever the patch says.
-    let p = Patch::open_limited(&a.patch, 1 << 30, u64::MAX)?;
+    let mut p = Patch::open_limited(&a.patch, 1 << 30, u64::MAX)?;
+    if let Some(old) = &a.old {
+        p.bind(old)?;
+    }
+    if p.manifest().is_none() {
+        return info_relative(&a, &p);
+    }
     let h = p.header();
-    let m = p.manifest();
+    let m = p.manifest().expect("checked above");
     let mut counts = std::collections::BTreeMap::<&str, (u64, u64)>::new();
     let mut rows = Vec::new();
     for e in &m.entries {

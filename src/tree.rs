@@ -12,20 +12,10 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::{put_varint, Hash};
 
+/// A scanned entry: [`crate::format::ListEntry`] (path relative to the root, `/`-separated).
+pub(crate) type Node = crate::format::ListEntry;
 /// What a scanned path is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum NodeKind {
-    Dir,
-    File { exec: bool, size: u64 },
-    Symlink { target: String },
-}
-
-/// One scanned entry, path relative to the root, `/`-separated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Node {
-    pub path: String,
-    pub kind: NodeKind,
-}
+pub(crate) type NodeKind = crate::format::ListKind;
 
 /// Scan `root` (a directory) recursively, without following symlinks.
 ///

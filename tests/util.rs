@@ -287,7 +287,24 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
     } else {
         zstd::decode_all(&patch[m_start..m_end]).unwrap()
     };
-    let m = Manifest::decode(&raw, &h).unwrap();
+    // A relative manifest resolves against OLD's sorted listing (a BTreeMap iterates in byte
+    // order, as the applier's scan sorts).
+    let listing: Vec<format::ListEntry> = old
+        .iter()
+        .filter(|(p, _)| !p.is_empty())
+        .map(|(p, item)| format::ListEntry {
+            path: p.clone(),
+            kind: match item {
+                Item::Dir => format::ListKind::Dir,
+                Item::File { data, exec } => format::ListKind::File {
+                    exec: *exec,
+                    size: data.len() as u64,
+                },
+                Item::Link(t) => format::ListKind::Symlink { target: t.clone() },
+            },
+        })
+        .collect();
+    let m = Manifest::decode_with_old(&raw, &h, Some(&listing)).unwrap();
     let stream = |i: usize| {
         let a = h.stream_offset(i) as usize;
         let b = a + h.stream_lens[i] as usize;

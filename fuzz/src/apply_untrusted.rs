@@ -138,7 +138,7 @@ fn in_place(tmp: &Path, patch: &Path, directory: bool, apply_digest: Option<[u8;
             let m = Patch::open_limited(patch, LIMIT, LIMIT).expect("patch applied but won't open");
             assert_eq!(
                 now,
-                m.manifest().new_digest,
+                m.new_digest(),
                 "in-place Ok but target is not NEW"
             );
             if let (InPlaceOutcome::Applied(a), Some(d)) = (&rep.outcome, apply_digest) {

@@ -26,8 +26,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    lzma_dict_size, put_controls, Control, Entry, EntryKind, FileOp, Hash, Header, Manifest,
-    OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY, HEADER_LEN,
+    lzma_dict_size, put_controls, Control, Entry, EntryKind, FileOp, Hash, Header, ListEntry,
+    Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY, HEADER_LEN,
     MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
@@ -186,7 +186,7 @@ impl DiffOptions {
         self.check()?;
         let ctx = Ctx::new(self, new.len() as u64);
         let (m, solid) = self.plan_file(&ctx, old, new, false)?;
-        Ok(self.assemble(&m, solid, false, new.len() as u64)?.0)
+        Ok(self.assemble(&m, solid, None, new.len() as u64)?.0)
     }
 
     /// Diff OLD and NEW (both files or both directories); returns the patch bytes and stats.
@@ -199,7 +199,7 @@ impl DiffOptions {
             let n = fs::read(new).map_err(|e| Error::io(new, "read", e))?;
             let ctx = Ctx::new(self, n.len() as u64);
             let (m, solid) = self.plan_file(&ctx, &o, &n, tree::is_exec(&mn))?;
-            let (bytes, mut stats) = self.assemble(&m, solid, false, n.len() as u64)?;
+            let (bytes, mut stats) = self.assemble(&m, solid, None, n.len() as u64)?;
             stats.new_bytes = n.len() as u64;
             if let EntryKind::File { op, .. } = &m.entries[0].kind {
                 match op {
@@ -514,7 +514,7 @@ impl DiffOptions {
         stats.deleted = m.deleted.len() as u64;
         m.base_digest = *unchanged.finalize().as_bytes();
         m.new_digest = digest.finish();
-        let (bytes, s) = self.assemble(&m, solid, true, stats.new_bytes)?;
+        let (bytes, s) = self.assemble(&m, solid, Some(&old_nodes), stats.new_bytes)?;
         stats.patch_bytes = s.patch_bytes;
         Ok((bytes, stats))
     }
@@ -524,14 +524,43 @@ impl DiffOptions {
         &self,
         m: &Manifest,
         solid: Solid,
-        dir: bool,
+        old_list: Option<&[ListEntry]>,
         new_total: u64,
     ) -> Result<(Vec<u8>, DiffStats)> {
-        let raw = m.encode();
+        let dir = old_list.is_some();
         // A manifest that does not shrink is stored as it is (its two lengths are then equal).
-        let mut mz = compress(&raw, self.level, self.window_log);
-        if mz.len() >= raw.len() {
-            mz = raw.clone();
+        let pack = |raw: Vec<u8>| {
+            let z = compress(&raw, self.level, self.window_log);
+            if z.len() >= raw.len() {
+                (raw.clone(), raw)
+            } else {
+                (z, raw)
+            }
+        };
+        let (mut mz, mut raw) = pack(m.encode());
+        // The form relative to OLD's file list, when smaller (and it decodes back to `m`).
+        if let Some(list) = old_list {
+            if let Some(rel) = m.encode_relative(list) {
+                let (rz, rel) = pack(rel);
+                if rz.len() < mz.len() {
+                    let probe = Header {
+                        minor: VERSION_MINOR,
+                        flags: FLAG_DIRECTORY,
+                        window_log: self.window_log,
+                        codecs: [CODEC_RAW; 3],
+                        manifest_len: 0,
+                        manifest_raw_len: rel.len() as u64,
+                        new_total,
+                        stream_lens: [0; 3],
+                    };
+                    let back = Manifest::decode_with_old(&rel, &probe, Some(list));
+                    if back.as_ref().ok() == Some(m) {
+                        (mz, raw) = (rz, rel);
+                    } else {
+                        debug_assert!(false, "relative manifest does not decode back: {back:?}");
+                    }
+                }
+            }
         }
         let streams = [
             (&solid.ctrl, false),
