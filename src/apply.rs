@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::format::{
     Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW,
-    FORM_RELATIVE, HEADER_LEN, MAX_CONTROL_BLOCK, TRAILER_LEN,
+    FLAG_MANIFEST_LZMA, FORM_RELATIVE, HEADER_LEN, MAX_CONTROL_BLOCK, TRAILER_LEN,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -207,6 +207,8 @@ pub struct Patch {
 /// own path (see [`uses_same_path`]), in entry order.
 pub(crate) struct BaseCheck {
     base: Vec<(u64, Hash)>,
+    /// Hashes of the old-file table's files, in table order.
+    table: Vec<Hash>,
 }
 
 /// Hash an old file the patch relies on; a missing file, or one that is not a regular file
@@ -333,6 +335,16 @@ impl Patch {
             // Stored as it is.
             let mut s = sec;
             read_exact_stream(&mut s, &mut raw, cap, "manifest")?;
+        } else if header.flags & FLAG_MANIFEST_LZMA != 0 {
+            let mut dec = Stream::open(
+                &file,
+                HEADER_LEN as u64,
+                header.manifest_len,
+                CODEC_LZMA2,
+                header.window_log,
+                "manifest",
+            )?;
+            read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
         } else {
             let mut dec = decoder(sec, header.window_log).map_err(|e| stream_err("manifest", e))?;
             read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
@@ -497,8 +509,14 @@ impl Patch {
     /// Hash every old file the patch relies on and compare, before anything is written.
     pub(crate) fn check_base(&self, old: &Path) -> Result<BaseCheck> {
         if !self.needs_old() {
-            return Ok(BaseCheck { base: Vec::new() });
+            return Ok(BaseCheck {
+                base: Vec::new(),
+                table: Vec::new(),
+            });
         }
+        // Table files first (sizes named on mismatch), then same-path files; one digest.
+        let mut h = blake3::Hasher::new();
+        let mut table = Vec::with_capacity(self.m().old_files.len());
         for f in &self.m().old_files {
             let p = self.old_path(old, &f.path);
             let (size, hash) = hash_base_file(&p, &f.path)?;
@@ -508,15 +526,10 @@ impl Patch {
                     format!("size is {size}, the patch expects {}", f.size),
                 ));
             }
-            if hash != f.hash {
-                return Err(Error::wrong_base(
-                    &f.path,
-                    "content differs (blake3 mismatch)",
-                ));
-            }
+            h.update(&hash);
+            table.push(hash);
         }
         let mut base = Vec::new();
-        let mut h = blake3::Hasher::new();
         for e in &self.m().entries {
             let EntryKind::File { size, op, .. } = &e.kind else {
                 continue;
@@ -546,12 +559,12 @@ impl Patch {
             return Err(Error::wrong_base(
                 "",
                 format!(
-                    "the content of one or more of the {} files the patch keeps or modifies in place differs",
-                    base.len()
+                    "the content of one or more of the {} files the patch relies on differs",
+                    base.len() + table.len()
                 ),
             ));
         }
-        Ok(BaseCheck { base })
+        Ok(BaseCheck { base, table })
     }
 
     /// Rebuild every entry under `stage` (or into a hashing sink when `None`), verifying each
@@ -612,7 +625,7 @@ impl Patch {
                     // The hash this output must have, where the patch determines it up front.
                     let expected: Option<Hash> = match op {
                         FileOp::Unchanged => same.map(|s| s.1),
-                        FileOp::Copy { source } => Some(self.m().old_files[*source as usize].hash),
+                        FileOp::Copy { source } => base.table.get(*source as usize).copied(),
                         _ => None,
                     };
                     let linked = match (&dest, op, link) {

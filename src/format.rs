@@ -41,6 +41,9 @@ pub const HEADER_LEN: usize = 64;
 pub const TRAILER_LEN: usize = 32;
 /// Header flag: the bundle is a directory tree (else a single file).
 pub const FLAG_DIRECTORY: u32 = 1;
+/// Header flag: the manifest is one raw LZMA2 stream (dictionary as for [`CODEC_LZMA2`])
+/// rather than a zstd frame. Irrelevant when the manifest is stored as it is.
+pub const FLAG_MANIFEST_LZMA: u32 = 2;
 /// Smallest zstd window log a patch may declare.
 pub const MIN_WINDOW_LOG: u8 = 10;
 /// Largest zstd window log a patch may declare (2 GiB).
@@ -87,7 +90,7 @@ pub type Hash = [u8; 32];
 pub struct Header {
     /// Minor version found (major is always [`VERSION_MAJOR`]).
     pub minor: u16,
-    /// [`FLAG_DIRECTORY`] or 0.
+    /// [`FLAG_DIRECTORY`] and [`FLAG_MANIFEST_LZMA`] bits.
     pub flags: u32,
     /// Largest zstd window log of any frame in the patch; decoders are capped to it.
     pub window_log: u8,
@@ -178,7 +181,7 @@ impl Header {
             });
         }
         let flags = u32_at(8);
-        if flags & !FLAG_DIRECTORY != 0 {
+        if flags & !(FLAG_DIRECTORY | FLAG_MANIFEST_LZMA) != 0 {
             return Err(Error::Unsupported {
                 what: "header flags",
                 value: flags.into(),
@@ -420,8 +423,6 @@ pub struct OldFile {
     pub path: String,
     /// Size in bytes.
     pub size: u64,
-    /// blake3 of its content.
-    pub hash: Hash,
 }
 
 /// The decoded manifest: everything about the patch except the blob bytes.
@@ -430,9 +431,10 @@ pub struct Manifest {
     /// Digest of the whole new bundle (see `FORMAT.md`); for a file, blake3 of its content.
     /// Every output is checked against it before anything is committed.
     pub new_digest: Hash,
-    /// blake3 over the concatenated blake3 hashes of every old file relied upon at its own
-    /// path (`unchanged` files and same-path `modify` sources), in entry order. Checked before
-    /// anything is written; costs 32 bytes however many files it covers.
+    /// blake3 over the concatenated blake3 hashes of every old file the patch relies on: first
+    /// the old-file table's, in table order, then those read at their own path (`unchanged`
+    /// files and same-path `modify` sources), in entry order. Checked before anything is
+    /// written; costs 32 bytes however many files it covers.
     pub base_digest: Hash,
     /// Old files relied upon, sorted by path.
     pub old_files: Vec<OldFile>,
@@ -518,7 +520,7 @@ pub struct RelativeSummary {
     /// Old paths whose entry changed.
     pub changed: u64,
     /// Entries at paths OLD does not have.
-    pub inserted: Vec<Entry>,
+    pub inserted: u64,
     /// Old entries the listing has in all.
     pub old_entries: u64,
 }
@@ -547,7 +549,6 @@ impl Manifest {
         for f in &self.old_files {
             put_str(&mut out, &f.path);
             put_varint(&mut out, f.size);
-            out.extend_from_slice(&f.hash);
         }
         put_varint(&mut out, self.entries.len() as u64);
         let mut prev = "";
@@ -614,7 +615,6 @@ impl Manifest {
             // Strictly increasing: stored as the gap to the previous index.
             put_varint(&mut out, (i - prev_idx.map_or(0, |p| p + 1)) as u64);
             prev_idx = Some(i);
-            out.extend_from_slice(&f.hash);
         }
         // Merge-walk OLD's listing and NEW's entries.
         let mut items: Vec<u8> = Vec::new();
@@ -678,16 +678,21 @@ impl Manifest {
                     n_items += 1;
                     let e = e?;
                     if tag == ITEM_NEW {
-                        // Prefix-compressed against the previous *inserted* path, so the
-                        // paths can be read without OLD.
+                        // Prefix-compressed against the path just before it in merge order
+                        // (often the dropped old name of a renamed file: `chunk-AB12.js`
+                        // after `chunk-XY34.js`).
                         let shared = common_prefix(prev_new, &e.path);
                         put_varint(&mut items, shared as u64);
                         put_str(&mut items, &e.path[shared..]);
-                        prev_new = &e.path;
                     }
                     put_body(&mut items, &e.kind);
                 }
             }
+            prev_new = if tag == ITEM_NEW {
+                &self.entries[j].path
+            } else {
+                &old[i].path
+            };
             if tag != ITEM_NEW {
                 i += 1;
             }
@@ -708,14 +713,12 @@ impl Manifest {
         }
         let mut r = Reader::new(&raw[1..], "manifest");
         r.bytes(96)?;
-        let n_old = r.varint_max((r.remaining() / 33) as u64, "old file count")? as usize;
+        let n_old = r.varint_max(r.remaining() as u64, "old file count")? as usize;
         for _ in 0..n_old {
             r.varint()?;
-            r.hash()?;
         }
         let n_items = r.varint_max(r.remaining() as u64, "item count")?;
         let mut s = RelativeSummary::default();
-        let mut prev = String::new();
         for _ in 0..n_items {
             match r.u8()? {
                 ITEM_KEEP => s.kept = s.kept.saturating_add(r.varint()?),
@@ -725,10 +728,11 @@ impl Manifest {
                     s.changed += 1;
                 }
                 ITEM_NEW => {
-                    let path = read_prefixed(&mut r, &prev)?;
-                    let kind = read_body(&mut r, n_old)?;
-                    prev.clone_from(&path);
-                    s.inserted.push(Entry { path, kind });
+                    // The path builds on OLD's names, so only its bytes are skipped here.
+                    r.varint()?;
+                    r.string(MAX_PATH_LEN)?;
+                    read_body(&mut r, n_old)?;
+                    s.inserted += 1;
                 }
                 v => {
                     return Err(Error::Unsupported {
@@ -754,7 +758,8 @@ impl Manifest {
                  removed, or changed in kind, size or mode)",
             ));
         }
-        let n_old = r.varint_max((r.remaining() / 33) as u64, "old file count")? as usize;
+        // A record takes at least 1 byte, so this bounds the allocation by the input.
+        let n_old = r.varint_max(r.remaining() as u64, "old file count")? as usize;
         let mut old_files = Vec::with_capacity(n_old);
         let mut next = 0u64;
         for _ in 0..n_old {
@@ -775,7 +780,6 @@ impl Manifest {
             old_files.push(OldFile {
                 path: old[i].path.clone(),
                 size,
-                hash: r.hash()?,
             });
         }
         let n_items = r.varint_max(r.remaining() as u64, "item count")?;
@@ -832,6 +836,7 @@ impl Manifest {
                     let kind = read_body(&mut r, n_old)?;
                     prev.clone_from(&path);
                     entries.push(Entry { path, kind });
+                    continue;
                 }
                 v => {
                     return Err(Error::Unsupported {
@@ -839,6 +844,10 @@ impl Manifest {
                         value: v.into(),
                     })
                 }
+            }
+            // The next inserted path builds on the last old path consumed.
+            if cursor > 0 {
+                prev.clone_from(&old[cursor - 1].path);
             }
         }
         if cursor != old.len() || !r.is_empty() {
@@ -862,14 +871,13 @@ impl Manifest {
         let mut r = Reader::new(raw, "manifest");
         let new_digest = r.hash()?;
         let base_digest = r.hash()?;
-        // Each record takes at least 34 bytes, so this bounds the allocation by the input.
-        let n_old = r.varint_max((r.remaining() / 34) as u64, "old file count")? as usize;
+        // Each record takes at least 2 bytes, so this bounds the allocation by the input.
+        let n_old = r.varint_max((r.remaining() / 2) as u64, "old file count")? as usize;
         let mut old_files = Vec::with_capacity(n_old);
         for _ in 0..n_old {
             let path = r.string(MAX_PATH_LEN)?.to_string();
             let size = r.varint()?;
-            let hash = r.hash()?;
-            old_files.push(OldFile { path, size, hash });
+            old_files.push(OldFile { path, size });
         }
         // An entry takes at least 3 bytes.
         let n_entries = r.varint_max((r.remaining() / 3) as u64, "entry count")? as usize;

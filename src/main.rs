@@ -433,16 +433,13 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
         bundelta::format::Manifest::summarize_relative(p.relative_manifest().unwrap_or_default())?;
     let mem = bundelta::memory_needed(h);
     if a.common.json {
-        let mut v = json!({
+        let v = json!({
             "patch": a.patch, "patch_bytes": p.len(), "bundle": "directory",
             "manifest_form": "relative to OLD's file list",
             "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
             "new_digest": bundelta::hex(&p.new_digest()), "kept": s.kept, "changed": s.changed,
-            "inserted": s.inserted.len(), "deleted": s.dropped, "manifest_bytes": h.manifest_len,
+            "inserted": s.inserted, "deleted": s.dropped, "manifest_bytes": h.manifest_len,
         });
-        if a.list {
-            v["inserted_paths"] = s.inserted.iter().map(|e| json!(e.path)).collect();
-        }
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -453,15 +450,10 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
     println!("apply memory: {} (window log {})", human(mem), h.window_log);
     println!(
         "entries:      {} kept, {} changed, {} inserted, {} deleted",
-        s.kept,
-        s.changed,
-        s.inserted.len(),
-        s.dropped
+        s.kept, s.changed, s.inserted, s.dropped
     );
     if a.list {
-        for e in &s.inserted {
-            println!("inserted  {}", e.path);
-        }
+        println!("(paths are stored relative to OLD's file list: add --old OLD to list them)");
     }
     Ok(ExitCode::SUCCESS)
 }

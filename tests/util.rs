@@ -284,6 +284,8 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
     let m_end = m_start + h.manifest_len as usize;
     let raw = if h.manifest_len == h.manifest_raw_len {
         patch[m_start..m_end].to_vec()
+    } else if h.flags & format::FLAG_MANIFEST_LZMA != 0 {
+        lzma_decode_all(&patch[m_start..m_end], format::lzma_dict_size(h.window_log))
     } else {
         zstd::decode_all(&patch[m_start..m_end]).unwrap()
     };

@@ -27,8 +27,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::{
     lzma_dict_size, put_controls, Control, Entry, EntryKind, FileOp, Hash, Header, ListEntry,
-    Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY, HEADER_LEN,
-    MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
+    Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY,
+    FLAG_MANIFEST_LZMA, HEADER_LEN, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
 
@@ -425,17 +425,18 @@ impl DiffOptions {
             }
         }
         let mut m = Manifest::default();
+        // The base digest covers the table's files first, then same-path files in entry order.
+        let mut unchanged = blake3::Hasher::new();
         for (i, (path, idx)) in table.iter_mut().enumerate() {
             *idx = i as u32;
             let (size, hash) = old_hashes[*path];
+            unchanged.update(&hash);
             m.old_files.push(OldFile {
                 path: path.to_string(),
                 size,
-                hash,
             });
         }
         let mut solid = Solid::default();
-        let mut unchanged = blake3::Hasher::new();
         let mut digest = TreeDigest::new();
         for ((n, p), e) in new_nodes.iter().zip(&plans).zip(encoded) {
             let kind = match &n.kind {
@@ -529,19 +530,27 @@ impl DiffOptions {
     ) -> Result<(Vec<u8>, DiffStats)> {
         let dir = old_list.is_some();
         // A manifest that does not shrink is stored as it is (its two lengths are then equal).
-        let pack = |raw: Vec<u8>| {
+        // Each candidate manifest is packed with zstd, or LZMA2 when that is smaller (flag
+        // FLAG_MANIFEST_LZMA), or stored as it is when neither shrinks it.
+        let lzma_ok = self.codec == Codec::Lzma;
+        let pack = |raw: Vec<u8>| -> (Vec<u8>, Vec<u8>, bool) {
             let z = compress(&raw, self.level, self.window_log);
-            if z.len() >= raw.len() {
-                (raw.clone(), raw)
+            let l = if lzma_ok {
+                Some(compress_lzma(&raw, self.level, self.window_log, false))
             } else {
-                (z, raw)
+                None
+            };
+            match l {
+                Some(l) if l.len() < z.len() && l.len() < raw.len() => (l, raw, true),
+                _ if z.len() >= raw.len() => (raw.clone(), raw, false),
+                _ => (z, raw, false),
             }
         };
-        let (mut mz, mut raw) = pack(m.encode());
+        let (mut mz, mut raw, mut lzma) = pack(m.encode());
         // The form relative to OLD's file list, when smaller (and it decodes back to `m`).
         if let Some(list) = old_list {
             if let Some(rel) = m.encode_relative(list) {
-                let (rz, rel) = pack(rel);
+                let (rz, rel, rel_lzma) = pack(rel);
                 if rz.len() < mz.len() {
                     let probe = Header {
                         minor: VERSION_MINOR,
@@ -555,7 +564,7 @@ impl DiffOptions {
                     };
                     let back = Manifest::decode_with_old(&rel, &probe, Some(list));
                     if back.as_ref().ok() == Some(m) {
-                        (mz, raw) = (rz, rel);
+                        (mz, raw, lzma) = (rz, rel, rel_lzma);
                     } else {
                         debug_assert!(false, "relative manifest does not decode back: {back:?}");
                     }
@@ -570,7 +579,12 @@ impl DiffOptions {
         .map(|(st, sparse)| self.compress_solid(st, sparse));
         let header = Header {
             minor: VERSION_MINOR,
-            flags: if dir { FLAG_DIRECTORY } else { 0 },
+            flags: if dir { FLAG_DIRECTORY } else { 0 }
+                | if lzma && mz.len() != raw.len() {
+                    FLAG_MANIFEST_LZMA
+                } else {
+                    0
+                },
             window_log: self.window_log,
             codecs: [streams[0].0, streams[1].0, streams[2].0],
             manifest_len: mz.len() as u64,
