@@ -618,8 +618,12 @@ impl DiffOptions {
     /// (compressed in parallel; the split depends only on the length, so output is
     /// deterministic), or store it raw when that is not larger.
     fn compress_solid(&self, data: &[u8], sparse: bool) -> (u8, Vec<u8>) {
-        // Equal segments of at most SEGMENT bytes: the split depends only on the length.
-        let n = data.len().div_ceil(SEGMENT).max(1);
+        // Equal segments of at most SEGMENT bytes, an even number of them when more than one
+        // (so two or four cores finish together): the split depends only on the length.
+        let n = match data.len().div_ceil(SEGMENT) {
+            0 | 1 => 1,
+            n => n.next_multiple_of(2),
+        };
         let seg = data.len().div_ceil(n).max(1);
         let segments = |f: &(dyn Fn(&[u8]) -> Vec<u8> + Sync)| -> Vec<u8> {
             data.par_chunks(seg).map(f).collect::<Vec<_>>().concat()
