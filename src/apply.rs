@@ -276,24 +276,9 @@ impl Patch {
                 ),
             ));
         }
-        // Whole-patch checksum.
         let body = len - TRAILER_LEN as u64;
-        let mut h = blake3::Hasher::new();
-        let (n, _) = {
-            let sec = Section::new(&file, 0, body);
-            let mut buf = vec![0u8; IO_BUF];
-            let mut s = sec;
-            let mut n = 0u64;
-            loop {
-                let k = s.read(&mut buf).map_err(|e| Error::io(path, "read", e))?;
-                if k == 0 {
-                    break;
-                }
-                h.update(&buf[..k]);
-                n += k as u64;
-            }
-            (n, ())
-        };
+        // Whole-patch checksum (the same streaming hash as every file).
+        let (n, found) = tree::hash_reader(Section::new(&file, 0, body), path)?;
         if n != body {
             return Err(Error::corrupt("trailer", "patch shrank while reading"));
         }
@@ -303,7 +288,6 @@ impl Patch {
         if got != TRAILER_LEN {
             return Err(Error::corrupt("trailer", "missing"));
         }
-        let found = *h.finalize().as_bytes();
         if found != trailer {
             return Err(Error::Checksum {
                 expected: hex(&trailer),
@@ -980,9 +964,8 @@ fn copy_exact_stream(
 
 fn copy_file(p: &Path, size: u64, out: &mut dyn Write) -> Result<()> {
     let f = open_regular(p)?;
-    let len = Section::new(&f, 0, size);
+    let mut r = Section::new(&f, 0, size);
     let mut buf = vec![0u8; IO_BUF];
-    let mut r = len;
     let mut left = size;
     while left > 0 {
         let k = read_retry(&mut r, &mut buf).map_err(|e| Error::io(p, "read", e))?;

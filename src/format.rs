@@ -856,15 +856,14 @@ impl Manifest {
                 "items do not cover OLD's list exactly",
             ));
         }
-        let m = Manifest {
+        Manifest {
             new_digest,
             base_digest,
             old_files,
             entries,
             deleted,
-        };
-        m.validate(header)?;
-        Ok(m)
+        }
+        .validated(header)
     }
 
     fn decode_full(raw: &[u8], header: &Header) -> Result<Manifest> {
@@ -910,15 +909,19 @@ impl Manifest {
                 format!("{} trailing bytes", r.remaining()),
             ));
         }
-        let m = Manifest {
+        Manifest {
             new_digest,
             base_digest,
             old_files,
             entries,
             deleted,
-        };
-        m.validate(header)?;
-        Ok(m)
+        }
+        .validated(header)
+    }
+
+    fn validated(self, header: &Header) -> Result<Manifest> {
+        self.validate(header)?;
+        Ok(self)
     }
 
     /// Structural checks shared by decode and by the diff side's self-check.
