@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::format::{
     Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW,
-    FLAG_MANIFEST_LZMA, FORM_RELATIVE, HEADER_LEN, MAX_CONTROL_BLOCK, TRAILER_LEN,
+    FLAG_MANIFEST_LZMA, FORM_RELATIVE, MAX_CONTROL_BLOCK, MAX_HEADER_LEN, SIGNATURE_LEN,
+    TRAILER_LEN,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -74,6 +75,7 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 pub struct Patcher {
     memory_limit: u64,
     output_limit: u64,
+    public_key: Option<[u8; 32]>,
     progress: Option<Box<ProgressFn>>,
 }
 
@@ -105,6 +107,7 @@ impl Patcher {
         Patcher {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             output_limit: u64::MAX,
+            public_key: None,
             progress: None,
         }
     }
@@ -122,6 +125,16 @@ impl Patcher {
         self
     }
 
+    /// Accept only patches signed by the Ed25519 secret key whose public key this is (see
+    /// [`crate::sign_patch`]). An unsigned patch gives [`Error::Unsigned`], a wrongly signed
+    /// one [`Error::Signature`], both before the manifest is decoded and before any write.
+    /// Default: no key; signed and unsigned patches are both accepted (integrity and every
+    /// hash are checked either way). Costs one Ed25519 verification per patch.
+    pub fn require_signature(&mut self, public_key: [u8; 32]) -> &mut Patcher {
+        self.public_key = Some(public_key);
+        self
+    }
+
     /// Report progress (bytes of output produced, total) while applying. Default: none.
     pub fn progress(&mut self, f: Box<ProgressFn>) -> &mut Patcher {
         self.progress = Some(f);
@@ -130,7 +143,12 @@ impl Patcher {
 
     /// Open a patch and check it: length, trailer checksum, header, manifest, limits.
     pub fn open(&self, patch: &Path) -> Result<Patch> {
-        Patch::open_limited(patch, self.memory_limit, self.output_limit)
+        Patch::open_checked(
+            patch,
+            self.memory_limit,
+            self.output_limit,
+            self.public_key.as_ref(),
+        )
     }
 
     /// Rebuild the new bundle from `old` and `patch` at `out`, which must not exist.
@@ -259,12 +277,22 @@ impl Patch {
     /// Open and fully validate a patch file, refusing it (before reading the manifest) when it
     /// needs more than `memory_limit` bytes of heap or produces more than `output_limit` bytes.
     pub fn open_limited(path: &Path, memory_limit: u64, output_limit: u64) -> Result<Patch> {
+        Patch::open_checked(path, memory_limit, output_limit, None)
+    }
+
+    /// [`Patch::open_limited`], also requiring a signature by `public_key` when one is given.
+    fn open_checked(
+        path: &Path,
+        memory_limit: u64,
+        output_limit: u64,
+        public_key: Option<&[u8; 32]>,
+    ) -> Result<Patch> {
         let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
         let len = file
             .metadata()
             .map_err(|e| Error::io(path, "stat", e))?
             .len();
-        let mut hb = [0u8; HEADER_LEN];
+        let mut hb = [0u8; MAX_HEADER_LEN];
         let got = read_at_most(&file, &mut hb, 0).map_err(|e| Error::io(path, "read", e))?;
         let header = Header::decode(&hb[..got])?;
         let expect = header.patch_len().unwrap_or(u64::MAX);
@@ -276,12 +304,43 @@ impl Patch {
                 ),
             ));
         }
+        // Whole-patch checksum (one streaming pass); for a signed patch, the signed digest is
+        // the hash of the bytes before the signature block, taken on the way.
         let body = len - TRAILER_LEN as u64;
-        // Whole-patch checksum (the same streaming hash as every file).
-        let (n, found) = tree::hash_reader(Section::new(&file, 0, body), path)?;
-        if n != body {
-            return Err(Error::corrupt("trailer", "patch shrank while reading"));
+        let sig_at = header.signature_offset();
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; IO_BUF];
+        let mut pos = 0u64;
+        let mut signed_digest = None;
+        let mut sig = [0u8; SIGNATURE_LEN];
+        while pos < body {
+            if header.is_signed() && pos == sig_at {
+                signed_digest = Some(*hasher.finalize().as_bytes());
+                if read_at_most(&file, &mut sig, pos).map_err(|e| Error::io(path, "read", e))?
+                    != SIGNATURE_LEN
+                {
+                    return Err(Error::corrupt("signature", "patch shrank while reading"));
+                }
+                hasher.update(&sig);
+                pos += SIGNATURE_LEN as u64;
+                continue;
+            }
+            let stop = if header.is_signed() && pos < sig_at {
+                sig_at
+            } else {
+                body
+            };
+            let want = (stop - pos).min(buf.len() as u64) as usize;
+            let k = read_at_most(&file, &mut buf[..want], pos)
+                .map_err(|e| Error::io(path, "read", e))?;
+            if k == 0 {
+                return Err(Error::corrupt("trailer", "patch shrank while reading"));
+            }
+            hasher.update(&buf[..k]);
+            pos += k as u64;
         }
+        drop(buf);
+        let found = *hasher.finalize().as_bytes();
         let mut trailer = [0u8; TRAILER_LEN];
         let got =
             read_at_most(&file, &mut trailer, body).map_err(|e| Error::io(path, "read", e))?;
@@ -293,6 +352,12 @@ impl Patch {
                 expected: hex(&trailer),
                 found: hex(&found),
             });
+        }
+        if let Some(key) = public_key {
+            match signed_digest {
+                Some(d) => crate::sign::verify_digest(key, &d, &sig)?,
+                None => return Err(Error::Unsigned),
+            }
         }
         let need = memory_needed(&header);
         if need > memory_limit {
@@ -313,7 +378,7 @@ impl Patch {
         let raw_len = header.manifest_raw_len;
         let cap = usize::try_from(raw_len)
             .map_err(|_| Error::corrupt("header", "manifest length does not fit in memory"))?;
-        let sec = Section::new(&file, HEADER_LEN as u64, header.manifest_len);
+        let sec = Section::new(&file, header.manifest_offset(), header.manifest_len);
         let mut raw = Vec::new();
         if header.manifest_len == header.manifest_raw_len {
             // Stored as it is.
@@ -322,7 +387,7 @@ impl Patch {
         } else if header.flags & FLAG_MANIFEST_LZMA != 0 {
             let mut dec = Stream::open(
                 &file,
-                HEADER_LEN as u64,
+                header.manifest_offset(),
                 header.manifest_len,
                 CODEC_LZMA2,
                 header.window_log,

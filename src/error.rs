@@ -80,6 +80,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A signature was required and the patch carries none.
+    Unsigned,
+    /// The patch's signature does not verify with the given public key.
+    Signature {
+        /// Fingerprint of the public key tried ([`crate::fingerprint`]).
+        key: String,
+        /// Why it failed.
+        why: &'static str,
+    },
     /// Invalid options (out-of-range level, window, ...).
     Config {
         /// What is wrong.
@@ -170,6 +179,15 @@ impl fmt::Display for Error {
             Error::InvalidInput { path, reason } => {
                 write!(f, "{}: {reason}", path.display())
             }
+            Error::Unsigned => write!(
+                f,
+                "the patch is not signed, and a signature was required (--pubkey): \
+                 refusing it; ask its publisher for a signed patch"
+            ),
+            Error::Signature { key, why } => write!(
+                f,
+                "patch signature check failed with public key {key}: {why}; nothing was written"
+            ),
             Error::Config { detail } => write!(f, "invalid option: {detail}"),
         }
     }

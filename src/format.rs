@@ -1,24 +1,29 @@
-//! The patch format, version 1 (normative spec: `FORMAT.md` at the repository root).
+//! The patch format, version 2 (normative spec: `FORMAT.md` at the repository root).
 //!
-//! Everything here is hand-written: fixed little-endian header fields, LEB128 varints, and an
-//! explicit bound check for every number read. No serializer decides these bytes; the spec and
-//! the golden vectors under `corpus/golden/` do.
+//! Everything here is hand-written: a compact header of fixed bytes and shortest-form LEB128
+//! varints, and an explicit bound check for every number read. No serializer decides these
+//! bytes; the spec and the golden vectors under `corpus/golden/` do.
 //!
 //! Layout of a patch file:
 //!
 //! ```text
-//! +--------------------+  offset 0
-//! | header (64 bytes)  |  magic, version, flags, window log, section lengths
-//! +--------------------+  64
-//! | manifest           |  one zstd frame (manifest_len bytes)
-//! +--------------------+  64 + manifest_len
-//! | control stream     |  ctrl_len bytes
-//! | diff stream        |  diff_len bytes
-//! | extra stream       |  extra_len bytes
-//! +--------------------+
-//! | trailer (32 bytes) |  blake3 of every byte before it
-//! +--------------------+
+//! +----------------------+  offset 0
+//! | header (17..75 B)    |  magic, version, flags, window log, codecs, section lengths
+//! +----------------------+  header_len
+//! | manifest             |  zstd frame, LZMA2 stream or stored (manifest_len bytes)
+//! +----------------------+  header_len + manifest_len
+//! | control stream       |  ctrl_len bytes
+//! | diff stream          |  diff_len bytes
+//! | extra stream         |  extra_len bytes
+//! +----------------------+
+//! | signature (64 B)     |  Ed25519, only when the header's signed flag is set
+//! | trailer (32 bytes)   |  blake3 of every byte before it
+//! +----------------------+
 //! ```
+//!
+//! Why a variable-length header: on the smallest real updates (a few renamed chunks) the fixed
+//! part of a patch is most of it; varint lengths save about 40 bytes there, at no cost to the
+//! applier, which reads at most [`MAX_HEADER_LEN`] bytes to decode it.
 //!
 //! The three streams are solid: they are shared by all files of the bundle, which consume them
 //! in manifest order, so small files compress together (as in one tar) while the applier still
@@ -31,19 +36,28 @@ use crate::error::{Error, Result};
 /// The four bytes every patch starts with.
 pub const MAGIC: [u8; 4] = *b"BDLT";
 /// Major format version written by this build. A reader refuses any other major version.
-pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MAJOR: u8 = 2;
 /// Minor format version written by this build. Readers accept any minor of their major:
 /// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
-pub const VERSION_MINOR: u16 = 0;
-/// Size of the fixed header.
-pub const HEADER_LEN: usize = 64;
+pub const VERSION_MINOR: u8 = 0;
+/// Smallest possible header (every varint one byte).
+pub const MIN_HEADER_LEN: usize = 17;
+/// Largest possible header: magic, versions, a 5-byte flags varint, window log, codecs and six
+/// 10-byte varints. A reader never needs more than this many bytes to decode one.
+pub const MAX_HEADER_LEN: usize = 4 + 2 + 5 + 1 + 3 + 6 * 10;
 /// Size of the trailer (blake3 of everything before it).
 pub const TRAILER_LEN: usize = 32;
+/// Size of the signature block of a signed patch (an Ed25519 signature).
+pub const SIGNATURE_LEN: usize = 64;
 /// Header flag: the bundle is a directory tree (else a single file).
 pub const FLAG_DIRECTORY: u32 = 1;
 /// Header flag: the manifest is one raw LZMA2 stream (dictionary as for [`CODEC_LZMA2`])
 /// rather than a zstd frame. Irrelevant when the manifest is stored as it is.
 pub const FLAG_MANIFEST_LZMA: u32 = 2;
+/// Header flag: a [`SIGNATURE_LEN`]-byte Ed25519 signature precedes the trailer.
+pub const FLAG_SIGNED: u32 = 4;
+/// Every flag this version defines.
+pub const KNOWN_FLAGS: u32 = FLAG_DIRECTORY | FLAG_MANIFEST_LZMA | FLAG_SIGNED;
 /// Smallest zstd window log a patch may declare.
 pub const MIN_WINDOW_LOG: u8 = 10;
 /// Largest zstd window log a patch may declare (2 GiB).
@@ -85,16 +99,16 @@ pub fn lzma_dict_size(window_log: u8) -> u32 {
 /// A blake3 digest.
 pub type Hash = [u8; 32];
 
-/// Fixed header of a patch.
+/// Header of a patch (format section 2): fixed fields and varint lengths.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     /// Minor version found (major is always [`VERSION_MAJOR`]).
-    pub minor: u16,
-    /// [`FLAG_DIRECTORY`] and [`FLAG_MANIFEST_LZMA`] bits.
+    pub minor: u8,
+    /// [`FLAG_DIRECTORY`], [`FLAG_MANIFEST_LZMA`] and [`FLAG_SIGNED`] bits.
     pub flags: u32,
     /// Largest zstd window log of any frame in the patch; decoders are capped to it.
     pub window_log: u8,
-    /// Codec of the control, diff and extra streams ([`CODEC_RAW`] or [`CODEC_ZSTD`]).
+    /// Codec of the control, diff and extra streams ([`CODEC_RAW`] .. [`CODEC_BZIP2`]).
     pub codecs: [u8; 3],
     /// Compressed length of the manifest frame.
     pub manifest_len: u64,
@@ -106,10 +120,38 @@ pub struct Header {
     pub stream_lens: [u64; 3],
 }
 
+/// Bytes of `v` as an unsigned LEB128 varint.
+pub fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 impl Header {
     /// Whether the bundle is a directory.
     pub fn is_directory(&self) -> bool {
         self.flags & FLAG_DIRECTORY != 0
+    }
+
+    /// Whether the patch carries a signature block.
+    pub fn is_signed(&self) -> bool {
+        self.flags & FLAG_SIGNED != 0
+    }
+
+    /// Length of the encoded header.
+    pub fn len(&self) -> usize {
+        4 + 2
+            + varint_len(self.flags.into())
+            + 1
+            + 3
+            + [self.manifest_len, self.manifest_raw_len, self.new_total]
+                .iter()
+                .chain(&self.stream_lens)
+                .map(|&v| varint_len(v))
+                .sum::<usize>()
+    }
+
+    /// Always false: a header is never empty (for clippy's `len_without_is_empty`).
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// Length of the three streams together, or `None` on overflow.
@@ -119,98 +161,126 @@ impl Header {
             .checked_add(self.stream_lens[2])
     }
 
-    /// Offset of stream `i` (0 control, 1 diff, 2 extra) from the start of the patch.
+    /// Offset of the manifest from the start of the patch.
+    pub fn manifest_offset(&self) -> u64 {
+        self.len() as u64
+    }
+
+    /// Offset of stream `i` (0 control, 1 diff, 2 extra; 3 is the end of the streams) from the
+    /// start of the patch. Only meaningful once [`Header::patch_len`] has been checked.
     pub fn stream_offset(&self, i: usize) -> u64 {
-        HEADER_LEN as u64 + self.manifest_len + self.stream_lens[..i].iter().sum::<u64>()
+        self.manifest_offset() + self.manifest_len + self.stream_lens[..i].iter().sum::<u64>()
+    }
+
+    /// Offset of the signature block (or of the trailer, when unsigned).
+    pub fn signature_offset(&self) -> u64 {
+        self.stream_offset(3)
     }
 
     /// Total patch length implied by the header, or `None` on overflow.
     pub fn patch_len(&self) -> Option<u64> {
-        (HEADER_LEN as u64 + TRAILER_LEN as u64)
+        let sig = if self.is_signed() { SIGNATURE_LEN } else { 0 };
+        ((self.len() + sig + TRAILER_LEN) as u64)
             .checked_add(self.manifest_len)?
             .checked_add(self.data_len()?)
     }
 
-    /// Encode to the 64 fixed bytes.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut b = [0u8; HEADER_LEN];
-        b[0..4].copy_from_slice(&MAGIC);
-        b[4..6].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
-        b[6..8].copy_from_slice(&self.minor.to_le_bytes());
-        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
-        b[12] = self.window_log;
-        b[13..16].copy_from_slice(&self.codecs);
-        b[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
-        b[24..32].copy_from_slice(&self.manifest_raw_len.to_le_bytes());
-        b[32..40].copy_from_slice(&self.new_total.to_le_bytes());
-        for (i, l) in self.stream_lens.iter().enumerate() {
-            b[40 + 8 * i..48 + 8 * i].copy_from_slice(&l.to_le_bytes());
+    /// Encode (format section 2).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(MAX_HEADER_LEN);
+        b.extend_from_slice(&MAGIC);
+        b.push(VERSION_MAJOR);
+        b.push(self.minor);
+        put_varint(&mut b, self.flags.into());
+        b.push(self.window_log);
+        b.extend_from_slice(&self.codecs);
+        for v in [self.manifest_len, self.manifest_raw_len, self.new_total] {
+            put_varint(&mut b, v);
         }
+        for &v in &self.stream_lens {
+            put_varint(&mut b, v);
+        }
+        debug_assert_eq!(b.len(), self.len());
         b
     }
 
-    /// Decode and range-check the fixed header.
+    /// Decode and range-check a header from the first bytes of a patch (at most
+    /// [`MAX_HEADER_LEN`] are looked at; trailing bytes are ignored). The header's own length
+    /// is [`Header::len`].
     pub fn decode(b: &[u8]) -> Result<Header> {
-        if b.len() < HEADER_LEN {
-            return Err(Error::corrupt(
-                "header",
-                format!(
-                    "patch is {} bytes, shorter than the {HEADER_LEN}-byte header",
-                    b.len()
-                ),
-            ));
+        if b.len() < 6 || b[0..4] != MAGIC {
+            return Err(if b.len() >= 4 && b[0..4] != MAGIC {
+                Error::corrupt(
+                    "header",
+                    "bad magic: this is not a bundelta patch".to_string(),
+                )
+            } else {
+                Error::corrupt(
+                    "header",
+                    format!("patch is {} bytes, shorter than any header", b.len()),
+                )
+            });
         }
-        if b[0..4] != MAGIC {
-            return Err(Error::corrupt(
-                "header",
-                "bad magic: this is not a bundelta patch".to_string(),
-            ));
-        }
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let u64_at = |o: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[o..o + 8]);
-            u64::from_le_bytes(a)
-        };
-        let major = u16_at(4);
-        if major != VERSION_MAJOR {
+        if b[4] != VERSION_MAJOR {
             return Err(Error::Unsupported {
                 what: "format major version",
-                value: major.into(),
+                value: b[4].into(),
             });
         }
-        let flags = u32_at(8);
-        if flags & !(FLAG_DIRECTORY | FLAG_MANIFEST_LZMA) != 0 {
+        let mut r = Reader::new(&b[..b.len().min(MAX_HEADER_LEN)], "header");
+        r.bytes(6)?;
+        // Canonical (shortest) varints only: a header has exactly one encoding.
+        let canonical = |r: &mut Reader<'_>, field: &str| -> Result<u64> {
+            let at = r.pos;
+            let v = r.varint()?;
+            if r.pos - at != varint_len(v) {
+                return Err(Error::corrupt(
+                    "header",
+                    format!("{field} is not a shortest-form varint"),
+                ));
+            }
+            Ok(v)
+        };
+        let flags = canonical(&mut r, "flags")?;
+        if flags & !u64::from(KNOWN_FLAGS) != 0 {
             return Err(Error::Unsupported {
                 what: "header flags",
-                value: flags.into(),
+                value: flags,
             });
         }
-        let window_log = b[12];
+        let window_log = r.u8()?;
         if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
             return Err(Error::corrupt(
                 "header",
                 format!("window log {window_log} outside {MIN_WINDOW_LOG}..={MAX_WINDOW_LOG}"),
             ));
         }
-        let codecs = [b[13], b[14], b[15]];
+        let c = r.bytes(3)?;
+        let codecs = [c[0], c[1], c[2]];
         if let Some(&c) = codecs.iter().find(|&&c| c > CODEC_BZIP2) {
             return Err(Error::Unsupported {
                 what: "stream codec",
                 value: c.into(),
             });
         }
+        let manifest_len = canonical(&mut r, "manifest_len")?;
+        let manifest_raw_len = canonical(&mut r, "manifest_raw_len")?;
+        let new_total = canonical(&mut r, "new_total")?;
+        let mut stream_lens = [0u64; 3];
+        for (i, l) in stream_lens.iter_mut().enumerate() {
+            *l = canonical(&mut r, ["ctrl_len", "diff_len", "extra_len"][i])?;
+        }
         let h = Header {
-            minor: u16_at(6),
-            flags,
+            minor: b[5],
+            flags: flags as u32,
             window_log,
             codecs,
-            manifest_len: u64_at(16),
-            manifest_raw_len: u64_at(24),
-            new_total: u64_at(32),
-            stream_lens: [u64_at(40), u64_at(48), u64_at(56)],
+            manifest_len,
+            manifest_raw_len,
+            new_total,
+            stream_lens,
         };
+        debug_assert_eq!(h.len(), r.pos);
         if h.patch_len().is_none() {
             return Err(Error::corrupt("header", "section lengths overflow"));
         }
@@ -577,7 +647,7 @@ impl Manifest {
     }
 
     /// Decode a manifest of either form. The relative form needs OLD's listing (as
-    /// [`listing`] returns it for OLD) and fails without one.
+    /// `listing` returns it for OLD) and fails without one.
     pub fn decode_with_old(
         raw: &[u8],
         header: &Header,
@@ -1289,21 +1359,29 @@ mod tests {
             stream_lens: [1, 2, 3],
         };
         let b = h.encode();
+        assert_eq!(b.len(), h.len());
+        assert_eq!(b.len(), MIN_HEADER_LEN);
         assert_eq!(Header::decode(&b).unwrap(), h);
-        let mut bad = b;
-        bad[4] = 2;
+        let mut bad = b.clone();
+        bad[4] = 1;
         assert!(matches!(
             Header::decode(&bad),
             Err(Error::Unsupported { .. })
         ));
-        let mut bad = b;
-        bad[12] = 40;
+        let mut bad = b.clone();
+        bad[7] = 40;
         assert!(Header::decode(&bad).is_err());
-        let mut bad = b;
-        bad[9] = 1;
-        assert!(Header::decode(&bad).is_err());
-        let mut bad = b;
-        bad[14] = 9;
+        let mut bad = b.clone();
+        bad[6] = 0x10;
+        assert!(matches!(
+            Header::decode(&bad),
+            Err(Error::Unsupported {
+                what: "header flags",
+                ..
+            })
+        ));
+        let mut bad = b.clone();
+        bad[9] = 9;
         assert!(matches!(
             Header::decode(&bad),
             Err(Error::Unsupported {
@@ -1311,6 +1389,24 @@ mod tests {
                 ..
             })
         ));
-        assert!(Header::decode(&b[..63]).is_err());
+        // Largest values: every varint at its longest, still within MAX_HEADER_LEN.
+        let big = Header {
+            flags: KNOWN_FLAGS,
+            manifest_len: u64::MAX / 2,
+            manifest_raw_len: u64::MAX,
+            new_total: u64::MAX,
+            stream_lens: [u64::MAX / 4; 3],
+            ..h.clone()
+        };
+        assert!(big.encode().len() <= MAX_HEADER_LEN);
+        assert!(Header::decode(&big.encode()).is_err(), "lengths overflow");
+        for n in [0, 1, 5, 16] {
+            assert!(Header::decode(&b[..n]).is_err());
+        }
+        for v in [0u64, 1, 127, 128, 16383, 16384, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
     }
 }

@@ -4,7 +4,9 @@
 //! - [`DiffOptions`] (feature `diff`) makes a patch from OLD and NEW.
 //! - [`Patcher`] applies one: to a new location ([`Patcher::apply`]), in place and
 //!   crash-safely ([`Patcher::apply_in_place`]), or as a dry run ([`Patcher::verify`]).
-//! - [`format`] is the normative description of the bytes (see also `FORMAT.md`).
+//! - [`format`](mod@format) is the normative description of the bytes (see also `FORMAT.md`).
+//! - [`sign_patch`] signs a patch (Ed25519); [`Patcher::require_signature`] makes the applier
+//!   refuse anything not signed by a given key, before it writes a byte.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,7 +29,8 @@
 //! - `cli` (default): the `bundelta` binary.
 //!
 //! `cargo build --no-default-features` builds only the apply core (format, verification,
-//! streaming and in-place apply), which depends on nothing but zstd, blake3 and libc.
+//! streaming and in-place apply), which depends on nothing but the decoders (zstd, LZMA2, bzip2), blake3, Ed25519
+//! signature verification and libc.
 //!
 //! # Memory and trust model
 //!
@@ -44,6 +47,7 @@ mod diff;
 mod error;
 pub mod format;
 mod inplace;
+mod sign;
 mod tree;
 
 pub use apply::{memory_needed, ApplyReport, Patch, Patcher, ProgressFn, DEFAULT_MEMORY_LIMIT};
@@ -54,6 +58,10 @@ pub use diff::{
 };
 pub use error::{Error, Result};
 pub use inplace::{InPlaceOutcome, InPlaceReport};
+pub use sign::{
+    decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, fingerprint,
+    public_key, sign_patch, SIGNATURE_DOMAIN,
+};
 pub use tree::hex;
 
 /// blake3 digest identifying a bundle on disk: for a file, the hash of its content; for a

@@ -51,6 +51,15 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Show what a patch changes: counts, sizes, memory needed, and with --list every entry.
     Info(InfoArgs),
+    /// Make an Ed25519 key pair for signing patches: KEY (secret, mode 0600) and KEY.pub.
+    ///
+    /// Sign with `diff --sign KEY` (or `sign PATCH --key KEY`); clients that run
+    /// `apply --pubkey KEY.pub` refuse any patch not signed by KEY before writing a byte. The
+    /// signature covers the header, the manifest (with the digests of the old version it
+    /// applies to and of the new version it makes) and all data.
+    Keygen(KeygenArgs),
+    /// Sign an existing patch (or re-sign a signed one) with a secret key from `keygen`.
+    Sign(SignArgs),
 }
 
 #[derive(Args)]
@@ -90,11 +99,49 @@ struct DiffArgs {
     /// Worker threads (default: all cores). The patch is identical for any value.
     #[arg(short = 'j', long, value_name = "N")]
     threads: Option<usize>,
+    /// Sign the patch with this secret key (from `bundelta keygen`); adds 64 bytes.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
     /// Overwrite PATCH if it exists.
     #[arg(short, long)]
     force: bool,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Where to write the secret key; the public key goes to the same path plus ".pub".
+    #[arg(short, long, value_name = "KEY")]
+    output: PathBuf,
+    /// Overwrite existing key files.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// The patch to sign.
+    patch: PathBuf,
+    /// The secret key (from `bundelta keygen`).
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    /// Write the signed patch here (default: replace PATCH atomically).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `--pubkey`, shared by apply, verify and info.
+#[derive(Args)]
+struct PubkeyArg {
+    /// Refuse the patch unless it is signed by the secret key of this public key (a KEY.pub
+    /// from `bundelta keygen`); checked before anything is written.
+    #[arg(long, value_name = "KEY.pub")]
+    pubkey: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -119,6 +166,8 @@ struct ApplyArgs {
     #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
     memory_limit: u64,
     #[command(flatten)]
+    key: PubkeyArg,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -132,6 +181,8 @@ struct VerifyArgs {
     /// Refuse patches needing more memory than this.
     #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
     memory_limit: u64,
+    #[command(flatten)]
+    key: PubkeyArg,
     #[command(flatten)]
     common: Common,
 }
@@ -147,6 +198,8 @@ struct InfoArgs {
     /// show every path (without it: counts, and the paths OLD does not have).
     #[arg(long, value_name = "OLD")]
     old: Option<PathBuf>,
+    #[command(flatten)]
+    key: PubkeyArg,
     #[command(flatten)]
     common: Common,
 }
@@ -241,7 +294,114 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Apply(a) => apply(a),
         Cmd::Verify(a) => verify(a),
         Cmd::Info(a) => info(a),
+        Cmd::Keygen(a) => keygen(a),
+        Cmd::Sign(a) => sign(a),
     }
+}
+
+fn read_secret_key(path: &Path) -> Result<[u8; 32]> {
+    let text = std::fs::read(path).with_context(|| format!("{}: read", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.permissions().mode() & 0o077 != 0 {
+                eprintln!(
+                    "bundelta: warning: secret key {} is readable by other users (chmod 600 it)",
+                    path.display()
+                );
+            }
+        }
+    }
+    bundelta::decode_secret_key(&text).with_context(|| path.display().to_string())
+}
+
+fn read_public_key(path: &Path) -> Result<[u8; 32]> {
+    let text = std::fs::read(path).with_context(|| format!("{}: read", path.display()))?;
+    bundelta::decode_public_key(&text).with_context(|| path.display().to_string())
+}
+
+fn keygen(a: KeygenArgs) -> Result<ExitCode> {
+    let mut pub_path = a.output.clone().into_os_string();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    for p in [&a.output, &pub_path] {
+        if !a.force && p.symlink_metadata().is_ok() {
+            bail!("{}: already exists (use --force to overwrite)", p.display());
+        }
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let public = bundelta::public_key(&secret);
+    write_private(&a.output, bundelta::encode_secret_key(&secret).as_bytes())?;
+    std::fs::write(&pub_path, bundelta::encode_public_key(&public))
+        .with_context(|| format!("{}: write", pub_path.display()))?;
+    let fp = bundelta::fingerprint(&public);
+    if a.common.json {
+        println!(
+            "{}",
+            json!({"secret_key": a.output, "public_key": pub_path, "fingerprint": fp})
+        );
+    } else if !a.common.quiet {
+        eprintln!(
+            "wrote secret key {} (keep it private) and public key {}; fingerprint {fp}",
+            a.output.display(),
+            pub_path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write a file readable by its owner only (replacing any existing one).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("{}: create", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("{}: write", path.display()))
+}
+
+fn sign(a: SignArgs) -> Result<ExitCode> {
+    let secret = read_secret_key(&a.key)?;
+    let patch = std::fs::read(&a.patch).with_context(|| format!("{}: read", a.patch.display()))?;
+    let signed =
+        bundelta::sign_patch(&patch, &secret).with_context(|| a.patch.display().to_string())?;
+    let out = a.output.as_deref().unwrap_or(&a.patch);
+    // Atomic replace: a temporary file next to OUT, renamed over it.
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(format!(".bundelta-sign-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let res = std::fs::write(&tmp, &signed)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, out));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: write", out.display()));
+    }
+    let fp = bundelta::fingerprint(&bundelta::public_key(&secret));
+    if a.common.json {
+        println!(
+            "{}",
+            json!({"patch": out, "patch_bytes": signed.len(), "fingerprint": fp})
+        );
+    } else if !a.common.quiet {
+        eprintln!(
+            "signed {} ({}) with key {fp}",
+            out.display(),
+            human(signed.len() as u64)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn diff(a: DiffArgs) -> Result<ExitCode> {
@@ -269,6 +429,9 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
             CodecArg::Lzma => bundelta::Codec::Lzma,
             CodecArg::Zstd => bundelta::Codec::Zstd,
         });
+    if let Some(key) = &a.sign {
+        opts.sign_with(read_secret_key(key)?);
+    }
     let pb = bar(a.common.quiet, a.common.json, "diffing");
     if let Some(pb) = &pb {
         let pb = pb.clone();
@@ -318,9 +481,12 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn patcher(limit: u64, pb: &Option<ProgressBar>) -> Patcher {
+fn patcher(limit: u64, key: &PubkeyArg, pb: &Option<ProgressBar>) -> Result<Patcher> {
     let mut p = Patcher::new();
     p.memory_limit(limit);
+    if let Some(k) = &key.pubkey {
+        p.require_signature(read_public_key(k)?);
+    }
     if let Some(pb) = pb {
         let pb = pb.clone();
         p.progress(Box::new(move |done, total| {
@@ -328,12 +494,12 @@ fn patcher(limit: u64, pb: &Option<ProgressBar>) -> Patcher {
             pb.set_position(done);
         }));
     }
-    p
+    Ok(p)
 }
 
 fn apply(a: ApplyArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "applying");
-    let p = patcher(a.memory_limit, &pb);
+    let p = patcher(a.memory_limit, &a.key, &pb)?;
     let t = Instant::now();
     if a.in_place {
         let r = p.apply_in_place(&a.old, &a.patch)?;
@@ -397,7 +563,7 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "verifying");
-    let p = patcher(a.memory_limit, &pb);
+    let p = patcher(a.memory_limit, &a.key, &pb)?;
     let r = p.verify(&a.patch, a.old.as_deref())?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
@@ -426,6 +592,14 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn signed_text(h: &bundelta::format::Header, key: &PubkeyArg) -> &'static str {
+    match (h.is_signed(), key.pubkey.is_some()) {
+        (true, true) => "yes, by the given --pubkey",
+        (true, false) => "yes (add --pubkey KEY.pub to check by whom)",
+        (false, _) => "no",
+    }
+}
+
 /// `info` for a patch whose manifest is relative to OLD's file list, without OLD.
 fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
     let h = p.header();
@@ -438,6 +612,7 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
             "manifest_form": "relative to OLD's file list",
             "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
             "new_digest": bundelta::hex(&p.new_digest()), "kept": s.kept, "changed": s.changed,
+            "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
             "inserted": s.inserted, "deleted": s.dropped, "manifest_bytes": h.manifest_len,
         });
         println!("{v}");
@@ -445,6 +620,7 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
     }
     println!("patch:        {} ({})", a.patch.display(), human(p.len()));
     println!("bundle:       directory; manifest relative to OLD's file list (--old OLD lists every path)");
+    println!("signed:       {}", signed_text(h, &a.key));
     println!("new size:     {}", human(h.new_total));
     println!("new digest:   {}", bundelta::hex(&p.new_digest()));
     println!("apply memory: {} (window log {})", human(mem), h.window_log);
@@ -460,7 +636,12 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
 
 fn info(a: InfoArgs) -> Result<ExitCode> {
     // Reading the manifest is bounded by 1 GiB whatever the patch says.
-    let mut p = Patch::open_limited(&a.patch, 1 << 30, u64::MAX)?;
+    let mut pt = Patcher::new();
+    pt.memory_limit(1 << 30);
+    if let Some(k) = &a.key.pubkey {
+        pt.require_signature(read_public_key(k)?);
+    }
+    let mut p = pt.open(&a.patch)?;
     if let Some(old) = &a.old {
         p.bind(old)?;
     }
@@ -525,6 +706,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
             "new_digest": bundelta::hex(&m.new_digest), "old_files_relied_on": m.old_files.len(),
             "deleted": m.deleted.len(), "ops": ops, "manifest_bytes": h.manifest_len, "streams": streams,
+            "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
         });
         if a.list {
             v["entries"] = rows
@@ -550,6 +732,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "single file"
         }
     );
+    println!("signed:       {}", signed_text(h, &a.key));
     println!("new size:     {}", human(h.new_total));
     println!("new digest:   {}", bundelta::hex(&m.new_digest));
     println!("apply memory: {} (window log {})", human(mem), h.window_log);

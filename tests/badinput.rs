@@ -274,20 +274,41 @@ fn reseal(mut b: Vec<u8>) -> Vec<u8> {
 #[test]
 fn resealed_forgeries_are_rejected_structurally() {
     let c = file_case();
-    // Declared manifest length larger than the file.
-    let mut b = c.patch.clone();
-    b[16] = b[16].wrapping_add(1);
-    let e = must_fail(&c, &reseal(b));
-    assert!(e.to_string().contains("corrupt patch"), "{e}");
-    // Unknown flag, bad window, nonzero reserved byte.
-    for (at, v) in [(9usize, 1u8), (12, 40), (14, 7)] {
+    let h = bundelta::format::Header::decode(&c.patch).unwrap();
+    let with_header = |h2: &bundelta::format::Header| {
+        let mut b = h2.encode();
+        b.extend_from_slice(&c.patch[h.len()..]);
+        reseal(b)
+    };
+    // Declared manifest length larger than the file; sections that no longer add up.
+    for delta in [1u64, 1 << 40] {
+        let mut h2 = h.clone();
+        h2.manifest_len += delta;
+        let e = must_fail(&c, &with_header(&h2));
+        assert!(e.to_string().contains("corrupt patch"), "{e}");
+    }
+    // Lengths moved between sections (the file length still adds up): the stream decoders
+    // and the controls must catch it.
+    let mut h2 = h.clone();
+    h2.manifest_len -= 1;
+    h2.stream_lens[0] += 1;
+    must_fail(&c, &with_header(&h2));
+    // Unknown flag, bad window, unknown codec (offsets 6, 7 and 8 of a header whose flags
+    // varint is one byte), a major version of 1.
+    for (at, v) in [(6usize, 8u8), (7, 40), (8, 7), (4, 1)] {
         let mut b = c.patch.clone();
         b[at] = v;
         must_fail(&c, &reseal(b));
     }
+    // A non-shortest varint (flags 0 written as 0x80 0x00) is refused, not reinterpreted.
+    let mut b = c.patch[..6].to_vec();
+    b.extend_from_slice(&[0x80, 0x00]);
+    b.extend_from_slice(&c.patch[7..]);
+    let e = must_fail(&c, &reseal(b));
+    assert!(e.to_string().contains("shortest"), "{e}");
     // Flip bytes inside the data section: a frame or a hash must catch it.
     let n = c.patch.len();
-    for i in (n.saturating_sub(32 + 600).max(64)..n - 32).step_by(7) {
+    for i in (n.saturating_sub(32 + 600).max(h.len())..n - 32).step_by(7) {
         let mut b = c.patch.clone();
         b[i] ^= 0x55;
         must_fail(&c, &reseal(b));
@@ -392,4 +413,85 @@ fn diff_rejects_unrepresentable_inputs() {
             .contains("both be files or both be directories"),
         "{e}"
     );
+}
+
+/// Signatures: with a required public key, an unsigned patch, a stripped signature, a forged
+/// or damaged signature (trailer resealed) and a patch signed by another key are all refused
+/// before any write, in place too; without a key a signed patch applies normally.
+#[test]
+fn signatures_are_required_and_checked_before_any_write() {
+    use bundelta::format::{Header, FLAG_SIGNED, SIGNATURE_LEN, TRAILER_LEN};
+    let c = file_case();
+    let secret = [0x5au8; 32];
+    let public = bundelta::public_key(&secret);
+    let signed = bundelta::sign_patch(&c.patch, &secret).unwrap();
+    assert_eq!(signed.len(), c.patch.len() + SIGNATURE_LEN);
+    let must_refuse = |bytes: &[u8], want: &str| {
+        let pp = c.p("s.bdp");
+        fs::write(&pp, bytes).unwrap();
+        let before = listing(c.dir.path());
+        let mut p = Patcher::new();
+        p.require_signature(public);
+        let e = p
+            .apply(&c.p("old"), &pp, &c.p("out"))
+            .expect_err("accepted");
+        assert!(e.to_string().contains(want), "{want}: {e}");
+        assert_eq!(listing(c.dir.path()), before, "left behind: {e}");
+        let e = p
+            .verify(&pp, Some(&c.p("old")))
+            .expect_err("verify accepted");
+        assert!(e.to_string().contains(want), "{want}: {e}");
+        // In place: the target is untouched.
+        let target = c.p("inplace");
+        fs::copy(c.p("old"), &target).unwrap();
+        p.apply_in_place(&target, &pp)
+            .expect_err("in-place accepted");
+        assert_eq!(fs::read(&target).unwrap(), fs::read(c.p("old")).unwrap());
+        fs::remove_file(&target).unwrap();
+        fs::remove_file(&pp).unwrap();
+    };
+    must_refuse(&c.patch, "not signed");
+    // Signed by someone else.
+    must_refuse(
+        &bundelta::sign_patch(&c.patch, &[0x5bu8; 32]).unwrap(),
+        "signature check failed",
+    );
+    // Each byte of the signature damaged, the trailer resealed.
+    let h = Header::decode(&signed).unwrap();
+    let sig_at = h.signature_offset() as usize;
+    for i in (sig_at..sig_at + SIGNATURE_LEN).step_by(9) {
+        let mut b = signed.clone();
+        b[i] ^= 0x01;
+        must_refuse(&reseal(b), "signature check failed");
+    }
+    // Content changed under a valid signature (a flipped data byte, trailer resealed): the
+    // signature no longer matches, so the applier stops before decoding anything.
+    let mut b = signed.clone();
+    b[sig_at - 1] ^= 0x80;
+    must_refuse(&reseal(b), "signature check failed");
+    // Signature stripped: flag cleared, block removed, trailer recomputed.
+    let mut h2 = h.clone();
+    h2.flags &= !FLAG_SIGNED;
+    let mut b = h2.encode();
+    b.extend_from_slice(&signed[h.len()..sig_at]);
+    let t = blake3::hash(&b);
+    b.extend_from_slice(t.as_bytes());
+    assert_eq!(b, c.patch);
+    must_refuse(&b, "not signed");
+    // Flag cleared but the block left in: the lengths no longer add up.
+    let mut b = h2.encode();
+    b.extend_from_slice(&signed[h.len()..signed.len() - TRAILER_LEN]);
+    must_refuse(&reseal([b, vec![0; 32]].concat()), "corrupt patch");
+    // The right key, and no key at all, both accept the signed patch.
+    for key in [Some(public), None] {
+        let pp = c.p("ok.bdp");
+        fs::write(&pp, &signed).unwrap();
+        let mut p = Patcher::new();
+        if let Some(k) = key {
+            p.require_signature(k);
+        }
+        p.apply(&c.p("old"), &pp, &c.p("out")).unwrap();
+        assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
+        fs::remove_file(c.p("out")).unwrap();
+    }
 }

@@ -112,3 +112,110 @@ fn file_size_limit_gives_clean_error_and_no_leftovers() {
     assert_eq!(listing(dir.path()), vec!["new", "old", "p.bdp"]);
     assert_eq!(fs::read(p("old")).unwrap(), old);
 }
+
+/// keygen, diff --sign, sign, apply/verify/info --pubkey: the whole signing workflow, and
+/// its refusals with exit code 1 and one line naming the reason.
+#[test]
+fn signing_workflow() {
+    let mut rng = Rng(12);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let old = rng.text(30_000);
+    fs::write(p("old"), &old).unwrap();
+    fs::write(p("new"), rng.edit(&old, 10)).unwrap();
+    for k in ["k1", "k2"] {
+        let out = bundelta(&["keygen", "-o", &p(k), "-q"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(p("k1")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "secret key readable by others: {mode:o}");
+    }
+    // keygen never overwrites without --force.
+    assert_eq!(bundelta(&["keygen", "-o", &p("k1")]).status.code(), Some(1));
+    assert_ne!(fs::read(p("k1")).unwrap(), fs::read(p("k2")).unwrap());
+    let ok = |args: &[&str]| {
+        let out = bundelta(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let refused = |args: &[&str], want: &str| {
+        let out = bundelta(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    };
+    ok(&[
+        "diff",
+        &p("old"),
+        &p("new"),
+        "-o",
+        &p("s.bdp"),
+        "--sign",
+        &p("k1"),
+        "-q",
+    ]);
+    ok(&["diff", &p("old"), &p("new"), "-o", &p("u.bdp"), "-q"]);
+    let info = ok(&["info", &p("s.bdp"), "--json", "--pubkey", &p("k1.pub")]);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["signed"], true);
+    ok(&[
+        "apply",
+        &p("old"),
+        &p("s.bdp"),
+        "-o",
+        &p("out"),
+        "--pubkey",
+        &p("k1.pub"),
+    ]);
+    assert_eq!(fs::read(p("out")).unwrap(), fs::read(p("new")).unwrap());
+    refused(
+        &[
+            "apply",
+            &p("old"),
+            &p("s.bdp"),
+            "-o",
+            &p("out2"),
+            "--pubkey",
+            &p("k2.pub"),
+        ],
+        "signature check failed",
+    );
+    refused(
+        &["verify", &p("u.bdp"), "--pubkey", &p("k1.pub")],
+        "not signed",
+    );
+    // A secret key given where a public key is expected is named as such.
+    refused(
+        &["verify", &p("s.bdp"), "--pubkey", &p("k1")],
+        "not a bundelta public key file",
+    );
+    assert!(!dir.path().join("out2").exists());
+    // `sign` re-signs with another key, atomically in place.
+    ok(&["sign", &p("s.bdp"), "--key", &p("k2"), "-q"]);
+    ok(&[
+        "verify",
+        &p("s.bdp"),
+        "--old",
+        &p("old"),
+        "--pubkey",
+        &p("k2.pub"),
+    ]);
+    refused(
+        &["verify", &p("s.bdp"), "--pubkey", &p("k1.pub")],
+        "signature check failed",
+    );
+}

@@ -1,4 +1,4 @@
-//! Golden vectors: the bytes of format v1 are pinned by committed patches in corpus/golden/v1.
+//! Golden vectors: the bytes of format v2 are pinned by committed patches in corpus/golden/v2.
 //! Inputs are generated here deterministically; the test applies each committed patch to its
 //! generated OLD, and re-diffs to check the writer still produces the same bytes.
 //! Regenerate (only for a deliberate format change) with `BUNDELTA_BLESS=1 cargo test golden`.
@@ -11,7 +11,7 @@ use bundelta::{DiffOptions, Patcher};
 use crate::util::*;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v1")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2")
 }
 
 fn file_inputs() -> (Vec<u8>, Vec<u8>) {
@@ -156,4 +156,35 @@ fn golden_dir_patch() {
         )
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("out")), new);
+}
+
+/// A signed patch (Ed25519 signatures are deterministic): the signature block's place and the
+/// signed message are pinned, and the applier takes it only with the right public key.
+#[test]
+fn golden_signed_patch() {
+    let (old, new) = file_inputs();
+    let secret = [0x42u8; 32];
+    let mut opts = DiffOptions::new();
+    opts.sign_with(secret);
+    let patch = opts.diff_bytes(&old, &new).unwrap();
+    check("signed.bdp", &patch);
+    // Signing at diff time and signing the unsigned patch afterwards give the same bytes.
+    let unsigned = DiffOptions::new().diff_bytes(&old, &new).unwrap();
+    assert_eq!(bundelta::sign_patch(&unsigned, &secret).unwrap(), patch);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    let golden = golden_dir().join("signed.bdp");
+    let mut wrong = Patcher::new();
+    wrong.require_signature(bundelta::public_key(&[0x43u8; 32]));
+    let e = wrong
+        .apply(&dir.path().join("old"), &golden, &dir.path().join("out"))
+        .unwrap_err();
+    assert!(matches!(e, bundelta::Error::Signature { .. }), "{e}");
+    assert!(!dir.path().join("out").exists());
+    let mut right = Patcher::new();
+    right.require_signature(bundelta::public_key(&secret));
+    right
+        .apply(&dir.path().join("old"), &golden, &dir.path().join("out"))
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
 }

@@ -17,7 +17,7 @@
 use std::fs;
 use std::path::Path;
 
-use bundelta::format::{Header, HEADER_LEN};
+use bundelta::format::{Header, SIGNATURE_LEN};
 use bundelta::{bundle_digest, InPlaceOutcome, Patch, Patcher};
 
 use crate::{
@@ -37,21 +37,30 @@ pub fn patch_bytes(mode: u8, rest: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Set the extra stream length so that the header's sections add up to `body.len() + 32`.
-fn fix_lengths(body: &mut [u8]) {
-    if body.len() < HEADER_LEN {
-        return;
-    }
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let manifest_len = u64_at(body, 16);
-    let (s0, s1) = (u64_at(body, 40), u64_at(body, 48));
-    let avail = (body.len() - HEADER_LEN) as u64;
-    if let Some(extra) = manifest_len
-        .checked_add(s0)
-        .and_then(|used| used.checked_add(s1))
-        .and_then(|used| avail.checked_sub(used))
-    {
-        body[56..64].copy_from_slice(&extra.to_le_bytes());
+/// Set the extra stream length so that the header's sections add up to `body.len() + 32`
+/// (re-encoding the header, whose own length may change with it).
+fn fix_lengths(body: &mut Vec<u8>) {
+    for _ in 0..3 {
+        let Ok(mut h) = Header::decode(body) else {
+            return;
+        };
+        let sig = if h.is_signed() { SIGNATURE_LEN } else { 0 } as u64;
+        let Some(extra) = (body.len() as u64)
+            .checked_sub(h.len() as u64 + sig)
+            .and_then(|avail| avail.checked_sub(h.manifest_len))
+            .and_then(|avail| avail.checked_sub(h.stream_lens[0]))
+            .and_then(|avail| avail.checked_sub(h.stream_lens[1]))
+        else {
+            return;
+        };
+        if h.stream_lens[2] == extra {
+            return;
+        }
+        let old_len = h.len();
+        h.stream_lens[2] = extra;
+        let mut b = h.encode();
+        b.extend_from_slice(&body[old_len..]);
+        *body = b;
     }
 }
 
@@ -136,11 +145,7 @@ fn in_place(tmp: &Path, patch: &Path, directory: bool, apply_digest: Option<[u8;
     match r {
         Ok(rep) => {
             let m = Patch::open_limited(patch, LIMIT, LIMIT).expect("patch applied but won't open");
-            assert_eq!(
-                now,
-                m.new_digest(),
-                "in-place Ok but target is not NEW"
-            );
+            assert_eq!(now, m.new_digest(), "in-place Ok but target is not NEW");
             if let (InPlaceOutcome::Applied(a), Some(d)) = (&rep.outcome, apply_digest) {
                 assert_eq!(a.digest, d);
             }

@@ -1,28 +1,50 @@
-//! `Header::decode` on the first 64 bytes; when it succeeds, `Manifest::decode` on the rest
+//! `Header::decode` on the input; when it succeeds, `Manifest::decode` on the rest
 //! (the manifest body as it is *after* decompression), in both forms: the relative form is
 //! resolved against a small fixed OLD listing. Nothing may panic; a manifest that decodes must
 //! re-encode to bytes that decode to the same manifest (the relative form: the same entries).
 
-use bundelta::format::{listing_digest, Header, ListEntry, ListKind, Manifest, HEADER_LEN};
+use bundelta::format::{listing_digest, Header, ListEntry, ListKind, Manifest};
 
 fn listing() -> Vec<ListEntry> {
-    let e = |p: &str, kind: ListKind| ListEntry { path: p.to_string(), kind };
+    let e = |p: &str, kind: ListKind| ListEntry {
+        path: p.to_string(),
+        kind,
+    };
     vec![
         e("a", ListKind::Dir),
-        e("a/b.js", ListKind::File { exec: false, size: 3 }),
-        e("a/c", ListKind::Symlink { target: "b.js".into() }),
-        e("d.bin", ListKind::File { exec: true, size: 0 }),
+        e(
+            "a/b.js",
+            ListKind::File {
+                exec: false,
+                size: 3,
+            },
+        ),
+        e(
+            "a/c",
+            ListKind::Symlink {
+                target: "b.js".into(),
+            },
+        ),
+        e(
+            "d.bin",
+            ListKind::File {
+                exec: true,
+                size: 0,
+            },
+        ),
     ]
 }
 
 /// Fuzz body.
 pub fn run(data: &[u8]) {
-    let (head, rest) = data.split_at(data.len().min(HEADER_LEN));
-    let Ok(header) = Header::decode(head) else {
+    let Ok(header) = Header::decode(data) else {
         return;
     };
-    // Header round trip: decode(encode(h)) == h.
+    let rest = &data[header.len()..];
+    // Header round trip both ways: decode(encode(h)) == h, and (shortest-form varints only)
+    // encode(decode(bytes)) == the bytes decoded.
     assert_eq!(Header::decode(&header.encode()).unwrap(), header);
+    assert_eq!(header.encode(), &data[..header.len()]);
     let list = listing();
     // Let relative manifests reach the item parser: patch in the right listing digest.
     let mut body = rest.to_vec();
@@ -33,7 +55,8 @@ pub fn run(data: &[u8]) {
     let Ok(m) = Manifest::decode_with_old(&body, &header, Some(&list)) else {
         return;
     };
-    m.validate(&header).expect("a decoded manifest must pass validate");
+    m.validate(&header)
+        .expect("a decoded manifest must pass validate");
     let again = m.encode();
     let m2 = Manifest::decode(&again, &header).expect("re-encoded manifest must decode");
     assert_eq!(m, m2, "manifest changed through encode/decode");
@@ -43,7 +66,10 @@ pub fn run(data: &[u8]) {
             // Old records take their sizes from the listing in this form, so an arbitrary
             // manifest need not survive it; decoding must still never panic.
             if let Ok(m3) = Manifest::decode_with_old(&rel, &header, Some(&list)) {
-                assert_eq!(m.entries, m3.entries, "entries changed through the relative form");
+                assert_eq!(
+                    m.entries, m3.entries,
+                    "entries changed through the relative form"
+                );
             }
         }
     }
