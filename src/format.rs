@@ -822,10 +822,25 @@ impl Manifest {
         let base_digest = r.hash()?;
         let want = r.hash()?;
         if listing_digest(old) != want {
+            // The patch stores no per-entry data for OLD (that is what makes unchanged files
+            // free), so the entry cannot be named; the entry counts often tell what happened.
+            let mut full = vec![FORM_RELATIVE];
+            full.extend_from_slice(raw);
+            let counts = match Manifest::summarize_relative(&full) {
+                Ok(s) if s.old_entries != old.len() as u64 => format!(
+                    "; the base had {} entries (files, directories, symlinks), OLD has {}",
+                    s.old_entries,
+                    old.len()
+                ),
+                Ok(_) => format!("; both have {} entries", old.len()),
+                Err(_) => String::new(),
+            };
             return Err(Error::wrong_base(
                 "",
-                "its file list differs from the one the patch was made from (an entry was added, \
-                 removed, or changed in kind, size or mode)",
+                format!(
+                    "its file list differs from the one the patch was made from (an entry was \
+                     added, removed, or changed in kind, size or mode){counts}"
+                ),
             ));
         }
         // A record takes at least 1 byte, so this bounds the allocation by the input.

@@ -159,6 +159,21 @@ fn wrong_old_is_refused_before_any_write() {
         "{e}"
     );
     fs::remove_file(d.p("old/keep.txt")).unwrap();
+    // One entry fewer: under a manifest relative to OLD's file list (which stores nothing per
+    // old entry), the message gives both counts.
+    let e = Patcher::new()
+        .apply(&d.p("old"), &d.p("p.bdp"), &d.p("out"))
+        .unwrap_err();
+    if let Error::WrongBase { path, reason } = &e {
+        if path.is_empty() {
+            assert!(
+                reason.contains("entries") && reason.contains("OLD has"),
+                "{e}"
+            );
+        }
+    } else {
+        panic!("{e}");
+    }
     // A file patch on a directory, and the reverse.
     let e = Patcher::new()
         .apply(&d.p("old"), &c.p("p.bdp"), &d.p("out"))
