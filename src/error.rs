@@ -80,6 +80,11 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another in-place apply holds the lock on this target.
+    Locked {
+        /// The target being updated.
+        path: PathBuf,
+    },
     /// A signature was required and the patch carries none.
     Unsigned,
     /// The patch's signature does not verify with the given public key.
@@ -179,6 +184,12 @@ impl fmt::Display for Error {
             Error::InvalidInput { path, reason } => {
                 write!(f, "{}: {reason}", path.display())
             }
+            Error::Locked { path } => write!(
+                f,
+                "{}: another bundelta apply is updating it right now; wait for it to finish, \
+                 then run again",
+                path.display()
+            ),
             Error::Unsigned => write!(
                 f,
                 "the patch is not signed, and a signature was required (--pubkey): \

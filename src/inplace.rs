@@ -22,6 +22,14 @@
 //! (written to a temp file, fsynced, renamed, parent fsynced). After the exchange the parent is
 //! fsynced before the old tree and the journal are removed.
 //!
+//! # Concurrency
+//!
+//! Two applies on the same target would race on the journal and the staging path. Each run
+//! first takes an exclusive `flock(2)` on a lock file next to the target
+//! (`.NAME.bundelta-lock`, removed when done); a second run fails at once with
+//! [`Error::Locked`] instead of waiting or interfering. A kill releases the lock with the
+//! process, so recovery is never blocked by a dead run.
+//!
 //! A single-file bundle needs no journal: the new file is staged, fsynced and renamed over the
 //! old one, which is atomic.
 
@@ -135,6 +143,69 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
     }
 }
 
+/// An exclusive lock on a target, released (and its file removed) on drop.
+struct TargetLock {
+    path: PathBuf,
+    #[cfg(unix)]
+    _file: fs::File,
+}
+
+impl TargetLock {
+    #[cfg(unix)]
+    fn acquire(target: &Path) -> Result<TargetLock> {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let path = side_path(target, "lock")?;
+        // The file may be unlinked by the previous holder between our open and our flock:
+        // then we locked a dead inode, so check that the path still names what we hold.
+        for _ in 0..8 {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| Error::io(&path, "create lock file", e))?;
+            // SAFETY: flock on a valid, owned file descriptor.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Err(Error::Locked {
+                        path: target.to_path_buf(),
+                    });
+                }
+                return Err(Error::io(&path, "lock", e));
+            }
+            let held = f.metadata().map_err(|e| Error::io(&path, "stat", e))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                    return Ok(TargetLock { path, _file: f });
+                }
+                _ => continue,
+            }
+        }
+        Err(Error::Locked {
+            path: target.to_path_buf(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn acquire(target: &Path) -> Result<TargetLock> {
+        Ok(TargetLock {
+            path: side_path(target, "lock")?,
+        })
+    }
+}
+
+impl Drop for TargetLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock: a waiter that opened the old file re-checks
+        // the path and retries.
+        #[cfg(unix)]
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// Finish or undo an interrupted run. Returns whether anything was found.
 fn recover(dir: &Path, journal: &Path, stage: &Path) -> Result<bool> {
     let text = match fs::read_to_string(journal) {
@@ -204,6 +275,7 @@ impl Patcher {
     /// returns [`InPlaceOutcome::AlreadyUpToDate`] without changing anything.
     pub fn apply_in_place(&self, target: &Path, patch: &Path) -> Result<InPlaceReport> {
         let mut p = self.open(patch)?;
+        let _lock = TargetLock::acquire(target)?;
         let journal = side_path(target, "journal")?;
         let stage = side_path(target, "stage")?;
         let recovered = recover(target, &journal, &stage)?;

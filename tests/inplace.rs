@@ -181,3 +181,52 @@ fn in_place_single_file_and_rerun() {
     assert_eq!(fs::read(&f).unwrap(), b"unrelated");
     assert_eq!(listing(dir.path()), vec!["app.bin", "p.bdp"]);
 }
+
+/// A second in-place apply on a target that another run holds refuses at once, touching
+/// nothing; once the lock is released the same command succeeds and leaves no lock file.
+#[test]
+fn concurrent_in_place_apply_is_refused() {
+    use std::os::unix::io::AsRawFd;
+    let mut rng = Rng(78);
+    let base = tempfile::tempdir().unwrap();
+    let (po, pn, pp) = (
+        base.path().join("app"),
+        base.path().join("new"),
+        base.path().join("p.bdp"),
+    );
+    let mut old = Tree::new();
+    old.insert(
+        "a.txt".into(),
+        Item::File {
+            data: rng.text(20_000),
+            exec: false,
+        },
+    );
+    let mut new = old.clone();
+    if let Some(Item::File { data, .. }) = new.get_mut("a.txt") {
+        *data = rng.edit(data, 5);
+    }
+    write_tree(&po, &old);
+    write_tree(&pn, &new);
+    DiffOptions::new().diff_to_file(&po, &pn, &pp).unwrap();
+    // Hold the lock as another run would.
+    let lock_path = base.path().join(".app.bundelta-lock");
+    let held = fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on a valid descriptor owned by this test.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let e = bundelta::Patcher::new()
+        .apply_in_place(&po, &pp)
+        .unwrap_err();
+    assert!(matches!(e, bundelta::Error::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("another bundelta apply"), "{e}");
+    assert_eq!(read_tree(&po), old);
+    drop(held);
+    bundelta::Patcher::new().apply_in_place(&po, &pp).unwrap();
+    assert_eq!(read_tree(&po), new);
+    let mut left: Vec<_> = fs::read_dir(base.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["app", "new", "p.bdp"]);
+}
