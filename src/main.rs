@@ -454,12 +454,33 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     } else {
         0.0
     };
+    // What the applier will need: warn when the default limit would refuse the patch.
+    let mut head = Vec::with_capacity(bundelta::format::MAX_HEADER_LEN);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(&a.output)
+                .with_context(|| format!("{}: open", a.output.display()))?,
+            bundelta::format::MAX_HEADER_LEN as u64,
+        ),
+        &mut head,
+    )
+    .with_context(|| format!("{}: read", a.output.display()))?;
+    let need = bundelta::memory_needed(&bundelta::format::Header::decode(&head)?);
+    if need > bundelta::DEFAULT_MEMORY_LIMIT && !a.common.quiet {
+        eprintln!(
+            "bundelta: warning: applying this patch needs {} of memory, above the default limit \
+             of {}: clients must pass --memory-limit {}M (a smaller --window-log lowers it)",
+            human(need),
+            human(bundelta::DEFAULT_MEMORY_LIMIT),
+            need.div_ceil(1 << 20)
+        );
+    }
     if a.common.json {
         println!(
             "{}",
             json!({
                 "patch": a.output, "patch_bytes": stats.patch_bytes, "new_bytes": stats.new_bytes,
-                "percent_of_new": pct, "seconds": secs,
+                "percent_of_new": pct, "seconds": secs, "apply_memory_bytes": need,
                 "unchanged": stats.unchanged, "copied": stats.copied, "added": stats.added,
                 "modified": stats.modified, "deleted": stats.deleted, "dirs": stats.dirs,
                 "symlinks": stats.symlinks,
