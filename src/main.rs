@@ -282,7 +282,16 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("bundelta: error: {e:#}");
+            // The chain, without repeating a cause the message before it already quotes
+            // (library errors print their I/O cause themselves).
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("bundelta: error: {msg}");
             ExitCode::FAILURE
         }
     }
