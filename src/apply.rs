@@ -9,6 +9,7 @@
 //! ```text
 //! memory_needed = 4 × manifest_raw_len                 (manifest bytes + parsed entries)
 //!               + Σ decoder_memory(codec_s)             (control, diff, extra decoders)
+//!               + 512 KiB                               (zero-run pairs, only with that flag)
 //!               + 512 KiB                               (I/O buffers)
 //! ```
 //!
@@ -36,8 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::format::{
     Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW,
-    FLAG_MANIFEST_LZMA, FORM_RELATIVE, MAX_CONTROL_BLOCK, MAX_HEADER_LEN, SIGNATURE_LEN,
-    TRAILER_LEN,
+    FLAG_DIFF_RUNS, FLAG_MANIFEST_LZMA, FORM_RELATIVE, MAX_CONTROL_BLOCK, MAX_HEADER_LEN,
+    SIGNATURE_LEN, TRAILER_LEN, ZERO_RUN_BLOCK,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -54,9 +55,15 @@ pub fn memory_needed(h: &Header) -> u64 {
         .iter()
         .map(|&c| crate::format::decoder_memory(c, h.window_log))
         .sum();
+    let runs = if h.flags & FLAG_DIFF_RUNS != 0 {
+        (ZERO_RUN_BLOCK * 8) as u64
+    } else {
+        0
+    };
     h.manifest_raw_len
         .saturating_mul(4)
         .saturating_add(decoders)
+        .saturating_add(runs)
         .saturating_add(512 << 10)
 }
 
@@ -805,7 +812,7 @@ impl Patch {
 /// The three solid streams of a patch, decoded as files consume them.
 pub(crate) struct Streams<'a> {
     ctrl: BufReader<Stream<'a>>,
-    diff: Stream<'a>,
+    diff: DiffSource<'a>,
     extra: Stream<'a>,
     obuf: Vec<u8>,
     dbuf: Vec<u8>,
@@ -829,7 +836,17 @@ impl<'a> Streams<'a> {
         };
         Ok(Streams {
             ctrl: BufReader::with_capacity(4096, open(0, "control stream")?),
-            diff: open(1, "diff stream")?,
+            diff: if h.flags & FLAG_DIFF_RUNS != 0 {
+                DiffSource::Runs(ZeroRuns {
+                    inner: BufReader::with_capacity(4096, open(1, "diff stream")?),
+                    pairs: Vec::new(),
+                    next: 0,
+                    zeros: 0,
+                    lits: 0,
+                })
+            } else {
+                DiffSource::Plain(open(1, "diff stream")?)
+            },
             extra: open(2, "extra stream")?,
             obuf: vec![0u8; IO_BUF],
             dbuf: vec![0u8; IO_BUF],
@@ -876,7 +893,7 @@ impl<'a> Streams<'a> {
 
     fn finish(&mut self) -> Result<()> {
         expect_end(&mut self.ctrl, "control stream")?;
-        expect_end(&mut self.diff, "diff stream")?;
+        self.diff.expect_end()?;
         expect_end(&mut self.extra, "extra stream")
     }
 }
@@ -1166,7 +1183,7 @@ pub(crate) fn apply_delta(
         while left > 0 {
             let k = left.min(IO_BUF as u64) as usize;
             src.read_exact_at(&mut st.obuf[..k], pos)?;
-            read_full(&mut st.diff, &mut st.dbuf[..k], "diff stream")?;
+            st.diff.fill(&mut st.dbuf[..k])?;
             for (o, x) in st.obuf[..k].iter_mut().zip(&st.dbuf[..k]) {
                 *o = o.wrapping_add(*x);
             }
@@ -1193,6 +1210,114 @@ pub(crate) fn apply_delta(
         ));
     }
     Ok(())
+}
+
+/// The diff stream as the controls consume it: the decoded bytes themselves, or the expansion
+/// of their zero-run coding (format section 4.1).
+enum DiffSource<'a> {
+    Plain(Stream<'a>),
+    Runs(ZeroRuns<'a>),
+}
+
+const DIFF: &str = "diff stream";
+
+impl DiffSource<'_> {
+    /// Fill `buf` with the next diff bytes.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        match self {
+            DiffSource::Plain(s) => read_full(s, buf, DIFF),
+            DiffSource::Runs(z) => z.fill(buf),
+        }
+    }
+
+    /// The stream must hold nothing more.
+    fn expect_end(&mut self) -> Result<()> {
+        match self {
+            DiffSource::Plain(s) => expect_end(s, DIFF),
+            DiffSource::Runs(z) => {
+                if z.zeros != 0 || z.lits != 0 || z.next != z.pairs.len() || z.next_block()? {
+                    return Err(Error::corrupt(DIFF, "stream is longer than declared"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Expands the zero-run coding: per block, the (zero run, nonzero run) pairs are read first
+/// (at most [`ZERO_RUN_BLOCK`] of them: 512 KiB, counted in [`memory_needed`]), then the
+/// nonzero bytes are streamed through as they are consumed.
+struct ZeroRuns<'a> {
+    inner: BufReader<Stream<'a>>,
+    pairs: Vec<(u32, u32)>,
+    next: usize,
+    zeros: u64,
+    lits: u64,
+}
+
+impl ZeroRuns<'_> {
+    /// Read the next block's pairs; `false` at a clean end of the stream.
+    fn next_block(&mut self) -> Result<bool> {
+        let Some(n) = read_varint_stream(&mut self.inner, DIFF)? else {
+            return Ok(false);
+        };
+        let max = ZERO_RUN_BLOCK as u64;
+        if n == 0 || n > max {
+            return Err(Error::corrupt(
+                DIFF,
+                format!("zero-run block of {n} pairs (1..={max})"),
+            ));
+        }
+        self.pairs.clear();
+        self.next = 0;
+        let mut total = 0u64;
+        for _ in 0..n {
+            let z = need_varint(&mut self.inner, DIFF)?;
+            let l = need_varint(&mut self.inner, DIFF)?;
+            // Each is checked before the sum, so nothing overflows.
+            total = total
+                .saturating_add(z.min(max + 1))
+                .saturating_add(l.min(max + 1));
+            if total > max {
+                return Err(Error::corrupt(
+                    DIFF,
+                    format!("zero-run block describes more than {max} bytes"),
+                ));
+            }
+            self.pairs.push((z as u32, l as u32));
+        }
+        if total == 0 {
+            return Err(Error::corrupt(DIFF, "empty zero-run block"));
+        }
+        Ok(true)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            let want = (buf.len() - got) as u64;
+            if self.zeros > 0 {
+                let k = self.zeros.min(want) as usize;
+                buf[got..got + k].fill(0);
+                self.zeros -= k as u64;
+                got += k;
+            } else if self.lits > 0 {
+                let k = self.lits.min(want) as usize;
+                read_full(&mut self.inner, &mut buf[got..got + k], DIFF)?;
+                self.lits -= k as u64;
+                got += k;
+            } else if let Some(&(z, l)) = self.pairs.get(self.next) {
+                self.next += 1;
+                (self.zeros, self.lits) = (z.into(), l.into());
+            } else if !self.next_block()? {
+                return Err(Error::corrupt(
+                    DIFF,
+                    format!("ends {} bytes early", buf.len() - got),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One solid stream: stored raw, concatenated zstd frames, or concatenated raw LZMA2 streams.

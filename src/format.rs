@@ -56,8 +56,13 @@ pub const FLAG_DIRECTORY: u32 = 1;
 pub const FLAG_MANIFEST_LZMA: u32 = 2;
 /// Header flag: a [`SIGNATURE_LEN`]-byte Ed25519 signature precedes the trailer.
 pub const FLAG_SIGNED: u32 = 4;
+/// Header flag: the diff stream, once decoded by its codec, is in zero-run coding (format
+/// section 4.1), which the applier expands as it reads.
+pub const FLAG_DIFF_RUNS: u32 = 8;
 /// Every flag this version defines.
-pub const KNOWN_FLAGS: u32 = FLAG_DIRECTORY | FLAG_MANIFEST_LZMA | FLAG_SIGNED;
+pub const KNOWN_FLAGS: u32 = FLAG_DIRECTORY | FLAG_MANIFEST_LZMA | FLAG_SIGNED | FLAG_DIFF_RUNS;
+/// Largest number of diff-stream bytes one zero-run block describes (format section 4.1).
+pub const ZERO_RUN_BLOCK: usize = 1 << 16;
 /// Smallest zstd window log a patch may declare.
 pub const MIN_WINDOW_LOG: u8 = 10;
 /// Largest zstd window log a patch may declare (2 GiB).

@@ -309,8 +309,14 @@ fn resealed_forgeries_are_rejected_structurally() {
     h2.stream_lens[0] += 1;
     must_fail(&c, &with_header(&h2));
     // Unknown flag, bad window, unknown codec (offsets 6, 7 and 8 of a header whose flags
-    // varint is one byte), a major version of 1.
-    for (at, v) in [(6usize, 8u8), (7, 40), (8, 7), (4, 1)] {
+    // varint is one byte), a major version of 1, the zero-run flag of the diff stream toggled.
+    for (at, v) in [
+        (6usize, 0x10u8),
+        (7, 40),
+        (8, 7),
+        (4, 1),
+        (6, c.patch[6] ^ 8),
+    ] {
         let mut b = c.patch.clone();
         b[at] = v;
         must_fail(&c, &reseal(b));
@@ -509,4 +515,100 @@ fn signatures_are_required_and_checked_before_any_write() {
         assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
         fs::remove_file(c.p("out")).unwrap();
     }
+}
+
+/// The zero-run coding of the diff stream (FORMAT.md 4.1), re-encoded by hand (raw codec,
+/// trailer resealed): any block split the spec allows applies; every malformed block is
+/// refused as a corrupt diff stream, with nothing left behind.
+#[test]
+fn zero_run_blocks_are_bounded_and_checked() {
+    use bundelta::format::{put_varint, Header, CODEC_RAW, FLAG_DIFF_RUNS, ZERO_RUN_BLOCK};
+    let c = file_case();
+    let h = Header::decode(&c.patch).unwrap();
+    assert!(
+        h.flags & FLAG_DIFF_RUNS != 0,
+        "the writer uses zero runs on this case"
+    );
+    let a = h.stream_offset(1) as usize;
+    let t = decode_stream(
+        h.codecs[1],
+        h.window_log,
+        &c.patch[a..a + h.stream_lens[1] as usize],
+    );
+    let diff = expand_zero_runs(&t);
+    // Rebuild the patch with `runs` as the (raw) diff stream.
+    let with_runs = |runs: &[u8]| {
+        let mut h2 = h.clone();
+        h2.codecs[1] = CODEC_RAW;
+        h2.stream_lens[1] = runs.len() as u64;
+        let mut p = h2.encode();
+        p.extend_from_slice(&c.patch[h.len()..a]);
+        p.extend_from_slice(runs);
+        let e = h.stream_offset(3) as usize;
+        p.extend_from_slice(&c.patch[a + h.stream_lens[1] as usize..e]);
+        p.extend_from_slice(&[0; 32]);
+        reseal(p)
+    };
+    // Blocks built from (zero, literal) pairs; `lits` must be the literal bytes in order.
+    let block = |pairs: &[(u64, u64)], lits: &[u8]| {
+        let mut b = Vec::new();
+        put_varint(&mut b, pairs.len() as u64);
+        for &(z, l) in pairs {
+            put_varint(&mut b, z);
+            put_varint(&mut b, l);
+        }
+        b.extend_from_slice(lits);
+        b
+    };
+    // Legal but unusual: one byte per block, literal zeros, empty pairs.
+    let mut odd = Vec::new();
+    for &byte in &diff {
+        odd.extend(block(&[(0, 0), (0, 1)], &[byte]));
+    }
+    let pp = c.p("odd.bdp");
+    fs::write(&pp, with_runs(&odd)).unwrap();
+    Patcher::new().apply(&c.p("old"), &pp, &c.p("out")).unwrap();
+    assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
+    fs::remove_file(c.p("out")).unwrap();
+    fs::remove_file(&pp).unwrap();
+
+    let max = ZERO_RUN_BLOCK as u64;
+    let good = with_runs(&t);
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("no pairs", [block(&[], &[]), t.clone()].concat()),
+        (
+            "a block of nothing",
+            [block(&[(0, 0)], &[]), t.clone()].concat(),
+        ),
+        ("too many pairs", {
+            let mut b = Vec::new();
+            put_varint(&mut b, max + 1);
+            b.extend(t.iter());
+            b
+        }),
+        (
+            "a block over the limit",
+            [block(&[(max, 1)], &[1]), t.clone()].concat(),
+        ),
+        (
+            "a huge zero run",
+            [block(&[(u64::MAX, 0)], &[]), t.clone()].concat(),
+        ),
+        ("pairs cut short", t[..t.len().min(3)].to_vec()),
+        ("literals cut short", t[..t.len() - 1].to_vec()),
+        (
+            "an extra block",
+            [t.clone(), block(&[(5, 0)], &[])].concat(),
+        ),
+        ("an extra byte", [t.clone(), vec![1]].concat()),
+    ];
+    for (what, runs) in bad {
+        let e = must_fail(&c, &with_runs(&runs));
+        assert!(e.to_string().contains("corrupt patch"), "{what}: {e}");
+    }
+    // The untouched coding still applies through the same rebuild.
+    let pp = c.p("good.bdp");
+    fs::write(&pp, good).unwrap();
+    Patcher::new().apply(&c.p("old"), &pp, &c.p("out")).unwrap();
+    assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
 }

@@ -312,7 +312,10 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         let b = a + h.stream_lens[i] as usize;
         decode_stream(h.codecs[i], h.window_log, &patch[a..b])
     };
-    let (ctrl, diff, extra) = (stream(0), stream(1), stream(2));
+    let (ctrl, mut diff, extra) = (stream(0), stream(1), stream(2));
+    if h.flags & format::FLAG_DIFF_RUNS != 0 {
+        diff = expand_zero_runs(&diff);
+    }
     let mut c = format::Reader::new(&ctrl, "ctrl");
     let (mut d, mut x) = (0usize, 0usize);
     let old_data = |p: &str| match old.get(p) {
@@ -398,6 +401,27 @@ pub fn decode_stream(codec: u8, window_log: u8, bytes: &[u8]) -> Vec<u8> {
         }
         _ => bytes.to_vec(),
     }
+}
+
+/// The zero-run coding of the diff stream, expanded straight from the spec (FORMAT.md 4.1):
+/// blocks of `n` varint, `n` (zero run, nonzero run) varint pairs, then the nonzero bytes.
+pub fn expand_zero_runs(mut t: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while !t.is_empty() {
+        let mut r = format::Reader::new(t, "runs");
+        let n = r.varint().unwrap();
+        let pairs: Vec<(u64, u64)> = (0..n)
+            .map(|_| (r.varint().unwrap(), r.varint().unwrap()))
+            .collect();
+        let total: u64 = pairs.iter().map(|(z, l)| z + l).sum();
+        assert!(n >= 1 && total >= 1 && total <= format::ZERO_RUN_BLOCK as u64);
+        for (z, l) in pairs {
+            out.resize(out.len() + z as usize, 0);
+            out.extend_from_slice(r.bytes(l as usize).unwrap());
+        }
+        t = &t[t.len() - r.remaining()..];
+    }
+    out
 }
 
 /// One raw LZMA2 stream with a 2 MiB dictionary (matches window log 21).
