@@ -16,6 +16,14 @@ use crate::format::Control;
 /// Matches at least this long are taken at once (see module docs).
 pub(crate) const LONG_MATCH: usize = 256;
 
+/// Slacks the diff tries for every chunk ([`scan`]'s `slack`), keeping the scan whose streams
+/// compress smallest. bsdiff's single value is 8. A small slack switches to a new match
+/// sooner (better on executables, whose code moves by small offsets: -6.7% on
+/// executable-small); a large one keeps an approximate match through more differences (better
+/// on minified JavaScript, where renamed identifiers break exact matches: -11% on
+/// js-bundle-big). Two scans cost about 1.2-1.9x the diff CPU of one.
+pub(crate) const SLACKS: [isize; 2] = [6, 16];
+
 enum SaVec {
     I32(Vec<i32>),
     I64(Vec<i64>),
@@ -151,7 +159,9 @@ pub(crate) struct Streams {
 }
 
 /// Diff one chunk of new data against the indexed source (bsdiff's scan, with the guard).
-pub(crate) fn scan(ix: &Index<'_>, nw: &[u8]) -> Streams {
+/// A candidate match replaces the current alignment when it is longer than the bytes the
+/// current alignment already gets right by more than `slack` (bsdiff: 8).
+pub(crate) fn scan(ix: &Index<'_>, nw: &[u8], slack: isize) -> Streams {
     let old = ix.old;
     let oldsize = old.len() as isize;
     let newsize = nw.len();
@@ -181,7 +191,7 @@ pub(crate) fn scan(ix: &Index<'_>, nw: &[u8]) -> Streams {
                 scsc += 1;
             }
             let l = len as isize;
-            if (l == oldscore && len != 0) || l > oldscore + 8 || len >= LONG_MATCH {
+            if (l == oldscore && len != 0) || l > oldscore + slack || len >= LONG_MATCH {
                 break;
             }
             if at_off(scan, lastoffset) == Some(nw[scan]) {
@@ -306,14 +316,15 @@ mod tests {
 
         #[test]
         fn scan_roundtrips(old in proptest::collection::vec(any::<u8>(), 0..2000),
-                           edits in proptest::collection::vec((0usize..2000, any::<u8>()), 0..20)) {
+                           edits in proptest::collection::vec((0usize..2000, any::<u8>()), 0..20),
+                           slack in prop_oneof![Just(0isize), Just(6), Just(8), Just(16), 0isize..64]) {
             let mut new = old.clone();
             for (i, b) in edits {
                 if !new.is_empty() { let k = i % new.len(); new[k] = b; }
                 new.insert(i % (new.len() + 1), b);
             }
             let ix = Index::new(&old);
-            let s = scan(&ix, &new);
+            let s = scan(&ix, &new, slack);
             prop_assert_eq!(naive_apply(&old, &s), new);
         }
     }
@@ -335,7 +346,9 @@ mod tests {
         let old: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
         let new: Vec<u8> = (0..400_000u32).map(|i| (i % 241) as u8).collect();
         let ix = Index::new(&old);
-        let s = scan(&ix, &new);
-        assert_eq!(naive_apply(&old, &s), new);
+        for slack in SLACKS {
+            let s = scan(&ix, &new, slack);
+            assert_eq!(naive_apply(&old, &s), new);
+        }
     }
 }

@@ -728,9 +728,27 @@ impl DiffOptions {
         let parts: Vec<matcher::Streams> = new
             .par_chunks(chunk)
             .map(|c| {
-                let s = matcher::scan(&ix, c);
+                // One scan per slack; keep the one whose streams compress smallest (a quick
+                // zstd-1 estimate). Ties keep the first, so the choice is deterministic.
+                let mut best: Option<(usize, matcher::Streams)> = None;
+                for &slack in &matcher::SLACKS {
+                    let s = matcher::scan(&ix, c, slack);
+                    let mut ctl = Vec::new();
+                    put_controls(&mut ctl, &s.ctrls);
+                    let est = |d: &[u8]| {
+                        if d.is_empty() {
+                            0
+                        } else {
+                            compress(d, 1, self.window_log).len()
+                        }
+                    };
+                    let e = est(&ctl) + est(&zero_runs(&s.diff)) + est(&s.extra);
+                    if best.as_ref().is_none_or(|(b, _)| e < *b) {
+                        best = Some((e, s));
+                    }
+                }
                 ctx.advance(c.len() as u64);
-                s
+                best.expect("SLACKS is not empty").1
             })
             .collect();
         let mut out = Solid::default();
