@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+mod cli;
+
 /// Compact, hash-verified binary patches between two versions of a file or directory tree.
 ///
 /// Make a patch on the server with `bundelta diff OLD NEW -o PATCH`; rebuild NEW on a client
@@ -51,6 +53,10 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Show what a patch changes: counts, sizes, memory needed, and with --list every entry.
     Info(InfoArgs),
+    /// Measure bundelta against peer delta tools on the corpus pairs (sizes, times, peak
+    /// RSS, verified outputs); `bench --help` says what and how.
+    #[command(long_about = cli::bench::LONG_ABOUT)]
+    Bench(cli::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -241,6 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Apply(a) => apply(a),
         Cmd::Verify(a) => verify(a),
         Cmd::Info(a) => info(a),
+        Cmd::Bench(a) => cli::bench::run(a),
     }
 }
 
