@@ -268,6 +268,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     };
     fs::create_dir_all(&work.path)
         .with_context(|| format!("{}: cannot create", work.path.display()))?;
+    measure::catch_interrupts();
 
     let pb = if a.quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
@@ -295,6 +296,10 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                     pb.suspend(|| print_pair(&v));
                 }
                 done.push(v);
+            }
+            Err(e) if measure::interrupted() => {
+                pb.finish_and_clear();
+                return Err(e);
             }
             Err(e) => missing.push((pair.name.clone(), format!("{e:#}"))),
         }
@@ -703,6 +708,9 @@ fn measured_runs(
         }
         remove(produced);
         let m = measure::run(cmd, log, ctx.timeout)?;
+        if measure::interrupted() {
+            bail!("interrupted");
+        }
         if !m.ok {
             return Ok(Err(format!("{} ({}): {}", msg, m.status, m.log_tail)));
         }
@@ -723,13 +731,14 @@ fn run_tool(ctx: &Ctx, pair: &str, t: &Tool, inp: &Inputs, work: &Path) -> Resul
     let log = work.join(format!("{}.log", t.name));
     let diff_cmd = t.diff_cmd(inp.old, inp.new, &patch, inp.sizes);
     let apply_cmd = t.apply_cmd(inp.old, &patch, &out, inp.sizes);
+    let shown = t.shown(inp.sizes);
     let mut r = json!({
         "tool": t.name, "version": t.version, "input": inp.label,
         "patch_bytes": null, "patch_pct_of_new": null,
         "diff_wall_s": null, "diff_cpu_s": null, "diff_maxrss_kib": null,
         "apply_wall_s": null, "apply_cpu_s": null, "apply_maxrss_kib": null,
         "verified": false, "error": null,
-        "diff_cmd": tools::show(&diff_cmd), "apply_cmd": tools::show(&apply_cmd),
+        "diff_cmd": shown.0, "apply_cmd": shown.1,
     });
     let summarize = |r: &mut Value, key: &str, runs: &[Measured]| {
         let wall: Vec<f64> = runs.iter().map(|m| m.wall_s).collect();

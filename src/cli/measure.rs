@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,41 @@ fn tv_secs(tv: libc::timeval) -> f64 {
     tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
 }
 
+/// Set by SIGINT/SIGTERM once `catch_interrupts` ran.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The child being measured (0: none), for the signal handler to stop it.
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; the child is not reaped while CHILD holds it.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM, kill the running child and let the caller see `interrupted()`, so
+/// that it can remove its work files instead of dying with them left behind.
+pub fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches atomics and calls kill (async-signal-safe).
+        unsafe {
+            libc::signal(
+                sig,
+                on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+/// Whether SIGINT or SIGTERM arrived since `catch_interrupts`.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Runs `cmd` with stdin from /dev/null and stdout+stderr into `log`; SIGKILL after `timeout`.
 /// The child stays in our process group, so a Ctrl-C on the terminal stops it too.
 pub fn run(cmd: &[OsString], log: &Path, timeout: Duration) -> Result<Measured> {
@@ -52,6 +87,10 @@ pub fn run(cmd: &[OsString], log: &Path, timeout: Duration) -> Result<Measured> 
     let pid = child.id() as libc::pid_t;
     // From here on the child is reaped with wait4, never through `child`.
     drop(child);
+    CHILD.store(pid, Ordering::SeqCst);
+    if interrupted() {
+        on_interrupt(0);
+    }
 
     let timed_out = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = mpsc::channel::<()>();
@@ -92,6 +131,7 @@ pub fn run(cmd: &[OsString], log: &Path, timeout: Duration) -> Result<Measured> 
         }
     }
     let wall_s = t0.elapsed().as_secs_f64();
+    CHILD.store(0, Ordering::SeqCst);
     drop(stop);
     let _ = watcher.join();
 

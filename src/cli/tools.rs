@@ -1,5 +1,5 @@
 //! The tools `bundelta bench` runs, each as a child process, with the settings
-//! scripts/compare.py used (the smallest patches each tool made on the corpus).
+//! that gave each its smallest patches on the corpus.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -372,18 +372,33 @@ fn patch_from(old: &std::ffi::OsStr) -> OsString {
     s
 }
 
-/// A command as one line for the JSON report (the hdiffpatch script shown as `<script>`).
-pub fn show(cmd: &[OsString]) -> String {
-    cmd.iter()
-        .map(|a| {
-            if a == HDIFF_CHILD {
-                "<script>".to_string()
-            } else {
-                a.to_string_lossy().into_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+impl Tool {
+    /// The diff and apply commands as one line each for the report, with OLD, NEW, PATCH and
+    /// OUT for the paths (and `bundelta` for this executable) so that reports from different
+    /// machines and work directories compare.
+    pub fn shown(&self, s: Sizes) -> (String, String) {
+        let (o, n, p, t) = (
+            Path::new("OLD"),
+            Path::new("NEW"),
+            Path::new("PATCH"),
+            Path::new("OUT"),
+        );
+        (
+            self.show(&self.diff_cmd(o, n, p, s)),
+            self.show(&self.apply_cmd(o, p, t, s)),
+        )
+    }
+
+    fn show(&self, cmd: &[OsString]) -> String {
+        cmd.iter()
+            .map(|a| match &self.kind {
+                Kind::Bundelta(exe) if a == exe.as_os_str() => "bundelta".to_string(),
+                _ if a == HDIFF_CHILD => "<script>".to_string(),
+                _ => a.to_string_lossy().into_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 #[cfg(test)]
@@ -413,13 +428,15 @@ mod tests {
     fn bundelta_commands() {
         let t = find("bundelta", Path::new("/x/bundelta"), Path::new("python3")).unwrap();
         let s = Sizes { old: 10, new: 20 };
+        let d = t.diff_cmd(Path::new("o"), Path::new("n"), Path::new("p"), s);
+        assert_eq!(d[0], "/x/bundelta");
+        assert_eq!(d[1..], ["diff", "o", "n", "-o", "p", "-q"]);
         assert_eq!(
-            show(&t.diff_cmd(Path::new("o"), Path::new("n"), Path::new("p"), s)),
-            "/x/bundelta diff o n -o p -q"
-        );
-        assert_eq!(
-            show(&t.apply_cmd(Path::new("o"), Path::new("p"), Path::new("t"), s)),
-            "/x/bundelta apply o p -o t -q"
+            t.shown(s),
+            (
+                "bundelta diff OLD NEW -o PATCH -q".to_string(),
+                "bundelta apply OLD PATCH -o OUT -q".to_string()
+            )
         );
         assert!(find("nope", Path::new("x"), Path::new("python3")).is_err());
     }
