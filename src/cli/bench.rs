@@ -40,10 +40,11 @@ tool's diff and then its apply, each as a child process, and measures:
 Times and RSS come from the rusage the kernel returns when bench reaps the child (wait4):
 ru_maxrss and ru_utime + ru_stime, for the child and any process it waited for. bundelta
 itself runs the same way, as this executable's `diff` and `apply`. A child's peak RSS is
-never below what bench itself used when it started the child (the kernel carries that over
-into the child); bench streams everything through small buffers and reports its own peak as
-`bench_maxrss_kib` in the JSON. The machine should be otherwise idle: the tools run one
-after the other, never two at once.
+never below what bench itself holds when it starts the child (the kernel carries that over
+into the child); bench resets its own peak to its current RSS before each spawn, streams
+everything through small buffers, and reports the largest such floor as `rss_floor_kib` in
+the JSON. The machine should be otherwise idle: the tools run one after the other, never
+two at once.
 
 Tools, with the settings that gave each its smallest patches on the corpus
 (scripts/install-peers.sh installs them; missing ones are skipped with a note):
@@ -74,8 +75,9 @@ bundelta's total over those same pairs. Exit status: 0 when every output verifie
 with --check, the check passed); 1 otherwise, with one line per failure.
 
 Cost: each pair costs every tool's diff + apply times --runs, plus a tar of each side for
-directory pairs. The small-step pairs take about 5 minutes with every peer on 2 cores;
-the whole corpus without large files about 15.";
+directory pairs. Measured on 2 cores with every peer: the six small-step pairs about 1.5
+minutes, all eleven pairs but the large-file ones about 8 minutes; the first run
+also downloads about 165 MB.";
 
 /// What --tools accepts.
 const TOOL_ARGS: [&str; 10] = [
@@ -317,7 +319,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         },
         "runs": a.runs,
         "timeout_s": a.timeout,
-        "bench_maxrss_kib": measure::self_maxrss_kib(),
+        "rss_floor_kib": measure::rss_floor_kib(),
         "tools": tools.iter().map(|t| (t.name.to_string(), json!(t.version))).collect::<serde_json::Map<_, _>>(),
         "skipped_tools": skipped,
         "pairs": done,
@@ -555,7 +557,7 @@ fn list(
         ),
         Some(c) => {
             println!(
-                "{:<22} {:<13} {:<6} {:>12} {:>12}  state",
+                "{:<22} {:<13} {:<6} {:>16} {:>16}  state",
                 "pair", "kind", "step", "old", "new"
             );
             for e in &c.entries {
@@ -582,7 +584,7 @@ fn list(
                     ""
                 };
                 println!(
-                    "{:<22} {:<13} {:<6} {o:>12} {n:>12}  {state}{note}",
+                    "{:<22} {:<13} {:<6} {o:>16} {n:>16}  {state}{note}",
                     e.name, e.kind, e.step
                 );
             }
@@ -630,8 +632,8 @@ fn run_pair(ctx: &Ctx, pair: &Pair, tools: &[Tool], work_root: &Path) -> Result<
     };
     let (old_bytes, old_files) = corpus::size_of(&old)?;
     let (new_bytes, new_files) = corpus::size_of(&new)?;
+    // Only files of bench's own names are replaced in there (a --keep DIR may hold others).
     let work = work_root.join(&pair.name);
-    remove(&work);
     fs::create_dir_all(&work).with_context(|| format!("{}: cannot create", work.display()))?;
 
     let mut v = json!({

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,15 @@ pub struct Measured {
 
 fn tv_secs(tv: libc::timeval) -> f64 {
     tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
+}
+
+/// The most this process held (RSS, KiB) when it started a child: the floor under every
+/// child's ru_maxrss (see `run`).
+static FLOOR_KIB: AtomicU64 = AtomicU64::new(0);
+
+/// The largest RSS this process had when it started a child, in KiB.
+pub fn rss_floor_kib() -> u64 {
+    FLOOR_KIB.load(Ordering::SeqCst)
 }
 
 /// Set by SIGINT/SIGTERM once `catch_interrupts` ran.
@@ -80,6 +89,11 @@ pub fn run(cmd: &[OsString], log: &Path, timeout: Duration) -> Result<Measured> 
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    // The kernel starts the child's ru_maxrss at this process's peak RSS (the high-water mark
+    // of the address space it is spawned from carries over exec). Reset our peak to our
+    // current RSS first (Linux >= 4.0), so that the floor is what we hold now.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    FLOOR_KIB.fetch_max(self_maxrss_kib(), Ordering::SeqCst);
     let t0 = Instant::now();
     let child = command
         .spawn()
@@ -185,8 +199,8 @@ fn tail(path: &Path, max: u64) -> String {
     String::from_utf8_lossy(&buf).trim().replace('\n', " | ")
 }
 
-/// Peak RSS of this process so far, in KiB.
-pub fn self_maxrss_kib() -> u64 {
+/// Peak RSS of this process (since the last reset of /proc/self/clear_refs), in KiB.
+fn self_maxrss_kib() -> u64 {
     // SAFETY: rusage is plain data; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a local.
@@ -258,5 +272,21 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod floor {
+    #[test]
+    fn child_rss_does_not_inherit_our_past_peak() {
+        let log = std::env::temp_dir().join(format!("bundelta-floor-{}", std::process::id()));
+        let v = vec![1u8; 200 << 20];
+        std::hint::black_box(&v);
+        drop(v);
+        let m = super::run(&["true".into()], &log, std::time::Duration::from_secs(5)).unwrap();
+        let _ = std::fs::remove_file(&log);
+        assert!(m.ok);
+        // Without the reset, `true` would show this process's 200 MiB peak.
+        assert!(m.maxrss_kib < 100 << 10, "{m:?}");
     }
 }
