@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install the peer delta tools that scripts/compare.py measures bundelta against.
+# Install the peer delta tools that `bundelta bench` measures bundelta against.
 # Idempotent: whatever is already installed is left alone. A peer whose
 # registry cannot be reached is reported as skipped; the script still exits 0.
 #
 #   Debian: bsdiff (bsdiff/bspatch), xdelta3, zstd
-#   PyPI:   hdiffpatch  (Python module only, no CLI: compare.py drives it
+#   PyPI:   hdiffpatch  (Python module only, no CLI: bench drives it
 #                        through a small `python3 -c` child process)
 #           detools     (sdist only: builds a C extension, needs gcc and the
 #                        Python headers; gives the `detools` CLI)

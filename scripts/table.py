@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render compare.py JSON results as the README's Markdown table.
+"""Render `bundelta bench --json` results as the README's Markdown table.
 
 Usage: python3 scripts/table.py RESULTS.json [MORE.json ...]
 """
@@ -25,7 +25,7 @@ def main():
                 pairs[pair["name"]] = dict(pair, res={})
             for r in pair["results"]:
                 if r.get("patch_bytes") is not None:
-                    pairs[pair["name"]]["res"][r["peer"].split(" ")[0]] = r
+                    pairs[pair["name"]]["res"][r["tool"]] = r
     rows = []
     for name in order:
         pair = pairs[name]

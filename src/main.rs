@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+mod cli;
+
 /// Compact, hash-verified binary patches between two versions of a file or directory tree.
 ///
 /// Make a patch on the server with `bundelta diff OLD NEW -o PATCH`; rebuild NEW on a client
@@ -60,6 +62,10 @@ enum Cmd {
     Keygen(KeygenArgs),
     /// Sign an existing patch (or re-sign a signed one) with a secret key from `keygen`.
     Sign(SignArgs),
+    /// Measure bundelta against peer delta tools on the corpus pairs (sizes, times, peak
+    /// RSS, verified outputs); `bench --help` says what and how.
+    #[command(long_about = cli::bench::LONG_ABOUT)]
+    Bench(cli::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -305,6 +311,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Info(a) => info(a),
         Cmd::Keygen(a) => keygen(a),
         Cmd::Sign(a) => sign(a),
+        Cmd::Bench(a) => cli::bench::run(a),
     }
 }
 

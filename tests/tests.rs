@@ -8,6 +8,8 @@ mod util;
 
 mod badinput;
 #[cfg(feature = "cli")]
+mod bench;
+#[cfg(feature = "cli")]
 mod cli;
 mod golden;
 #[cfg(feature = "cli")]
