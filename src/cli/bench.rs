@@ -71,8 +71,9 @@ large-file ones (446 MB each side: two 550 MB downloads, several GB of RAM for b
 with --check and no PAIRS or --step, the pairs of the baseline.
 
 The summary gives, per tool, its total patch bytes over the pairs it completed, relative to
-bundelta's total over those same pairs. Exit status: 0 when every output verified (and,
-with --check, the check passed); 1 otherwise, with one line per failure.
+bundelta's total over those same pairs. Exit status: without --check, 0 when every output
+verified; with --check, 0 when the check passed (bundelta's results: a peer's failure is
+reported but does not count); 1 otherwise, with one line per failure.
 
 Cost: each pair costs every tool's diff + apply times --runs, plus a tar of each side for
 directory pairs. Measured on 2 cores with every peer: the six small-step pairs about 1.5
@@ -127,8 +128,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Compare with BASELINE (a --json file) and exit 1 if bundelta's patch for a pair in both
-    /// grew more than 0.5%, bundelta's apply peak RSS went over the documented 16 MiB, or any
-    /// tool's output failed verification. Costs nothing beyond the run itself.
+    /// grew more than 0.5%, bundelta's apply peak RSS went over the documented 16 MiB, or
+    /// bundelta's output failed verification. A peer that fails (times out, crashes, or
+    /// rebuilds the wrong bytes) is reported as a note and does not fail the check. Costs
+    /// nothing beyond the run itself.
     #[arg(long, value_name = "BASELINE")]
     check: Option<PathBuf>,
     /// List the corpus pairs (fetched or not, sizes) and the tools found, run nothing.
@@ -337,7 +340,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let mut failed = false;
     for (pair, tool, why) in unverified(&report) {
         eprintln!("bench: {pair}: {tool} NOT VERIFIED: {why}");
-        failed = true;
+        // Under --check (CI), a peer's failure (a timeout on a loaded machine, a broken peer
+        // install) is reported but only bundelta's own results decide the exit status.
+        failed |= a.check.is_none() || tool == "bundelta";
     }
     if let (Some(base), Some(path)) = (&baseline, &a.check) {
         let c = check(base, &report);
@@ -350,7 +355,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         if c.failures.is_empty() {
             if !a.quiet {
                 eprintln!(
-                    "bench check: ok against {}: {} pairs compared (bundelta's patch within +{SIZE_TOLERANCE_PCT}%, apply peak RSS within 16 MiB, every output verified)",
+                    "bench check: ok against {}: {} pairs compared (bundelta's patch within +{SIZE_TOLERANCE_PCT}%, apply peak RSS within 16 MiB, bundelta's outputs verified)",
                     path.display(),
                     c.compared
                 );
@@ -1044,8 +1049,12 @@ pub fn check(base: &Value, run: &Value) -> Check {
         compared: 0,
     };
     for (pair, tool, why) in unverified(run) {
-        c.failures
-            .push(format!("{pair}: {tool}'s output was not verified: {why}"));
+        let line = format!("{pair}: {tool}'s output was not verified: {why}");
+        if tool == "bundelta" {
+            c.failures.push(line);
+        } else {
+            c.notes.push(line);
+        }
     }
     for (name, p) in report_pairs(run) {
         let rss = tool_result(p, "bundelta").and_then(|r| r["apply_maxrss_kib"].as_u64());
@@ -1135,6 +1144,18 @@ mod tests {
         assert!(c.failures[0].starts_with("b: "), "{:?}", c.failures);
         assert!(c.failures[0].contains("20,101") && c.failures[0].contains("20,000"));
 
+        // A peer's failure is a note, bundelta's a failure.
+        let mut peer = base.clone();
+        peer["pairs"][0]["results"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"tool": "bsdiff", "verified": false, "error": "timeout"}));
+        let c = check(&base, &peer);
+        assert!(c.failures.is_empty(), "{:?}", c.failures);
+        assert!(c
+            .notes
+            .iter()
+            .any(|n| n.contains("bsdiff's output was not verified")));
         let c = check(
             &base,
             &report(&[("a", 9_000, 16 * 1024 + 1, true), ("b", 1, 10, false)]),
