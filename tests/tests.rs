@@ -6,9 +6,11 @@
 
 mod util;
 
+mod adversarial;
 mod badinput;
 #[cfg(feature = "cli")]
 mod cli;
+mod fuzz_replay;
 mod golden;
 #[cfg(feature = "cli")]
 mod inplace;
