@@ -103,7 +103,7 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
     assert_eq!(bundelta::bundle_digest(&target).unwrap(), d_new);
 
     let mut rng = Rng(4242);
-    let (mut saw_old, mut saw_new, mut recovered) = (0, 0, 0);
+    let (mut saw_old, mut saw_new, mut recovered, mut killed) = (0, 0, 0, 0);
     for i in 0..points {
         fs::remove_dir_all(&work).unwrap();
         write_tree(&target, &old);
@@ -116,7 +116,13 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
         let max = full.as_micros() as u64 * 12 / 10 + 1;
         std::thread::sleep(Duration::from_micros(rng.below(max)));
         let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+                              // Killed mid-run, or it had already exited by itself.
+        if let Ok(st) = child.wait() {
+            use std::os::unix::process::ExitStatusExt;
+            if st.signal() == Some(libc::SIGKILL) {
+                killed += 1;
+            }
+        }
         let d = bundelta::bundle_digest(&target).unwrap();
         if d == d_old {
             saw_old += 1;
@@ -136,7 +142,10 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
             "rerun failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        if String::from_utf8_lossy(&out.stdout).contains("\"recovered\":true") {
+        if String::from_utf8_lossy(&out.stdout)
+            .replace(char::is_whitespace, "")
+            .contains("\"recovered\":true")
+        {
             recovered += 1;
         }
         assert_eq!(
@@ -152,8 +161,9 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
         assert_eq!(read_tree(&target), new);
     }
     eprintln!(
-        "{points} kill points: {saw_old} left old, {saw_new} left new; {recovered} reruns \
-         recovered an interrupted run; all {points} reruns ended at new, nothing left behind"
+        "{points} kill points ({killed} killed mid-run, the rest had exited): {saw_old} left \
+         old, {saw_new} left new; {recovered} reruns recovered an interrupted run; all {points} \
+         reruns ended at new, nothing left behind"
     );
     assert!(saw_old + saw_new == points);
 }
