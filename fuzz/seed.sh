@@ -9,12 +9,12 @@
 # patch into seeds:
 #   apply_untrusted  mode byte 0x00 + patch, and 0x01 / 0x02 / 0x41 + patch body (trailer
 #                    recomputed by the target; 0x41 also runs the in-place apply)
-#   header_manifest  64-byte header + decompressed manifest
+#   header_manifest  header + decompressed manifest (format 2: varint header, zstd or LZMA2)
 #   roundtrip        [window][split u16][old][edit script]
 #   dir_apply        a few flag combinations (codecs, frame splits, control blocks) followed by
 #                    deterministic pseudo-random bytes
-# The golden patches (corpus/golden/v1) are added to apply_untrusted as they are.
-# Needs: cargo, zstd, awk, od, dd, coreutils.
+# The golden patches (corpus/golden/v2) are added to apply_untrusted as they are.
+# Needs: cargo, python3, awk, coreutils.
 set -euo pipefail
 
 FUZZ="$(cd "$(dirname "$0")" && pwd)"
@@ -86,10 +86,39 @@ for p in "$PATCHES"/*.bdp; do
     rm -rf "$WORK/out"
     "$BIN" apply -q "$old" "$p" -o "$WORK/out"
 done
-cp "$ROOT"/corpus/golden/v1/*.bdp "$PATCHES/" 2>/dev/null || true
+cp "$ROOT"/corpus/golden/v2/*.bdp "$PATCHES/" 2>/dev/null || true
 
 # --- turn patches into seeds ----------------------------------------------------------------
-u64_at() { od -An -t u8 -j "$2" -N 8 "$1" | tr -d ' '; }
+# header_manifest: the format-2 header as it is, then the manifest decompressed (a zstd frame,
+# or a raw LZMA2 stream with flag bit 1, or stored when manifest_len == manifest_raw_len).
+header_manifest_seed() {
+    python3 - "$1" "$2" <<'PY'
+import lzma, subprocess, sys
+b = open(sys.argv[1], "rb").read()
+pos = 6
+def varint():
+    global pos
+    v = shift = 0
+    while True:
+        c = b[pos]; pos += 1
+        v |= (c & 0x7F) << shift; shift += 7
+        if c < 0x80:
+            return v
+flags = varint()
+window_log = b[pos]; pos += 4
+mlen, rawlen = varint(), varint()
+for _ in range(4):
+    varint()
+m = b[pos:pos + mlen]
+if mlen != rawlen:
+    if flags & 2:
+        dict_size = max(1 << window_log, 4096)
+        m = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]).decompress(m)
+    else:
+        m = subprocess.run(["zstd", "-dq", "-c"], input=m, stdout=subprocess.PIPE, check=True).stdout
+open(sys.argv[2], "wb").write(b[:pos] + m)
+PY
+}
 for p in "$PATCHES"/*.bdp; do
     name="$(basename "$p" .bdp)"
     len=$(stat -c %s "$p")
@@ -99,12 +128,8 @@ for p in "$PATCHES"/*.bdp; do
     { printf '\x01'; cat "$body"; } >"$CORPUS/apply_untrusted/$name-trailer"
     { printf '\x02'; cat "$body"; } >"$CORPUS/apply_untrusted/$name-fixlen"
     { printf '\x41'; cat "$body"; } >"$CORPUS/apply_untrusted/$name-inplace"
-    mlen=$(u64_at "$p" 16)
-    rawlen=$(u64_at "$p" 24)
-    # The manifest is one zstd frame, or stored as it is when manifest_len == manifest_raw_len.
-    unz() { if [ "$mlen" = "$rawlen" ]; then cat; else zstd -dq -c; fi; }
-    { head -c 64 "$p"; dd if="$p" bs=1 skip=64 count="$mlen" status=none | unz; } \
-        >"$CORPUS/header_manifest/$name"
+    header_manifest_seed "$p" "$CORPUS/header_manifest/$name" ||
+        echo "note: no header_manifest seed from $name" >&2
 done
 
 # roundtrip: [window][split u16 LE][old][script]; script ops are (op, n) byte pairs.

@@ -258,6 +258,40 @@ fn hash_base_file(p: &Path, rel: &str) -> Result<(u64, Hash)> {
     })
 }
 
+/// Refuse an old file reached through a parent that is not a real directory of OLD: a
+/// directory of OLD replaced by a symlink (to anywhere, in or out of the bundle) is never
+/// followed, so nothing outside OLD is read, copied or hard-linked. `seen` caches the
+/// directories already checked.
+fn check_parents(
+    old: &Path,
+    rel: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<()> {
+    for (i, _) in rel.match_indices('/') {
+        let dir = &rel[..i];
+        if seen.contains(dir) {
+            continue;
+        }
+        match fs::symlink_metadata(old.join(dir)) {
+            Ok(md) if md.is_dir() => {
+                seen.insert(dir.to_string());
+            }
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(Error::wrong_base(
+                    rel,
+                    format!("parent {dir} is a symlink (never followed)"),
+                ))
+            }
+            Ok(_) => return Err(Error::wrong_base(rel, "a parent is not a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::wrong_base(rel, "missing"))
+            }
+            Err(e) => return Err(Error::io(&old.join(dir), "stat", e)),
+        }
+    }
+    Ok(())
+}
+
 /// Whether a file operation reads the old file at the entry's own path.
 fn uses_same_path(op: &FileOp) -> bool {
     match op {
@@ -573,7 +607,9 @@ impl Patch {
         // Table files first (sizes named on mismatch), then same-path files; one digest.
         let mut h = blake3::Hasher::new();
         let mut table = Vec::with_capacity(self.m().old_files.len());
+        let mut dirs = std::collections::HashSet::new();
         for f in &self.m().old_files {
+            check_parents(old, &f.path, &mut dirs)?;
             let p = self.old_path(old, &f.path);
             let (size, hash) = hash_base_file(&p, &f.path)?;
             if size != f.size {
@@ -593,6 +629,7 @@ impl Patch {
             if !uses_same_path(op) {
                 continue;
             }
+            check_parents(old, &e.path, &mut dirs)?;
             let p = self.old_path(old, &e.path);
             let (got, hash) = hash_base_file(&p, &e.path)?;
             let want = match op {

@@ -57,7 +57,15 @@ fn trees() -> (Tree, Tree) {
     (old, new)
 }
 
-/// Kill points: 40 by default (a few seconds); set BUNDELTA_KILL_POINTS for a longer run.
+/// Kill points: 40 by default (a few seconds); set BUNDELTA_KILL_POINTS for a longer run:
+///
+/// ```sh
+/// BUNDELTA_KILL_POINTS=250 cargo test --release --test tests sigkill -- --nocapture
+/// ```
+///
+/// It prints one summary line: kill points, how many left OLD and NEW, how many reruns found
+/// an interrupted run to finish or roll back (the rest found no trace of it), and that every
+/// rerun ended at NEW with nothing left next to the target.
 #[test]
 fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
     let points: usize = std::env::var("BUNDELTA_KILL_POINTS")
@@ -95,7 +103,7 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
     assert_eq!(bundelta::bundle_digest(&target).unwrap(), d_new);
 
     let mut rng = Rng(4242);
-    let (mut saw_old, mut saw_new) = (0, 0);
+    let (mut saw_old, mut saw_new, mut recovered, mut killed) = (0, 0, 0, 0);
     for i in 0..points {
         fs::remove_dir_all(&work).unwrap();
         write_tree(&target, &old);
@@ -108,7 +116,13 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
         let max = full.as_micros() as u64 * 12 / 10 + 1;
         std::thread::sleep(Duration::from_micros(rng.below(max)));
         let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+                              // Killed mid-run, or it had already exited by itself.
+        if let Ok(st) = child.wait() {
+            use std::os::unix::process::ExitStatusExt;
+            if st.signal() == Some(libc::SIGKILL) {
+                killed += 1;
+            }
+        }
         let d = bundelta::bundle_digest(&target).unwrap();
         if d == d_old {
             saw_old += 1;
@@ -128,6 +142,12 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
             "rerun failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if String::from_utf8_lossy(&out.stdout)
+            .replace(char::is_whitespace, "")
+            .contains("\"recovered\":true")
+        {
+            recovered += 1;
+        }
         assert_eq!(
             bundelta::bundle_digest(&target).unwrap(),
             d_new,
@@ -140,7 +160,11 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
         );
         assert_eq!(read_tree(&target), new);
     }
-    eprintln!("{points} kill points: {saw_old} left old, {saw_new} left new");
+    eprintln!(
+        "{points} kill points ({killed} killed mid-run, the rest had exited): {saw_old} left \
+         old, {saw_new} left new; {recovered} reruns recovered an interrupted run; all {points} \
+         reruns ended at new, nothing left behind"
+    );
     assert!(saw_old + saw_new == points);
 }
 

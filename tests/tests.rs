@@ -6,11 +6,13 @@
 
 mod util;
 
+mod adversarial;
 mod badinput;
 #[cfg(feature = "cli")]
 mod bench;
 #[cfg(feature = "cli")]
 mod cli;
+mod fuzz_replay;
 mod golden;
 #[cfg(feature = "cli")]
 mod inplace;

@@ -20,7 +20,7 @@ use std::path::Path;
 use bundelta::format::{Header, SIGNATURE_LEN};
 use bundelta::{bundle_digest, InPlaceOutcome, Patch, Patcher};
 
-use crate::{
+use super::{
     assert_only, fixture, materialize_old_dir, names, scratch, with_trailer, write, LIMIT,
 };
 
@@ -90,7 +90,7 @@ pub fn run(data: &[u8]) {
 
     let patcher = patcher();
     let result = patcher.apply(old, &p, &out);
-    if crate::debug() {
+    if super::debug() {
         match &result {
             Ok(r) => eprintln!("apply_untrusted: Ok {} files", r.files),
             Err(e) => eprintln!("apply_untrusted: Err {e}"),
@@ -126,7 +126,7 @@ fn in_place(tmp: &Path, patch: &Path, directory: bool, apply_digest: Option<[u8;
     if directory {
         materialize_old_dir(&target);
     } else {
-        write(&target, crate::fixture::OLD_FILE);
+        write(&target, super::fixture::OLD_FILE);
     }
     let fx = fixture();
     let old_digest = if directory {

@@ -24,7 +24,7 @@ use bundelta::format::{
 };
 use bundelta::{bundle_digest, memory_needed, Patcher};
 
-use crate::{assert_only, fixture, scratch, set_exec, with_trailer, write, Bytes, LIMIT};
+use super::{assert_only, fixture, scratch, set_exec, with_trailer, write, Bytes, LIMIT};
 
 /// Stream codec value of bzip2 (format minor addition; a build that lacks it refuses the
 /// header, which the model checks with `Header::decode`).
@@ -182,9 +182,9 @@ struct Gen {
 /// Content of a regular file of OLD, as the model sees it ("" is the single OLD file).
 fn old_content(single: bool, path: &str) -> Option<&'static [u8]> {
     if single {
-        return path.is_empty().then_some(crate::fixture::OLD_FILE);
+        return path.is_empty().then_some(super::fixture::OLD_FILE);
     }
-    crate::fixture::file(path).map(|(d, _)| d)
+    super::fixture::file(path).map(|(d, _)| d)
 }
 
 fn gen_ctls(b: &mut Bytes<'_>) -> Vec<Ctl> {
@@ -661,7 +661,7 @@ pub fn run(data: &[u8]) {
     patcher.memory_limit(LIMIT).output_limit(LIMIT);
     let result = patcher.apply(fx.old(directory), &p, &out);
 
-    if crate::debug() {
+    if super::debug() {
         match (&result, &expect) {
             (Ok(_), _) => eprintln!("dir_apply: Ok"),
             (Err(e), Expect::Err(why)) => eprintln!("dir_apply: Err {e} (model: {why})"),
@@ -683,7 +683,7 @@ pub fn run(data: &[u8]) {
         (Err(_), Expect::Err(_)) => assert_only(&tmp, &["p.bdp"], "after failed apply"),
         (Ok(_), Expect::Err(why)) => panic!(
             "apply accepted a patch the model rejects ({why}); OUT = {:?}",
-            crate::tree_listing(&out)
+            super::tree_listing(&out)
         ),
         (Err(e), Expect::Ok(_)) => panic!("apply failed ({e}) where the model succeeds"),
     }

@@ -6,7 +6,7 @@
 
 use bundelta::{DiffOptions, Patcher, MIN_CHUNK_SIZE};
 
-use crate::{scratch, write, Bytes};
+use super::{scratch, write, Bytes};
 
 /// Largest NEW built (keeps one run fast).
 const MAX_NEW: usize = 64 << 10;
