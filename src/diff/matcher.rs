@@ -107,24 +107,34 @@ impl<'a> Index<'a> {
             }
         }
         let (mut st, mut en) = (lo, hi - 1);
+        // Binary search that remembers how much of `t` each boundary suffix matches: every
+        // suffix between the boundaries shares at least the smaller of the two with `t`, so
+        // the comparison at `mid` starts there instead of at byte 0 (Manber and Myers).
+        let (mut lst, mut len_) = (
+            match_len(&self.old[self.sa(st)..], t),
+            match_len(&self.old[self.sa(en)..], t),
+        );
         loop {
             if en - st < 2 {
-                let x = self.sa(st);
-                let y = self.sa(en);
-                let lx = match_len(&self.old[x..], t);
-                let ly = match_len(&self.old[y..], t);
-                return if lx >= ly { (x, lx) } else { (y, ly) };
+                return if lst >= len_ {
+                    (self.sa(st), lst)
+                } else {
+                    (self.sa(en), len_)
+                };
             }
             let mid = st + (en - st) / 2;
             let p = self.sa(mid);
-            let n = (self.old.len() - p).min(t.len());
+            let skip = lst.min(len_);
+            let l = skip + match_len(&self.old[p + skip..], &t[skip..]);
             // A suffix that is a proper prefix of `t` sorts before it (plain bsdiff treats it
             // as equal and can miss the longest match).
-            let c = self.old[p..p + n].cmp(&t[..n]);
-            if c.is_lt() || (c.is_eq() && n < t.len()) {
+            let before = l < t.len() && (p + l == self.old.len() || self.old[p + l] < t[l]);
+            if before {
                 st = mid;
+                lst = l;
             } else {
                 en = mid;
+                len_ = l;
             }
         }
     }
