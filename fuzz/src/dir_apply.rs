@@ -20,8 +20,33 @@ use std::path::Path;
 
 use bundelta::format::{
     lzma_dict_size, put_svarint, put_varint, Entry, EntryKind, FileOp, Hash, Header, Manifest,
-    OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIRECTORY, VERSION_MINOR,
+    OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIFF_RUNS, FLAG_DIRECTORY, VERSION_MINOR,
 };
+
+/// The zero-run coding of FORMAT.md 4.1, written here from the spec (not the crate's writer):
+/// blocks of `block` bytes, each its pair count, (zeros, literals) pairs, then the literals.
+fn zero_run_code(data: &[u8], block: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in data.chunks(block) {
+        let mut pairs = Vec::new();
+        let mut lits = Vec::new();
+        let mut n = 0u64;
+        let mut i = 0;
+        while i < chunk.len() {
+            let z = chunk[i..].iter().take_while(|&&x| x == 0).count();
+            let l = chunk[i + z..].iter().take_while(|&&x| x != 0).count();
+            put_varint(&mut pairs, z as u64);
+            put_varint(&mut pairs, l as u64);
+            lits.extend_from_slice(&chunk[i + z..i + z + l]);
+            i += z + l;
+            n += 1;
+        }
+        put_varint(&mut out, n);
+        out.extend(pairs);
+        out.extend(lits);
+    }
+    out
+}
 use bundelta::{bundle_digest, memory_needed, Patcher};
 
 use super::{assert_only, fixture, scratch, set_exec, with_trailer, write, Bytes, LIMIT};
@@ -411,6 +436,8 @@ pub fn run(data: &[u8]) {
     let multi_blocks = f2 & 0x20 != 0;
     let empty_block = f2 & 0x40 != 0;
     let raw_manifest = f2 & 0x80 != 0;
+    // Both: the diff stream is also zero-run coded (FORMAT.md 4.1), in blocks of a third of it.
+    let runs = split_frames && multi_blocks;
 
     // Old-file table.
     let cands: &[&str] = if single { &[""] } else { OLD_CANDIDATES };
@@ -627,6 +654,12 @@ pub fn run(data: &[u8]) {
     if raw_manifest || comp.len() >= raw.len() {
         comp = raw.clone();
     }
+    let diff = if runs {
+        header.flags |= FLAG_DIFF_RUNS;
+        zero_run_code(&diff, (diff.len() / 3).clamp(1, 1 << 16))
+    } else {
+        diff
+    };
     let streams: Vec<Vec<u8>> = [ctrl, diff, extra]
         .into_iter()
         .zip(codecs)
