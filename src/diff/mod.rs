@@ -667,7 +667,7 @@ impl DiffOptions {
             Codec::Lzma if sparse && !data.is_empty() => {
                 // The diff stream is mostly zero runs, on which LZMA's optimal parser spends
                 // most of a diff's CPU. LZMA2 gets its zero-run coding instead (whole diffs
-                // 1.7-4.5x less CPU on the corpus, patches as small or smaller); bzip2 (cheap, it
+                // 1.7-4.5x less CPU on the corpus, patches mostly smaller); bzip2 (cheap, it
                 // wins on some executables) gets the plain bytes. bzip2 is tried on the diff
                 // stream only, so that a patch never needs more than one 4.5 MiB bzip2 decoder.
                 let (l, b) = rayon::join(
