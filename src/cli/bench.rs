@@ -80,20 +80,6 @@ directory pairs. Measured on 2 cores with every peer: the six small-step pairs a
 minutes, all eleven pairs but the large-file ones about 8 minutes; the first run
 also downloads about 165 MB.";
 
-/// What --tools accepts.
-const TOOL_ARGS: [&str; 10] = [
-    "bundelta",
-    "bsdiff",
-    "xdelta3",
-    "zstd-19",
-    "zstd-3",
-    "zstd-22",
-    "hdiffpatch",
-    "detools",
-    "qbsdiff",
-    "all",
-];
-
 /// Pair steps in corpus/pairs.json.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Step {
@@ -118,7 +104,7 @@ pub struct BenchArgs {
     /// alone; `all` adds zstd-22). Default: every installed peer except zstd-22.
     /// Known: bsdiff, xdelta3, zstd-19, zstd-3, zstd-22, hdiffpatch, detools, qbsdiff.
     #[arg(long, value_delimiter = ',', value_name = "TOOL,...",
-          value_parser = clap::builder::PossibleValuesParser::new(TOOL_ARGS), hide_possible_values = true)]
+          value_parser = clap::builder::PossibleValuesParser::new(tools::ALL.iter().copied().chain(["all"])), hide_possible_values = true)]
     tools: Option<Vec<String>>,
     /// Run every diff and apply N times and report the median wall and CPU seconds (peak RSS:
     /// the largest of the N). Multiplies the run time by N.
