@@ -8,6 +8,7 @@
 #                        through a small `python3 -c` child process)
 #           detools     (sdist only: builds a C extension, needs gcc and the
 #                        Python headers; gives the `detools` CLI)
+#   crates: qbsdiff     (`cargo install qbsdiff --features cmd`: qbsdiff/qbspatch)
 #
 # Usage: bash scripts/install-peers.sh        (PYTHON=... to pick the interpreter)
 set -u
@@ -80,9 +81,24 @@ else
     pip_install detools detools
 fi
 
+# ---- crates: qbsdiff (a Rust bsdiff with its own suffix sort) --------------------------
+if command -v qbsdiff >/dev/null 2>&1 && command -v qbspatch >/dev/null 2>&1; then
+    echo "peer qbsdiff: already installed ($(command -v qbsdiff))"
+elif ! command -v cargo >/dev/null 2>&1; then
+    echo "peer qbsdiff: SKIPPED (no cargo)"
+    skipped+=(qbsdiff)
+elif cargo install --quiet --locked qbsdiff --features cmd >/tmp/install-peers-cargo.log 2>&1 \
+        || cargo install --quiet qbsdiff --features cmd >>/tmp/install-peers-cargo.log 2>&1; then
+    echo "peer qbsdiff: installed ($(command -v qbsdiff || echo "in ~/.cargo/bin, not on PATH"))"
+    installed+=(qbsdiff)
+else
+    echo "peer qbsdiff: SKIPPED (cargo install failed: crate registry unreachable? see /tmp/install-peers-cargo.log)"
+    skipped+=(qbsdiff)
+fi
+
 echo
 echo "peers available:"
-for c in bsdiff bspatch xdelta3 zstd; do
+for c in bsdiff bspatch xdelta3 zstd qbsdiff qbspatch; do
     printf '  %-10s %s\n' "$c" "$(command -v "$c" || echo '(missing)')"
 done
 if "$PYTHON" -c "import detools" >/dev/null 2>&1; then
