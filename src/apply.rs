@@ -350,37 +350,19 @@ impl Patch {
         let body = len - TRAILER_LEN as u64;
         let sig_at = header.signature_offset();
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; IO_BUF];
-        let mut pos = 0u64;
-        let mut signed_digest = None;
         let mut sig = [0u8; SIGNATURE_LEN];
-        while pos < body {
-            if header.is_signed() && pos == sig_at {
-                signed_digest = Some(*hasher.finalize().as_bytes());
-                if read_at_most(&file, &mut sig, pos).map_err(|e| Error::io(path, "read", e))?
-                    != SIGNATURE_LEN
-                {
-                    return Err(Error::corrupt("signature", "patch shrank while reading"));
-                }
-                hasher.update(&sig);
-                pos += SIGNATURE_LEN as u64;
-                continue;
-            }
-            let stop = if header.is_signed() && pos < sig_at {
-                sig_at
-            } else {
-                body
-            };
-            let want = (stop - pos).min(buf.len() as u64) as usize;
-            let k = read_at_most(&file, &mut buf[..want], pos)
-                .map_err(|e| Error::io(path, "read", e))?;
-            if k == 0 {
-                return Err(Error::corrupt("trailer", "patch shrank while reading"));
-            }
-            hasher.update(&buf[..k]);
-            pos += k as u64;
+        let mut signed_digest = None;
+        let before = if header.is_signed() { sig_at } else { body };
+        let mut n = tree::hash_into(&mut hasher, Section::new(&file, 0, before), path)?;
+        if header.is_signed() {
+            signed_digest = Some(*hasher.finalize().as_bytes());
+            n += read_at_most(&file, &mut sig, sig_at).map_err(|e| Error::io(path, "read", e))?
+                as u64;
+            hasher.update(&sig);
         }
-        drop(buf);
+        if n != body {
+            return Err(Error::corrupt("trailer", "patch shrank while reading"));
+        }
         let found = *hasher.finalize().as_bytes();
         let mut trailer = [0u8; TRAILER_LEN];
         let got =

@@ -142,7 +142,7 @@ impl Header {
     }
 
     /// Length of the encoded header.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         4 + 2
             + varint_len(self.flags.into())
             + 1
@@ -154,11 +154,6 @@ impl Header {
                 .sum::<usize>()
     }
 
-    /// Always false: a header is never empty (for clippy's `len_without_is_empty`).
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Length of the three streams together, or `None` on overflow.
     pub fn data_len(&self) -> Option<u64> {
         self.stream_lens[0]
@@ -168,7 +163,7 @@ impl Header {
 
     /// Offset of the manifest from the start of the patch.
     pub fn manifest_offset(&self) -> u64 {
-        self.len() as u64
+        self.encoded_len() as u64
     }
 
     /// Offset of stream `i` (0 control, 1 diff, 2 extra; 3 is the end of the streams) from the
@@ -185,7 +180,7 @@ impl Header {
     /// Total patch length implied by the header, or `None` on overflow.
     pub fn patch_len(&self) -> Option<u64> {
         let sig = if self.is_signed() { SIGNATURE_LEN } else { 0 };
-        ((self.len() + sig + TRAILER_LEN) as u64)
+        ((self.encoded_len() + sig + TRAILER_LEN) as u64)
             .checked_add(self.manifest_len)?
             .checked_add(self.data_len()?)
     }
@@ -205,13 +200,13 @@ impl Header {
         for &v in &self.stream_lens {
             put_varint(&mut b, v);
         }
-        debug_assert_eq!(b.len(), self.len());
+        debug_assert_eq!(b.len(), self.encoded_len());
         b
     }
 
     /// Decode and range-check a header from the first bytes of a patch (at most
     /// [`MAX_HEADER_LEN`] are looked at; trailing bytes are ignored). The header's own length
-    /// is [`Header::len`].
+    /// is [`Header::encoded_len`].
     pub fn decode(b: &[u8]) -> Result<Header> {
         if b.len() < 6 || b[0..4] != MAGIC {
             return Err(if b.len() >= 4 && b[0..4] != MAGIC {
@@ -285,7 +280,7 @@ impl Header {
             new_total,
             stream_lens,
         };
-        debug_assert_eq!(h.len(), r.pos);
+        debug_assert_eq!(h.encoded_len(), r.pos);
         if h.patch_len().is_none() {
             return Err(Error::corrupt("header", "section lengths overflow"));
         }
@@ -1379,7 +1374,7 @@ mod tests {
             stream_lens: [1, 2, 3],
         };
         let b = h.encode();
-        assert_eq!(b.len(), h.len());
+        assert_eq!(b.len(), h.encoded_len());
         assert_eq!(b.len(), MIN_HEADER_LEN);
         assert_eq!(Header::decode(&b).unwrap(), h);
         let mut bad = b.clone();

@@ -471,17 +471,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
         0.0
     };
     // What the applier will need: warn when the default limit would refuse the patch.
-    let mut head = Vec::with_capacity(bundelta::format::MAX_HEADER_LEN);
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(
-            std::fs::File::open(&a.output)
-                .with_context(|| format!("{}: open", a.output.display()))?,
-            bundelta::format::MAX_HEADER_LEN as u64,
-        ),
-        &mut head,
-    )
-    .with_context(|| format!("{}: read", a.output.display()))?;
-    let need = bundelta::memory_needed(&bundelta::format::Header::decode(&head)?);
+    let need = stats.apply_memory;
     if need > bundelta::DEFAULT_MEMORY_LIMIT && !a.common.quiet {
         eprintln!(
             "bundelta: warning: applying this patch needs {} of memory, above the default limit \

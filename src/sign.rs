@@ -135,7 +135,7 @@ pub fn sign_patch(patch: &[u8], secret: &[u8; 32]) -> Result<Vec<u8>> {
             found: crate::tree::hex(found.as_bytes()),
         });
     }
-    let content = &patch[header.len()..header.signature_offset() as usize];
+    let content = &patch[header.encoded_len()..header.signature_offset() as usize];
     let mut signed = header.clone();
     signed.flags |= FLAG_SIGNED;
     let mut out = signed.encode();

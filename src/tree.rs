@@ -109,13 +109,19 @@ pub(crate) fn is_exec(_md: &fs::Metadata) -> bool {
 pub(crate) const IO_BUF: usize = 64 * 1024;
 
 /// blake3 and length of everything `r` yields, read through a small buffer.
-pub(crate) fn hash_reader(mut r: impl Read, path: &Path) -> Result<(u64, Hash)> {
+pub(crate) fn hash_reader(r: impl Read, path: &Path) -> Result<(u64, Hash)> {
     let mut h = blake3::Hasher::new();
+    let n = hash_into(&mut h, r, path)?;
+    Ok((n, *h.finalize().as_bytes()))
+}
+
+/// Feed everything `r` yields into `h`; returns the byte count.
+pub(crate) fn hash_into(h: &mut blake3::Hasher, mut r: impl Read, path: &Path) -> Result<u64> {
     let mut buf = vec![0u8; IO_BUF];
     let mut n: u64 = 0;
     loop {
         let k = match r.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(n),
             Ok(k) => k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(path, "read", e)),
@@ -123,7 +129,6 @@ pub(crate) fn hash_reader(mut r: impl Read, path: &Path) -> Result<(u64, Hash)> 
         h.update(&buf[..k]);
         n += k as u64;
     }
-    Ok((n, *h.finalize().as_bytes()))
 }
 
 /// blake3 and length of a file, refusing anything that is not a regular file (symlinks are not

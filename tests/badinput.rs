@@ -164,15 +164,19 @@ fn wrong_old_is_refused_before_any_write() {
     let e = Patcher::new()
         .apply(&d.p("old"), &d.p("p.bdp"), &d.p("out"))
         .unwrap_err();
-    if let Error::WrongBase { path, reason } = &e {
-        if path.is_empty() {
-            assert!(
-                reason.contains("entries") && reason.contains("OLD has"),
-                "{e}"
-            );
-        }
-    } else {
-        panic!("{e}");
+    assert!(
+        bundelta::Patch::open(&d.p("p.bdp"))
+            .unwrap()
+            .relative_manifest()
+            .is_some(),
+        "this case's patch is expected in the relative form"
+    );
+    match &e {
+        Error::WrongBase { path, reason } => assert!(
+            path.is_empty() && reason.contains("entries") && reason.contains("OLD has"),
+            "{e}"
+        ),
+        other => panic!("{other}"),
     }
     // A file patch on a directory, and the reverse.
     let e = Patcher::new()
@@ -292,7 +296,7 @@ fn resealed_forgeries_are_rejected_structurally() {
     let h = bundelta::format::Header::decode(&c.patch).unwrap();
     let with_header = |h2: &bundelta::format::Header| {
         let mut b = h2.encode();
-        b.extend_from_slice(&c.patch[h.len()..]);
+        b.extend_from_slice(&c.patch[h.encoded_len()..]);
         reseal(b)
     };
     // Declared manifest length larger than the file; sections that no longer add up.
@@ -329,7 +333,7 @@ fn resealed_forgeries_are_rejected_structurally() {
     assert!(e.to_string().contains("shortest"), "{e}");
     // Flip bytes inside the data section: a frame or a hash must catch it.
     let n = c.patch.len();
-    for i in (n.saturating_sub(32 + 600).max(h.len())..n - 32).step_by(7) {
+    for i in (n.saturating_sub(32 + 600).max(h.encoded_len())..n - 32).step_by(7) {
         let mut b = c.patch.clone();
         b[i] ^= 0x55;
         must_fail(&c, &reseal(b));
@@ -494,14 +498,14 @@ fn signatures_are_required_and_checked_before_any_write() {
     let mut h2 = h.clone();
     h2.flags &= !FLAG_SIGNED;
     let mut b = h2.encode();
-    b.extend_from_slice(&signed[h.len()..sig_at]);
+    b.extend_from_slice(&signed[h.encoded_len()..sig_at]);
     let t = blake3::hash(&b);
     b.extend_from_slice(t.as_bytes());
     assert_eq!(b, c.patch);
     must_refuse(&b, "not signed");
     // Flag cleared but the block left in: the lengths no longer add up.
     let mut b = h2.encode();
-    b.extend_from_slice(&signed[h.len()..signed.len() - TRAILER_LEN]);
+    b.extend_from_slice(&signed[h.encoded_len()..signed.len() - TRAILER_LEN]);
     must_refuse(&reseal([b, vec![0; 32]].concat()), "corrupt patch");
     // The right key, and no key at all, both accept the signed patch.
     for key in [Some(public), None] {
@@ -542,7 +546,7 @@ fn zero_run_blocks_are_bounded_and_checked() {
         h2.codecs[1] = CODEC_RAW;
         h2.stream_lens[1] = runs.len() as u64;
         let mut p = h2.encode();
-        p.extend_from_slice(&c.patch[h.len()..a]);
+        p.extend_from_slice(&c.patch[h.encoded_len()..a]);
         p.extend_from_slice(runs);
         let e = h.stream_offset(3) as usize;
         p.extend_from_slice(&c.patch[a + h.stream_lens[1] as usize..e]);

@@ -40,6 +40,7 @@ fn diff_apply_verify_info_json() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["modified"], 1);
+    let diff_memory = v["apply_memory_bytes"].as_u64().unwrap();
     assert_eq!(
         v["patch_bytes"].as_u64().unwrap(),
         fs::metadata(p("p.bdp")).unwrap().len()
@@ -51,6 +52,7 @@ fn diff_apply_verify_info_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ops"]["modify"]["count"], 1);
     assert_eq!(v["entries"][0]["op"], "modify");
+    assert_eq!(v["apply_memory_bytes"].as_u64().unwrap(), diff_memory);
     let out = bundelta(&["verify", &p("p.bdp"), "--old", &p("old"), "--json"]);
     assert!(out.status.success());
     let out = bundelta(&["apply", &p("old"), &p("p.bdp"), "-o", &p("out"), "--json"]);

@@ -147,6 +147,8 @@ fn golden_dir_patch() {
         (2, 1, 2, 2),
         "{stats:?}"
     );
+    let h = bundelta::format::Header::decode(&patch).unwrap();
+    assert_eq!(stats.apply_memory, bundelta::memory_needed(&h));
     check("dir.bdp", &patch);
     Patcher::new()
         .apply(

@@ -377,9 +377,9 @@ fn every_codec_and_segmented_streams_apply() {
             h2.stream_lens[i] = s.len() as u64;
             body.extend_from_slice(&s);
         }
-        let m_end = h.len() + h.manifest_len as usize;
+        let m_end = h.encoded_len() + h.manifest_len as usize;
         let mut p = h2.encode();
-        p.extend_from_slice(&patch[h.len()..m_end]);
+        p.extend_from_slice(&patch[h.encoded_len()..m_end]);
         p.extend_from_slice(&body);
         let t = blake3::hash(&p);
         p.extend_from_slice(t.as_bytes());

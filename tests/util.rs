@@ -280,7 +280,7 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         blake3::hash(&patch[..body_end]).as_bytes(),
         &patch[body_end..]
     );
-    let m_start = h.len();
+    let m_start = h.encoded_len();
     let m_end = m_start + h.manifest_len as usize;
     let raw = if h.manifest_len == h.manifest_raw_len {
         patch[m_start..m_end].to_vec()

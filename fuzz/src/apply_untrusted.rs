@@ -46,7 +46,7 @@ fn fix_lengths(body: &mut Vec<u8>) {
         };
         let sig = if h.is_signed() { SIGNATURE_LEN } else { 0 } as u64;
         let Some(extra) = (body.len() as u64)
-            .checked_sub(h.len() as u64 + sig)
+            .checked_sub(h.encoded_len() as u64 + sig)
             .and_then(|avail| avail.checked_sub(h.manifest_len))
             .and_then(|avail| avail.checked_sub(h.stream_lens[0]))
             .and_then(|avail| avail.checked_sub(h.stream_lens[1]))
@@ -56,7 +56,7 @@ fn fix_lengths(body: &mut Vec<u8>) {
         if h.stream_lens[2] == extra {
             return;
         }
-        let old_len = h.len();
+        let old_len = h.encoded_len();
         h.stream_lens[2] = extra;
         let mut b = h.encode();
         b.extend_from_slice(&body[old_len..]);

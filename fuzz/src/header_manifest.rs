@@ -40,11 +40,11 @@ pub fn run(data: &[u8]) {
     let Ok(header) = Header::decode(data) else {
         return;
     };
-    let rest = &data[header.len()..];
+    let rest = &data[header.encoded_len()..];
     // Header round trip both ways: decode(encode(h)) == h, and (shortest-form varints only)
     // encode(decode(bytes)) == the bytes decoded.
     assert_eq!(Header::decode(&header.encode()).unwrap(), header);
-    assert_eq!(header.encode(), &data[..header.len()]);
+    assert_eq!(header.encode(), &data[..header.encoded_len()]);
     let list = listing();
     // Let relative manifests reach the item parser: patch in the right listing digest.
     let mut body = rest.to_vec();

@@ -106,6 +106,8 @@ pub struct DiffStats {
     pub new_bytes: u64,
     /// Size of the patch.
     pub patch_bytes: u64,
+    /// Heap an applier needs for this patch ([`crate::memory_needed`] of its header).
+    pub apply_memory: u64,
 }
 
 impl DiffOptions {
@@ -529,6 +531,7 @@ impl DiffOptions {
         m.new_digest = digest.finish();
         let (bytes, s) = self.assemble(&m, solid, Some(&old_nodes), stats.new_bytes)?;
         stats.patch_bytes = s.patch_bytes;
+        stats.apply_memory = s.apply_memory;
         Ok((bytes, stats))
     }
 
@@ -631,6 +634,7 @@ impl DiffOptions {
         out.extend_from_slice(t.as_bytes());
         let stats = DiffStats {
             patch_bytes: out.len() as u64,
+            apply_memory: crate::apply::memory_needed(&header),
             ..DiffStats::default()
         };
         Ok((out, stats))
