@@ -36,9 +36,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    Control, EntryKind, FileOp, Hash, Header, Manifest, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW,
-    FLAG_DIFF_RUNS, FLAG_MANIFEST_LZMA, FORM_RELATIVE, MAX_CONTROL_BLOCK, MAX_HEADER_LEN,
-    SIGNATURE_LEN, TRAILER_LEN, ZERO_RUN_BLOCK,
+    listing_digest, listing_tag, BaseTags, Control, EntryKind, FileOp, Hash, Header, ListEntry,
+    ListKind, Manifest, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, FLAG_DIFF_RUNS, FLAG_MANIFEST_LZMA,
+    FORM_RELATIVE, MAX_CONTROL_BLOCK, MAX_HEADER_LEN, SIGNATURE_LEN, TRAILER_LEN, ZERO_RUN_BLOCK,
 };
 use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
 
@@ -225,6 +225,8 @@ pub struct Patch {
     header: Header,
     manifest: Option<Manifest>,
     relative: Vec<u8>,
+    /// OLD's listing, kept by `bind` for a relative manifest (its base tags are per entry).
+    listing: Vec<ListEntry>,
     new_digest: Hash,
 }
 
@@ -292,13 +294,86 @@ fn check_parents(
     Ok(())
 }
 
+/// After a listing-digest mismatch (relative manifest): name the first entry of OLD's listing
+/// that is not the base's, from the per-entry base tags. Reads the files of OLD in listing
+/// order up to a few entries past the first difference (the tags cover contents too).
+fn name_listing_difference(old: &Path, listing: &[ListEntry], tags: &BaseTags) -> Result<Error> {
+    let mut memo: Vec<Hash> = Vec::new();
+    // Tag hash of OLD's entry `j`, computed in order.
+    let mut tag_of = |j: usize| -> Result<Hash> {
+        while memo.len() <= j {
+            let e = &listing[memo.len()];
+            let content = match e.kind {
+                ListKind::File { .. } => Some(hash_base_file(&old.join(&e.path), &e.path)?.1),
+                _ => None,
+            };
+            memo.push(listing_tag(e, content.as_ref()));
+        }
+        Ok(memo[j])
+    };
+    let (a, b) = (listing.len(), tags.len());
+    let mut i = 0;
+    while i < a.min(b) && tags.matches(i, &tag_of(i)?) {
+        i += 1;
+    }
+    const LOOK: usize = 3;
+    // Does OLD from `from` line up with the base from `base_from`, for up to LOOK entries?
+    let mut aligned = |from: usize, base_from: usize| -> Result<bool> {
+        let n = LOOK
+            .min(a.saturating_sub(from))
+            .min(b.saturating_sub(base_from));
+        if n == 0 {
+            return Ok(a - from.min(a) == b - base_from.min(b));
+        }
+        for d in 0..n {
+            if !tags.matches(base_from + d, &tag_of(from + d)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let counts = format!("OLD has {a} entries, the base had {b}");
+    Ok(if i == a.min(b) && a == b {
+        // Every tag matched: some entry escaped its tag (probability 2^-8w each).
+        Error::wrong_base(
+            "",
+            format!(
+                "its file list differs from the base's, but no entry could be named (each escapes its base tag with probability 2^-bits); {counts}"
+            ),
+        )
+    } else if i == a {
+        let after = listing.last().map_or("", |e| e.path.as_str());
+        Error::wrong_base(
+            after,
+            format!(
+                "the base had {} more entries after this one; {counts}",
+                b - a
+            ),
+        )
+    } else if i == b || aligned(i + 1, i)? {
+        Error::wrong_base(
+            &listing[i].path,
+            format!("not in the base the patch was made from (added or renamed); {counts}"),
+        )
+    } else if aligned(i, i + 1)? {
+        Error::wrong_base(
+            &listing[i].path,
+            format!(
+                "the base had an entry just before this one that OLD lacks (removed or \
+                 renamed); {counts}"
+            ),
+        )
+    } else {
+        Error::wrong_base(
+            &listing[i].path,
+            "differs from the base's entry (content, size, kind, mode or link target)",
+        )
+    })
+}
+
 /// Whether a file operation reads the old file at the entry's own path.
 fn uses_same_path(op: &FileOp) -> bool {
-    match op {
-        FileOp::Unchanged => true,
-        FileOp::Delta { sources, .. } => sources.is_empty(),
-        _ => false,
-    }
+    op.reads_own_path()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -425,7 +500,7 @@ impl Patch {
         // structure is checked and its target digest read.
         let (manifest, relative, new_digest) =
             if raw.first() == Some(&FORM_RELATIVE) && header.is_directory() {
-                Manifest::summarize_relative(&raw)?;
+                Manifest::summarize_relative(&raw, &header)?;
                 let mut d = [0u8; 32];
                 d.copy_from_slice(&raw[1..33]);
                 (None, raw, d)
@@ -440,6 +515,7 @@ impl Patch {
             header,
             manifest,
             relative,
+            listing: Vec::new(),
             new_digest,
         })
     }
@@ -457,11 +533,18 @@ impl Patch {
             }
             other => other,
         })?;
+        if self.header.has_base_tags() {
+            let prefix = Manifest::relative_prefix(&self.relative, &self.header)?;
+            if listing_digest(&listing) != prefix.listing_digest {
+                return Err(name_listing_difference(old, &listing, &prefix.base_tags)?);
+            }
+        }
         self.manifest = Some(Manifest::decode_with_old(
             &self.relative,
             &self.header,
             Some(&listing),
         )?);
+        self.listing = listing;
         Ok(())
     }
 
@@ -631,6 +714,9 @@ impl Patch {
             if !self.header.is_directory() {
                 return Err(Error::wrong_base("", "content differs (blake3 mismatch)"));
             }
+            if let Some(e) = self.name_content_difference(&table, &base) {
+                return Err(e);
+            }
             return Err(Error::wrong_base(
                 "",
                 format!(
@@ -640,6 +726,60 @@ impl Patch {
             ));
         }
         Ok(BaseCheck { base, table })
+    }
+
+    /// After a base-digest mismatch: the first old file relied upon (by path) whose base tag
+    /// does not match its hash, and how many do not. `None` without base tags, or when every
+    /// tag matches (each differing file escapes its tag with probability 2^-8w).
+    fn name_content_difference(&self, table: &[Hash], base: &[(u64, Hash)]) -> Option<Error> {
+        let m = self.m();
+        let tags = &m.base_tags;
+        if tags.is_empty() {
+            return None;
+        }
+        // Every relied file with its hash, in base-digest order.
+        let same_path = m
+            .entries
+            .iter()
+            .filter(|e| matches!(&e.kind, EntryKind::File { op, .. } if uses_same_path(op)))
+            .map(|e| e.path.as_str());
+        let relied: Vec<(&str, &Hash)> = m
+            .old_files
+            .iter()
+            .map(|f| f.path.as_str())
+            .zip(table)
+            .chain(same_path.zip(base.iter().map(|(_, h)| h)))
+            .collect();
+        let differ: Vec<&str> = if self.listing.is_empty() {
+            // Full form: one tag per relied file, in this order; tag = the file's BLAKE3.
+            relied
+                .iter()
+                .enumerate()
+                .filter(|(i, (_, h))| !tags.matches(*i, h))
+                .map(|(_, (p, _))| *p)
+                .collect()
+        } else {
+            // Relative form: one tag per listing entry; the listing itself matched, so only
+            // the contents of relied files can differ.
+            let hashes: std::collections::HashMap<&str, &Hash> = relied.iter().copied().collect();
+            self.listing
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let h = hashes.get(e.path.as_str())?;
+                    (!tags.matches(i, &listing_tag(e, Some(h)))).then_some(e.path.as_str())
+                })
+                .collect()
+        };
+        let first = differ.iter().min()?;
+        Some(Error::wrong_base(
+            *first,
+            format!(
+                "content differs from the base's ({} of the {} files the patch relies on differ)",
+                differ.len(),
+                relied.len()
+            ),
+        ))
     }
 
     /// Rebuild every entry under `stage` (or into a hashing sink when `None`), verifying each

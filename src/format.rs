@@ -39,7 +39,7 @@ pub const MAGIC: [u8; 4] = *b"BDLT";
 pub const VERSION_MAJOR: u8 = 2;
 /// Minor format version written by this build. Readers accept any minor of their major:
 /// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
-pub const VERSION_MINOR: u8 = 0;
+pub const VERSION_MINOR: u8 = 1;
 /// Smallest possible header (every varint one byte).
 pub const MIN_HEADER_LEN: usize = 17;
 /// Largest possible header: magic, versions, a 5-byte flags varint, window log, codecs and six
@@ -59,8 +59,14 @@ pub const FLAG_SIGNED: u32 = 4;
 /// Header flag: the diff stream, once decoded by its codec, is in zero-run coding (format
 /// section 4.1), which the applier expands as it reads.
 pub const FLAG_DIFF_RUNS: u32 = 8;
+/// Header flag (minor 1): the manifest carries [`BaseTags`], short per-entry hashes of the base
+/// that let the applier name the first old file that differs. Directory bundles only.
+pub const FLAG_BASE_TAGS: u32 = 16;
 /// Every flag this version defines.
-pub const KNOWN_FLAGS: u32 = FLAG_DIRECTORY | FLAG_MANIFEST_LZMA | FLAG_SIGNED | FLAG_DIFF_RUNS;
+pub const KNOWN_FLAGS: u32 =
+    FLAG_DIRECTORY | FLAG_MANIFEST_LZMA | FLAG_SIGNED | FLAG_DIFF_RUNS | FLAG_BASE_TAGS;
+/// Largest base tag, in bits.
+pub const MAX_TAG_BITS: u8 = 32;
 /// Largest number of diff-stream bytes one zero-run block describes (format section 4.1).
 pub const ZERO_RUN_BLOCK: usize = 1 << 16;
 /// Smallest zstd window log a patch may declare.
@@ -134,6 +140,11 @@ impl Header {
     /// Whether the bundle is a directory.
     pub fn is_directory(&self) -> bool {
         self.flags & FLAG_DIRECTORY != 0
+    }
+
+    /// Whether the manifest carries base tags ([`FLAG_BASE_TAGS`]).
+    pub fn has_base_tags(&self) -> bool {
+        self.flags & FLAG_BASE_TAGS != 0
     }
 
     /// Whether the patch carries a signature block.
@@ -247,6 +258,12 @@ impl Header {
                 what: "header flags",
                 value: flags,
             });
+        }
+        if flags & u64::from(FLAG_BASE_TAGS) != 0 && flags & u64::from(FLAG_DIRECTORY) == 0 {
+            return Err(Error::corrupt(
+                "header",
+                "base tags flag on a single-file patch",
+            ));
         }
         let window_log = r.u8()?;
         if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
@@ -444,6 +461,16 @@ pub enum FileOp {
 }
 
 impl FileOp {
+    /// Whether this operation reads the old file at the entry's own path (`unchanged`, and
+    /// `modify` with no listed source): such files are covered by the base digest.
+    pub fn reads_own_path(&self) -> bool {
+        match self {
+            FileOp::Unchanged => true,
+            FileOp::Delta { sources, .. } => sources.is_empty(),
+            _ => false,
+        }
+    }
+
     /// Short name used by `info`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -512,6 +539,141 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     /// Old paths absent from the new bundle (informational).
     pub deleted: Vec<String>,
+    /// Short hashes of the base, one per old file relied upon (full form) or per entry of
+    /// OLD's listing (relative form); empty unless the header has [`FLAG_BASE_TAGS`].
+    pub base_tags: BaseTags,
+}
+
+/// Base tags (format section 3.2): the first `bits` bits of a hash of each unit of the base,
+/// packed, stored so that an applier whose OLD fails the base check can name the first entry
+/// that differs. They are read only when the base check has already failed: the check itself
+/// is the 32-byte base digest, whatever the tags say.
+///
+/// Units: in the full form, every old file the patch relies on, in base-digest order (tag =
+/// the file's BLAKE3); in the relative form, every entry of OLD's listing (tag =
+/// [`listing_tag`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaseTags {
+    /// Bits per tag, 1..=[`MAX_TAG_BITS`]; 0 when there are none.
+    pub bits: u8,
+    /// Number of units.
+    pub count: usize,
+    /// The tags, `bits` each, packed most significant bit first; the last byte's unused low
+    /// bits are 0.
+    pub packed: Vec<u8>,
+}
+
+/// The first `bits` bits of `bytes` starting at bit `at` (most significant first), as a u64.
+fn bits_at(bytes: &[u8], at: usize, bits: usize) -> Option<u64> {
+    let mut v = 0u64;
+    for k in at..at + bits {
+        let b = bytes.get(k / 8)?;
+        v = (v << 1) | u64::from((b >> (7 - k % 8)) & 1);
+    }
+    Some(v)
+}
+
+impl BaseTags {
+    /// Tags of the given full hashes, `bits` bits each (0: none; at most [`MAX_TAG_BITS`]).
+    pub fn from_hashes<'h>(bits: u8, hashes: impl IntoIterator<Item = &'h Hash>) -> BaseTags {
+        let b = usize::from(bits.min(MAX_TAG_BITS));
+        if b == 0 {
+            return BaseTags::default();
+        }
+        let mut packed = Vec::new();
+        let mut count = 0usize;
+        for h in hashes {
+            for k in 0..b {
+                let at = count * b + k;
+                if at % 8 == 0 {
+                    packed.push(0);
+                }
+                let bit = (h[k / 8] >> (7 - k % 8)) & 1;
+                *packed.last_mut().expect("pushed above") |= bit << (7 - at % 8);
+            }
+            count += 1;
+        }
+        BaseTags {
+            bits: b as u8,
+            count,
+            packed,
+        }
+    }
+
+    /// Number of units.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are no tags.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether unit `i`'s tag matches the full hash `h` (false past the end).
+    pub fn matches(&self, i: usize, h: &Hash) -> bool {
+        let b = usize::from(self.bits);
+        b > 0 && i < self.count && bits_at(&self.packed, i * b, b) == bits_at(h, 0, b)
+    }
+
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(self.bits);
+        put_varint(out, self.count as u64);
+        out.extend_from_slice(&self.packed);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<BaseTags> {
+        let bits = r.u8()?;
+        if !(1..=MAX_TAG_BITS).contains(&bits) {
+            return Err(Error::corrupt(
+                "manifest",
+                format!("base tag size {bits} bits, outside 1..={MAX_TAG_BITS}"),
+            ));
+        }
+        let b = u64::from(bits);
+        // Bounded by the bytes left, so the allocation below is too.
+        let max = (r.remaining() as u64).saturating_mul(8) / b;
+        let count = r.varint_max(max, "base tag count")?;
+        let total_bits = count * b;
+        let packed = r.bytes(total_bits.div_ceil(8) as usize)?.to_vec();
+        let pad = (8 - total_bits % 8) % 8;
+        if pad > 0 && packed.last().is_some_and(|l| l & ((1u8 << pad) - 1) != 0) {
+            return Err(Error::corrupt(
+                "manifest",
+                "base tag padding bits are not 0",
+            ));
+        }
+        Ok(BaseTags {
+            bits,
+            count: count as usize,
+            packed,
+        })
+    }
+}
+
+/// The hash behind a relative-form base tag: BLAKE3 in derive_key mode (context
+/// `"bundelta base tag v1"`) over the entry's listing record (as for [`listing_digest`]) and,
+/// for a regular file, the BLAKE3 of its content.
+pub fn listing_tag(e: &ListEntry, content: Option<&Hash>) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("bundelta base tag v1");
+    h.update(&listing_record(e));
+    if let Some(c) = content {
+        h.update(c);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The fixed part of a relative-form manifest, readable without OLD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelativePrefix {
+    /// Digest of the new bundle.
+    pub new_digest: Hash,
+    /// Base digest.
+    pub base_digest: Hash,
+    /// Digest of the base's listing.
+    pub listing_digest: Hash,
+    /// Base tags, one per entry of the base's listing (empty without [`FLAG_BASE_TAGS`]).
+    pub base_tags: BaseTags,
 }
 
 /// Manifest form: every entry of NEW listed with its path.
@@ -557,26 +719,30 @@ pub enum ListKind {
 /// Digest of a listing (paths, kinds, modes, sizes, link targets; not contents).
 pub fn listing_digest(list: &[ListEntry]) -> Hash {
     let mut h = blake3::Hasher::new_derive_key("bundelta listing digest v1");
-    let mut b = Vec::new();
     for e in list {
-        b.clear();
-        match &e.kind {
-            ListKind::Dir => b.push(0),
-            ListKind::File { .. } => b.push(1),
-            ListKind::Symlink { .. } => b.push(2),
-        }
-        put_str(&mut b, &e.path);
-        match &e.kind {
-            ListKind::Dir => {}
-            ListKind::File { exec, size } => {
-                b.push(u8::from(*exec));
-                b.extend_from_slice(&size.to_le_bytes());
-            }
-            ListKind::Symlink { target } => put_str(&mut b, target),
-        }
-        h.update(&b);
+        h.update(&listing_record(e));
     }
     *h.finalize().as_bytes()
+}
+
+/// One entry's bytes in the listing digest: kind, path, then exec and size or the target.
+fn listing_record(e: &ListEntry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(e.path.len() + 12);
+    match &e.kind {
+        ListKind::Dir => b.push(0),
+        ListKind::File { .. } => b.push(1),
+        ListKind::Symlink { .. } => b.push(2),
+    }
+    put_str(&mut b, &e.path);
+    match &e.kind {
+        ListKind::Dir => {}
+        ListKind::File { exec, size } => {
+            b.push(u8::from(*exec));
+            b.extend_from_slice(&size.to_le_bytes());
+        }
+        ListKind::Symlink { target } => put_str(&mut b, target),
+    }
+    b
 }
 
 /// Counts of a relative-form manifest, readable without OLD (for `info`).
@@ -615,6 +781,9 @@ impl Manifest {
         let mut out = vec![FORM_FULL];
         out.extend_from_slice(&self.new_digest);
         out.extend_from_slice(&self.base_digest);
+        if self.base_tags.bits > 0 {
+            self.base_tags.put(&mut out);
+        }
         put_varint(&mut out, self.old_files.len() as u64);
         for f in &self.old_files {
             put_str(&mut out, &f.path);
@@ -672,12 +841,21 @@ impl Manifest {
 
     /// Encode in the relative form against OLD's listing (which must be the sorted listing
     /// the diff saw). Every old file the manifest relies on must be in the listing.
-    pub fn encode_relative(&self, old: &[ListEntry]) -> Option<Vec<u8>> {
+    ///
+    /// `tags` are the relative form's base tags, one per entry of `old` (see [`listing_tag`]);
+    /// `self.base_tags` (the full form's) is not used. Empty tags write none.
+    pub fn encode_relative(&self, old: &[ListEntry], tags: &BaseTags) -> Option<Vec<u8>> {
         let index = |p: &str| old.binary_search_by(|e| e.path.as_str().cmp(p)).ok();
         let mut out = vec![FORM_RELATIVE];
         out.extend_from_slice(&self.new_digest);
         out.extend_from_slice(&self.base_digest);
         out.extend_from_slice(&listing_digest(old));
+        if tags.bits > 0 {
+            if tags.len() != old.len() {
+                return None;
+            }
+            tags.put(&mut out);
+        }
         put_varint(&mut out, self.old_files.len() as u64);
         let mut prev_idx: Option<usize> = None;
         for f in &self.old_files {
@@ -776,13 +954,35 @@ impl Manifest {
         Some(out)
     }
 
-    /// Read a relative-form manifest's counts without OLD.
-    pub fn summarize_relative(raw: &[u8]) -> Result<RelativeSummary> {
+    /// Read the fixed part of a relative-form manifest (digests and base tags) without OLD.
+    pub fn relative_prefix(raw: &[u8], header: &Header) -> Result<RelativePrefix> {
         if raw.first() != Some(&FORM_RELATIVE) {
             return Err(Error::corrupt("manifest", "not in the relative form"));
         }
         let mut r = Reader::new(&raw[1..], "manifest");
-        r.bytes(96)?;
+        Manifest::read_relative_prefix(&mut r, header)
+    }
+
+    fn read_relative_prefix(r: &mut Reader<'_>, header: &Header) -> Result<RelativePrefix> {
+        Ok(RelativePrefix {
+            new_digest: r.hash()?,
+            base_digest: r.hash()?,
+            listing_digest: r.hash()?,
+            base_tags: if header.has_base_tags() {
+                BaseTags::read(r)?
+            } else {
+                BaseTags::default()
+            },
+        })
+    }
+
+    /// Read a relative-form manifest's counts without OLD.
+    pub fn summarize_relative(raw: &[u8], header: &Header) -> Result<RelativeSummary> {
+        if raw.first() != Some(&FORM_RELATIVE) {
+            return Err(Error::corrupt("manifest", "not in the relative form"));
+        }
+        let mut r = Reader::new(&raw[1..], "manifest");
+        let prefix = Manifest::read_relative_prefix(&mut r, header)?;
         let n_old = r.varint_max(r.remaining() as u64, "old file count")? as usize;
         for _ in 0..n_old {
             r.varint()?;
@@ -813,20 +1013,29 @@ impl Manifest {
             }
         }
         s.old_entries = s.kept.saturating_add(s.dropped).saturating_add(s.changed);
+        if header.has_base_tags() && prefix.base_tags.len() as u64 != s.old_entries {
+            return Err(Error::corrupt(
+                "manifest",
+                "base tag count differs from the listing's entry count",
+            ));
+        }
         Ok(s)
     }
 
     fn decode_relative(raw: &[u8], header: &Header, old: &[ListEntry]) -> Result<Manifest> {
         let mut r = Reader::new(raw, "manifest");
-        let new_digest = r.hash()?;
-        let base_digest = r.hash()?;
-        let want = r.hash()?;
+        let RelativePrefix {
+            new_digest,
+            base_digest,
+            listing_digest: want,
+            base_tags,
+        } = Manifest::read_relative_prefix(&mut r, header)?;
         if listing_digest(old) != want {
-            // The patch stores no per-entry data for OLD (that is what makes unchanged files
-            // free), so the entry cannot be named; the entry counts often tell what happened.
+            // Without OLD's contents this cannot name the entry (the applier does, from the
+            // base tags, before it gets here); the entry counts often tell what happened.
             let mut full = vec![FORM_RELATIVE];
             full.extend_from_slice(raw);
-            let counts = match Manifest::summarize_relative(&full) {
+            let counts = match Manifest::summarize_relative(&full, header) {
                 Ok(s) if s.old_entries != old.len() as u64 => format!(
                     "; the base had {} entries (files, directories, symlinks), OLD has {}",
                     s.old_entries,
@@ -941,12 +1150,19 @@ impl Manifest {
                 "items do not cover OLD's list exactly",
             ));
         }
+        if header.has_base_tags() && base_tags.len() != old.len() {
+            return Err(Error::corrupt(
+                "manifest",
+                "base tag count differs from the listing's entry count",
+            ));
+        }
         Manifest {
             new_digest,
             base_digest,
             old_files,
             entries,
             deleted,
+            base_tags,
         }
         .validated(header)
     }
@@ -955,6 +1171,11 @@ impl Manifest {
         let mut r = Reader::new(raw, "manifest");
         let new_digest = r.hash()?;
         let base_digest = r.hash()?;
+        let base_tags = if header.has_base_tags() {
+            BaseTags::read(&mut r)?
+        } else {
+            BaseTags::default()
+        };
         // Each record takes at least 2 bytes, so this bounds the allocation by the input.
         let n_old = r.varint_max((r.remaining() / 2) as u64, "old file count")? as usize;
         let mut old_files = Vec::with_capacity(n_old);
@@ -994,14 +1215,36 @@ impl Manifest {
                 format!("{} trailing bytes", r.remaining()),
             ));
         }
-        Manifest {
+        let m = Manifest {
             new_digest,
             base_digest,
             old_files,
             entries,
             deleted,
+            base_tags,
+        };
+        if header.has_base_tags() && m.base_tags.len() != m.relied_count() {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "{} base tags for {} old files relied upon",
+                    m.base_tags.len(),
+                    m.relied_count()
+                ),
+            ));
         }
-        .validated(header)
+        m.validated(header)
+    }
+
+    /// Number of old files the patch relies on: the old-file table, then every file read at
+    /// its own path (the units of the base digest, and of the full form's base tags).
+    pub fn relied_count(&self) -> usize {
+        self.old_files.len()
+            + self
+                .entries
+                .iter()
+                .filter(|e| matches!(&e.kind, EntryKind::File { op, .. } if op.reads_own_path()))
+                .count()
     }
 
     fn validated(self, header: &Header) -> Result<Manifest> {
@@ -1012,6 +1255,12 @@ impl Manifest {
     /// Structural checks shared by decode and by the diff side's self-check.
     pub fn validate(&self, header: &Header) -> Result<()> {
         let dir = header.is_directory();
+        if header.has_base_tags() != (self.base_tags.bits > 0) {
+            return Err(Error::corrupt(
+                "manifest",
+                "base tags present without the header flag, or the reverse",
+            ));
+        }
         if dir {
             for f in &self.old_files {
                 validate_path(&f.path)?;
@@ -1362,6 +1611,41 @@ mod tests {
     }
 
     #[test]
+    fn base_tags_pack_and_match() {
+        let hashes: Vec<Hash> = (0u8..9).map(|i| *blake3::hash(&[i]).as_bytes()).collect();
+        for bits in [1u8, 3, 4, 7, 8, 13, 32] {
+            let t = BaseTags::from_hashes(bits, &hashes);
+            assert_eq!(t.len(), 9);
+            assert_eq!(t.packed.len(), (9 * usize::from(bits)).div_ceil(8));
+            for (i, h) in hashes.iter().enumerate() {
+                assert!(t.matches(i, h), "bits {bits} unit {i}");
+                // Flipping the tag's last bit of the hash must break the match.
+                let mut g = *h;
+                let k = usize::from(bits) - 1;
+                g[k / 8] ^= 0x80 >> (k % 8);
+                assert!(!t.matches(i, &g), "bits {bits} unit {i}");
+                // A bit past the tag does not matter.
+                let mut g = *h;
+                g[31] ^= 1;
+                assert!(t.matches(i, &g));
+            }
+            assert!(!t.matches(9, &hashes[0]));
+            let mut out = Vec::new();
+            t.put(&mut out);
+            let back = BaseTags::read(&mut Reader::new(&out, "t")).unwrap();
+            assert_eq!(back, t);
+        }
+        // Nonzero padding, a zero width and a count past the bytes are corrupt.
+        let t = BaseTags::from_hashes(3, &hashes[..1]);
+        let mut out = Vec::new();
+        t.put(&mut out);
+        *out.last_mut().unwrap() |= 1;
+        assert!(BaseTags::read(&mut Reader::new(&out, "t")).is_err());
+        assert!(BaseTags::read(&mut Reader::new(&[0, 0], "t")).is_err());
+        assert!(BaseTags::read(&mut Reader::new(&[8, 3, 1, 2], "t")).is_err());
+    }
+
+    #[test]
     fn header_roundtrip_and_rejects() {
         let h = Header {
             minor: 0,
@@ -1387,7 +1671,7 @@ mod tests {
         bad[7] = 40;
         assert!(Header::decode(&bad).is_err());
         let mut bad = b.clone();
-        bad[6] = 0x10;
+        bad[6] = 0x20;
         assert!(matches!(
             Header::decode(&bad),
             Err(Error::Unsupported {
@@ -1395,6 +1679,10 @@ mod tests {
                 ..
             })
         ));
+        // Base tags belong to directory patches only.
+        let mut bad = b.clone();
+        bad[6] = (FLAG_BASE_TAGS | (u32::from(bad[6]) & !FLAG_DIRECTORY)) as u8;
+        assert!(Header::decode(&bad).is_err());
         let mut bad = b.clone();
         bad[9] = 9;
         assert!(matches!(

@@ -108,6 +108,12 @@ struct DiffArgs {
     /// Sign the patch with this secret key (from `bundelta keygen`); adds 64 bytes.
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
+    /// Bits of hash per old entry (0..=32) that let `apply` name the first old file that
+    /// differs when OLD is not the patch's base; a differing file escapes its tag with
+    /// probability 2^-BITS. Default: what fits in 1/64 of the patch data, within 4..=8.
+    /// 0 gives the smallest patch: a wrong base is still refused, but not named.
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=32))]
+    base_tags: Option<u8>,
     /// Overwrite PATCH if it exists.
     #[arg(short, long)]
     force: bool,
@@ -445,6 +451,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
             CodecArg::Lzma => bundelta::Codec::Lzma,
             CodecArg::Zstd => bundelta::Codec::Zstd,
         });
+    opts.base_tags(a.base_tags);
     if let Some(key) = &a.sign {
         opts.sign_with(read_secret_key(key)?);
     }
@@ -619,6 +626,18 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn tags_text(t: &bundelta::format::BaseTags, units: &str) -> String {
+    if t.is_empty() {
+        "none (a wrong OLD is refused without naming a file)".to_string()
+    } else {
+        format!(
+            "{} x {} bits, one per {units} (a wrong OLD is refused naming the file)",
+            t.len(),
+            t.bits
+        )
+    }
+}
+
 fn signed_text(h: &bundelta::format::Header, key: &PubkeyArg) -> &'static str {
     match (h.is_signed(), key.pubkey.is_some()) {
         (true, true) => "yes, by the given --pubkey",
@@ -630,8 +649,9 @@ fn signed_text(h: &bundelta::format::Header, key: &PubkeyArg) -> &'static str {
 /// `info` for a patch whose manifest is relative to OLD's file list, without OLD.
 fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
     let h = p.header();
-    let s =
-        bundelta::format::Manifest::summarize_relative(p.relative_manifest().unwrap_or_default())?;
+    let raw = p.relative_manifest().unwrap_or_default();
+    let s = bundelta::format::Manifest::summarize_relative(raw, h)?;
+    let tags = bundelta::format::Manifest::relative_prefix(raw, h)?.base_tags;
     let mem = bundelta::memory_needed(h);
     if a.common.json {
         let v = json!({
@@ -641,6 +661,7 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
             "new_digest": bundelta::hex(&p.new_digest()), "kept": s.kept, "changed": s.changed,
             "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
             "inserted": s.inserted, "deleted": s.dropped, "manifest_bytes": h.manifest_len,
+            "base_tags": tags.len(), "base_tag_bits": tags.bits,
         });
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
@@ -655,6 +676,7 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
         "entries:      {} kept, {} changed, {} inserted, {} deleted",
         s.kept, s.changed, s.inserted, s.dropped
     );
+    println!("base tags:    {}", tags_text(&tags, "entry of OLD's list"));
     if a.list {
         println!("(paths are stored relative to OLD's file list: add --old OLD to list them)");
     }
@@ -734,6 +756,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "new_digest": bundelta::hex(&m.new_digest), "old_files_relied_on": m.old_files.len(),
             "deleted": m.deleted.len(), "ops": ops, "manifest_bytes": h.manifest_len, "streams": streams,
             "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
+            "base_tags": m.base_tags.len(), "base_tag_bits": m.base_tags.bits,
         });
         if a.list {
             v["entries"] = rows
@@ -777,6 +800,19 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         "relies on:    {} old files (+ unchanged ones)",
         m.old_files.len()
     );
+    if h.is_directory() {
+        println!(
+            "base tags:    {}",
+            tags_text(
+                &m.base_tags,
+                if p.relative_manifest().is_some() {
+                    "entry of OLD's list"
+                } else {
+                    "old file relied on"
+                }
+            )
+        );
+    }
     println!("operations:");
     for (op, (n, b)) in &counts {
         println!("  {op:<10} {n:>8}  {} of new content", human(*b));

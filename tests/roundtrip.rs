@@ -263,21 +263,37 @@ fn unchanged_files_cost_no_hash_each() {
     let dir = tempfile::tempdir().unwrap();
     write_tree(&dir.path().join("o"), &old);
     write_tree(&dir.path().join("n"), &new);
-    let (patch, stats) = DiffOptions::new()
+    // Without base tags, the manifest is an edit of OLD's file list: unchanged paths are not
+    // even listed.
+    let (bare, stats) = DiffOptions::new()
+        .base_tags(Some(0))
         .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
         .unwrap();
     assert_eq!(stats.unchanged, 1999);
-    // The manifest is an edit of OLD's file list: unchanged paths are not even listed.
     assert!(
-        patch.len() < 600,
+        bare.len() < 600,
         "patch is {} bytes for 2000 unchanged files",
-        patch.len()
+        bare.len()
+    );
+    // By default, each entry of OLD's list (2,001 with the directory) costs its tag's bits
+    // (4 here: the streams are tiny) and nothing more.
+    let (patch, _) = DiffOptions::new()
+        .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+        .unwrap();
+    let tag_bytes = 2001usize.div_ceil(2);
+    assert!(
+        patch.len() <= bare.len() + tag_bytes + 8,
+        "{} bytes with tags, {} without",
+        patch.len(),
+        bare.len()
     );
     fs::write(dir.path().join("p.bdp"), &patch).unwrap();
     let p = bundelta::Patch::open(&dir.path().join("p.bdp")).unwrap();
     assert!(p.relative_manifest().is_some() && p.manifest().is_none());
     // Without OLD, a relative manifest still says what changes.
-    let s = bundelta::format::Manifest::summarize_relative(p.relative_manifest().unwrap()).unwrap();
+    let s =
+        bundelta::format::Manifest::summarize_relative(p.relative_manifest().unwrap(), p.header())
+            .unwrap();
     assert_eq!((s.kept, s.changed, s.dropped, s.inserted), (2000, 1, 0, 0));
     tree_roundtrip(&old, &new, &DiffOptions::new());
 }

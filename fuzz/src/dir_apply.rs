@@ -19,8 +19,9 @@ use std::fs;
 use std::path::Path;
 
 use bundelta::format::{
-    lzma_dict_size, put_svarint, put_varint, Entry, EntryKind, FileOp, Hash, Header, Manifest,
-    OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIFF_RUNS, FLAG_DIRECTORY, VERSION_MINOR,
+    lzma_dict_size, put_svarint, put_varint, BaseTags, Entry, EntryKind, FileOp, Hash, Header,
+    Manifest, OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_BASE_TAGS, FLAG_DIFF_RUNS,
+    FLAG_DIRECTORY, VERSION_MINOR,
 };
 
 /// The zero-run coding of FORMAT.md 4.1, written here from the spec (not the crate's writer):
@@ -592,8 +593,20 @@ pub fn run(data: &[u8]) {
         old_files,
         entries,
         deleted,
+        ..Manifest::default()
     };
     let directory = !single ^ flag_mismatch;
+    // Base tags (FORMAT.md 3.2): arbitrary bits from the input, one per relied file (or one
+    // too many); they only change which file a wrong-base error names, never the outcome.
+    let tag_sel = b.u8();
+    let tag_bits = tag_sel % 33;
+    if tag_bits > 0 {
+        let n = m.relied_count() + usize::from(tag_sel & 0x80 != 0);
+        let hashes: Vec<Hash> = (0..n)
+            .map(|_| b.take_padded(32).try_into().unwrap())
+            .collect();
+        m.base_tags = BaseTags::from_hashes(tag_bits, &hashes);
+    }
     const CODECS: [u8; 4] = [CODEC_RAW, CODEC_ZSTD, CODEC_LZMA2, CODEC_BZIP2];
     let codecs: [u8; 3] = match (compressed, codec_sel) {
         (false, _) => [CODEC_RAW; 3],
@@ -602,7 +615,8 @@ pub fn run(data: &[u8]) {
     };
     let mut header = Header {
         minor: VERSION_MINOR,
-        flags: if directory { FLAG_DIRECTORY } else { 0 },
+        flags: if directory { FLAG_DIRECTORY } else { 0 }
+            | if tag_bits > 0 { FLAG_BASE_TAGS } else { 0 },
         window_log: 20,
         codecs,
         manifest_len: 0,

@@ -3,7 +3,9 @@
 //! resolved against a small fixed OLD listing. Nothing may panic; a manifest that decodes must
 //! re-encode to bytes that decode to the same manifest (the relative form: the same entries).
 
-use bundelta::format::{listing_digest, Header, ListEntry, ListKind, Manifest};
+use bundelta::format::{
+    listing_digest, listing_tag, BaseTags, Header, ListEntry, ListKind, Manifest,
+};
 
 fn listing() -> Vec<ListEntry> {
     let e = |p: &str, kind: ListKind| ListEntry {
@@ -51,7 +53,8 @@ pub fn run(data: &[u8]) {
     if body.len() >= 97 && body[0] == 1 && data.len() % 2 == 0 {
         body[65..97].copy_from_slice(&listing_digest(&list));
     }
-    let _ = Manifest::summarize_relative(&body);
+    let _ = Manifest::summarize_relative(&body, &header);
+    let _ = Manifest::relative_prefix(&body, &header);
     let Ok(m) = Manifest::decode_with_old(&body, &header, Some(&list)) else {
         return;
     };
@@ -62,7 +65,10 @@ pub fn run(data: &[u8]) {
     assert_eq!(m, m2, "manifest changed through encode/decode");
     assert_eq!(again, m2.encode(), "encoding is not deterministic");
     if header.is_directory() {
-        if let Some(rel) = m.encode_relative(&list) {
+        // Tags of the listing itself, as a writer would make them (no contents: sizes only).
+        let hashes: Vec<_> = list.iter().map(|e| listing_tag(e, None)).collect();
+        let tags = BaseTags::from_hashes(m.base_tags.bits, &hashes);
+        if let Some(rel) = m.encode_relative(&list, &tags) {
             // Old records take their sizes from the listing in this form, so an arbitrary
             // manifest need not survive it; decoding must still never panic.
             if let Ok(m3) = Manifest::decode_with_old(&rel, &header, Some(&list)) {

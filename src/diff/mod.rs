@@ -26,10 +26,10 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    lzma_dict_size, put_controls, put_varint, Control, Entry, EntryKind, FileOp, Hash, Header,
-    ListEntry, Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_DIFF_RUNS,
-    FLAG_DIRECTORY, FLAG_MANIFEST_LZMA, FLAG_SIGNED, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
-    ZERO_RUN_BLOCK,
+    listing_tag, lzma_dict_size, put_controls, put_varint, BaseTags, Control, Entry, EntryKind,
+    FileOp, Hash, Header, ListEntry, Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW,
+    CODEC_ZSTD, FLAG_BASE_TAGS, FLAG_DIFF_RUNS, FLAG_DIRECTORY, FLAG_MANIFEST_LZMA, FLAG_SIGNED,
+    MAX_TAG_BITS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR, ZERO_RUN_BLOCK,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
 
@@ -74,8 +74,17 @@ pub struct DiffOptions {
     window_log: u8,
     chunk_size: usize,
     codec: Codec,
+    base_tags: Option<u8>,
     signing_key: Option<[u8; 32]>,
     progress: Option<Arc<DiffProgressFn>>,
+}
+
+/// What the base tags of a directory patch are made from (format section 3.2).
+struct TagSource {
+    /// BLAKE3 of every old file relied upon, in base-digest order (full form).
+    relied: Vec<Hash>,
+    /// [`listing_tag`] of every entry of OLD's listing (relative form).
+    listing: Vec<Hash>,
 }
 
 impl Default for DiffOptions {
@@ -119,6 +128,7 @@ impl DiffOptions {
             window_log: DEFAULT_WINDOW_LOG,
             chunk_size: DEFAULT_CHUNK_SIZE,
             codec: Codec::Lzma,
+            base_tags: None,
             signing_key: None,
             progress: None,
         }
@@ -155,6 +165,22 @@ impl DiffOptions {
         self
     }
 
+    /// Bits of base tag per old entry of a directory patch, 0..=32. Default `None`: as many
+    /// as fit in 1/64 of the patch's streams, but at least 4 and at most 8.
+    ///
+    /// Base tags let an applier whose OLD is not the patch's base name the first file that
+    /// differs (in content, size, kind or mode) instead of only refusing OLD. With `b` bits a
+    /// differing file escapes its tag with probability 2^-b (1/16 at 4 bits, 1/256 at 8), and
+    /// the applier then names the next one that does not. They cost `b` bits per old file
+    /// relied upon (or, in the relative manifest, per entry of OLD's listing), and nothing at
+    /// apply time unless the base check fails. 0 leaves them out: the smallest patch; a wrong
+    /// base is still refused (by the 32-byte base digest) but not named. Ignored for single-file
+    /// patches, where there is only one file to name.
+    pub fn base_tags(&mut self, bits: Option<u8>) -> &mut DiffOptions {
+        self.base_tags = bits;
+        self
+    }
+
     /// Sign the patch with this Ed25519 secret key (32-byte seed; see [`crate::sign_patch`]
     /// and [`crate::public_key`]). Default: unsigned. Costs 64 bytes of patch and one
     /// signature; an applier given the public key ([`crate::Patcher::require_signature`])
@@ -184,6 +210,11 @@ impl DiffOptions {
                 ),
             });
         }
+        if let Some(b) = self.base_tags.filter(|&b| b > MAX_TAG_BITS) {
+            return Err(Error::Config {
+                detail: format!("base tags of {b} bits: outside 0..={MAX_TAG_BITS}"),
+            });
+        }
         if self.chunk_size < MIN_CHUNK_SIZE {
             return Err(Error::Config {
                 detail: format!(
@@ -200,7 +231,7 @@ impl DiffOptions {
         self.check()?;
         let ctx = Ctx::new(self, new.len() as u64);
         let (m, solid) = self.plan_file(&ctx, old, new, false)?;
-        Ok(self.assemble(&m, solid, None, new.len() as u64)?.0)
+        Ok(self.assemble(m, solid, None, new.len() as u64)?.0)
     }
 
     /// Diff OLD and NEW (both files or both directories); returns the patch bytes and stats.
@@ -213,7 +244,7 @@ impl DiffOptions {
             let n = fs::read(new).map_err(|e| Error::io(new, "read", e))?;
             let ctx = Ctx::new(self, n.len() as u64);
             let (m, solid) = self.plan_file(&ctx, &o, &n, tree::is_exec(&mn))?;
-            let (bytes, mut stats) = self.assemble(&m, solid, None, n.len() as u64)?;
+            let (bytes, mut stats) = self.assemble(m.clone(), solid, None, n.len() as u64)?;
             stats.new_bytes = n.len() as u64;
             if let EntryKind::File { op, .. } = &m.entries[0].kind {
                 match op {
@@ -441,10 +472,12 @@ impl DiffOptions {
         let mut m = Manifest::default();
         // The base digest covers the table's files first, then same-path files in entry order.
         let mut unchanged = blake3::Hasher::new();
+        let mut relied: Vec<Hash> = Vec::new();
         for (i, (path, idx)) in table.iter_mut().enumerate() {
             *idx = i as u32;
             let (size, hash) = old_hashes[*path];
             unchanged.update(&hash);
+            relied.push(hash);
             m.old_files.push(OldFile {
                 path: path.to_string(),
                 size,
@@ -473,6 +506,7 @@ impl DiffOptions {
                     let op = match (p, e) {
                         (Some(Plan::Unchanged), _) => {
                             unchanged.update(&hash);
+                            relied.push(hash);
                             stats.unchanged += 1;
                             FileOp::Unchanged
                         }
@@ -487,6 +521,7 @@ impl DiffOptions {
                             if src == n.path {
                                 let (base_size, h) = old_hashes[src];
                                 unchanged.update(&h);
+                                relied.push(h);
                                 FileOp::Delta {
                                     sources: Vec::new(),
                                     base_size,
@@ -529,7 +564,15 @@ impl DiffOptions {
         stats.deleted = m.deleted.len() as u64;
         m.base_digest = *unchanged.finalize().as_bytes();
         m.new_digest = digest.finish();
-        let (bytes, s) = self.assemble(&m, solid, Some(&old_nodes), stats.new_bytes)?;
+        let tags = TagSource {
+            relied,
+            listing: old_nodes
+                .iter()
+                .map(|n| listing_tag(n, old_hashes.get(&n.path).map(|(_, h)| h)))
+                .collect(),
+        };
+        let old_list = Some((old_nodes.as_slice(), tags));
+        let (bytes, s) = self.assemble(m, solid, old_list, stats.new_bytes)?;
         stats.patch_bytes = s.patch_bytes;
         stats.apply_memory = s.apply_memory;
         Ok((bytes, stats))
@@ -538,12 +581,34 @@ impl DiffOptions {
     /// Header + compressed manifest + streams + trailer.
     fn assemble(
         &self,
-        m: &Manifest,
+        mut m: Manifest,
         solid: Solid,
-        old_list: Option<&[ListEntry]>,
+        old_list: Option<(&[ListEntry], TagSource)>,
         new_total: u64,
     ) -> Result<(Vec<u8>, DiffStats)> {
         let dir = old_list.is_some();
+        let streams = [
+            (&solid.ctrl, false),
+            (&solid.diff, true),
+            (&solid.extra, false),
+        ]
+        .map(|(st, sparse)| self.compress_solid(st, sparse));
+        let stream_bytes: usize = streams.iter().map(|s| s.1.len()).sum();
+        // Base tags: as many bits as fit in 1/64 of the streams, within 4..=8 (or as set).
+        // Decided per form, from the stream bytes only, so the choice is deterministic.
+        let tag_bits = |units: usize| -> u8 {
+            match (self.base_tags, units) {
+                (_, 0) => 0,
+                (Some(b), _) => b,
+                (None, n) => (stream_bytes * 8 / 64 / n).clamp(4, 8) as u8,
+            }
+        };
+        let mut rel_tags = BaseTags::default();
+        if let Some((_, src)) = &old_list {
+            m.base_tags = BaseTags::from_hashes(tag_bits(src.relied.len()), &src.relied);
+            rel_tags = BaseTags::from_hashes(tag_bits(src.listing.len()), &src.listing);
+        }
+        let mut tagged = m.base_tags.bits > 0;
         // A manifest that does not shrink is stored as it is (its two lengths are then equal).
         // Each candidate manifest is packed with zstd, or LZMA2 when that is smaller (flag
         // FLAG_MANIFEST_LZMA), or stored as it is when neither shrinks it.
@@ -563,13 +628,14 @@ impl DiffOptions {
         };
         let (mut mz, mut raw, mut lzma) = pack(m.encode());
         // The form relative to OLD's file list, when smaller (and it decodes back to `m`).
-        if let Some(list) = old_list {
-            if let Some(rel) = m.encode_relative(list) {
+        if let Some((list, _)) = &old_list {
+            if let Some(rel) = m.encode_relative(list, &rel_tags) {
                 let (rz, rel, rel_lzma) = pack(rel);
                 if rz.len() < mz.len() {
+                    let rel_tagged = rel_tags.bits > 0;
                     let probe = Header {
                         minor: VERSION_MINOR,
-                        flags: FLAG_DIRECTORY,
+                        flags: FLAG_DIRECTORY | if rel_tagged { FLAG_BASE_TAGS } else { 0 },
                         window_log: self.window_log,
                         codecs: [CODEC_RAW; 3],
                         manifest_len: 0,
@@ -578,20 +644,20 @@ impl DiffOptions {
                         stream_lens: [0; 3],
                     };
                     let back = Manifest::decode_with_old(&rel, &probe, Some(list));
-                    if back.as_ref().ok() == Some(m) {
+                    let want = Manifest {
+                        base_tags: rel_tags.clone(),
+                        ..m.clone()
+                    };
+                    if back.as_ref().ok() == Some(&want) {
                         (mz, raw, lzma) = (rz, rel, rel_lzma);
+                        tagged = rel_tagged;
+                        m = want;
                     } else {
                         debug_assert!(false, "relative manifest does not decode back: {back:?}");
                     }
                 }
             }
         }
-        let streams = [
-            (&solid.ctrl, false),
-            (&solid.diff, true),
-            (&solid.extra, false),
-        ]
-        .map(|(st, sparse)| self.compress_solid(st, sparse));
         let header = Header {
             minor: VERSION_MINOR,
             flags: if dir { FLAG_DIRECTORY } else { 0 }
@@ -605,7 +671,8 @@ impl DiffOptions {
                 } else {
                     0
                 }
-                | if streams[1].2 { FLAG_DIFF_RUNS } else { 0 },
+                | if streams[1].2 { FLAG_DIFF_RUNS } else { 0 }
+                | if tagged { FLAG_BASE_TAGS } else { 0 },
             window_log: self.window_log,
             codecs: [streams[0].0, streams[1].0, streams[2].0],
             manifest_len: mz.len() as u64,
