@@ -221,3 +221,75 @@ fn signing_workflow() {
         "signature check failed",
     );
 }
+
+#[test]
+fn wrong_base_is_named_on_the_command_line() {
+    // A directory patch applied, out of place and in place, to an OLD with one file edited:
+    // one error line naming that file, exit 1, nothing written; `info` shows the base tags;
+    // `--base-tags 0` leaves them out.
+    let mut rng = Rng(13);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let mut old = Tree::new();
+    for i in 0..20 {
+        old.insert(
+            format!("f{i:02}.txt"),
+            Item::File {
+                data: rng.text(500),
+                exec: false,
+            },
+        );
+    }
+    let mut new = old.clone();
+    new.insert(
+        "f03.txt".into(),
+        Item::File {
+            data: rng.text(600),
+            exec: false,
+        },
+    );
+    write_tree(dir.path().join("old").as_path(), &old);
+    write_tree(dir.path().join("new").as_path(), &new);
+    let out = bundelta(&["diff", &p("old"), &p("new"), "-o", &p("p.bdp"), "-q"]);
+    assert!(out.status.success());
+    let out = bundelta(&["info", &p("p.bdp"), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["base_tags"], 20, "{v}");
+    assert!(
+        (4..=8).contains(&v["base_tag_bits"].as_u64().unwrap()),
+        "{v}"
+    );
+    let mut d = fs::read(p("old/f11.txt")).unwrap();
+    d[0] ^= 1;
+    fs::write(p("old/f11.txt"), d).unwrap();
+    for args in [
+        vec!["apply", &p("old"), &p("p.bdp"), "-o", &p("out")],
+        vec!["apply", "--in-place", &p("old"), &p("p.bdp")],
+    ] {
+        let out = bundelta(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("not the version this patch was made from")
+                && err.contains("f11.txt: content differs"),
+            "{err}"
+        );
+    }
+    assert!(!dir.path().join("out").exists());
+    assert_eq!(listing(&dir.path().join("old")).len(), 20);
+    let out = bundelta(&[
+        "diff",
+        &p("old"),
+        &p("new"),
+        "-o",
+        &p("bare.bdp"),
+        "-q",
+        "--base-tags",
+        "0",
+    ]);
+    assert!(out.status.success());
+    let out = bundelta(&["info", &p("bare.bdp"), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["base_tags"], 0, "{v}");
+}
