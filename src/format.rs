@@ -1048,7 +1048,12 @@ impl Manifest {
                 "",
                 format!(
                     "its file list differs from the one the patch was made from (an entry was \
-                     added, removed, or changed in kind, size or mode){counts}"
+                     added, removed, or changed in kind, size or mode){counts}{}",
+                    if base_tags.is_empty() {
+                        "; this patch has no base tags to name it"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

@@ -57,6 +57,21 @@ pub enum Codec {
 /// Progress callback: `(bytes done, bytes total)` of new content encoded.
 pub type DiffProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
+/// Default base-tag size for `units` tags next to `stream_bytes` of compressed streams: as many
+/// bits as fit in 1/64 of the streams, within 4..=8; none when even 4 bits each would cost
+/// more than a quarter of the streams and more than [`TAG_FREE_BYTES`] (a huge tree with a
+/// tiny change: 50,000 entries would take 25 KB of tags for a patch of a few hundred bytes).
+fn auto_tag_bits(units: usize, stream_bytes: usize) -> u8 {
+    let floor_bytes = (units * 4).div_ceil(8);
+    if floor_bytes > (stream_bytes / 4).max(TAG_FREE_BYTES) {
+        return 0;
+    }
+    (stream_bytes * 8 / 64 / units.max(1)).clamp(4, 8) as u8
+}
+
+/// Base tags up to this many bytes are always included by default (see [`auto_tag_bits`]).
+const TAG_FREE_BYTES: usize = 1024;
+
 /// Options of a diff, set with a builder.
 ///
 /// ```
@@ -166,7 +181,9 @@ impl DiffOptions {
     }
 
     /// Bits of base tag per old entry of a directory patch, 0..=32. Default `None`: as many
-    /// as fit in 1/64 of the patch's streams, but at least 4 and at most 8.
+    /// as fit in 1/64 of the patch's streams, but at least 4 and at most 8; and none when
+    /// 4 bits each would cost more than both a quarter of the streams and 1 KiB (a tree of
+    /// many thousands of files with a tiny change, where tags would be most of the patch).
     ///
     /// Base tags let an applier whose OLD is not the patch's base name the first file that
     /// differs (in content, size, kind or mode) instead of only refusing OLD. With `b` bits a
@@ -594,13 +611,12 @@ impl DiffOptions {
         ]
         .map(|(st, sparse)| self.compress_solid(st, sparse));
         let stream_bytes: usize = streams.iter().map(|s| s.1.len()).sum();
-        // Base tags: as many bits as fit in 1/64 of the streams, within 4..=8 (or as set).
-        // Decided per form, from the stream bytes only, so the choice is deterministic.
+        // Base tags: decided per form, from the stream bytes only (deterministic).
         let tag_bits = |units: usize| -> u8 {
             match (self.base_tags, units) {
                 (_, 0) => 0,
                 (Some(b), _) => b,
-                (None, n) => (stream_bytes * 8 / 64 / n).clamp(4, 8) as u8,
+                (None, n) => auto_tag_bits(n, stream_bytes),
             }
         };
         let mut rel_tags = BaseTags::default();
@@ -1055,6 +1071,21 @@ mod tests {
             let data = data.repeat(repeat);
             prop_assert_eq!(expand(&zero_runs(&data)), data);
         }
+    }
+
+    #[test]
+    fn auto_tag_bits_policy() {
+        // Small trees: at least 4 bits, whatever the streams.
+        assert_eq!(auto_tag_bits(206, 334), 4);
+        assert_eq!(auto_tag_bits(2000, 0), 4); // 1,000 bytes: under TAG_FREE_BYTES
+                                               // Big streams: up to 8 bits.
+        assert_eq!(auto_tag_bits(5000, 470_000), 8);
+        assert_eq!(auto_tag_bits(2364, 10_500), 4);
+        // Many entries, tiny change: none.
+        assert_eq!(auto_tag_bits(50_200, 200), 0);
+        assert_eq!(auto_tag_bits(3000, 1000), 0);
+        // ...but a quarter of the streams is always affordable.
+        assert_eq!(auto_tag_bits(50_200, 100_400), 4);
     }
 
     #[test]
