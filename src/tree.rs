@@ -25,18 +25,15 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
     let mut out = Vec::new();
     scan_into(root, "", &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut folded = std::collections::HashMap::new();
-    for n in &out {
-        if let Some(other) = folded.insert(n.path.to_lowercase(), n.path.clone()) {
-            return Err(Error::invalid_input(
-                &root.join(&n.path),
-                format!(
-                    "differs from {:?} only by case; such a bundle cannot be applied on \
-                     case-insensitive file systems",
-                    other
-                ),
-            ));
-        }
+    if let Some((i, j)) = crate::format::case_clash(out.iter().map(|n| n.path.as_str())) {
+        return Err(Error::invalid_input(
+            &root.join(&out[j].path),
+            format!(
+                "differs from {:?} only by case; such a bundle cannot be applied on \
+                 case-insensitive file systems",
+                out[i].path
+            ),
+        ));
     }
     Ok(out)
 }
