@@ -291,6 +291,7 @@ impl Patcher {
             }
             return Err(e);
         }
+        self.check_listing_memory(&p)?;
         if p.shape_matches(target)? && bundle_digest(target)? == p.new_digest() {
             return Ok(InPlaceReport {
                 outcome: InPlaceOutcome::AlreadyUpToDate,

@@ -50,7 +50,10 @@ mod inplace;
 mod sign;
 mod tree;
 
-pub use apply::{memory_needed, ApplyReport, Patch, Patcher, ProgressFn, DEFAULT_MEMORY_LIMIT};
+pub use apply::{
+    listing_memory, memory_needed, ApplyReport, Patch, Patcher, ProgressFn, DEFAULT_MEMORY_LIMIT,
+    LISTING_ENTRY_BYTES,
+};
 #[cfg(feature = "diff")]
 pub use diff::{
     Codec, DiffOptions, DiffProgressFn, DiffStats, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL,

@@ -179,6 +179,11 @@ struct ApplyArgs {
     /// Refuse patches needing more memory than this (e.g. 12M, 64M).
     #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
     memory_limit: u64,
+    /// Also count OLD's file list against --memory-limit (160 bytes plus twice the path bytes
+    /// per entry of OLD, for directory patches): an exact budget for small devices. Off by
+    /// default, since trees of more than about 15,000 files would then need a larger limit.
+    #[arg(long)]
+    strict_memory: bool,
     #[command(flatten)]
     key: PubkeyArg,
     #[command(flatten)]
@@ -195,6 +200,9 @@ struct VerifyArgs {
     /// Refuse patches needing more memory than this.
     #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
     memory_limit: u64,
+    /// Also count OLD's file list against --memory-limit (see `apply --help`).
+    #[arg(long)]
+    strict_memory: bool,
     #[command(flatten)]
     key: PubkeyArg,
     #[command(flatten)]
@@ -517,9 +525,9 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn patcher(limit: u64, key: &PubkeyArg, pb: &Option<ProgressBar>) -> Result<Patcher> {
+fn patcher(limit: u64, strict: bool, key: &PubkeyArg, pb: &Option<ProgressBar>) -> Result<Patcher> {
     let mut p = Patcher::new();
-    p.memory_limit(limit);
+    p.memory_limit(limit).strict_memory(strict);
     if let Some(k) = &key.pubkey {
         p.require_signature(read_public_key(k)?);
     }
@@ -535,7 +543,7 @@ fn patcher(limit: u64, key: &PubkeyArg, pb: &Option<ProgressBar>) -> Result<Patc
 
 fn apply(a: ApplyArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "applying");
-    let p = patcher(a.memory_limit, &a.key, &pb)?;
+    let p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
     let t = Instant::now();
     if a.in_place {
         let r = p.apply_in_place(&a.old, &a.patch)?;
@@ -599,7 +607,7 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "verifying");
-    let p = patcher(a.memory_limit, &a.key, &pb)?;
+    let p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
     let r = p.verify(&a.patch, a.old.as_deref())?;
     if let Some(pb) = pb {
         pb.finish_and_clear();

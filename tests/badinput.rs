@@ -751,3 +751,63 @@ fn zero_run_blocks_are_bounded_and_checked() {
     Patcher::new().apply(&c.p("old"), &pp, &c.p("out")).unwrap();
     assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
 }
+
+#[test]
+fn old_file_list_counts_against_the_memory_limit() {
+    // 3,000 files kept, one changed: the patch's own formula is small, OLD's file list is not;
+    // a limit between the two refuses before anything is written, out of place and in place.
+    let mut old = Tree::new();
+    old.insert("d".into(), Item::Dir);
+    for i in 0..3000 {
+        old.insert(
+            format!("d/file-{i:05}.txt"),
+            Item::File {
+                data: format!("{i}").into_bytes(),
+                exec: false,
+            },
+        );
+    }
+    let mut new = old.clone();
+    new.insert(
+        "d/file-00042.txt".into(),
+        Item::File {
+            data: b"changed".to_vec(),
+            exec: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    write_tree(&p("old"), &old);
+    write_tree(&p("new"), &new);
+    let (patch, _) = DiffOptions::new().diff_paths(&p("old"), &p("new")).unwrap();
+    fs::write(p("p.bdp"), &patch).unwrap();
+    let h = bundelta::format::Header::decode(&patch).unwrap();
+    let formula = bundelta::memory_needed(&h);
+    let listing: u64 = 3001 * bundelta::LISTING_ENTRY_BYTES;
+    // Off by default: the limit bounds what the patch declares.
+    let mut lax = Patcher::new();
+    lax.memory_limit(formula + listing / 2);
+    lax.verify(&p("p.bdp"), Some(&p("old"))).unwrap();
+    let mut tight = Patcher::new();
+    tight
+        .memory_limit(formula + listing / 2)
+        .strict_memory(true);
+    let e = tight.apply(&p("old"), &p("p.bdp"), &p("out")).unwrap_err();
+    assert!(
+        matches!(e, Error::LimitExceeded { needed, .. } if needed > formula + listing),
+        "{e}"
+    );
+    assert!(!p("out").exists());
+    let e = tight.apply_in_place(&p("old"), &p("p.bdp")).unwrap_err();
+    assert!(matches!(e, Error::LimitExceeded { .. }), "{e}");
+    assert!(tight.verify(&p("p.bdp"), Some(&p("old"))).is_err());
+    let mut roomy = Patcher::new();
+    roomy
+        .memory_limit(formula + 2 * listing + (1 << 20))
+        .strict_memory(true);
+    roomy.apply(&p("old"), &p("p.bdp"), &p("out")).unwrap();
+    assert_eq!(
+        bundelta::bundle_digest(&p("out")).unwrap(),
+        bundelta::bundle_digest(&p("new")).unwrap()
+    );
+}
