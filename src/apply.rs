@@ -289,7 +289,7 @@ pub struct Patch {
 }
 
 /// Result of checking OLD against a patch: size and hash of every old file relied upon at its
-/// own path (see [`uses_same_path`]), in entry order.
+/// own path (see [`FileOp::reads_own_path`]), in entry order.
 pub(crate) struct BaseCheck {
     base: Vec<(u64, Hash)>,
     /// Hashes of the old-file table's files, in table order.
@@ -392,7 +392,7 @@ fn name_listing_difference(old: &Path, listing: &[ListEntry], tags: &BaseTags) -
     };
     let counts = format!("OLD has {a} entries, the base had {b}");
     Ok(if i == a.min(b) && a == b {
-        // Every tag matched: some entry escaped its tag (probability 2^-8w each).
+        // Every tag matched: each differing entry escaped its tag (probability 2^-bits each).
         Error::wrong_base(
             "",
             format!(
@@ -427,11 +427,6 @@ fn name_listing_difference(old: &Path, listing: &[ListEntry], tags: &BaseTags) -
             "differs from the base's entry (content, size, kind, mode or link target)",
         )
     })
-}
-
-/// Whether a file operation reads the old file at the entry's own path.
-fn uses_same_path(op: &FileOp) -> bool {
-    op.reads_own_path()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -675,7 +670,7 @@ impl Patch {
                 .m()
                 .entries
                 .iter()
-                .any(|e| matches!(&e.kind, EntryKind::File { op, .. } if uses_same_path(op)))
+                .any(|e| matches!(&e.kind, EntryKind::File { op, .. } if op.reads_own_path()))
     }
 
     pub(crate) fn check_old_kind(&self, old: &Path) -> Result<()> {
@@ -765,7 +760,7 @@ impl Patch {
             let EntryKind::File { size, op, .. } = &e.kind else {
                 continue;
             };
-            if !uses_same_path(op) {
+            if !op.reads_own_path() {
                 continue;
             }
             check_parents(old, &e.path, &mut dirs)?;
@@ -825,7 +820,7 @@ impl Patch {
         let same_path = m
             .entries
             .iter()
-            .filter(|e| matches!(&e.kind, EntryKind::File { op, .. } if uses_same_path(op)))
+            .filter(|e| matches!(&e.kind, EntryKind::File { op, .. } if op.reads_own_path()))
             .map(|e| e.path.as_str());
         let relied: Vec<(&str, &Hash)> = m
             .old_files
@@ -926,7 +921,7 @@ impl Patch {
                 }
                 EntryKind::File { exec, size, op } => {
                     // Size and hash of the old file at this path, when the op reads it.
-                    let same = if uses_same_path(op) {
+                    let same = if op.reads_own_path() {
                         Some(*base_files.next().ok_or_else(|| {
                             Error::corrupt("manifest", "base file count mismatch")
                         })?)

@@ -656,7 +656,9 @@ impl BaseTags {
 /// for a regular file, the BLAKE3 of its content.
 pub fn listing_tag(e: &ListEntry, content: Option<&Hash>) -> Hash {
     let mut h = blake3::Hasher::new_derive_key("bundelta base tag v1");
-    h.update(&listing_record(e));
+    let mut b = Vec::with_capacity(e.path.len() + 16);
+    listing_record(e, &mut b);
+    h.update(&b);
     if let Some(c) = content {
         h.update(c);
     }
@@ -719,30 +721,32 @@ pub enum ListKind {
 /// Digest of a listing (paths, kinds, modes, sizes, link targets; not contents).
 pub fn listing_digest(list: &[ListEntry]) -> Hash {
     let mut h = blake3::Hasher::new_derive_key("bundelta listing digest v1");
+    let mut b = Vec::new();
     for e in list {
-        h.update(&listing_record(e));
+        listing_record(e, &mut b);
+        h.update(&b);
     }
     *h.finalize().as_bytes()
 }
 
-/// One entry's bytes in the listing digest: kind, path, then exec and size or the target.
-fn listing_record(e: &ListEntry) -> Vec<u8> {
-    let mut b = Vec::with_capacity(e.path.len() + 12);
+/// One entry's bytes in the listing digest, written into `b` (cleared first): kind, path,
+/// then exec and size or the target.
+fn listing_record(e: &ListEntry, b: &mut Vec<u8>) {
+    b.clear();
     match &e.kind {
         ListKind::Dir => b.push(0),
         ListKind::File { .. } => b.push(1),
         ListKind::Symlink { .. } => b.push(2),
     }
-    put_str(&mut b, &e.path);
+    put_str(b, &e.path);
     match &e.kind {
         ListKind::Dir => {}
         ListKind::File { exec, size } => {
             b.push(u8::from(*exec));
             b.extend_from_slice(&size.to_le_bytes());
         }
-        ListKind::Symlink { target } => put_str(&mut b, target),
+        ListKind::Symlink { target } => put_str(b, target),
     }
-    b
 }
 
 /// Counts of a relative-form manifest, readable without OLD (for `info`).

@@ -261,14 +261,16 @@ impl DiffOptions {
             let n = fs::read(new).map_err(|e| Error::io(new, "read", e))?;
             let ctx = Ctx::new(self, n.len() as u64);
             let (m, solid) = self.plan_file(&ctx, &o, &n, tree::is_exec(&mn))?;
-            let (bytes, mut stats) = self.assemble(m.clone(), solid, None, n.len() as u64)?;
+            let op = match &m.entries[0].kind {
+                EntryKind::File { op, .. } => op.clone(),
+                _ => unreachable!("plan_file makes one file entry"),
+            };
+            let (bytes, mut stats) = self.assemble(m, solid, None, n.len() as u64)?;
             stats.new_bytes = n.len() as u64;
-            if let EntryKind::File { op, .. } = &m.entries[0].kind {
-                match op {
-                    FileOp::Unchanged => stats.unchanged = 1,
-                    FileOp::Delta { .. } => stats.modified = 1,
-                    _ => stats.added = 1,
-                }
+            match op {
+                FileOp::Unchanged => stats.unchanged = 1,
+                FileOp::Delta { .. } => stats.modified = 1,
+                _ => stats.added = 1,
             }
             return Ok((bytes, stats));
         }
@@ -487,13 +489,12 @@ impl DiffOptions {
             }
         }
         let mut m = Manifest::default();
-        // The base digest covers the table's files first, then same-path files in entry order.
-        let mut unchanged = blake3::Hasher::new();
+        // Every old file relied upon, in base-digest order: the table's files first, then
+        // same-path files in entry order (the base digest and the full form's base tags).
         let mut relied: Vec<Hash> = Vec::new();
         for (i, (path, idx)) in table.iter_mut().enumerate() {
             *idx = i as u32;
             let (size, hash) = old_hashes[*path];
-            unchanged.update(&hash);
             relied.push(hash);
             m.old_files.push(OldFile {
                 path: path.to_string(),
@@ -522,7 +523,6 @@ impl DiffOptions {
                     stats.new_bytes += size;
                     let op = match (p, e) {
                         (Some(Plan::Unchanged), _) => {
-                            unchanged.update(&hash);
                             relied.push(hash);
                             stats.unchanged += 1;
                             FileOp::Unchanged
@@ -537,7 +537,6 @@ impl DiffOptions {
                             let src = src.expect("a delta has a source");
                             if src == n.path {
                                 let (base_size, h) = old_hashes[src];
-                                unchanged.update(&h);
                                 relied.push(h);
                                 FileOp::Delta {
                                     sources: Vec::new(),
@@ -579,7 +578,11 @@ impl DiffOptions {
             .map(|n| n.path.clone())
             .collect();
         stats.deleted = m.deleted.len() as u64;
-        m.base_digest = *unchanged.finalize().as_bytes();
+        let mut base = blake3::Hasher::new();
+        for h in &relied {
+            base.update(h);
+        }
+        m.base_digest = *base.finalize().as_bytes();
         m.new_digest = digest.finish();
         let tags = TagSource {
             relied,
@@ -1077,8 +1080,9 @@ mod tests {
     fn auto_tag_bits_policy() {
         // Small trees: at least 4 bits, whatever the streams.
         assert_eq!(auto_tag_bits(206, 334), 4);
-        assert_eq!(auto_tag_bits(2000, 0), 4); // 1,000 bytes: under TAG_FREE_BYTES
-                                               // Big streams: up to 8 bits.
+        // 1,000 bytes of tags: under TAG_FREE_BYTES.
+        assert_eq!(auto_tag_bits(2000, 0), 4);
+        // Big streams: up to 8 bits.
         assert_eq!(auto_tag_bits(5000, 470_000), 8);
         assert_eq!(auto_tag_bits(2364, 10_500), 4);
         // Many entries, tiny change: none.
