@@ -31,12 +31,18 @@
 //!
 //! # Trust model
 //!
-//! A patch is untrusted. Before anything is created: the whole-patch blake3 trailer is checked,
-//! the manifest is decoded with every number bounded, every path validated, and every old file
-//! the patch relies on is hashed and compared. Output is written into a fresh staging location
-//! next to the destination; every file is hashed as it is written and compared; the bundle
-//! digest is compared; files and directories are fsynced; only then is the staging location
-//! renamed into place. On any error the staging location is removed and OLD is untouched.
+//! A patch is untrusted. Before anything is created: the whole-patch blake3 trailer is checked
+//! (and the signature, when one is required) in one pass that reads the header and the
+//! manifest into memory, where they stay: they are never read from the patch file again, so a
+//! process that rewrites the file after the check changes nothing that was verified. The
+//! manifest is decoded from those bytes with every number bounded, every path validated, and
+//! every old file the patch relies on is hashed and compared. Output is written into a fresh
+//! staging location next to the destination; every file is hashed as it is written and
+//! compared; the bundle digest is compared; files and directories are fsynced; only then is
+//! the staging location renamed into place. On any error the staging location is removed and
+//! OLD is untouched. The streams are read from the patch file while applying and are not
+//! authenticated again: bytes changed there after the check can only produce output that
+//! differs from the verified manifest's hashes, which is refused before anything is committed.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -249,7 +255,34 @@ impl Patcher {
     /// Check a patch and, with `old`, that OLD satisfies it, by rebuilding every file into a
     /// hashing sink (nothing is written).
     pub fn verify(&self, patch: &Path, old: Option<&Path>) -> Result<Option<ApplyReport>> {
-        let mut p = self.open(patch)?;
+        let p = self.open(patch)?;
+        self.verify_patch(p, old)
+    }
+
+    /// Open a patch read through `src` (`len` bytes), checked as [`Patcher::open`] does.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn open_source(
+        &self,
+        src: Box<dyn ReadAt + Send + Sync>,
+        len: u64,
+        name: &Path,
+    ) -> Result<Patch> {
+        Patch::from_source(
+            src,
+            len,
+            name,
+            self.memory_limit,
+            self.output_limit,
+            self.public_key.as_ref(),
+        )
+    }
+
+    /// [`Patcher::verify`] of an opened patch.
+    pub(crate) fn verify_patch(
+        &self,
+        mut p: Patch,
+        old: Option<&Path>,
+    ) -> Result<Option<ApplyReport>> {
         match old {
             None => Ok(None),
             Some(old) => {
@@ -275,12 +308,15 @@ impl Patcher {
 
 /// An opened, checksum-verified and validated patch.
 pub struct Patch {
-    file: File,
+    /// The patch bytes. Only the streams are read from here after opening.
+    src: Box<dyn ReadAt + Send + Sync>,
     path: PathBuf,
     header: Header,
     manifest: Option<Manifest>,
     relative: Vec<u8>,
     new_digest: Hash,
+    /// The verified whole-patch BLAKE3 (the trailer): the patch's identity.
+    checksum: Hash,
     /// The heap limit the patch was opened with.
     memory_limit: u64,
     /// Heap taken by OLD's file list and the entries resolved from it (relative manifests;
@@ -294,6 +330,27 @@ pub(crate) struct BaseCheck {
     base: Vec<(u64, Hash)>,
     /// Hashes of the old-file table's files, in table order.
     table: Vec<Hash>,
+}
+
+/// Open the patch file for reading. A FIFO or device named as the patch is refused at once,
+/// without blocking in `open`.
+fn open_patch_file(path: &Path) -> Result<File> {
+    let mut o = fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = o.open(path).map_err(|e| Error::io(path, "open", e))?;
+    let md = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if !md.is_file() {
+        return Err(Error::invalid_input(
+            path,
+            "the patch is not a regular file (a directory, FIFO or device)",
+        ));
+    }
+    Ok(f)
 }
 
 /// Hash an old file the patch relies on; a missing file, or one that is not a regular file
@@ -456,13 +513,40 @@ impl Patch {
         output_limit: u64,
         public_key: Option<&[u8; 32]>,
     ) -> Result<Patch> {
-        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let file = open_patch_file(path)?;
         let len = file
             .metadata()
             .map_err(|e| Error::io(path, "stat", e))?
             .len();
+        Patch::from_source(
+            Box::new(file),
+            len,
+            path,
+            memory_limit,
+            output_limit,
+            public_key,
+        )
+    }
+
+    /// Open a patch read through `src`, which holds `len` bytes.
+    ///
+    /// The header and the manifest are read exactly once, during the checksum pass, and kept
+    /// in memory: what is decoded is what was hashed (and signed), even if the bytes behind
+    /// `src` change afterwards. The streams are read from `src` again while applying; a change
+    /// there can only make an output differ from the hashes the verified manifest holds, which
+    /// is refused before anything is committed.
+    pub(crate) fn from_source(
+        src: Box<dyn ReadAt + Send + Sync>,
+        len: u64,
+        path: &Path,
+        memory_limit: u64,
+        output_limit: u64,
+        public_key: Option<&[u8; 32]>,
+    ) -> Result<Patch> {
+        let read_err = |e| Error::io(path, "read", e);
         let mut hb = [0u8; MAX_HEADER_LEN];
-        let got = read_at_most(&file, &mut hb, 0).map_err(|e| Error::io(path, "read", e))?;
+        let want = (hb.len() as u64).min(len) as usize;
+        let got = read_at_most(&*src, &mut hb[..want], 0).map_err(read_err)?;
         let header = Header::decode(&hb[..got])?;
         let expect = header.patch_len().unwrap_or(u64::MAX);
         if len != expect {
@@ -473,19 +557,40 @@ impl Patch {
                 ),
             ));
         }
-        // Whole-patch checksum (one streaming pass); for a signed patch, the signed digest is
-        // the hash of the bytes before the signature block, taken on the way.
+        // The manifest is held in memory from the checksum pass on; the header bounds it by
+        // manifest_raw_len, which the memory limit covers.
+        let need = memory_needed(&header);
+        if header.manifest_len > memory_limit {
+            return Err(Error::LimitExceeded {
+                what: "apply memory",
+                needed: need,
+                limit: memory_limit,
+            });
+        }
+        // Whole-patch checksum in one streaming pass over bytes read once: the header from
+        // `hb`, the manifest into `mbytes`, the streams through a buffer. For a signed patch
+        // the signed digest is the hash of the bytes before the signature block.
+        let hlen = header.encoded_len();
         let body = len - TRAILER_LEN as u64;
         let sig_at = header.signature_offset();
         let mut hasher = blake3::Hasher::new();
+        hasher.update(&hb[..hlen]);
+        // At most the memory limit (checked above), and within the patch's length.
+        let mut mbytes = vec![0u8; header.manifest_len as usize];
+        let mut n = hlen as u64;
+        n += read_at_most(&*src, &mut mbytes, n).map_err(read_err)? as u64;
+        hasher.update(&mbytes);
+        let streams_at = header.manifest_offset() + header.manifest_len;
+        n += tree::hash_into(
+            &mut hasher,
+            Section::new(&*src, streams_at, sig_at - streams_at),
+            path,
+        )?;
         let mut sig = [0u8; SIGNATURE_LEN];
         let mut signed_digest = None;
-        let before = if header.is_signed() { sig_at } else { body };
-        let mut n = tree::hash_into(&mut hasher, Section::new(&file, 0, before), path)?;
         if header.is_signed() {
             signed_digest = Some(*hasher.finalize().as_bytes());
-            n += read_at_most(&file, &mut sig, sig_at).map_err(|e| Error::io(path, "read", e))?
-                as u64;
+            n += read_at_most(&*src, &mut sig, sig_at).map_err(read_err)? as u64;
             hasher.update(&sig);
         }
         if n != body {
@@ -493,8 +598,7 @@ impl Patch {
         }
         let found = *hasher.finalize().as_bytes();
         let mut trailer = [0u8; TRAILER_LEN];
-        let got =
-            read_at_most(&file, &mut trailer, body).map_err(|e| Error::io(path, "read", e))?;
+        let got = read_at_most(&*src, &mut trailer, body).map_err(read_err)?;
         if got != TRAILER_LEN {
             return Err(Error::corrupt("trailer", "missing"));
         }
@@ -510,7 +614,6 @@ impl Patch {
                 None => return Err(Error::Unsigned),
             }
         }
-        let need = memory_needed(&header);
         if need > memory_limit {
             return Err(Error::LimitExceeded {
                 what: "apply memory",
@@ -525,30 +628,34 @@ impl Patch {
                 limit: output_limit,
             });
         }
-        // Manifest: one zstd frame, decoded to exactly manifest_raw_len bytes.
+        // Manifest: decoded from the verified bytes in memory to exactly manifest_raw_len bytes.
         let raw_len = header.manifest_raw_len;
         let cap = usize::try_from(raw_len)
             .map_err(|_| Error::corrupt("header", "manifest length does not fit in memory"))?;
-        let sec = Section::new(&file, header.manifest_offset(), header.manifest_len);
-        let mut raw = Vec::new();
-        if header.manifest_len == header.manifest_raw_len {
+        let raw = if header.manifest_len == header.manifest_raw_len {
             // Stored as it is.
-            let mut s = sec;
-            read_exact_stream(&mut s, &mut raw, cap, "manifest")?;
-        } else if header.flags & FLAG_MANIFEST_LZMA != 0 {
-            let mut dec = Stream::open(
-                &file,
-                header.manifest_offset(),
-                header.manifest_len,
-                CODEC_LZMA2,
-                header.window_log,
-                "manifest",
-            )?;
-            read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
+            mbytes
         } else {
-            let mut dec = decoder(sec, header.window_log).map_err(|e| stream_err("manifest", e))?;
-            read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
-        }
+            let mut raw = Vec::new();
+            let mem: &Vec<u8> = &mbytes;
+            if header.flags & FLAG_MANIFEST_LZMA != 0 {
+                let mut dec = Stream::open(
+                    mem,
+                    0,
+                    header.manifest_len,
+                    CODEC_LZMA2,
+                    header.window_log,
+                    "manifest",
+                )?;
+                read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
+            } else {
+                let sec = Section::new(mem, 0, header.manifest_len);
+                let mut dec =
+                    decoder(sec, header.window_log).map_err(|e| stream_err("manifest", e))?;
+                read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
+            }
+            raw
+        };
         // A relative manifest is resolved against OLD's file list by `bind`; here its
         // structure is checked and its target digest read.
         let (manifest, relative, new_digest) =
@@ -563,12 +670,13 @@ impl Patch {
                 (Some(m), Vec::new(), d)
             };
         Ok(Patch {
-            file,
+            src,
             path: path.to_path_buf(),
             header,
             manifest,
             relative,
             new_digest,
+            checksum: trailer,
             memory_limit,
             listing_bytes: 0,
         })
@@ -620,6 +728,11 @@ impl Patch {
     /// The bundle digest this patch produces.
     pub fn new_digest(&self) -> Hash {
         self.new_digest
+    }
+
+    /// The patch's verified BLAKE3 checksum (its trailer): identifies this exact patch.
+    pub fn checksum(&self) -> Hash {
+        self.checksum
     }
 
     fn m(&self) -> &Manifest {
@@ -1076,7 +1189,7 @@ impl<'a> Streams<'a> {
         let h = &p.header;
         let open = |i: usize, what: &'static str| {
             Stream::open(
-                &p.file,
+                &*p.src,
                 h.stream_offset(i),
                 h.stream_lens[i],
                 h.codecs[i],
@@ -1151,15 +1264,59 @@ impl<'a> Streams<'a> {
 // ---------------------------------------------------------------------------------------------
 // Delta streams
 
-/// Positioned reader over `[pos, end)` of a file; never moves a shared cursor.
+/// Positioned reads at explicit offsets, with no shared cursor: a patch (a file, or bytes in
+/// memory) or an old file.
+pub(crate) trait ReadAt {
+    /// Read up to `buf.len()` bytes at `pos`; `Ok(0)` at or past the end.
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+}
+
+impl ReadAt for File {
+    #[cfg(unix)]
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, pos)
+    }
+
+    #[cfg(windows)]
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        std::os::windows::fs::FileExt::seek_read(self, buf, pos)
+    }
+
+    /// Elsewhere: seek, then read. The cursor is shared, which is sound here because an
+    /// apply reads from one thread.
+    #[cfg(not(any(unix, windows)))]
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        use std::io::Seek;
+        let mut f: &File = self;
+        f.seek(io::SeekFrom::Start(pos))?;
+        f.read(buf)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let start = usize::try_from(pos).map_or(self.len(), |p| p.min(self.len()));
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.as_slice().read_at(buf, pos)
+    }
+}
+
+/// Positioned reader over `[pos, end)` of a source; never moves a shared cursor.
 pub(crate) struct Section<'a> {
-    file: &'a File,
+    file: &'a dyn ReadAt,
     pos: u64,
     end: u64,
 }
 
 impl<'a> Section<'a> {
-    pub(crate) fn new(file: &'a File, pos: u64, len: u64) -> Section<'a> {
+    pub(crate) fn new(file: &'a dyn ReadAt, pos: u64, len: u64) -> Section<'a> {
         Section {
             file,
             pos,
@@ -1175,28 +1332,16 @@ impl Read for Section<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let k = read_at(self.file, &mut buf[..n], self.pos)?;
+        let k = self.file.read_at(&mut buf[..n], self.pos)?;
         self.pos += k as u64;
         Ok(k)
     }
 }
 
-#[cfg(unix)]
-fn read_at(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    f.read_at(buf, pos)
-}
-
-#[cfg(windows)]
-fn read_at(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    use std::os::windows::fs::FileExt;
-    f.seek_read(buf, pos)
-}
-
-fn read_at_most(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+fn read_at_most(f: &(impl ReadAt + ?Sized), buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match read_at(f, &mut buf[got..], pos + got as u64) {
+        match f.read_at(&mut buf[got..], pos + got as u64) {
             Ok(0) => break,
             Ok(k) => got += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1618,7 +1763,7 @@ impl Read for MultiLzma<'_> {
 
 impl<'a> Stream<'a> {
     fn open(
-        file: &'a File,
+        file: &'a dyn ReadAt,
         pos: u64,
         len: u64,
         codec: u8,
@@ -1892,4 +2037,112 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
         });
     }
     fs::rename(from, to).map_err(|e| Error::io(to, "rename", e))
+}
+
+#[cfg(all(test, feature = "diff"))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Serves `first` until the read that reaches the end of the file (the trailer, the last
+    /// thing the checksum pass reads), then `then`: a patch file rewritten by another process
+    /// right after it was verified.
+    struct Swapping {
+        first: Vec<u8>,
+        then: Vec<u8>,
+        swapped: AtomicBool,
+    }
+
+    impl ReadAt for Swapping {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+            if self.swapped.load(Ordering::SeqCst) {
+                return self.then.read_at(buf, pos);
+            }
+            let k = self.first.read_at(buf, pos)?;
+            if pos + k as u64 >= self.first.len() as u64 {
+                self.swapped.store(true, Ordering::SeqCst);
+            }
+            Ok(k)
+        }
+    }
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Issue 9, item 2: a patch whose bytes change after the checksum and the signature were
+    /// checked must never produce anything but what the signed bytes describe. The landed code
+    /// read the manifest from the file again after the check, so the swapped patch's target
+    /// (an executable the signer never signed) was rebuilt and reported as verified.
+    #[test]
+    fn bytes_changed_after_verification_are_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = noise(1, 64 << 10);
+        let mut new_a = old.clone();
+        let mut new_b = old.clone();
+        new_a[20_000..24_000].copy_from_slice(&noise(2, 4000));
+        new_b[20_000..24_000].copy_from_slice(&noise(3, 4000));
+        let (signer, attacker) = ([7u8; 32], [9u8; 32]);
+        let mut o = crate::DiffOptions::new();
+        o.codec(crate::Codec::Zstd).sign_with(signer);
+        let a = o.diff_bytes(&old, &new_a).unwrap();
+        o.sign_with(attacker);
+        let b = o.diff_bytes(&old, &new_b).unwrap();
+        // Same layout, so that rereading any section of B where A was verified yields a
+        // well-formed patch for NEW_B: what the attack needs.
+        let (ha, hb) = (Header::decode(&a).unwrap(), Header::decode(&b).unwrap());
+        assert_eq!(a.len(), b.len());
+        assert_eq!(
+            (ha.manifest_len, ha.stream_lens),
+            (hb.manifest_len, hb.stream_lens)
+        );
+        let old_path = dir.path().join("old");
+        fs::write(&old_path, &old).unwrap();
+        let digest_a = *blake3::hash(&new_a).as_bytes();
+        let digest_b = *blake3::hash(&new_b).as_bytes();
+
+        let mut patcher = Patcher::new();
+        patcher.require_signature(crate::public_key(&signer));
+        // Control: the signed patch as it is verifies and rebuilds NEW_A; B is refused.
+        let p = patcher
+            .open_source(Box::new(a.clone()), a.len() as u64, Path::new("a"))
+            .unwrap();
+        let r = patcher.verify_patch(p, Some(&old_path)).unwrap().unwrap();
+        assert_eq!(r.digest, digest_a);
+        assert!(patcher
+            .open_source(Box::new(b.clone()), b.len() as u64, Path::new("b"))
+            .is_err());
+
+        let swapping = Swapping {
+            first: a.clone(),
+            then: b,
+            swapped: AtomicBool::new(false),
+        };
+        let len = a.len() as u64;
+        let result = patcher
+            .open_source(Box::new(swapping), len, Path::new("swapped"))
+            .and_then(|p| patcher.verify_patch(p, Some(&old_path)));
+        match result {
+            Ok(Some(r)) => {
+                assert_ne!(
+                    r.digest, digest_b,
+                    "rebuilt the attacker's NEW_B as verified"
+                );
+                assert_eq!(r.digest, digest_a);
+            }
+            Ok(None) => unreachable!("OLD was given"),
+            Err(e) => assert!(
+                matches!(e, Error::OutputMismatch { .. } | Error::Corrupt { .. }),
+                "refused, but for an unexpected reason: {e}"
+            ),
+        }
+    }
 }

@@ -298,6 +298,17 @@ impl Header {
             stream_lens,
         };
         debug_assert_eq!(h.encoded_len(), r.pos);
+        // A compressed manifest is never larger than its raw bytes (a writer stores it as it
+        // is otherwise), so what the applier holds of it is bounded by `manifest_raw_len`.
+        if manifest_len > manifest_raw_len {
+            return Err(Error::corrupt(
+                "header",
+                format!(
+                    "manifest_len {manifest_len} exceeds manifest_raw_len {manifest_raw_len} \
+                     (a manifest that does not compress is stored as it is)"
+                ),
+            ));
+        }
         if h.patch_len().is_none() {
             return Err(Error::corrupt("header", "section lengths overflow"));
         }

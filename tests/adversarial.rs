@@ -476,7 +476,13 @@ fn decompression_bombs_and_huge_windows_are_refused_small() {
     assert_eq!(decoded_len(CODEC_ZSTD, &z, 64 << 20), 64 << 20);
     for declared in [1024u64, 2 << 20] {
         let b = assemble(0, 21, [CODEC_RAW; 3], &z, declared, 100, [&[], &[], &new]);
-        size_case(&s, &b, "zstd manifest bomb", "longer than declared");
+        // Declared smaller than its compressed bytes: refused by the header alone.
+        let want = if (z.len() as u64) > declared {
+            "exceeds manifest_raw_len"
+        } else {
+            "longer than declared"
+        };
+        size_case(&s, &b, "zstd manifest bomb", want);
         n += 1;
     }
     let l = lzma2_zero_bomb(512);
@@ -578,11 +584,19 @@ fn decompression_bombs_and_huge_windows_are_refused_small() {
     size_case(&s, &b, "zstd stream window 2^30", "extra stream");
     n += 2;
     // Headers that ask for too much: window 2^31, a 2^40-byte manifest, streams of 2^63.
-    for (wl, raw_len, what) in [
-        (31u8, raw.len() as u64, "window_log 31"),
-        (21, 1 << 40, "manifest_raw_len 2^40"),
+    for (wl, manifest, raw_len, what) in [
+        (31u8, &raw[..], raw.len() as u64, "window_log 31"),
+        (21, &z[..], 1 << 40, "manifest_raw_len 2^40"),
     ] {
-        let b = assemble(0, wl, [CODEC_ZSTD; 3], &z, raw_len, 100, [&[], &[], &[]]);
+        let b = assemble(
+            0,
+            wl,
+            [CODEC_ZSTD; 3],
+            manifest,
+            raw_len,
+            100,
+            [&[], &[], &[]],
+        );
         size_case(&s, &b, what, "apply memory");
         n += 1;
     }
