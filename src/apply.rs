@@ -2066,6 +2066,28 @@ mod tests {
         }
     }
 
+    /// A FIFO named as the patch is refused at once (the landed code blocked in `open`).
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_as_the_patch_is_refused_without_blocking() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p.bdp");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Patcher::new().open(&fifo).err().map(|e| e.to_string()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("opening a FIFO as the patch blocked");
+        let e = got.expect("a FIFO was accepted as a patch");
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
     fn noise(seed: u64, n: usize) -> Vec<u8> {
         let mut x = seed;
         (0..n)
