@@ -42,11 +42,13 @@
 #![deny(missing_docs)]
 
 mod apply;
+mod codec;
 #[cfg(feature = "diff")]
 mod diff;
 mod error;
 pub mod format;
 mod inplace;
+mod readat;
 mod sign;
 mod tree;
 
