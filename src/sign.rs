@@ -31,7 +31,6 @@
 //!
 //! The module is part of the apply core: verification is what a client needs.
 
-use std::fmt::Write as _;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
@@ -59,12 +58,7 @@ pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
 
 /// A short, human-comparable name for a public key: 16 hex digits of its blake3.
 pub fn fingerprint(public: &[u8; 32]) -> String {
-    let h = blake3::hash(public);
-    let mut s = String::with_capacity(16);
-    for b in &h.as_bytes()[..8] {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    crate::tree::hex_bytes(&blake3::hash(public).as_bytes()[..8])
 }
 
 /// Sign the digest of a patch body (everything before the signature block).
@@ -160,12 +154,7 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn encode_key(tag: &str, key: &[u8; 32]) -> String {
-    let mut s = format!("{tag} ");
-    for b in key {
-        let _ = write!(s, "{b:02x}");
-    }
-    s.push('\n');
-    s
+    format!("{tag} {}\n", crate::tree::hex_bytes(key))
 }
 
 fn decode_key(tag: &str, text: &[u8], what: &'static str) -> Result<[u8; 32]> {

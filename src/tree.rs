@@ -228,9 +228,16 @@ pub(crate) fn bundle_digest(root: &Path) -> Result<Hash> {
 
 /// Lowercase hex of a hash.
 pub fn hex(h: &Hash) -> String {
-    let mut s = String::with_capacity(64);
-    for b in h {
-        s.push_str(&format!("{b:02x}"));
+    hex_bytes(h)
+}
+
+/// Lowercase hex of any bytes: the one hex encoder of the crate (hashes, keys, fingerprints).
+pub(crate) fn hex_bytes(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     s
 }
