@@ -125,6 +125,7 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 /// ```
 pub struct Patcher {
     memory_limit: u64,
+    unknown: Unknown,
     strict_memory: bool,
     output_limit: u64,
     public_key: Option<[u8; 32]>,
@@ -158,6 +159,7 @@ impl Patcher {
     pub fn new() -> Patcher {
         Patcher {
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            unknown: Unknown::Refuse,
             strict_memory: false,
             output_limit: u64::MAX,
             public_key: None,
@@ -188,6 +190,17 @@ impl Patcher {
             p.check_listing_memory()?;
         }
         Ok(())
+    }
+
+    /// What to do with entries of OLD that the patch does not know about (see [`Unknown`]).
+    /// Default [`Unknown::Refuse`]: the apply fails before writing anything and names them.
+    pub fn unknown(&mut self, policy: Unknown) -> &mut Patcher {
+        self.unknown = policy;
+        self
+    }
+
+    pub(crate) fn unknown_policy(&self) -> Unknown {
+        self.unknown
     }
 
     /// Largest total of new file content accepted, in bytes. Default: unlimited.
@@ -229,7 +242,7 @@ impl Patcher {
     pub fn apply(&self, old: &Path, patch: &Path, out: &Path) -> Result<ApplyReport> {
         let mut p = self.open(patch)?;
         p.check_old_kind(old)?;
-        p.bind(old)?;
+        p.bind_checked(old, self.unknown)?;
         self.check_listing_memory(&p)?;
         let base = p.check_base(old)?;
         if fs::symlink_metadata(out).is_ok() {
@@ -246,6 +259,9 @@ impl Patcher {
                 LinkMode::Copy,
                 self.progress.as_deref(),
             )?;
+            if self.unknown == Unknown::Keep {
+                p.carry_unknown(old, &stage, LinkMode::Copy)?;
+            }
             sync_parent(&stage)?;
             rename_noreplace(&stage, out)?;
             sync_parent(out)?;
@@ -292,7 +308,7 @@ impl Patcher {
             None => Ok(None),
             Some(old) => {
                 p.check_old_kind(old)?;
-                p.bind(old)?;
+                p.bind_checked(old, self.unknown)?;
                 self.check_listing_memory(&p)?;
                 let base = p.check_base(old)?;
                 Ok(Some(p.build(
@@ -322,6 +338,8 @@ pub struct Patch {
     new_digest: Hash,
     /// The verified whole-patch BLAKE3 (the trailer): the patch's identity.
     checksum: Hash,
+    /// Entries of OLD the patch does not know about (set by `bind_checked`), in path order.
+    unknown: Vec<ListEntry>,
     /// The heap limit the patch was opened with.
     memory_limit: u64,
     /// Heap taken by OLD's file list and the entries resolved from it (relative manifests;
@@ -489,6 +507,69 @@ fn name_listing_difference(old: &Path, listing: &[ListEntry], tags: &BaseTags) -
             "differs from the base's entry (content, size, kind, mode or link target)",
         )
     })
+}
+
+/// The entries of OLD's listing that its base did not have, when that is the only difference:
+/// OLD's entries are aligned in order with the base tags (an entry whose tag does not match the
+/// next base tag is taken as extra), and the result is confirmed by the listing digest of what
+/// is left, so it is exact or `None` (other differences, no tags, or an extra entry whose tag
+/// happened to match, a 2^-bits chance each). Indices into `listing`, ascending.
+fn extra_entries(
+    old: &Path,
+    listing: &[ListEntry],
+    tags: &BaseTags,
+    digest: &Hash,
+) -> Result<Option<Vec<usize>>> {
+    if tags.is_empty() || listing.len() <= tags.len() {
+        return Ok(None);
+    }
+    let mut extra = Vec::new();
+    let mut j = 0;
+    for (i, e) in listing.iter().enumerate() {
+        let content = match e.kind {
+            ListKind::File { .. } => match hash_base_file(&old.join(&e.path), &e.path) {
+                Ok((_, h)) => Some(h),
+                Err(Error::WrongBase { .. }) => return Ok(None),
+                Err(err) => return Err(err),
+            },
+            _ => None,
+        };
+        if j < tags.len() && tags.matches(j, &listing_tag(e, content.as_ref())) {
+            j += 1;
+        } else {
+            extra.push(i);
+        }
+    }
+    if j != tags.len() {
+        return Ok(None);
+    }
+    let rest: Vec<ListEntry> = listing
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| extra.binary_search(i).is_err())
+        .map(|(_, e)| e.clone())
+        .collect();
+    Ok((listing_digest(&rest) == *digest).then_some(extra))
+}
+
+/// What to do with entries of OLD that a patch does not know about: neither in the new
+/// version, nor among the old entries the patch deletes or reads (a user's config file, a
+/// cache directory). Nothing a patch does not name is ever deleted silently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unknown {
+    /// Refuse the patch before anything is written, naming them ([`Error::UnknownEntries`]).
+    /// The default.
+    #[default]
+    Refuse,
+    /// Carry them over into the new version as they are (copied, or hard-linked in place),
+    /// after the new version was built and verified. Refused when the new version needs one's
+    /// place (an entry at the same path, or its directory removed or turned into a file). The
+    /// result is then the new version plus these entries, so its bundle digest is not the
+    /// patch's, and rerunning the patch on it is refused as a wrong base.
+    Keep,
+    /// Leave them out of the new version: in place, they are deleted with the old version.
+    Remove,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -682,6 +763,7 @@ impl Patch {
             relative,
             new_digest,
             checksum: trailer,
+            unknown: Vec::new(),
             memory_limit,
             listing_bytes: 0,
         })
@@ -689,21 +771,73 @@ impl Patch {
 
     /// Resolve a manifest stored relative to OLD's file list by scanning `old` (no contents
     /// are read). Does nothing for a manifest stored in full. A file list that differs from
-    /// the patch's base is [`Error::WrongBase`].
+    /// the patch's base is [`Error::WrongBase`], or [`Error::UnknownEntries`] when OLD only
+    /// has entries the base did not.
     pub fn bind(&mut self, old: &Path) -> Result<()> {
         if self.manifest.is_some() {
             return Ok(());
         }
-        let listing = tree::scan(old).map_err(|e| match e {
+        self.bind_checked(old, Unknown::Refuse)
+    }
+
+    /// [`Patch::bind`], then find the entries of OLD the patch does not know about and apply
+    /// `policy` to them (see [`Unknown`]): refuse (naming them), or record them to keep or to
+    /// leave out. Under the full form the patch names every entry of its base (the new
+    /// version's, the deleted ones and the old files it reads), so an unknown entry is any
+    /// other; under the relative form they are found by aligning OLD's listing with the base
+    /// tags, and confirmed exactly by the listing digest.
+    pub(crate) fn bind_checked(&mut self, old: &Path, policy: Unknown) -> Result<()> {
+        if !self.header.is_directory() {
+            return Ok(());
+        }
+        let mut listing = tree::scan(old).map_err(|e| match e {
             Error::InvalidInput { path, reason } => {
                 Error::wrong_base(path.display().to_string(), reason)
             }
             other => other,
         })?;
+        if let Some(m) = &self.manifest {
+            let known: std::collections::HashSet<&str> = m
+                .entries
+                .iter()
+                .map(|e| e.path.as_str())
+                .chain(m.deleted.iter().map(String::as_str))
+                .chain(m.old_files.iter().map(|f| f.path.as_str()))
+                .collect();
+            self.unknown = listing
+                .into_iter()
+                .filter(|e| !known.contains(e.path.as_str()))
+                .collect();
+            return self.check_unknown(policy);
+        }
         if self.header.has_base_tags() {
             let prefix = Manifest::relative_prefix(&self.relative, &self.header)?;
             if listing_digest(&listing) != prefix.listing_digest {
-                return Err(name_listing_difference(old, &listing, &prefix.base_tags)?);
+                let extra =
+                    extra_entries(old, &listing, &prefix.base_tags, &prefix.listing_digest)?;
+                let Some(extra) = extra else {
+                    return Err(name_listing_difference(old, &listing, &prefix.base_tags)?);
+                };
+                let mut i = 0;
+                let mut unknown = Vec::with_capacity(extra.len());
+                listing.retain_mut(|e| {
+                    let drop = extra.binary_search(&i).is_ok();
+                    i += 1;
+                    if drop {
+                        unknown.push(std::mem::replace(
+                            e,
+                            ListEntry {
+                                path: String::new(),
+                                kind: ListKind::Dir,
+                            },
+                        ));
+                    }
+                    !drop
+                });
+                self.unknown = unknown;
+                if policy == Unknown::Refuse {
+                    return self.check_unknown(policy);
+                }
             }
         }
         self.listing_bytes = listing_memory(&listing);
@@ -712,7 +846,109 @@ impl Patch {
             &self.header,
             Some(&listing),
         )?);
-        Ok(())
+        self.check_unknown(policy)
+    }
+
+    /// Refuse unknown entries under [`Unknown::Refuse`]; under [`Unknown::Keep`], refuse those
+    /// that cannot be kept because the new version needs their place.
+    fn check_unknown(&self, policy: Unknown) -> Result<()> {
+        if self.unknown.is_empty() {
+            return Ok(());
+        }
+        match policy {
+            Unknown::Remove => Ok(()),
+            Unknown::Refuse => Err(Error::UnknownEntries {
+                count: self.unknown.len(),
+                paths: self
+                    .unknown
+                    .iter()
+                    .take(5)
+                    .map(|e| e.path.clone())
+                    .collect(),
+            }),
+            Unknown::Keep => {
+                let Some(m) = &self.manifest else {
+                    return Ok(());
+                };
+                let new: std::collections::HashMap<&str, bool> = m
+                    .entries
+                    .iter()
+                    .map(|e| (e.path.as_str(), matches!(e.kind, EntryKind::Dir)))
+                    .collect();
+                let kept_dirs: std::collections::HashSet<&str> = self
+                    .unknown
+                    .iter()
+                    .filter(|e| matches!(e.kind, ListKind::Dir))
+                    .map(|e| e.path.as_str())
+                    .collect();
+                for u in &self.unknown {
+                    let why = if new.contains_key(u.path.as_str()) {
+                        Some("the new version has an entry at this path")
+                    } else {
+                        match u.path.rsplit_once('/') {
+                            None => None,
+                            Some((dir, _)) => match new.get(dir) {
+                                Some(true) => None,
+                                Some(false) => {
+                                    Some("the new version has a file where its directory is")
+                                }
+                                None if kept_dirs.contains(dir) => None,
+                                None => Some("the new version removes its directory"),
+                            },
+                        }
+                    };
+                    if let Some(why) = why {
+                        return Err(Error::wrong_base(
+                            &u.path,
+                            format!("cannot keep this entry the patch does not know: {why}"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Entries of OLD the patch does not know about, found by the last bind (empty before).
+    pub fn unknown_entries(&self) -> impl Iterator<Item = &str> {
+        self.unknown.iter().map(|e| e.path.as_str())
+    }
+
+    /// Copy (or, in place, hard-link) the unknown entries of OLD into the built stage, for
+    /// [`Unknown::Keep`]. The patch knows nothing of their contents: they are carried over as
+    /// they are, never followed through a symlink, after the new version itself was verified.
+    pub(crate) fn carry_unknown(&self, old: &Path, stage: &Path, link: LinkMode) -> Result<()> {
+        if self.unknown.is_empty() {
+            return Ok(());
+        }
+        let mut parents = std::collections::HashSet::new();
+        for u in &self.unknown {
+            // Parents are real directories of OLD (never a symlink swapped in).
+            if let Some((dir, _)) = u.path.rsplit_once('/') {
+                check_parents(old, &format!("{dir}/x"), &mut parents)?;
+            }
+            let (src, dst) = (old.join(&u.path), stage.join(&u.path));
+            match &u.kind {
+                ListKind::Dir => create_dir(&dst)?,
+                ListKind::Symlink { target } => make_symlink(target, &dst)?,
+                ListKind::File { exec, .. } => {
+                    if link == LinkMode::HardLink && try_hard_link(&src, &dst, *exec)? {
+                        continue;
+                    }
+                    let mut from = open_regular(&src)?;
+                    let mut to = create_file(&dst, *exec)?;
+                    io::copy(&mut from, &mut to).map_err(|e| Error::io(&dst, "copy", e))?;
+                    if !SYNCFS {
+                        to.sync_all().map_err(|e| Error::io(&dst, "fsync", e))?;
+                    }
+                }
+            }
+        }
+        if SYNCFS {
+            syncfs(stage)
+        } else {
+            sync_dir(stage)
+        }
     }
 
     /// Refuse an apply whose heap would pass the limit once OLD's file list is counted (a

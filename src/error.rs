@@ -94,6 +94,16 @@ pub enum Error {
         /// Why it failed.
         why: &'static str,
     },
+    /// OLD holds entries the patch does not know about (neither in the new version, nor
+    /// among the old entries it deletes or reads): a user's file, a cache. Refused by default,
+    /// before anything is written; [`crate::Patcher::unknown`] chooses to keep or remove them.
+    UnknownEntries {
+        /// How many entries of OLD the patch does not know (a directory and what is in it count
+        /// one each).
+        count: usize,
+        /// The first few of them, relative to OLD, in path order.
+        paths: Vec<String>,
+    },
     /// Invalid options (out-of-range level, window, ...).
     Config {
         /// What is wrong.
@@ -199,6 +209,25 @@ impl fmt::Display for Error {
                 f,
                 "patch signature check failed with public key {key}: {why}; nothing was written"
             ),
+            Error::UnknownEntries { count, paths } => {
+                let more = count.saturating_sub(paths.len());
+                write!(
+                    f,
+                    "OLD has {count} entr{} the patch does not know about ({}{}); refusing to \
+                     drop {}: rerun with --unknown keep to carry {} over into the new version, \
+                     or --unknown remove to delete {}",
+                    if *count == 1 { "y" } else { "ies" },
+                    paths.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    },
+                    if *count == 1 { "it" } else { "them" },
+                    if *count == 1 { "it" } else { "them" },
+                    if *count == 1 { "it" } else { "them" },
+                )
+            }
             Error::Config { detail } => write!(f, "invalid option: {detail}"),
         }
     }

@@ -82,13 +82,18 @@ fn inode(_p: &Path) -> Option<(u64, u64)> {
 
 fn write_journal(journal: &Path, text: &str) -> Result<()> {
     let tmp = side_path(journal, "tmp")?;
-    {
+    let written = (|| {
         let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
         f.write_all(text.as_bytes())
             .map_err(|e| Error::io(&tmp, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        fs::rename(&tmp, journal).map_err(|e| Error::io(journal, "rename", e))
+    })();
+    if written.is_err() {
+        // A full disk fails the write: leave nothing behind.
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, journal).map_err(|e| Error::io(journal, "rename", e))?;
+    written?;
     sync_parent(journal)
 }
 
@@ -280,7 +285,7 @@ impl Patcher {
         let stage = side_path(target, "stage")?;
         let recovered = recover(target, &journal, &stage)?;
         p.check_old_kind(target)?;
-        if let Err(e) = p.bind(target) {
+        if let Err(e) = p.bind_checked(target, self.unknown_policy()) {
             // A relative manifest binds only to OLD's file list: a target at the new version
             // does not bind, and is recognised by its digest.
             if bundle_digest(target).ok() == Some(p.new_digest()) {
@@ -332,13 +337,21 @@ impl Patcher {
             });
         }
         write_journal(&journal, "bundelta-journal-v1 building\n")?;
-        let report = match p.build(
-            target,
-            Some(&stage),
-            &base,
-            LinkMode::HardLink,
-            self.progress_fn(),
-        ) {
+        let built = p
+            .build(
+                target,
+                Some(&stage),
+                &base,
+                LinkMode::HardLink,
+                self.progress_fn(),
+            )
+            .and_then(|r| {
+                if self.unknown_policy() == crate::Unknown::Keep {
+                    p.carry_unknown(target, &stage, LinkMode::HardLink)?;
+                }
+                Ok(r)
+            });
+        let report = match built {
             Ok(r) => r,
             Err(e) => {
                 remove_all(&stage);

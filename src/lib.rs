@@ -53,8 +53,8 @@ mod sign;
 mod tree;
 
 pub use apply::{
-    listing_memory, memory_needed, ApplyReport, Patch, Patcher, ProgressFn, DEFAULT_MEMORY_LIMIT,
-    LISTING_ENTRY_BYTES,
+    listing_memory, memory_needed, ApplyReport, Patch, Patcher, ProgressFn, Unknown,
+    DEFAULT_MEMORY_LIMIT, LISTING_ENTRY_BYTES,
 };
 #[cfg(feature = "diff")]
 pub use diff::{

@@ -184,10 +184,33 @@ struct ApplyArgs {
     /// default, since trees of more than about 15,000 files would then need a larger limit.
     #[arg(long)]
     strict_memory: bool,
+    /// What to do with entries of OLD the patch does not know about (neither in the new
+    /// version nor among the old entries it deletes or reads: a user's config, a cache).
+    /// `refuse` fails before writing anything and names them; `keep` carries them over into
+    /// the new version as they are; `remove` leaves them out (in place: deletes them).
+    #[arg(long, value_enum, default_value = "refuse", value_name = "WHAT")]
+    unknown: UnknownArg,
     #[command(flatten)]
     key: PubkeyArg,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UnknownArg {
+    Refuse,
+    Keep,
+    Remove,
+}
+
+impl From<UnknownArg> for bundelta::Unknown {
+    fn from(a: UnknownArg) -> Self {
+        match a {
+            UnknownArg::Refuse => bundelta::Unknown::Refuse,
+            UnknownArg::Keep => bundelta::Unknown::Keep,
+            UnknownArg::Remove => bundelta::Unknown::Remove,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -203,6 +226,10 @@ struct VerifyArgs {
     /// Also count OLD's file list against --memory-limit (see `apply --help`).
     #[arg(long)]
     strict_memory: bool,
+    /// Entries of OLD the patch does not know about: refuse, keep or remove (see
+    /// `apply --help`).
+    #[arg(long, value_enum, default_value = "refuse", value_name = "WHAT")]
+    unknown: UnknownArg,
     #[command(flatten)]
     key: PubkeyArg,
     #[command(flatten)]
@@ -543,7 +570,8 @@ fn patcher(limit: u64, strict: bool, key: &PubkeyArg, pb: &Option<ProgressBar>) 
 
 fn apply(a: ApplyArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "applying");
-    let p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
+    let mut p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
+    p.unknown(a.unknown.into());
     let t = Instant::now();
     if a.in_place {
         let r = p.apply_in_place(&a.old, &a.patch)?;
@@ -607,7 +635,8 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "verifying");
-    let p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
+    let mut p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
+    p.unknown(a.unknown.into());
     let r = p.verify(&a.patch, a.old.as_deref())?;
     if let Some(pb) = pb {
         pb.finish_and_clear();

@@ -31,7 +31,6 @@
 //!
 //! The module is part of the apply core: verification is what a client needs.
 
-
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::error::{Error, Result};

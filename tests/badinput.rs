@@ -264,8 +264,15 @@ fn wrong_base_names_the_first_file_that_differs() {
     let c = tagged_case(None, false);
     fs::write(c.p("old/lib/m03.js"), b"shorter").unwrap();
     assert_eq!(named(&c).0, "lib/m03.js");
+    // An entry the base did not have is named as unknown when it is the only difference (the
+    // user may keep or remove it: tests/unknown.rs), as not in the base when there are others.
     let c = tagged_case(None, false);
     fs::write(c.p("old/lib/m03b.js"), b"extra").unwrap();
+    match Patcher::new().apply(&c.p("old"), &c.p("p.bdp"), &c.p("out")) {
+        Err(Error::UnknownEntries { count: 1, paths }) => assert_eq!(paths, ["lib/m03b.js"]),
+        other => panic!("expected one unknown entry, got {other:?}"),
+    }
+    fs::write(c.p("old/lib/m07.js"), b"shorter").unwrap();
     let (path, reason) = named(&c);
     assert_eq!(path, "lib/m03b.js");
     assert!(reason.contains("not in the base"), "{reason}");

@@ -17,3 +17,4 @@ mod golden;
 #[cfg(feature = "cli")]
 mod inplace;
 mod roundtrip;
+mod unknown;
