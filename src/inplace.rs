@@ -279,8 +279,8 @@ impl Patcher {
         let journal = side_path(target, "journal")?;
         let stage = side_path(target, "stage")?;
         let recovered = recover(target, &journal, &stage)?;
-        p.check_old_kind(target)?;
-        if let Err(e) = p.bind(target) {
+        let old = p.open_old(target)?;
+        if let Err(e) = p.bind_old(&old) {
             // A relative manifest binds only to OLD's file list: a target at the new version
             // does not bind, and is recognised by its digest.
             if bundle_digest(target).ok() == Some(p.new_digest()) {
@@ -298,7 +298,7 @@ impl Patcher {
                 recovered,
             });
         }
-        let base = match p.check_base(target) {
+        let base = match p.check_base(&old) {
             Ok(b) => b,
             Err(e) => {
                 if bundle_digest(target).ok() == Some(p.new_digest()) {
@@ -310,14 +310,16 @@ impl Patcher {
                 return Err(e);
             }
         };
+        self.event(crate::apply::ApplyEvent::BaseChecked { old: target });
         if !p.header().is_directory() {
             let result = (|| {
                 let report = p.build(
-                    target,
+                    &old,
                     Some(&stage),
                     &base,
                     LinkMode::Copy,
                     self.progress_fn(),
+                    self.hook_fn(),
                 )?;
                 fs::rename(&stage, target).map_err(|e| Error::io(target, "rename", e))?;
                 sync_parent(target)?;
@@ -333,11 +335,12 @@ impl Patcher {
         }
         write_journal(&journal, "bundelta-journal-v1 building\n")?;
         let report = match p.build(
-            target,
+            &old,
             Some(&stage),
             &base,
             LinkMode::HardLink,
             self.progress_fn(),
+            self.hook_fn(),
         ) {
             Ok(r) => r,
             Err(e) => {
