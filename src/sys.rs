@@ -421,6 +421,51 @@ mod imp {
             }
         }
     }
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// `openat2` (when the kernel has it) and the component walk agree: plain paths open,
+        /// a symlink at any component is refused, `..` and absolute paths are refused, and
+        /// a FIFO opens without blocking and is then refused by kind.
+        #[test]
+        fn openat2_and_the_walk_refuse_links_at_every_component() {
+            let t = tempfile::tempdir().unwrap();
+            let r = t.path();
+            std::fs::create_dir_all(r.join("a/b")).unwrap();
+            std::fs::write(r.join("a/b/f"), b"x").unwrap();
+            std::fs::create_dir(r.join("out")).unwrap();
+            std::fs::write(r.join("out/f"), b"outside").unwrap();
+            std::os::unix::fs::symlink(r.join("a/b"), r.join("a/lb")).unwrap();
+            std::os::unix::fs::symlink(r.join("out"), r.join("a/lo")).unwrap();
+            std::os::unix::fs::symlink("b/f", r.join("a/lf")).unwrap();
+            std::fs::write(r.join("a/file"), b"").unwrap();
+            let st = std::process::Command::new("mkfifo")
+                .arg(r.join("a/fifo"))
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let dir = Dir::open(r).unwrap();
+            type Open = fn(BorrowedFd<'_>, &str, OFlags, Mode) -> io::Result<OwnedFd>;
+            let ways: [(&str, Open); 2] = [("openat2", open_beneath), ("walk", walk)];
+            for (how, open) in ways {
+                let fd = dir.fd.as_fd();
+                let ok = |rel: &str| open(fd, rel, READ, Mode::empty());
+                assert!(ok("a/b/f").is_ok(), "{how}");
+                for bad in ["a/lb/f", "a/lo/f", "a/lf", "a/file/x"] {
+                    let e = ok(bad).expect_err(bad);
+                    assert!(is_link_refusal(&e), "{how} {bad}: {e}");
+                }
+                let e = regular(ok("a/fifo").unwrap()).err().unwrap();
+                assert!(e.to_string().contains("FIFO"), "{how}: {e}");
+            }
+            for bad in ["../x", "a/../a/b/f", "/etc/passwd", "a//b/f", ""] {
+                assert!(dir.open_file(bad).is_err(), "{bad}");
+            }
+            assert!(dir.open_dir("a/lb").is_err());
+            assert!(dir.open_file("a/b/f").is_ok());
+        }
+    }
 }
 
 #[cfg(not(unix))]

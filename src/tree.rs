@@ -110,13 +110,14 @@ fn scan_into(dir: &Dir, prefix: &str, out: &mut Vec<Node>) -> Result<()> {
     Ok(())
 }
 
-#[cfg(unix)]
+/// Whether a file's mode has an executable bit (the `diff` side's scan of inputs).
+#[cfg(all(unix, feature = "diff"))]
 pub(crate) fn is_exec(md: &fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
     md.permissions().mode() & 0o111 != 0
 }
 
-#[cfg(not(unix))]
+#[cfg(all(not(unix), feature = "diff"))]
 pub(crate) fn is_exec(_md: &fs::Metadata) -> bool {
     false
 }
