@@ -351,6 +351,10 @@ pub(crate) struct BaseCheck {
     table_ids: Vec<FileId>,
 }
 
+/// Identity before and after this apply hard-linked a file of the old-file table (used again
+/// later as a source).
+type Relinked = std::collections::HashMap<FileId, FileId>;
+
 /// OLD, opened once: every file of it the apply reads is reached through this.
 pub(crate) enum Old {
     /// A directory bundle: each path is resolved beneath this handle, never following a
@@ -389,9 +393,12 @@ impl Old {
 
     /// Open the file `rel` relied upon, requiring it to be the file that was hashed (same
     /// inode, size, mtime, ctime and mode); anything else is [`Error::WrongBase`].
-    fn open_checked(&self, rel: &str, id: &FileId) -> Result<Opened> {
+    ///
+    /// `relinked` maps the identity of a file this apply hard-linked to its identity after
+    /// the link (a link moves the ctime): such a file is still the one hashed.
+    fn open_checked(&self, rel: &str, id: &FileId, relinked: &Relinked) -> Result<Opened> {
         let o = self.open(rel).map_err(|e| self.base_error(rel, e))?;
-        if o.id != *id {
+        if o.id != *id && relinked.get(id) != Some(&o.id) {
             return Err(Error::wrong_base(
                 rel,
                 "changed after the base check (replaced, written to, or its metadata \
@@ -1076,6 +1083,10 @@ impl Patch {
             })
         };
         let mut made_dirs: Vec<PathBuf> = Vec::new();
+        // Files of the old-file table this apply hard-links (their ctime moves), for their
+        // later use as sources.
+        let table_ids: std::collections::HashSet<FileId> = base.table_ids.iter().copied().collect();
+        let mut relinked = Relinked::new();
         let mut streams = Streams::open(self)?;
         for e in &self.m().entries {
             let dest = dest_of(&e.path);
@@ -1117,7 +1128,11 @@ impl Patch {
                     };
                     let linked = match (&mut tree_out, &dest, op, link, same) {
                         (Some(w), Some(d), FileOp::Unchanged, LinkMode::HardLink, Some(s)) => {
-                            try_hard_link(old, &e.path, &s.2, w, d, *exec)?
+                            let l = try_hard_link(old, &e.path, &s.2, w, d, *exec)?;
+                            if let (Some(after), true) = (l, table_ids.contains(&s.2)) {
+                                relinked.insert(s.2, after);
+                            }
+                            l.is_some()
                         }
                         _ => false,
                     };
@@ -1141,7 +1156,7 @@ impl Patch {
                             progress,
                         };
                         let same = same.map(|s| (s.0, s.2));
-                        self.produce(old, e, same, base, &mut streams, &mut sink)
+                        self.produce(old, e, same, base, &relinked, &mut streams, &mut sink)
                             .map_err(|err| match (err, &dest) {
                                 // Name the file being written (disk full, I/O error).
                                 (Error::Io { path, op, source }, Some(d))
@@ -1217,6 +1232,7 @@ impl Patch {
         e: &crate::format::Entry,
         same: Option<(u64, FileId)>,
         base: &BaseCheck,
+        relinked: &Relinked,
         streams: &mut Streams<'_>,
         out: &mut dyn Write,
     ) -> Result<()> {
@@ -1232,12 +1248,16 @@ impl Patch {
                 .table_ids
                 .get(i as usize)
                 .ok_or_else(|| Error::corrupt("manifest", "old-file index out of range"))?;
-            Ok((old.open_checked(&f.path, id)?, f.size, f.path.as_str()))
+            Ok((
+                old.open_checked(&f.path, id, relinked)?,
+                f.size,
+                f.path.as_str(),
+            ))
         };
         let own = || -> Result<(Opened, u64)> {
             let (n, id) =
                 same.ok_or_else(|| Error::corrupt("manifest", "base file count mismatch"))?;
-            Ok((old.open_checked(path, &id)?, n))
+            Ok((old.open_checked(path, &id, relinked)?, n))
         };
         match op {
             FileOp::Unchanged => {
@@ -2001,8 +2021,9 @@ fn stage_error(p: &Path, e: io::Error) -> Error {
 /// Hard-link the old file `rel` as the staged entry `rel` (in-place apply of an unchanged
 /// file whose exec bit already matches): the file is opened beneath OLD's handle and must be
 /// the inode that was hashed, unchanged since (size, mtime, ctime, mode: `id`); then that
-/// open file itself is linked, never a name. Returns `false` (the caller copies, hashing the
-/// copy) when the mode differs or the link cannot be made.
+/// open file itself is linked, never a name. Returns its identity after the link (the link
+/// moved its ctime), or `None` (the caller copies, hashing the copy) when the mode differs or
+/// the link cannot be made.
 fn try_hard_link(
     old: &Old,
     rel: &str,
@@ -2010,16 +2031,25 @@ fn try_hard_link(
     w: &mut Writer,
     dst: &Path,
     exec: bool,
-) -> Result<bool> {
-    let o = old.open_checked(rel, id)?;
+) -> Result<Option<FileId>> {
+    let o = old.open_checked(rel, id, &Relinked::new())?;
     if o.meta.exec != exec {
-        return Ok(false);
+        return Ok(None);
     }
     match w.link_file(&o.file, rel) {
-        Ok(()) => Ok(true),
-        Err(e) if sys::is_link_refusal(&e) => Err(stage_error(dst, e)),
-        Err(_) => Ok(false),
+        Ok(()) => {}
+        Err(e) if sys::is_link_refusal(&e) => return Err(stage_error(dst, e)),
+        Err(_) => return Ok(None),
     }
+    let (_, after) = sys::file_id(&o.file).map_err(|e| Error::io(dst, "stat", e))?;
+    if !after.same_but_ctime(id) {
+        return Err(Error::wrong_base(
+            rel,
+            "changed while it was being linked into the new tree; nothing was committed, \
+             run again",
+        ));
+    }
+    Ok(Some(after))
 }
 
 /// Whether durability comes from one `syncfs(2)` per apply rather than an fsync per file.

@@ -40,21 +40,38 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Identity of a file as it was read: a digest of its device, inode, size, mtime, ctime and
-/// mode (16 bytes, so that holding one per file relied upon stays cheap). Two equal values
-/// mean the same inode, not written or changed in metadata in between.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) struct FileId([u8; 16]);
+/// Identity of a file as it was read: 64-bit digests of its device, inode, size, mtime and
+/// mode (`stable`) and of those plus its ctime (`full`); 16 bytes, so that holding one per
+/// file relied upon stays cheap. Equal `full` values mean the same inode, not written to or
+/// changed in metadata in between (ctime moves on any change, and cannot be set back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub(crate) struct FileId {
+    full: u64,
+    stable: u64,
+}
 
 impl FileId {
-    fn of(fields: &[i128]) -> FileId {
-        let mut h = blake3::Hasher::new();
-        for f in fields {
-            h.update(&f.to_le_bytes());
+    /// From the stable fields and the ctime fields.
+    fn of(stable: &[i128], ctime: &[i128]) -> FileId {
+        let digest = |parts: &[&[i128]]| {
+            let mut h = blake3::Hasher::new();
+            for f in parts.iter().flat_map(|p| p.iter()) {
+                h.update(&f.to_le_bytes());
+            }
+            let mut d = [0u8; 8];
+            d.copy_from_slice(&h.finalize().as_bytes()[..8]);
+            u64::from_le_bytes(d)
+        };
+        FileId {
+            full: digest(&[stable, ctime]),
+            stable: digest(&[stable]),
         }
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        FileId(id)
+    }
+
+    /// Same inode, size, mtime and mode; the ctime may differ (this process linked the file,
+    /// which moves its ctime).
+    pub(crate) fn same_but_ctime(&self, other: &FileId) -> bool {
+        self.stable == other.stable
     }
 }
 
@@ -242,16 +259,17 @@ mod imp {
             size: st.st_size as u64,
             exec: mode & 0o111 != 0,
         };
-        let id = FileId::of(&[
-            st.st_dev as i128,
-            st.st_ino as i128,
-            st.st_size as i128,
-            st.st_mtime as i128,
-            st.st_mtime_nsec as i128,
-            st.st_ctime as i128,
-            st.st_ctime_nsec as i128,
-            mode as i128,
-        ]);
+        let id = FileId::of(
+            &[
+                st.st_dev as i128,
+                st.st_ino as i128,
+                st.st_size as i128,
+                st.st_mtime as i128,
+                st.st_mtime_nsec as i128,
+                mode as i128,
+            ],
+            &[st.st_ctime as i128, st.st_ctime_nsec as i128],
+        );
         (meta, id)
     }
 
@@ -498,7 +516,7 @@ mod imp {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i128);
-        FileId::of(&[md.len() as i128, t])
+        FileId::of(&[md.len() as i128, t], &[])
     }
 
     /// Identity and metadata of an open file.

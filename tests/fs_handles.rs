@@ -659,3 +659,54 @@ fn symlink_planted_in_the_stage_is_not_followed() {
     assert_eq!(fs::read_dir(s.path().join("outside")).unwrap().count(), 0);
     eprintln!("fs_handles: {n} symlinks planted in the stage, none followed");
 }
+
+/// An unchanged file that is also a copy source, applied in place: the hard link made for
+/// the unchanged file moves its ctime, and its later use as a source must still accept it
+/// (it is this apply's own link, not a change) and rebuild exactly NEW.
+#[test]
+fn in_place_file_linked_then_used_as_a_source_applies() {
+    let n = DATA.len() as u64;
+    let mut new = old_tree("f");
+    new.insert("zcopy".into(), file(DATA));
+    let scratch = tempfile::tempdir().unwrap();
+    write_tree(&scratch.path().join("new"), &new);
+    let mut h = blake3::Hasher::new();
+    h.update(&blake(DATA));
+    h.update(&blake(DATA));
+    let m = Manifest {
+        new_digest: bundelta::bundle_digest(&scratch.path().join("new")).unwrap(),
+        base_digest: *h.finalize().as_bytes(),
+        old_files: vec![OldFile {
+            path: "f".into(),
+            size: n,
+        }],
+        entries: vec![
+            Entry {
+                path: "f".into(),
+                kind: EntryKind::File {
+                    exec: false,
+                    size: n,
+                    op: FileOp::Unchanged,
+                },
+            },
+            Entry {
+                path: "zcopy".into(),
+                kind: EntryKind::File {
+                    exec: false,
+                    size: n,
+                    op: FileOp::Copy { source: 0 },
+                },
+            },
+        ],
+        ..Manifest::default()
+    };
+    let patch = assemble(FLAG_DIRECTORY, &m.encode(), 2 * n, [&[], &[], &[]]);
+    for op in OPS {
+        let s = sandbox(&old_tree("f"), &patch);
+        run("linked, then a source", op, s.path(), Patcher::new())
+            .unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        if op == Op::InPlace {
+            assert_eq!(read_tree(&s.path().join("target")), new);
+        }
+    }
+}
