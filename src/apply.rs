@@ -60,7 +60,8 @@ use crate::format::{
     MAX_CONTROL_BLOCK, MAX_HEADER_LEN, SIGNATURE_LEN, TRAILER_LEN, ZERO_RUN_BLOCK,
 };
 pub(crate) use crate::readat::{read_at_most, ReadAt, Section};
-use crate::tree::{self, hash_file, hex, open_regular, TreeDigest, IO_BUF};
+use crate::sys::{self, Dir, FileId, Opened, Writer};
+use crate::tree::{self, hex, TreeDigest, IO_BUF};
 
 /// Heap an apply holds per entry of OLD's file list under a relative manifest, besides the
 /// path bytes (counted twice: the listing and the resolved entries): measured about 220 bytes
@@ -114,6 +115,30 @@ pub fn memory_needed(h: &Header) -> u64 {
 /// Progress callback: `(bytes done, bytes total)`.
 pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
+/// A point of an apply that [`Patcher::hook`] observes (tests of races use it to change the
+/// file system at an exact moment; not part of the stable API).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum ApplyEvent<'a> {
+    /// OLD was checked against the patch (every file relied upon hashed); nothing is staged.
+    BaseChecked {
+        /// OLD as the caller named it.
+        old: &'a Path,
+    },
+    /// An entry was just created in the staging location.
+    Staged {
+        /// The staging location (a directory, or the staged file of a single-file bundle).
+        stage: &'a Path,
+        /// The entry's path in the bundle.
+        path: &'a str,
+    },
+}
+
+/// Callback of [`Patcher::hook`].
+#[doc(hidden)]
+pub type HookFn = dyn Fn(ApplyEvent<'_>) + Send + Sync;
+
 /// Applies patches under explicit limits.
 ///
 /// ```no_run
@@ -130,6 +155,7 @@ pub struct Patcher {
     output_limit: u64,
     public_key: Option<[u8; 32]>,
     progress: Option<Box<ProgressFn>>,
+    hook: Option<Box<HookFn>>,
 }
 
 impl Default for Patcher {
@@ -164,6 +190,7 @@ impl Patcher {
             output_limit: u64::MAX,
             public_key: None,
             progress: None,
+            hook: None,
         }
     }
 
@@ -225,6 +252,25 @@ impl Patcher {
         self
     }
 
+    /// Call `f` at fixed points of every apply and verify ([`ApplyEvent`]). For tests that
+    /// change the file system at an exact moment (a directory of OLD swapped for a symlink
+    /// between the base check and its use); not part of the stable API.
+    #[doc(hidden)]
+    pub fn hook(&mut self, f: Box<HookFn>) -> &mut Patcher {
+        self.hook = Some(f);
+        self
+    }
+
+    pub(crate) fn hook_fn(&self) -> Option<&HookFn> {
+        self.hook.as_deref()
+    }
+
+    pub(crate) fn event(&self, e: ApplyEvent<'_>) {
+        if let Some(h) = &self.hook {
+            h(e);
+        }
+    }
+
     /// Open a patch and check it: length, trailer checksum, header, manifest, limits.
     pub fn open(&self, patch: &Path) -> Result<Patch> {
         Patch::open_checked(
@@ -241,10 +287,12 @@ impl Patcher {
     /// left at `out` and `old` is untouched.
     pub fn apply(&self, old: &Path, patch: &Path, out: &Path) -> Result<ApplyReport> {
         let mut p = self.open(patch)?;
-        p.check_old_kind(old)?;
+        let old_path = old;
+        let old = &p.open_old(old_path)?;
         p.bind_checked(old, self.unknown)?;
         self.check_listing_memory(&p)?;
         let base = p.check_base(old)?;
+        self.event(ApplyEvent::BaseChecked { old: old_path });
         if fs::symlink_metadata(out).is_ok() {
             return Err(Error::OutputExists {
                 path: out.to_path_buf(),
@@ -258,6 +306,7 @@ impl Patcher {
                 &base,
                 LinkMode::Copy,
                 self.progress.as_deref(),
+                self.hook_fn(),
             )?;
             if self.unknown == Unknown::Keep {
                 p.carry_unknown(old, &stage, LinkMode::Copy)?;
@@ -306,17 +355,19 @@ impl Patcher {
     ) -> Result<Option<ApplyReport>> {
         match old {
             None => Ok(None),
-            Some(old) => {
-                p.check_old_kind(old)?;
+            Some(old_path) => {
+                let old = &p.open_old(old_path)?;
                 p.bind_checked(old, self.unknown)?;
                 self.check_listing_memory(&p)?;
                 let base = p.check_base(old)?;
+                self.event(ApplyEvent::BaseChecked { old: old_path });
                 Ok(Some(p.build(
                     old,
                     None,
                     &base,
                     LinkMode::Copy,
                     self.progress.as_deref(),
+                    self.hook_fn(),
                 )?))
             }
         }
@@ -353,6 +404,10 @@ pub(crate) struct BaseCheck {
     base: Vec<(u64, Hash)>,
     /// Hashes of the old-file table's files, in table order.
     table: Vec<Hash>,
+    /// Identity of each file of `base` as it was hashed (see [`sys::FileId`]).
+    base_ids: Vec<FileId>,
+    /// Identity of each file of `table` as it was hashed.
+    table_ids: Vec<FileId>,
 }
 
 /// Open the patch file for reading. A FIFO or device named as the patch is refused at once,
@@ -376,73 +431,151 @@ fn open_patch_file(path: &Path) -> Result<File> {
     Ok(f)
 }
 
-/// Hash an old file the patch relies on; a missing file, or one that is not a regular file
-/// (a directory, a symlink, a path through a file), means OLD is not the expected base.
-fn hash_base_file(p: &Path, rel: &str) -> Result<(u64, Hash)> {
-    hash_file(p).map_err(|e| match e {
-        Error::Io { source, .. } => {
-            let why = match (source.kind(), source.raw_os_error()) {
-                (io::ErrorKind::NotFound, _) => "missing",
-                (io::ErrorKind::InvalidInput, _) => "not a regular file",
-                #[cfg(unix)]
-                (_, Some(libc::ELOOP)) => "is a symlink (never followed)",
-                #[cfg(unix)]
-                (_, Some(libc::ENOTDIR)) => "a parent is not a directory",
-                #[cfg(unix)]
-                (_, Some(libc::EISDIR)) => "not a regular file",
-                _ => return Error::io(p, "read", source),
-            };
-            Error::wrong_base(rel, why)
-        }
-        other => other,
-    })
+/// Identity before and after this apply hard-linked a file of the old-file table (used again
+/// later as a source).
+type Relinked = std::collections::HashMap<FileId, FileId>;
+
+/// OLD, opened once: every file of it the apply reads is reached through this.
+pub(crate) enum Old {
+    /// A directory bundle: each path is resolved beneath this handle, never following a
+    /// symlink at any component.
+    Dir(Dir),
+    /// A single-file bundle: the file itself, held open from the base check to the build,
+    /// so the bytes read are those of the file that was hashed.
+    File {
+        /// The open file.
+        file: File,
+        /// OLD as named.
+        path: PathBuf,
+    },
 }
 
-/// Refuse an old file reached through a parent that is not a real directory of OLD: a
-/// directory of OLD replaced by a symlink (to anywhere, in or out of the bundle) is never
-/// followed, so nothing outside OLD is read, copied or hard-linked. `seen` caches the
-/// directories already checked.
-fn check_parents(
-    old: &Path,
-    rel: &str,
-    seen: &mut std::collections::HashSet<String>,
-) -> Result<()> {
-    for (i, _) in rel.match_indices('/') {
-        let dir = &rel[..i];
-        if seen.contains(dir) {
-            continue;
-        }
-        match fs::symlink_metadata(old.join(dir)) {
-            Ok(md) if md.is_dir() => {
-                seen.insert(dir.to_string());
-            }
-            Ok(md) if md.file_type().is_symlink() => {
-                return Err(Error::wrong_base(
-                    rel,
-                    format!("parent {dir} is a symlink (never followed)"),
-                ))
-            }
-            Ok(_) => return Err(Error::wrong_base(rel, "a parent is not a directory")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::wrong_base(rel, "missing"))
-            }
-            Err(e) => return Err(Error::io(&old.join(dir), "stat", e)),
+impl Old {
+    /// The path of `rel` in OLD (for messages; never opened by name).
+    fn display(&self, rel: &str) -> PathBuf {
+        match self {
+            Old::Dir(d) => d.display(rel),
+            Old::File { path, .. } => path.clone(),
         }
     }
-    Ok(())
+
+    /// Open the regular file `rel` of OLD for reading (see [`sys::Dir::open_file`]).
+    fn open(&self, rel: &str) -> io::Result<Opened> {
+        match self {
+            Old::Dir(d) => d.open_file(rel),
+            Old::File { file, .. } => {
+                let file = file.try_clone()?;
+                let (meta, id) = sys::file_id(&file)?;
+                Ok(Opened { file, id, meta })
+            }
+        }
+    }
+
+    /// Open the file `rel` relied upon, requiring it to be the file that was hashed (same
+    /// inode, size, mtime, ctime and mode); anything else is [`Error::WrongBase`].
+    ///
+    /// `relinked` maps the identity of a file this apply hard-linked to its identity after
+    /// the link (a link moves the ctime): such a file is still the one hashed.
+    fn open_checked(&self, rel: &str, id: &FileId, relinked: &Relinked) -> Result<Opened> {
+        let o = self.open(rel).map_err(|e| self.base_error(rel, e))?;
+        if o.id != *id && relinked.get(id) != Some(&o.id) {
+            return Err(Error::wrong_base(
+                rel,
+                "changed after the base check (replaced, written to, or its metadata \
+                 changed) while the patch was being applied; nothing was committed, run again",
+            ));
+        }
+        Ok(o)
+    }
+
+    /// An error opening the file `rel` relied upon, as [`Error::WrongBase`] where it says
+    /// OLD is not the expected base: missing, not a regular file (named), a symlink, a path
+    /// through a symlink or through a file.
+    fn base_error(&self, rel: &str, source: io::Error) -> Error {
+        let why = match (source.kind(), source.raw_os_error()) {
+            (io::ErrorKind::NotFound, _) => "missing".to_string(),
+            (io::ErrorKind::InvalidInput, None) => source.to_string(),
+            _ if sys::is_link_refusal(&source) => self.diagnose(rel),
+            #[cfg(unix)]
+            (_, Some(libc::EISDIR)) => "is a directory, not a regular file".to_string(),
+            _ => return Error::io(&self.display(rel), "read", source),
+        };
+        Error::wrong_base(rel, why)
+    }
+
+    /// Why `rel` cannot be reached without following a link (error path only): the first
+    /// component of `rel` that is a symlink or not a directory, found by `lstat`s beneath
+    /// OLD's handle.
+    fn diagnose(&self, rel: &str) -> String {
+        let Old::Dir(d) = self else {
+            return "is a symlink (never followed)".to_string();
+        };
+        let comps: Vec<&str> = rel.split('/').collect();
+        let mut at = Ok(None::<Dir>);
+        for (i, c) in comps.iter().enumerate() {
+            let here = comps[..=i].join("/");
+            let dir = match &at {
+                Ok(Some(x)) => x,
+                Ok(None) => d,
+                Err(()) => break,
+            };
+            let kind = dir
+                .entries()
+                .ok()
+                .and_then(|v| v.into_iter().find(|(n, _)| n.as_os_str() == *c))
+                .map(|(_, m)| m.kind);
+            let last = i + 1 == comps.len();
+            match kind {
+                Some(sys::Kind::Symlink) if last => {
+                    return "is a symlink (never followed)".to_string()
+                }
+                Some(sys::Kind::Symlink) => {
+                    return format!("parent {here} is a symlink (never followed)")
+                }
+                Some(sys::Kind::Dir) if !last => {
+                    at = dir.sub(std::ffi::OsStr::new(c)).map(Some).map_err(|_| ());
+                }
+                Some(k) if !last => {
+                    return format!("parent {here} is {}, not a directory", k.name())
+                }
+                _ => break,
+            }
+        }
+        "it or a parent directory is a symlink, or a parent is not a directory (never \
+         followed)"
+            .to_string()
+    }
+}
+
+/// Hash an old file the patch relies on, beneath OLD's handle; a missing file, or one that is
+/// not a regular file (a directory, a symlink, a FIFO, a path through a symlink or a file),
+/// means OLD is not the expected base. Returns the size, the hash, and the identity of the
+/// file as read (taken after reading; a file whose identity moved while it was read is
+/// refused).
+fn hash_base_file(old: &Old, rel: &str) -> Result<(u64, Hash, FileId)> {
+    let o = old.open(rel).map_err(|e| old.base_error(rel, e))?;
+    let (n, hash) = tree::hash_reader(&o.file, &old.display(rel))?;
+    let (_, after) = sys::file_id(&o.file).map_err(|e| Error::io(&old.display(rel), "stat", e))?;
+    if after != o.id || n != o.meta.size {
+        return Err(Error::wrong_base(
+            rel,
+            "changed while it was being read (written to by another process); run again",
+        ));
+    }
+    Ok((n, hash, after))
 }
 
 /// After a listing-digest mismatch (relative manifest): name the first entry of OLD's listing
 /// that is not the base's, from the per-entry base tags. Reads the files of OLD in listing
 /// order up to a few entries past the first difference (the tags cover contents too).
-fn name_listing_difference(old: &Path, listing: &[ListEntry], tags: &BaseTags) -> Result<Error> {
+fn name_listing_difference(old: &Old, listing: &[ListEntry], tags: &BaseTags) -> Result<Error> {
     let mut memo: Vec<Hash> = Vec::new();
     // Tag hash of OLD's entry `j`, computed in order.
     let mut tag_of = |j: usize| -> Result<Hash> {
         while memo.len() <= j {
             let e = &listing[memo.len()];
             let content = match e.kind {
-                ListKind::File { .. } => Some(hash_base_file(&old.join(&e.path), &e.path)?.1),
+                ListKind::File { .. } => Some(hash_base_file(old, &e.path)?.1),
                 _ => None,
             };
             memo.push(listing_tag(e, content.as_ref()));
@@ -515,7 +648,7 @@ fn name_listing_difference(old: &Path, listing: &[ListEntry], tags: &BaseTags) -
 /// is left, so it is exact or `None` (other differences, no tags, or an extra entry whose tag
 /// happened to match, a 2^-bits chance each). Indices into `listing`, ascending.
 fn extra_entries(
-    old: &Path,
+    old: &Old,
     listing: &[ListEntry],
     tags: &BaseTags,
     digest: &Hash,
@@ -527,8 +660,8 @@ fn extra_entries(
     let mut j = 0;
     for (i, e) in listing.iter().enumerate() {
         let content = match e.kind {
-            ListKind::File { .. } => match hash_base_file(&old.join(&e.path), &e.path) {
-                Ok((_, h)) => Some(h),
+            ListKind::File { .. } => match hash_base_file(old, &e.path) {
+                Ok((_, h, _)) => Some(h),
                 Err(Error::WrongBase { .. }) => return Ok(None),
                 Err(err) => return Err(err),
             },
@@ -777,20 +910,28 @@ impl Patch {
         if self.manifest.is_some() {
             return Ok(());
         }
-        self.bind_checked(old, Unknown::Refuse)
+        let old = self.open_old(old)?;
+        self.bind_checked(&old, Unknown::Refuse)
     }
 
-    /// [`Patch::bind`], then find the entries of OLD the patch does not know about and apply
-    /// `policy` to them (see [`Unknown`]): refuse (naming them), or record them to keep or to
-    /// leave out. Under the full form the patch names every entry of its base (the new
-    /// version's, the deleted ones and the old files it reads), so an unknown entry is any
-    /// other; under the relative form they are found by aligning OLD's listing with the base
-    /// tags, and confirmed exactly by the listing digest.
-    pub(crate) fn bind_checked(&mut self, old: &Path, policy: Unknown) -> Result<()> {
+    /// [`Patch::bind`] to OLD opened once (the scan walks beneath its handle), then find the
+    /// entries of OLD the patch does not know about and apply `policy` to them (see
+    /// [`Unknown`]): refuse (naming them), or record them to keep or to leave out. Under the
+    /// full form the patch names every entry of its base (the new version's, the deleted ones
+    /// and the old files it reads), so an unknown entry is any other; under the relative form
+    /// they are found by aligning OLD's listing with the base tags, and confirmed exactly by
+    /// the listing digest.
+    pub(crate) fn bind_checked(&mut self, old: &Old, policy: Unknown) -> Result<()> {
         if !self.header.is_directory() {
             return Ok(());
         }
-        let mut listing = tree::scan(old).map_err(|e| match e {
+        let Old::Dir(dir) = old else {
+            return Err(Error::wrong_base(
+                "",
+                "the patch is for a directory bundle but OLD is not a directory",
+            ));
+        };
+        let mut listing = tree::scan_dir(dir).map_err(|e| match e {
             Error::InvalidInput { path, reason } => {
                 Error::wrong_base(path.display().to_string(), reason)
             }
@@ -916,28 +1057,34 @@ impl Patch {
 
     /// Copy (or, in place, hard-link) the unknown entries of OLD into the built stage, for
     /// [`Unknown::Keep`]. The patch knows nothing of their contents: they are carried over as
-    /// they are, never followed through a symlink, after the new version itself was verified.
-    pub(crate) fn carry_unknown(&self, old: &Path, stage: &Path, link: LinkMode) -> Result<()> {
+    /// they are, read beneath OLD's handle and written beneath the stage's, never through a
+    /// symlink, after the new version itself was verified.
+    pub(crate) fn carry_unknown(&self, old: &Old, stage: &Path, link: LinkMode) -> Result<()> {
         if self.unknown.is_empty() {
             return Ok(());
         }
-        let mut parents = std::collections::HashSet::new();
+        let mut w = Writer::open(stage).map_err(|e| Error::io(stage, "open directory", e))?;
         for u in &self.unknown {
-            // Parents are real directories of OLD (never a symlink swapped in).
-            if let Some((dir, _)) = u.path.rsplit_once('/') {
-                check_parents(old, &format!("{dir}/x"), &mut parents)?;
-            }
-            let (src, dst) = (old.join(&u.path), stage.join(&u.path));
+            let dst = stage.join(&u.path);
             match &u.kind {
-                ListKind::Dir => create_dir(&dst)?,
-                ListKind::Symlink { target } => make_symlink(target, &dst)?,
+                ListKind::Dir => w.create_dir(&u.path).map_err(|e| stage_error(&dst, e))?,
+                ListKind::Symlink { target } => w
+                    .symlink(target, &u.path)
+                    .map_err(|e| stage_error(&dst, e))?,
                 ListKind::File { exec, .. } => {
-                    if link == LinkMode::HardLink && try_hard_link(&src, &dst, *exec)? {
+                    let mut from = old
+                        .open(&u.path)
+                        .map_err(|e| Error::io(&old.display(&u.path), "open", e))?;
+                    if link == LinkMode::HardLink
+                        && from.meta.exec == *exec
+                        && w.link_file(&from.file, &u.path).is_ok()
+                    {
                         continue;
                     }
-                    let mut from = open_regular(&src)?;
-                    let mut to = create_file(&dst, *exec)?;
-                    io::copy(&mut from, &mut to).map_err(|e| Error::io(&dst, "copy", e))?;
+                    let mut to = w
+                        .create_file(&u.path, *exec)
+                        .map_err(|e| stage_error(&dst, e))?;
+                    io::copy(&mut from.file, &mut to).map_err(|e| Error::io(&dst, "copy", e))?;
                     if !SYNCFS {
                         to.sync_all().map_err(|e| Error::io(&dst, "fsync", e))?;
                     }
@@ -1027,21 +1174,39 @@ impl Patch {
                 .any(|e| matches!(&e.kind, EntryKind::File { op, .. } if op.reads_own_path()))
     }
 
-    pub(crate) fn check_old_kind(&self, old: &Path) -> Result<()> {
-        let md = fs::metadata(old).map_err(|e| Error::io(old, "stat", e))?;
-        if self.header.is_directory() && !md.is_dir() {
-            return Err(Error::wrong_base(
-                "",
-                "the patch is for a directory bundle but OLD is not a directory",
-            ));
+    /// Open OLD once, as the kind of bundle the patch is for: a directory handle, or the file
+    /// itself (a symlink as OLD's file is not followed; a FIFO or device is refused without
+    /// waiting on it).
+    pub(crate) fn open_old(&self, old: &Path) -> Result<Old> {
+        if self.header.is_directory() {
+            return match Dir::open(old) {
+                Ok(d) => Ok(Old::Dir(d)),
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => Err(Error::wrong_base(
+                    "",
+                    "the patch is for a directory bundle but OLD is not a directory",
+                )),
+                #[cfg(unix)]
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Error::wrong_base(
+                    "",
+                    "the patch is for a directory bundle but OLD is not a directory",
+                )),
+                Err(e) => Err(Error::io(old, "open directory", e)),
+            };
         }
-        if !self.header.is_directory() && !md.is_file() {
-            return Err(Error::wrong_base(
+        match sys::open_file_path(old) {
+            Ok(o) => Ok(Old::File {
+                file: o.file,
+                path: old.to_path_buf(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput && e.raw_os_error().is_none() => Err(
+                Error::wrong_base("", format!("the patch is for a single file but OLD {e}")),
+            ),
+            Err(e) if sys::is_link_refusal(&e) => Err(Error::wrong_base(
                 "",
-                "the patch is for a single file but OLD is not a regular file",
-            ));
+                "the patch is for a single file but OLD is a symlink (never followed)",
+            )),
+            Err(e) => Err(Error::io(old, "open", e)),
         }
-        Ok(())
     }
 
     /// Whether `target` has exactly the new bundle's shape (paths, kinds, sizes, modes, link
@@ -1076,30 +1241,23 @@ impl Patch {
         }))
     }
 
-    fn old_path(&self, old: &Path, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            old.to_path_buf()
-        } else {
-            old.join(rel)
-        }
-    }
-
     /// Hash every old file the patch relies on and compare, before anything is written.
-    pub(crate) fn check_base(&self, old: &Path) -> Result<BaseCheck> {
+    pub(crate) fn check_base(&self, old: &Old) -> Result<BaseCheck> {
         if !self.needs_old() {
             return Ok(BaseCheck {
                 base: Vec::new(),
                 table: Vec::new(),
+                base_ids: Vec::new(),
+                table_ids: Vec::new(),
             });
         }
         // Table files first (sizes named on mismatch), then same-path files; one digest.
         let mut h = blake3::Hasher::new();
         let mut table = Vec::with_capacity(self.m().old_files.len());
-        let mut dirs = std::collections::HashSet::new();
+        let mut table_ids = Vec::with_capacity(self.m().old_files.len());
+        let mut base_ids = Vec::new();
         for f in &self.m().old_files {
-            check_parents(old, &f.path, &mut dirs)?;
-            let p = self.old_path(old, &f.path);
-            let (size, hash) = hash_base_file(&p, &f.path)?;
+            let (size, hash, id) = hash_base_file(old, &f.path)?;
             if size != f.size {
                 return Err(Error::wrong_base(
                     &f.path,
@@ -1108,6 +1266,7 @@ impl Patch {
             }
             h.update(&hash);
             table.push(hash);
+            table_ids.push(id);
         }
         let mut base = Vec::new();
         for e in &self.m().entries {
@@ -1117,9 +1276,7 @@ impl Patch {
             if !op.reads_own_path() {
                 continue;
             }
-            check_parents(old, &e.path, &mut dirs)?;
-            let p = self.old_path(old, &e.path);
-            let (got, hash) = hash_base_file(&p, &e.path)?;
+            let (got, hash, id) = hash_base_file(old, &e.path)?;
             let want = match op {
                 FileOp::Delta { base_size, .. } => *base_size,
                 _ => *size,
@@ -1132,6 +1289,7 @@ impl Patch {
             }
             h.update(&hash);
             base.push((got, hash));
+            base_ids.push(id);
         }
         if *h.finalize().as_bytes() != self.m().base_digest {
             if !self.header.is_directory() {
@@ -1153,7 +1311,12 @@ impl Patch {
                 ),
             ));
         }
-        Ok(BaseCheck { base, table })
+        Ok(BaseCheck {
+            base,
+            table,
+            base_ids,
+            table_ids,
+        })
     }
 
     /// After a base-digest mismatch: the first old file relied upon (by path) whose base tag
@@ -1161,7 +1324,7 @@ impl Patch {
     /// tag matches (each differing file escapes its tag with probability 2^-bits).
     fn name_content_difference(
         &self,
-        old: &Path,
+        old: &Old,
         table: &[Hash],
         base: &[(u64, Hash)],
     ) -> Result<Option<Error>> {
@@ -1185,13 +1348,12 @@ impl Patch {
             .collect();
         // A relative manifest's tags are per entry of OLD's listing, scanned again here (this
         // is the error path; the listing is not kept while applying).
-        let listing = if self.relative.is_empty() {
-            Vec::new()
-        } else {
-            match tree::scan(old) {
+        let listing = match old {
+            Old::Dir(d) if !self.relative.is_empty() => match tree::scan_dir(d) {
                 Ok(l) => l,
                 Err(_) => return Ok(None),
-            }
+            },
+            _ => Vec::new(),
         };
         let differ: Vec<&str> = if listing.is_empty() {
             // Full form: one tag per relied file, in this order; tag = the file's BLAKE3.
@@ -1229,56 +1391,85 @@ impl Patch {
 
     /// Rebuild every entry under `stage` (or into a hashing sink when `None`), verifying each
     /// file and the bundle digest. Does not rename anything.
+    ///
+    /// OLD is read only through `old` (beneath its handle, each file required to be the one
+    /// the base check hashed); the staging tree is written only beneath a handle on `stage`,
+    /// never following a symlink (a directory of it swapped for a link is refused).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn build(
         &self,
-        old: &Path,
+        old: &Old,
         stage: Option<&Path>,
         base: &BaseCheck,
         link: LinkMode,
         progress: Option<&ProgressFn>,
+        hook: Option<&HookFn>,
     ) -> Result<ApplyReport> {
+        let staged = |path: &str| {
+            if let (Some(h), Some(stage)) = (hook, stage) {
+                h(ApplyEvent::Staged { stage, path });
+            }
+        };
         let mut report = ApplyReport::default();
         let mut digest = TreeDigest::new();
-        let mut base_files = base.base.iter();
+        let mut base_files = base.base.iter().zip(&base.base_ids);
         let mut file_hash = [0u8; 32];
         let done = AtomicU64::new(0);
         let total = self.header.new_total;
         let dir_bundle = self.header.is_directory();
-        if let (true, Some(stage)) = (dir_bundle, stage) {
-            create_dir(stage)?;
-        }
-        let mut made_dirs: Vec<PathBuf> = Vec::new();
-        let mut streams = Streams::open(self)?;
-        for e in &self.m().entries {
-            let dest = stage.map(|s| {
-                if e.path.is_empty() {
+        // The staging tree of a directory bundle, written beneath one handle.
+        let mut tree_out = match (dir_bundle, stage) {
+            (true, Some(stage)) => {
+                create_dir(stage)?;
+                Some(Writer::open(stage).map_err(|e| Error::io(stage, "open directory", e))?)
+            }
+            _ => None,
+        };
+        // Where each entry goes, for messages (and the staged file of a single-file bundle).
+        let dest_of = |rel: &str| {
+            stage.map(|s| {
+                if rel.is_empty() {
                     s.to_path_buf()
                 } else {
-                    s.join(&e.path)
+                    s.join(rel)
                 }
-            });
+            })
+        };
+        let mut made_dirs: Vec<PathBuf> = Vec::new();
+        // Files of the old-file table this apply hard-links (their ctime moves), for their
+        // later use as sources.
+        let table_ids: std::collections::HashSet<FileId> = base.table_ids.iter().copied().collect();
+        let mut relinked = Relinked::new();
+        let mut streams = Streams::open(self)?;
+        for e in &self.m().entries {
+            let dest = dest_of(&e.path);
             match &e.kind {
                 EntryKind::Dir => {
-                    if let Some(d) = &dest {
-                        create_dir(d)?;
+                    if let (Some(w), Some(d)) = (&mut tree_out, &dest) {
+                        w.create_dir(&e.path).map_err(|err| stage_error(d, err))?;
                         made_dirs.push(d.clone());
+                        staged(&e.path);
                     }
                     digest.dir(&e.path);
                     report.dirs += 1;
                 }
                 EntryKind::Symlink { target } => {
-                    if let Some(d) = &dest {
-                        make_symlink(target, d)?;
+                    if let (Some(w), Some(d)) = (&mut tree_out, &dest) {
+                        w.symlink(target, &e.path)
+                            .map_err(|err| stage_error(d, err))?;
+                        staged(&e.path);
                     }
                     digest.symlink(&e.path, target);
                     report.symlinks += 1;
                 }
                 EntryKind::File { exec, size, op } => {
-                    // Size and hash of the old file at this path, when the op reads it.
+                    // Size, hash and identity of the old file at this path, when the op
+                    // reads it.
                     let same = if op.reads_own_path() {
-                        Some(*base_files.next().ok_or_else(|| {
+                        let (sh, id) = base_files.next().ok_or_else(|| {
                             Error::corrupt("manifest", "base file count mismatch")
-                        })?)
+                        })?;
+                        Some((sh.0, sh.1, *id))
                     } else {
                         None
                     };
@@ -1288,9 +1479,13 @@ impl Patch {
                         FileOp::Copy { source } => base.table.get(*source as usize).copied(),
                         _ => None,
                     };
-                    let linked = match (&dest, op, link) {
-                        (Some(d), FileOp::Unchanged, LinkMode::HardLink) => {
-                            try_hard_link(&self.old_path(old, &e.path), d, *exec)?
+                    let linked = match (&mut tree_out, &dest, op, link, same) {
+                        (Some(w), Some(d), FileOp::Unchanged, LinkMode::HardLink, Some(s)) => {
+                            let l = try_hard_link(old, &e.path, &s.2, w, d, *exec)?;
+                            if let (Some(after), true) = (l, table_ids.contains(&s.2)) {
+                                relinked.insert(s.2, after);
+                            }
+                            l.is_some()
                         }
                         _ => false,
                     };
@@ -1298,17 +1493,23 @@ impl Patch {
                         done.fetch_add(*size, Ordering::Relaxed);
                         expected.expect("an unchanged file has a base hash")
                     } else {
-                        let mut w = HashingWriter::new(match &dest {
-                            Some(d) => Some(create_file(d, *exec)?),
-                            None => None,
-                        });
+                        let file = match (&mut tree_out, &dest) {
+                            (Some(w), Some(d)) => Some(
+                                w.create_file(&e.path, *exec)
+                                    .map_err(|err| stage_error(d, err))?,
+                            ),
+                            (None, Some(d)) => Some(create_file(d, *exec)?),
+                            _ => None,
+                        };
+                        let mut w = HashingWriter::new(file);
                         let mut sink = ProgressWriter {
                             inner: &mut w,
                             done: &done,
                             total,
                             progress,
                         };
-                        self.produce(old, e, same.map(|s| s.0), &mut streams, &mut sink)
+                        let same = same.map(|s| (s.0, s.2));
+                        self.produce(old, e, same, base, &relinked, &mut streams, &mut sink)
                             .map_err(|err| match (err, &dest) {
                                 // Name the file being written (disk full, I/O error).
                                 (Error::Io { path, op, source }, Some(d))
@@ -1337,6 +1538,7 @@ impl Patch {
                         }
                         hash
                     };
+                    staged(&e.path);
                     digest.file(&e.path, *exec, *size, &hash);
                     file_hash = hash;
                     report.files += 1;
@@ -1374,12 +1576,16 @@ impl Patch {
         Ok(report)
     }
 
-    /// Stream one file's content into `out`.
+    /// Stream one file's content into `out`. `same` is the size and identity of the old file
+    /// at this path as hashed, when the op reads it; every old file is opened beneath OLD's
+    /// handle and must still be the file that was hashed.
     fn produce(
         &self,
-        old: &Path,
+        old: &Old,
         e: &crate::format::Entry,
-        same_size: Option<u64>,
+        same: Option<(u64, FileId)>,
+        base: &BaseCheck,
+        relinked: &Relinked,
         streams: &mut Streams<'_>,
         out: &mut dyn Write,
     ) -> Result<()> {
@@ -1388,23 +1594,43 @@ impl Patch {
             return Ok(());
         };
         let size = *size;
+        // The file of the old-file table at `i`, as hashed.
+        let table = |i: u32| -> Result<(Opened, u64, &str)> {
+            let f = &self.m().old_files[i as usize];
+            let id = base
+                .table_ids
+                .get(i as usize)
+                .ok_or_else(|| Error::corrupt("manifest", "old-file index out of range"))?;
+            Ok((
+                old.open_checked(&f.path, id, relinked)?,
+                f.size,
+                f.path.as_str(),
+            ))
+        };
+        let own = || -> Result<(Opened, u64)> {
+            let (n, id) =
+                same.ok_or_else(|| Error::corrupt("manifest", "base file count mismatch"))?;
+            Ok((old.open_checked(path, &id, relinked)?, n))
+        };
         match op {
-            FileOp::Unchanged => copy_file(&self.old_path(old, path), size, out),
+            FileOp::Unchanged => {
+                let (o, _) = own()?;
+                copy_file(&o.file, &old.display(path), size, out)
+            }
             FileOp::Copy { source } => {
-                let f = &self.m().old_files[*source as usize];
-                copy_file(&self.old_path(old, &f.path), size, out)
+                let (o, _, p) = table(*source)?;
+                copy_file(&o.file, &old.display(p), size, out)
             }
             FileOp::Add => copy_exact_stream(&mut streams.extra, size, out, "extra stream"),
             FileOp::Delta { sources, .. } => {
                 let mut parts = Vec::with_capacity(sources.len().max(1));
                 if sources.is_empty() {
-                    let p = self.old_path(old, path);
-                    parts.push((open_regular(&p)?, same_size.unwrap_or(0), p));
+                    let (o, n) = own()?;
+                    parts.push((o.file, n, old.display(path)));
                 }
                 for &s in sources {
-                    let f = &self.m().old_files[s as usize];
-                    let p = self.old_path(old, &f.path);
-                    parts.push((open_regular(&p)?, f.size, p));
+                    let (o, n, p) = table(s)?;
+                    parts.push((o.file, n, old.display(p)));
                 }
                 let src = Source::new(parts)?;
                 apply_delta(streams, &src, size, out)
@@ -1514,9 +1740,9 @@ fn copy_exact_stream(
     Ok(())
 }
 
-fn copy_file(p: &Path, size: u64, out: &mut dyn Write) -> Result<()> {
-    let f = open_regular(p)?;
-    let mut r = Section::new(&f, 0, size);
+/// Copy the first `size` bytes of the open old file `f` (named `p` in messages) to `out`.
+fn copy_file(f: &File, p: &Path, size: u64, out: &mut dyn Write) -> Result<()> {
+    let mut r = Section::new(f, 0, size);
     let mut buf = vec![0u8; IO_BUF];
     let mut left = size;
     while left > 0 {
@@ -1766,32 +1992,53 @@ fn create_file(p: &Path, exec: bool) -> Result<File> {
     o.open(p).map_err(|e| Error::io(p, "create", e))
 }
 
-fn make_symlink(target: &str, at: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::symlink(target, at).map_err(|e| Error::io(at, "create symlink", e))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = target;
-        Err(Error::io(
-            at,
-            "create symlink",
-            io::Error::new(io::ErrorKind::Unsupported, "symlinks need unix"),
-        ))
+/// An error writing the staging tree at `p`: a symlink met there (a directory of the stage
+/// replaced by a link while applying) is named as such.
+fn stage_error(p: &Path, e: io::Error) -> Error {
+    if sys::is_link_refusal(&e) {
+        Error::io(
+            p,
+            "create in the staging tree (a directory of it was replaced by a symlink or a \
+             file; symlinks are never followed)",
+            e,
+        )
+    } else {
+        Error::io(p, "create", e)
     }
 }
 
-/// Hard-link `src` at `dst` when `src` is a regular file whose exec bit already matches.
-fn try_hard_link(src: &Path, dst: &Path, exec: bool) -> Result<bool> {
-    let md = fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
-    if !md.is_file() || tree::is_exec(&md) != exec {
-        return Ok(false);
+/// Hard-link the old file `rel` as the staged entry `rel` (in-place apply of an unchanged
+/// file whose exec bit already matches): the file is opened beneath OLD's handle and must be
+/// the inode that was hashed, unchanged since (size, mtime, ctime, mode: `id`); then that
+/// open file itself is linked, never a name. Returns its identity after the link (the link
+/// moved its ctime), or `None` (the caller copies, hashing the copy) when the mode differs or
+/// the link cannot be made.
+fn try_hard_link(
+    old: &Old,
+    rel: &str,
+    id: &FileId,
+    w: &mut Writer,
+    dst: &Path,
+    exec: bool,
+) -> Result<Option<FileId>> {
+    let o = old.open_checked(rel, id, &Relinked::new())?;
+    if o.meta.exec != exec {
+        return Ok(None);
     }
-    match fs::hard_link(src, dst) {
-        Ok(()) => Ok(true),
-        Err(_) => Ok(false),
+    match w.link_file(&o.file, rel) {
+        Ok(()) => {}
+        Err(e) if sys::is_link_refusal(&e) => return Err(stage_error(dst, e)),
+        Err(_) => return Ok(None),
     }
+    let (_, after) = sys::file_id(&o.file).map_err(|e| Error::io(dst, "stat", e))?;
+    if !after.same_but_ctime(id) {
+        return Err(Error::wrong_base(
+            rel,
+            "changed while it was being linked into the new tree; nothing was committed, \
+             run again",
+        ));
+    }
+    Ok(Some(after))
 }
 
 /// Whether durability comes from one `syncfs(2)` per apply rather than an fsync per file.

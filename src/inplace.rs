@@ -284,8 +284,8 @@ impl Patcher {
         let journal = side_path(target, "journal")?;
         let stage = side_path(target, "stage")?;
         let recovered = recover(target, &journal, &stage)?;
-        p.check_old_kind(target)?;
-        if let Err(e) = p.bind_checked(target, self.unknown_policy()) {
+        let old = p.open_old(target)?;
+        if let Err(e) = p.bind_checked(&old, self.unknown_policy()) {
             // A relative manifest binds only to OLD's file list: a target at the new version
             // does not bind, and is recognised by its digest.
             if bundle_digest(target).ok() == Some(p.new_digest()) {
@@ -303,7 +303,7 @@ impl Patcher {
                 recovered,
             });
         }
-        let base = match p.check_base(target) {
+        let base = match p.check_base(&old) {
             Ok(b) => b,
             Err(e) => {
                 if bundle_digest(target).ok() == Some(p.new_digest()) {
@@ -315,14 +315,16 @@ impl Patcher {
                 return Err(e);
             }
         };
+        self.event(crate::apply::ApplyEvent::BaseChecked { old: target });
         if !p.header().is_directory() {
             let result = (|| {
                 let report = p.build(
-                    target,
+                    &old,
                     Some(&stage),
                     &base,
                     LinkMode::Copy,
                     self.progress_fn(),
+                    self.hook_fn(),
                 )?;
                 fs::rename(&stage, target).map_err(|e| Error::io(target, "rename", e))?;
                 sync_parent(target)?;
@@ -339,15 +341,16 @@ impl Patcher {
         write_journal(&journal, "bundelta-journal-v1 building\n")?;
         let built = p
             .build(
-                target,
+                &old,
                 Some(&stage),
                 &base,
                 LinkMode::HardLink,
                 self.progress_fn(),
+                self.hook_fn(),
             )
             .and_then(|r| {
                 if self.unknown_policy() == crate::Unknown::Keep {
-                    p.carry_unknown(target, &stage, LinkMode::HardLink)?;
+                    p.carry_unknown(&old, &stage, LinkMode::HardLink)?;
                 }
                 Ok(r)
             });

@@ -50,12 +50,15 @@ pub mod format;
 mod inplace;
 mod readat;
 mod sign;
+mod sys;
 mod tree;
 
 pub use apply::{
     listing_memory, memory_needed, ApplyReport, Patch, Patcher, ProgressFn, Unknown,
     DEFAULT_MEMORY_LIMIT, LISTING_ENTRY_BYTES,
 };
+#[doc(hidden)]
+pub use apply::{ApplyEvent, HookFn};
 #[cfg(feature = "diff")]
 pub use diff::{
     Codec, DiffOptions, DiffProgressFn, DiffStats, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL,

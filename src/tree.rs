@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{put_varint, Hash};
+use crate::sys::{self, Dir, Kind};
 
 /// A scanned entry: [`crate::format::ListEntry`] (path relative to the root, `/`-separated).
 pub(crate) type Node = crate::format::ListEntry;
@@ -22,12 +23,20 @@ pub(crate) type NodeKind = crate::format::ListKind;
 /// Returns entries sorted by path bytes. Fails on a name that is not UTF-8, on two names that
 /// differ only by case, and on anything that is not a regular file, directory or symlink.
 pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
+    let dir = Dir::open(root).map_err(|e| Error::io(root, "open directory", e))?;
+    scan_dir(&dir)
+}
+
+/// [`scan`] beneath an open directory handle: each subdirectory is opened from its parent's
+/// handle with `O_NOFOLLOW`, so a directory swapped for a symlink during the scan is never
+/// descended through (the open fails instead).
+pub(crate) fn scan_dir(root: &Dir) -> Result<Vec<Node>> {
     let mut out = Vec::new();
     scan_into(root, "", &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     if let Some((i, j)) = crate::format::case_clash(out.iter().map(|n| n.path.as_str())) {
         return Err(Error::invalid_input(
-            &root.join(&out[j].path),
+            &root.display(&out[j].path),
             format!(
                 "differs from {:?} only by case; such a bundle cannot be applied on \
                  case-insensitive file systems",
@@ -38,66 +47,77 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
     Ok(out)
 }
 
-fn scan_into(dir: &Path, prefix: &str, out: &mut Vec<Node>) -> Result<()> {
-    let rd = fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))?;
-    for ent in rd {
-        let ent = ent.map_err(|e| Error::io(dir, "read directory", e))?;
-        let full = ent.path();
-        let name = ent.file_name();
-        let name = name.to_str().ok_or_else(|| {
+fn scan_into(dir: &Dir, prefix: &str, out: &mut Vec<Node>) -> Result<()> {
+    let entries = dir
+        .entries()
+        .map_err(|e| Error::io(dir.path(), "read directory", e))?;
+    for (name, meta) in entries {
+        let full = dir.path().join(&name);
+        let name_str = name.to_str().ok_or_else(|| {
             Error::invalid_input(
                 &full,
                 "file name is not UTF-8; bundles hold UTF-8 names only",
             )
         })?;
         let rel = if prefix.is_empty() {
-            name.to_string()
+            name_str.to_string()
         } else {
-            format!("{prefix}/{name}")
+            format!("{prefix}/{name_str}")
         };
-        let md = fs::symlink_metadata(&full).map_err(|e| Error::io(&full, "stat", e))?;
-        let ft = md.file_type();
-        if ft.is_dir() {
-            out.push(Node {
-                path: rel.clone(),
-                kind: NodeKind::Dir,
-            });
-            scan_into(&full, &rel, out)?;
-        } else if ft.is_file() {
-            out.push(Node {
+        match meta.kind {
+            Kind::Dir => {
+                out.push(Node {
+                    path: rel.clone(),
+                    kind: NodeKind::Dir,
+                });
+                let sub = dir.sub(&name).map_err(|e| {
+                    Error::io(&full, "open directory (never following a symlink)", e)
+                })?;
+                scan_into(&sub, &rel, out)?;
+            }
+            Kind::File => out.push(Node {
                 path: rel,
                 kind: NodeKind::File {
-                    exec: is_exec(&md),
-                    size: md.len(),
+                    exec: meta.exec,
+                    size: meta.size,
                 },
-            });
-        } else if ft.is_symlink() {
-            let t = fs::read_link(&full).map_err(|e| Error::io(&full, "read link", e))?;
-            let target = t
-                .to_str()
-                .ok_or_else(|| Error::invalid_input(&full, "symlink target is not UTF-8"))?
-                .to_string();
-            out.push(Node {
-                path: rel,
-                kind: NodeKind::Symlink { target },
-            });
-        } else {
-            return Err(Error::invalid_input(
-                &full,
-                "not a regular file, directory or symlink (devices, fifos and sockets cannot be bundled)",
-            ));
+            }),
+            Kind::Symlink => {
+                let t = dir
+                    .read_link(&name)
+                    .map_err(|e| Error::io(&full, "read link", e))?;
+                let target = t
+                    .to_str()
+                    .ok_or_else(|| Error::invalid_input(&full, "symlink target is not UTF-8"))?
+                    .to_string();
+                out.push(Node {
+                    path: rel,
+                    kind: NodeKind::Symlink { target },
+                });
+            }
+            other => {
+                return Err(Error::invalid_input(
+                    &full,
+                    format!(
+                        "is {}: not a regular file, directory or symlink (devices, FIFOs and \
+                         sockets cannot be bundled)",
+                        other.name()
+                    ),
+                ))
+            }
         }
     }
     Ok(())
 }
 
-#[cfg(unix)]
+/// Whether a file's mode has an executable bit (the `diff` side's scan of inputs).
+#[cfg(all(unix, feature = "diff"))]
 pub(crate) fn is_exec(md: &fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
     md.permissions().mode() & 0o111 != 0
 }
 
-#[cfg(not(unix))]
+#[cfg(all(not(unix), feature = "diff"))]
 pub(crate) fn is_exec(_md: &fs::Metadata) -> bool {
     false
 }
@@ -129,31 +149,18 @@ pub(crate) fn hash_into(h: &mut blake3::Hasher, mut r: impl Read, path: &Path) -
 }
 
 /// blake3 and length of a file, refusing anything that is not a regular file (symlinks are not
-/// followed).
+/// followed, a FIFO is not waited on).
 pub(crate) fn hash_file(path: &Path) -> Result<(u64, Hash)> {
     let f = open_regular(path)?;
     hash_reader(f, path)
 }
 
-/// Open a regular file for reading without following a final symlink.
+/// Open a regular file for reading without following a final symlink, without blocking on a
+/// FIFO, and refusing anything but a regular file (checked on the open handle).
 pub(crate) fn open_regular(path: &Path) -> Result<File> {
-    let mut opts = fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NOFOLLOW);
-    }
-    let f = opts.open(path).map_err(|e| Error::io(path, "open", e))?;
-    let md = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
-    if !md.is_file() {
-        return Err(Error::io(
-            path,
-            "open",
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-        ));
-    }
-    Ok(f)
+    sys::open_file_path(path)
+        .map(|o| o.file)
+        .map_err(|e| Error::io(path, "open", e))
 }
 
 /// Incremental computation of the canonical digest of a directory bundle.
@@ -212,13 +219,18 @@ pub(crate) fn bundle_digest(root: &Path) -> Result<Hash> {
     if !md.is_dir() {
         return Err(Error::invalid_input(root, "not a file or directory"));
     }
+    let dir = Dir::open(root).map_err(|e| Error::io(root, "open directory", e))?;
     let mut d = TreeDigest::new();
-    for n in scan(root)? {
+    for n in scan_dir(&dir)? {
         match &n.kind {
             NodeKind::Dir => d.dir(&n.path),
             NodeKind::Symlink { target } => d.symlink(&n.path, target),
             NodeKind::File { exec, .. } => {
-                let (size, hash) = hash_file(&root.join(&n.path))?;
+                let p = dir.display(&n.path);
+                let o = dir
+                    .open_file(&n.path)
+                    .map_err(|e| Error::io(&p, "open", e))?;
+                let (size, hash) = hash_reader(&o.file, &p)?;
                 d.file(&n.path, *exec, size, &hash);
             }
         }
