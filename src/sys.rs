@@ -372,6 +372,11 @@ mod imp {
             Ok(out)
         }
 
+        /// What the entry `name` (one component) is, not following a symlink.
+        pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
+            Ok(meta_id(&rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?).0)
+        }
+
         /// The subdirectory `name` (one component), refusing a symlink.
         pub(crate) fn sub(&self, name: &OsStr) -> io::Result<Dir> {
             let fd = rfs::openat(&self.fd, name, DIR, Mode::empty())?;
@@ -635,6 +640,10 @@ mod imp {
                 out.push((e.file_name(), meta_of(&md)));
             }
             Ok(out)
+        }
+
+        pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
+            Ok(meta_of(&fs::symlink_metadata(self.path.join(name))?))
         }
 
         pub(crate) fn sub(&self, name: &OsStr) -> io::Result<Dir> {
