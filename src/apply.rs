@@ -1241,6 +1241,7 @@ impl Patch {
     /// Stream one file's content into `out`. `same` is the size and identity of the old file
     /// at this path as hashed, when the op reads it; every old file is opened beneath OLD's
     /// handle and must still be the file that was hashed.
+    #[allow(clippy::too_many_arguments)]
     fn produce(
         &self,
         old: &Old,
