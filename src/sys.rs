@@ -77,6 +77,7 @@ impl FileId {
 
 /// What a directory entry is (not following symlinks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(unix), allow(dead_code))] // the path-based fallback tells only these apart
 pub(crate) enum Kind {
     Dir,
     File,
@@ -164,6 +165,7 @@ pub(crate) use imp::{open_file_path, Dir};
 mod imp {
     use super::*;
     use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     use rustix::io::Errno;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
