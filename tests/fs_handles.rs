@@ -581,6 +581,23 @@ fn old_file_replaced_after_the_check_is_never_used() {
                         "{what} {op:?}: the outside file was linked into the output"
                     );
                     assert_eq!(fs::read(&outside).unwrap(), DATA, "{what} {op:?}");
+                    // No file of the result is the outside file's inode (a link made and the
+                    // old tree removed since leaves the count as it was).
+                    let ino = fs::metadata(&outside).unwrap().ino();
+                    for tree in ["out", "target"] {
+                        let root = s.path().join(tree);
+                        if root.is_dir() {
+                            for (p, _, _) in files_with_links(&root) {
+                                let i = fs::symlink_metadata(&p).unwrap().ino();
+                                assert_ne!(
+                                    i,
+                                    ino,
+                                    "{what} {op:?}: {} is the outside file",
+                                    p.display()
+                                );
+                            }
+                        }
+                    }
                     match result {
                         Ok(()) => match op {
                             Op::Apply => assert_eq!(read_tree(&s.path().join("out")), new),
