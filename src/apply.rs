@@ -43,6 +43,24 @@
 //! OLD is untouched. The streams are read from the patch file while applying and are not
 //! authenticated again: bytes changed there after the check can only produce output that
 //! differs from the verified manifest's hashes, which is refused before anything is committed.
+//!
+//! # The file system is not trusted either
+//!
+//! Another process may change OLD, or the staging tree, while an apply runs. OLD is opened
+//! once (`Old`: a directory handle, or the file itself for a single-file bundle) and every
+//! path of it is resolved beneath that handle without following a symlink at any component;
+//! the staging tree is written the same way beneath a handle on it (`src/sys.rs`). Files
+//! are opened non-blocking and refused unless `fstat` of the handle says regular file (a FIFO
+//! never blocks the apply). Each file relied upon is identified as it is hashed (device,
+//! inode, size, mtime, ctime, mode) and, when opened again to be copied, used as a delta
+//! source or hard-linked, must still be that file unchanged, else [`Error::WrongBase`].
+//! What that guarantees: nothing outside OLD is ever read, copied or linked, and nothing
+//! outside the staging tree is ever written; copies and delta outputs are hashed as written
+//! (the bundle digest covers them all); a hard link (in-place apply) is made to the very inode
+//! that was hashed, after checking it was not written to since (its ctime). What it cannot:
+//! a process that can write OLD's files can still change a hard-linked inode after the link
+//! (it is the same file in both trees), or write through a memory mapping without moving the
+//! times until writeback.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
@@ -519,11 +537,7 @@ impl Old {
                 Ok(None) => d,
                 Err(()) => break,
             };
-            let kind = dir
-                .entries()
-                .ok()
-                .and_then(|v| v.into_iter().find(|(n, _)| n.as_os_str() == *c))
-                .map(|(_, m)| m.kind);
+            let kind = dir.lstat(std::ffi::OsStr::new(c)).ok().map(|m| m.kind);
             let last = i + 1 == comps.len();
             match kind {
                 Some(sys::Kind::Symlink) if last => {
@@ -554,7 +568,8 @@ impl Old {
 /// refused).
 fn hash_base_file(old: &Old, rel: &str) -> Result<(u64, Hash, FileId)> {
     let o = old.open(rel).map_err(|e| old.base_error(rel, e))?;
-    let (n, hash) = tree::hash_reader(&o.file, &old.display(rel))?;
+    // Positioned reads: a single-file OLD is one open file description, shared by every use.
+    let (n, hash) = tree::hash_reader(Section::new(&o.file, 0, u64::MAX), &old.display(rel))?;
     let (_, after) = sys::file_id(&o.file).map_err(|e| Error::io(&old.display(rel), "stat", e))?;
     if after != o.id || n != o.meta.size {
         return Err(Error::wrong_base(
@@ -1579,6 +1594,7 @@ impl Patch {
     /// Stream one file's content into `out`. `same` is the size and identity of the old file
     /// at this path as hashed, when the op reads it; every old file is opened beneath OLD's
     /// handle and must still be the file that was hashed.
+    #[allow(clippy::too_many_arguments)]
     fn produce(
         &self,
         old: &Old,

@@ -77,6 +77,7 @@ impl FileId {
 
 /// What a directory entry is (not following symlinks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(unix), allow(dead_code))] // the path-based fallback tells only these apart
 pub(crate) enum Kind {
     Dir,
     File,
@@ -164,6 +165,7 @@ pub(crate) use imp::{open_file_path, Dir};
 mod imp {
     use super::*;
     use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     use rustix::io::Errno;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
@@ -370,6 +372,11 @@ mod imp {
                 out.push((OsStr::from_bytes(b).to_os_string(), meta_id(&st).0));
             }
             Ok(out)
+        }
+
+        /// What the entry `name` (one component) is, not following a symlink.
+        pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
+            Ok(meta_id(&rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?).0)
         }
 
         /// The subdirectory `name` (one component), refusing a symlink.
@@ -635,6 +642,10 @@ mod imp {
                 out.push((e.file_name(), meta_of(&md)));
             }
             Ok(out)
+        }
+
+        pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
+            Ok(meta_of(&fs::symlink_metadata(self.path.join(name))?))
         }
 
         pub(crate) fn sub(&self, name: &OsStr) -> io::Result<Dir> {

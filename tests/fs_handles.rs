@@ -538,10 +538,10 @@ fn old_file_replaced_after_the_check_is_never_used() {
         for u in USES {
             let (patch, new) = relying_patch(rel, u);
             for how in [
-                How::Symlink,
-                How::OtherFile,
                 How::HardLinkOutside,
                 How::Appended,
+                How::OtherFile,
+                How::Symlink,
             ] {
                 for op in OPS {
                     let what = format!("{rel} replaced by {how:?} ({u:?})");
@@ -581,6 +581,24 @@ fn old_file_replaced_after_the_check_is_never_used() {
                         "{what} {op:?}: the outside file was linked into the output"
                     );
                     assert_eq!(fs::read(&outside).unwrap(), DATA, "{what} {op:?}");
+                    // No file of the result is the outside file's inode (a link made and the
+                    // old tree removed since leaves the count as it was). On failure `target`
+                    // is OLD as the swap left it.
+                    let ino = fs::metadata(&outside).unwrap().ino();
+                    for tree in ["out", "target"] {
+                        let root = s.path().join(tree);
+                        if root.is_dir() && (tree == "out" || result.is_ok()) {
+                            for (p, _, _) in files_with_links(&root) {
+                                let i = fs::symlink_metadata(&p).unwrap().ino();
+                                assert_ne!(
+                                    i,
+                                    ino,
+                                    "{what} {op:?}: {} is the outside file",
+                                    p.display()
+                                );
+                            }
+                        }
+                    }
                     match result {
                         Ok(()) => match op {
                             Op::Apply => assert_eq!(read_tree(&s.path().join("out")), new),
@@ -708,5 +726,55 @@ fn in_place_file_linked_then_used_as_a_source_applies() {
         if op == Op::InPlace {
             assert_eq!(read_tree(&s.path().join("target")), new);
         }
+    }
+}
+
+/// The CLI (`apply`, `verify --old`, `apply --in-place`) with a FIFO in OLD where an unchanged
+/// file is expected: each exits promptly with an error naming the path (a child process,
+/// killed after 120 s, so a regression fails instead of hanging).
+#[cfg(feature = "cli")]
+#[test]
+fn cli_refuses_a_fifo_in_old_promptly() {
+    let (patch, _) = relying_patch("d/f", Use::Unchanged);
+    for op in OPS {
+        let s = sandbox(&old_tree("d/f"), &patch);
+        let old = old_of(s.path(), op);
+        fs::remove_file(old.join("d/f")).unwrap();
+        mkfifo(&old.join("d/f"));
+        let (o, p, out) = (
+            old.to_str().unwrap().to_string(),
+            s.path().join("p.bdp").to_str().unwrap().to_string(),
+            s.path().join("out").to_str().unwrap().to_string(),
+        );
+        let args: Vec<&str> = match op {
+            Op::Apply => vec!["apply", &o, &p, "-o", &out],
+            Op::Verify => vec!["verify", &p, "--old", &o],
+            Op::InPlace => vec!["apply", &o, &p, "--in-place"],
+        };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bundelta"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut waited = Duration::ZERO;
+        while child.try_wait().unwrap().is_none() {
+            if waited > Duration::from_secs(120) {
+                child.kill().unwrap();
+                panic!("bundelta {args:?}: still blocked after 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            waited += Duration::from_millis(50);
+        }
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "bundelta {args:?} accepted a FIFO"
+        );
+        assert!(
+            err.contains("d/f") && err.contains("FIFO"),
+            "bundelta {args:?}: {err}"
+        );
     }
 }
