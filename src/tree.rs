@@ -25,7 +25,11 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
     let mut out = Vec::new();
     scan_into(root, "", &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    if let Some((i, j)) = crate::format::case_clash(out.iter().map(|n| n.path.as_str())) {
+    let clash = crate::format::case_clash(
+        out.iter().map(|n| n.path.as_str()),
+        &mut crate::format::Budget::unlimited(),
+    )?;
+    if let Some((i, j)) = clash {
         return Err(Error::invalid_input(
             &root.join(&out[j].path),
             format!(
