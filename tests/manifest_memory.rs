@@ -5,7 +5,7 @@
 //! opened (and, for a manifest relative to OLD's file list, bound to OLD) stays within
 //!
 //! ```text
-//! manifest_memory(header)      12 × manifest_raw_len: the raw bytes and what decoding charges
+//! manifest_memory(header)      24 × manifest_raw_len: the raw bytes and what decoding charges
 //! + listing_memory(OLD)        relative form only: OLD's file list and the entries taken from it
 //! + IO_ALLOWANCE               512 KiB, the I/O-buffer term `memory_needed` already has
 //! ```

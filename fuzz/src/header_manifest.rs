@@ -4,7 +4,7 @@
 //! re-encode to bytes that decode to the same manifest (the relative form: the same entries).
 //! Decoding (and summarizing) must hold no more heap than the header declares for it
 //! ([`Budget::for_manifest`]) plus [`SLACK`], measured by the target binary's counting
-//! allocator ([`crate::heap`]).
+//! allocator ([`super::heap`]).
 
 use bundelta::format::{
     listing_digest, listing_tag, BaseTags, Budget, Header, ListEntry, ListKind, Manifest,
@@ -61,17 +61,17 @@ pub fn run(data: &[u8]) {
         body[65..97].copy_from_slice(&listing_digest(&list));
     }
     let declared = Budget::for_manifest(&header).limit().saturating_add(SLACK);
-    let (_, peak) = crate::heap::peak_of(|| Manifest::summarize_relative(&body, &header));
+    let (_, peak) = super::heap::peak_of(|| Manifest::summarize_relative(&body, &header));
     assert!(
         peak <= declared,
         "summarize took {peak} bytes, header declares {declared}"
     );
-    let (_, peak) = crate::heap::peak_of(|| Manifest::relative_prefix(&body, &header));
+    let (_, peak) = super::heap::peak_of(|| Manifest::relative_prefix(&body, &header));
     assert!(
         peak <= declared,
         "prefix took {peak} bytes, header declares {declared}"
     );
-    let (m, peak) = crate::heap::peak_of(|| Manifest::decode_with_old(&body, &header, Some(&list)));
+    let (m, peak) = super::heap::peak_of(|| Manifest::decode_with_old(&body, &header, Some(&list)));
     assert!(
         peak <= declared,
         "decoding took {peak} bytes, header declares {declared}"
