@@ -265,11 +265,19 @@ fn full_repeat(first: &[u8], entry: &[u8], target: usize) -> Vec<u8> {
     m
 }
 
-/// The first entry: a directory of `len` bytes of `a` (stored in full).
+/// The first entry: a directory path of `len` bytes, 254-byte names of `a` separated by `/`
+/// (stored in full; every component within the name limit, so that only the budget can
+/// refuse what expands it).
 fn long_first(len: usize) -> Vec<u8> {
+    let mut path: Vec<u8> = (0..len)
+        .map(|i| if i % 255 == 254 { b'/' } else { b'a' })
+        .collect();
+    if path.last() == Some(&b'/') {
+        *path.last_mut().unwrap() = b'a';
+    }
     let mut e = Vec::new();
     v(&mut e, 0);
-    s(&mut e, &vec![b'a'; len]);
+    s(&mut e, &path);
     e.extend_from_slice(DIR);
     e
 }
@@ -287,6 +295,15 @@ fn prefixed(shared: usize, suffix: &[u8], body: &[u8]) -> Vec<u8> {
 fn full_worst_cases(size: usize) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let p = MAX_PATH_LEN - 1;
+    // One 4,095-byte name, repeated: refused by the name-length check before expansion.
+    let mut one_name = Vec::new();
+    v(&mut one_name, 0);
+    s(&mut one_name, &vec![b'n'; p]);
+    one_name.extend_from_slice(DIR);
+    out.push((
+        "expand-one-name".into(),
+        full_repeat(&one_name, &prefixed(p, b"", DIR), size),
+    ));
     // Maximal expansion: every 4-byte record repeats the whole previous (4095-byte) path.
     out.push((
         "expand-same".into(),
