@@ -7,7 +7,7 @@
 //! output file is written sequentially. Peak heap is bounded by
 //!
 //! ```text
-//! memory_needed = 4 × manifest_raw_len                 (manifest bytes + parsed entries)
+//! memory_needed = 24 × manifest_raw_len                (manifest bytes + decoded entries)
 //!               + Σ decoder_memory(codec_s)             (control, diff, extra decoders)
 //!               + 512 KiB                               (zero-run pairs, only with that flag)
 //!               + 512 KiB                               (I/O buffers)
@@ -15,10 +15,18 @@
 //!
 //! where a decoder needs `2^window_log + 512 KiB` for zstd and LZMA2, `4.5 MiB` for bzip2 and
 //! nothing for a raw stream ([`crate::format::decoder_memory`]), and `window_log`, the codecs
-//! and `manifest_raw_len` come from the patch header. The patch is refused
-//! before anything is written when this exceeds [`Patcher::memory_limit`] (default
-//! [`DEFAULT_MEMORY_LIMIT`], 12 MiB, which admits the default `--window-log 21`). Process RSS is
-//! that plus the program itself (about 3 MiB).
+//! and `manifest_raw_len` come from the patch header. The manifest's share
+//! ([`crate::format::manifest_memory`]) is enforced, not estimated: the raw bytes take at most
+//! twice their length, and decoding charges every allocation it makes (paths, entries, link
+//! targets, tables) to a [`crate::format::Budget`] of the other 22 × `manifest_raw_len` before
+//! making it, refusing the manifest as corrupt when it would go past (a path shared with the
+//! previous one costs two bytes to store and up to 4 KiB to expand, so the raw length alone
+//! bounds nothing). Real manifests take 5 to 10 bytes per raw byte to decode. The patch is
+//! refused before anything is written when this exceeds [`Patcher::memory_limit`] (default
+//! [`DEFAULT_MEMORY_LIMIT`], 12 MiB, which admits the default `--window-log 21` with a manifest
+//! of up to about 150 KiB, some 10,000 paths written out in full; a manifest relative to OLD's
+//! file list only counts the paths that changed). Process RSS is that plus the program itself
+//! (about 3 MiB).
 //!
 //! For a manifest relative to OLD's file list, the applier also holds that list and the entries
 //! resolved from it: [`listing_memory`], `LISTING_ENTRY_BYTES` (160) plus twice the path bytes
@@ -123,8 +131,7 @@ pub fn memory_needed(h: &Header) -> u64 {
     } else {
         0
     };
-    h.manifest_raw_len
-        .saturating_mul(4)
+    crate::format::manifest_memory(h)
         .saturating_add(decoders)
         .saturating_add(runs)
         .saturating_add(512 << 10)

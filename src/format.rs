@@ -442,6 +442,125 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Decoding memory
+//
+// A manifest is small on the wire and large in memory: a prefix-shared path costs two bytes to
+// store and up to MAX_PATH_LEN to expand, an entry three bytes to store and a struct to hold.
+// So `manifest_raw_len` alone bounds nothing: every allocation decoding makes is charged to a
+// [`Budget`] *before* it is made, and the budget is the manifest's share of the memory the
+// header declares ([`manifest_memory`]). A manifest that would need more is refused, having
+// allocated at most its share; the header's memory figure is therefore a bound, not a guess.
+
+/// Heap a manifest may take, per byte of `manifest_raw_len`: its raw bytes (the buffer they are
+/// read into holds up to twice their length) plus everything decoding allocates ([`Budget`],
+/// the other 22 bytes). Measured on real trees, decoding takes 5 to 10 bytes per raw byte
+/// (full form 7.1 to 9.5, relative form 4.8 to 6.4; see `FORMAT.md` section 7), so every real
+/// manifest fits with twice that to spare, while a hostile one (a 4-byte record may repeat a
+/// 4 KiB path) is refused having allocated at most its share.
+pub const MANIFEST_MEMORY_FACTOR: u64 = 24;
+
+/// Bytes of heap reading and decoding this header's manifest may take at most:
+/// [`MANIFEST_MEMORY_FACTOR`] × `manifest_raw_len`. Part of `memory_needed`.
+pub fn manifest_memory(h: &Header) -> u64 {
+    h.manifest_raw_len.saturating_mul(MANIFEST_MEMORY_FACTOR)
+}
+
+/// Heap accounting while a manifest is decoded: every allocation is charged (its byte size)
+/// before it is made and released after it is freed, so the heap decoding holds never exceeds
+/// [`Budget::limit`].
+///
+/// What is charged: each decoded path, link target, base-tag array and delta-source list
+/// (their bytes), each entry, old-file record and deleted path (`size_of` their structs), and
+/// the case check's table (16 bytes per path). Entries a relative manifest takes from OLD's
+/// listing are OLD's size (counted by `listing_memory` under strict memory), not the patch's,
+/// and are not charged here.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    used: u64,
+    peak: u64,
+    limit: u64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Budget {
+        Budget {
+            used: 0,
+            peak: 0,
+            limit,
+        }
+    }
+
+    /// No limit (the diff side's self-checks, a listing's case check): charges are counted only.
+    pub fn unlimited() -> Budget {
+        Budget::new(u64::MAX)
+    }
+
+    /// The decoding share of the header's declared manifest memory: [`manifest_memory`] less
+    /// the raw manifest buffer (`2 × manifest_raw_len`, its largest capacity).
+    pub fn for_manifest(h: &Header) -> Budget {
+        Budget::new(manifest_memory(h).saturating_sub(h.manifest_raw_len.saturating_mul(2)))
+    }
+
+    /// Charge `bytes` about to be allocated for `what`; refuse (allocating nothing) past the
+    /// limit.
+    pub fn charge(&mut self, bytes: u64, what: &str) -> Result<()> {
+        let used = self.used.saturating_add(bytes);
+        if used > self.limit {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "decoding needs more than the {} bytes of heap its header declares for it \
+                     ({MANIFEST_MEMORY_FACTOR} x manifest_raw_len, less the raw bytes): {what} \
+                     would bring it to {used}; refused before allocating",
+                    self.limit
+                ),
+            ));
+        }
+        self.used = used;
+        self.peak = self.peak.max(used);
+        Ok(())
+    }
+
+    /// Release `bytes` charged earlier, once freed.
+    pub fn release(&mut self, bytes: u64) {
+        self.used = self.used.saturating_sub(bytes);
+    }
+
+    /// Bytes charged and not released.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Most bytes charged at once.
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+/// Heap bytes of `n` values of `T`.
+fn heap_of<T>(n: u64) -> u64 {
+    n.saturating_mul(std::mem::size_of::<T>() as u64)
+}
+
+/// Heap a decoded entry body holds besides its struct (link target, delta sources).
+fn body_heap(kind: &EntryKind) -> u64 {
+    match kind {
+        EntryKind::Symlink { target } => target.len() as u64,
+        EntryKind::File {
+            op: FileOp::Delta { sources, .. },
+            ..
+        } => heap_of::<u32>(sources.len() as u64),
+        _ => 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Manifest
 
 /// How one file of the new bundle is produced.
@@ -633,7 +752,7 @@ impl BaseTags {
         out.extend_from_slice(&self.packed);
     }
 
-    fn read(r: &mut Reader<'_>) -> Result<BaseTags> {
+    fn read(r: &mut Reader<'_>, budget: &mut Budget) -> Result<BaseTags> {
         let bits = r.u8()?;
         if !(1..=MAX_TAG_BITS).contains(&bits) {
             return Err(Error::corrupt(
@@ -646,7 +765,9 @@ impl BaseTags {
         let max = (r.remaining() as u64).saturating_mul(8) / b;
         let count = r.varint_max(max, "base tag count")?;
         let total_bits = count * b;
-        let packed = r.bytes(total_bits.div_ceil(8) as usize)?.to_vec();
+        let packed = r.bytes(total_bits.div_ceil(8) as usize)?;
+        budget.charge(packed.len() as u64, "the base tags")?;
+        let packed = packed.to_vec();
         let pad = (8 - total_bits % 8) % 8;
         if pad > 0 && packed.last().is_some_and(|l| l & ((1u8 << pad) - 1) != 0) {
             return Err(Error::corrupt(
@@ -826,21 +947,33 @@ impl Manifest {
     /// [`validate_path`]), entries strictly sorted (so no duplicates), no two paths equal up to
     /// case, every parent of an entry present as a directory entry, every old-file index in
     /// range, every blob inside the data section, sizes adding up to `header.new_total`.
+    /// Decoding allocates at most the header's share ([`Budget::for_manifest`]).
     pub fn decode(raw: &[u8], header: &Header) -> Result<Manifest> {
         Manifest::decode_with_old(raw, header, None)
     }
 
     /// Decode a manifest of either form. The relative form needs OLD's listing (as
-    /// `listing` returns it for OLD) and fails without one.
+    /// `listing` returns it for OLD) and fails without one. Decoding allocates at most the
+    /// header's share ([`Budget::for_manifest`]), besides what OLD's listing costs.
     pub fn decode_with_old(
         raw: &[u8],
         header: &Header,
         old: Option<&[ListEntry]>,
     ) -> Result<Manifest> {
+        Manifest::decode_with_budget(raw, header, old, &mut Budget::for_manifest(header))
+    }
+
+    /// [`Manifest::decode_with_old`], charging every allocation to `budget` before making it.
+    pub fn decode_with_budget(
+        raw: &[u8],
+        header: &Header,
+        old: Option<&[ListEntry]>,
+        budget: &mut Budget,
+    ) -> Result<Manifest> {
         match raw.first() {
-            Some(&FORM_FULL) => Manifest::decode_full(&raw[1..], header),
+            Some(&FORM_FULL) => Manifest::decode_full(&raw[1..], header, budget),
             Some(&FORM_RELATIVE) => match old {
-                Some(old) => Manifest::decode_relative(&raw[1..], header, old),
+                Some(old) => Manifest::decode_relative(&raw[1..], header, old, budget),
                 None => Err(Error::corrupt(
                     "manifest",
                     "this manifest is relative to OLD's file list; give OLD",
@@ -975,29 +1108,48 @@ impl Manifest {
             return Err(Error::corrupt("manifest", "not in the relative form"));
         }
         let mut r = Reader::new(&raw[1..], "manifest");
-        Manifest::read_relative_prefix(&mut r, header)
+        Manifest::read_relative_prefix(&mut r, header, &mut Budget::for_manifest(header))
     }
 
-    fn read_relative_prefix(r: &mut Reader<'_>, header: &Header) -> Result<RelativePrefix> {
+    fn read_relative_prefix(
+        r: &mut Reader<'_>,
+        header: &Header,
+        budget: &mut Budget,
+    ) -> Result<RelativePrefix> {
         Ok(RelativePrefix {
             new_digest: r.hash()?,
             base_digest: r.hash()?,
             listing_digest: r.hash()?,
             base_tags: if header.has_base_tags() {
-                BaseTags::read(r)?
+                BaseTags::read(r, budget)?
             } else {
                 BaseTags::default()
             },
         })
     }
 
-    /// Read a relative-form manifest's counts without OLD.
+    /// Read a relative-form manifest's counts without OLD. Allocates at most the header's
+    /// share ([`Budget::for_manifest`]).
     pub fn summarize_relative(raw: &[u8], header: &Header) -> Result<RelativeSummary> {
         if raw.first() != Some(&FORM_RELATIVE) {
             return Err(Error::corrupt("manifest", "not in the relative form"));
         }
+        let mut budget = Budget::for_manifest(header);
         let mut r = Reader::new(&raw[1..], "manifest");
-        let prefix = Manifest::read_relative_prefix(&mut r, header)?;
+        let prefix = Manifest::read_relative_prefix(&mut r, header, &mut budget)?;
+        let s = Manifest::count_items(r, &mut budget)?;
+        if header.has_base_tags() && prefix.base_tags.len() as u64 != s.old_entries {
+            return Err(Error::corrupt(
+                "manifest",
+                "base tag count differs from the listing's entry count",
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Counts of a relative manifest's items (`r` is just past the prefix). Each body read is
+    /// charged and released, so this holds at most one link target or source list at a time.
+    fn count_items(mut r: Reader<'_>, budget: &mut Budget) -> Result<RelativeSummary> {
         let n_old = r.varint_max(r.remaining() as u64, "old file count")? as usize;
         for _ in 0..n_old {
             r.varint()?;
@@ -1009,14 +1161,16 @@ impl Manifest {
                 ITEM_KEEP => s.kept = s.kept.saturating_add(r.varint()?),
                 ITEM_DROP => s.dropped = s.dropped.saturating_add(r.varint()?),
                 ITEM_SAME => {
-                    read_body(&mut r, n_old)?;
+                    let kind = read_body(&mut r, n_old, budget)?;
+                    budget.release(body_heap(&kind));
                     s.changed += 1;
                 }
                 ITEM_NEW => {
                     // The path builds on OLD's names, so only its bytes are skipped here.
                     r.varint()?;
                     r.string(MAX_PATH_LEN)?;
-                    read_body(&mut r, n_old)?;
+                    let kind = read_body(&mut r, n_old, budget)?;
+                    budget.release(body_heap(&kind));
                     s.inserted += 1;
                 }
                 v => {
@@ -1028,29 +1182,26 @@ impl Manifest {
             }
         }
         s.old_entries = s.kept.saturating_add(s.dropped).saturating_add(s.changed);
-        if header.has_base_tags() && prefix.base_tags.len() as u64 != s.old_entries {
-            return Err(Error::corrupt(
-                "manifest",
-                "base tag count differs from the listing's entry count",
-            ));
-        }
         Ok(s)
     }
 
-    fn decode_relative(raw: &[u8], header: &Header, old: &[ListEntry]) -> Result<Manifest> {
+    fn decode_relative(
+        raw: &[u8],
+        header: &Header,
+        old: &[ListEntry],
+        budget: &mut Budget,
+    ) -> Result<Manifest> {
         let mut r = Reader::new(raw, "manifest");
         let RelativePrefix {
             new_digest,
             base_digest,
             listing_digest: want,
             base_tags,
-        } = Manifest::read_relative_prefix(&mut r, header)?;
+        } = Manifest::read_relative_prefix(&mut r, header, budget)?;
         if listing_digest(old) != want {
             // Without OLD's contents this cannot name the entry (the applier does, from the
             // base tags, before it gets here); the entry counts often tell what happened.
-            let mut full = vec![FORM_RELATIVE];
-            full.extend_from_slice(raw);
-            let counts = match Manifest::summarize_relative(&full, header) {
+            let counts = match Manifest::count_items(r, budget) {
                 Ok(s) if s.old_entries != old.len() as u64 => format!(
                     "; the base had {} entries (files, directories, symlinks), OLD has {}",
                     s.old_entries,
@@ -1072,8 +1223,22 @@ impl Manifest {
                 ),
             ));
         }
-        // A record takes at least 1 byte, so this bounds the allocation by the input.
-        let n_old = r.varint_max(r.remaining() as u64, "old file count")? as usize;
+        // One pass for the counts first, so that every table below is allocated once, at its
+        // final size, and charged before.
+        let counts = Manifest::count_items(
+            Reader {
+                buf: r.buf,
+                pos: r.pos,
+                what: r.what,
+            },
+            budget,
+        )?;
+        // An index is at least 1 byte and indices are strictly increasing: both bound the count.
+        let n_old = r.varint_max(
+            (r.remaining() as u64).min(old.len() as u64),
+            "old file count",
+        )? as usize;
+        budget.charge(heap_of::<OldFile>(n_old as u64), "the old-file table")?;
         let mut old_files = Vec::with_capacity(n_old);
         let mut next = 0u64;
         for _ in 0..n_old {
@@ -1091,17 +1256,31 @@ impl Manifest {
                     format!("{:?} is not a file in OLD", old[i].path),
                 ));
             };
+            budget.charge(old[i].path.len() as u64, "an old file's path")?;
             old_files.push(OldFile {
                 path: old[i].path.clone(),
                 size,
             });
         }
         let n_items = r.varint_max(r.remaining() as u64, "item count")?;
-        // Most entries of NEW are usually OLD's, kept: one allocation, no doubling.
-        let mut entries: Vec<Entry> = Vec::with_capacity(old.len());
-        let mut deleted = Vec::new();
+        // Entries kept or changed stand for OLD's own (OLD's size, see `listing_memory`);
+        // inserted ones are the patch's, charged here, their paths and bodies as they are read.
+        let from_old = counts
+            .kept
+            .saturating_add(counts.changed)
+            .min(old.len() as u64);
+        budget.charge(heap_of::<Entry>(counts.inserted), "the inserted entries")?;
+        let mut entries: Vec<Entry> = Vec::with_capacity((from_old + counts.inserted) as usize);
+        let mut deleted = Vec::with_capacity(counts.dropped.min(old.len() as u64) as usize);
         let mut cursor = 0usize;
-        let mut prev = String::new();
+        // What the next inserted path is prefix-compressed against: the last inserted entry or
+        // the last old path consumed, whichever came last (referred to, never copied).
+        enum Prev {
+            Nothing,
+            Old(usize),
+            New(usize),
+        }
+        let mut prev = Prev::Nothing;
         let take = |cursor: &mut usize, n: u64| -> Result<std::ops::Range<usize>> {
             let end = (*cursor as u64)
                 .checked_add(n)
@@ -1140,17 +1319,22 @@ impl Manifest {
                 }
                 ITEM_SAME => {
                     let o = &old[take(&mut cursor, 1)?][0];
-                    let kind = read_body(&mut r, n_old)?;
+                    let kind = read_body(&mut r, n_old, budget)?;
                     entries.push(Entry {
                         path: o.path.clone(),
                         kind,
                     });
                 }
                 ITEM_NEW => {
-                    let path = read_prefixed(&mut r, &prev)?;
-                    let kind = read_body(&mut r, n_old)?;
-                    prev.clone_from(&path);
+                    let base = match prev {
+                        Prev::Nothing => "",
+                        Prev::Old(i) => old[i].path.as_str(),
+                        Prev::New(j) => entries[j].path.as_str(),
+                    };
+                    let path = read_prefixed(&mut r, base, budget)?;
+                    let kind = read_body(&mut r, n_old, budget)?;
                     entries.push(Entry { path, kind });
+                    prev = Prev::New(entries.len() - 1);
                     continue;
                 }
                 v => {
@@ -1162,7 +1346,7 @@ impl Manifest {
             }
             // The next inserted path builds on the last old path consumed.
             if cursor > 0 {
-                prev.clone_from(&old[cursor - 1].path);
+                prev = Prev::Old(cursor - 1);
             }
         }
         if cursor != old.len() || !r.is_empty() {
@@ -1185,50 +1369,48 @@ impl Manifest {
             deleted,
             base_tags,
         }
-        .validated(header)
+        .validated(header, budget, counts.inserted)
     }
 
-    fn decode_full(raw: &[u8], header: &Header) -> Result<Manifest> {
+    fn decode_full(raw: &[u8], header: &Header, budget: &mut Budget) -> Result<Manifest> {
         let mut r = Reader::new(raw, "manifest");
         let new_digest = r.hash()?;
         let base_digest = r.hash()?;
         let base_tags = if header.has_base_tags() {
-            BaseTags::read(&mut r)?
+            BaseTags::read(&mut r, budget)?
         } else {
             BaseTags::default()
         };
-        // Each record takes at least 2 bytes, so this bounds the allocation by the input.
+        // Each record takes at least 2 bytes, so the count is bounded by the input; the table
+        // is charged before it is allocated.
         let n_old = r.varint_max((r.remaining() / 2) as u64, "old file count")? as usize;
+        budget.charge(heap_of::<OldFile>(n_old as u64), "the old-file table")?;
         let mut old_files = Vec::with_capacity(n_old);
         for _ in 0..n_old {
-            let path = r.string(MAX_PATH_LEN)?.to_string();
+            let path = r.string(MAX_PATH_LEN)?;
+            budget.charge(path.len() as u64, "an old file's path")?;
+            let path = path.to_string();
             let size = r.varint()?;
             old_files.push(OldFile { path, size });
         }
         // An entry takes at least 3 bytes.
         let n_entries = r.varint_max((r.remaining() / 3) as u64, "entry count")? as usize;
+        budget.charge(heap_of::<Entry>(n_entries as u64), "the entry table")?;
         let mut entries: Vec<Entry> = Vec::with_capacity(n_entries);
-        let mut prev = String::new();
         for _ in 0..n_entries {
-            let shared = r.varint_max(prev.len() as u64, "shared path prefix")? as usize;
-            if !prev.is_char_boundary(shared) {
-                return Err(Error::corrupt(
-                    "manifest",
-                    "shared path prefix splits a character",
-                ));
-            }
-            let suffix = r.string(MAX_PATH_LEN)?;
-            let mut path = String::with_capacity(shared + suffix.len());
-            path.push_str(&prev[..shared]);
-            path.push_str(suffix);
-            let kind = read_body(&mut r, n_old)?;
-            prev.clone_from(&path);
+            // Prefix-compressed against the previous entry's path (referred to, never copied).
+            let prev = entries.last().map_or("", |e| e.path.as_str());
+            let path = read_prefixed(&mut r, prev, budget)?;
+            let kind = read_body(&mut r, n_old, budget)?;
             entries.push(Entry { path, kind });
         }
         let n_del = r.varint_max((r.remaining()) as u64, "deleted count")? as usize;
+        budget.charge(heap_of::<String>(n_del as u64), "the deleted list")?;
         let mut deleted = Vec::with_capacity(n_del);
         for _ in 0..n_del {
-            deleted.push(r.string(MAX_PATH_LEN)?.to_string());
+            let path = r.string(MAX_PATH_LEN)?;
+            budget.charge(path.len() as u64, "a deleted path")?;
+            deleted.push(path.to_string());
         }
         if !r.is_empty() {
             return Err(Error::corrupt(
@@ -1254,7 +1436,8 @@ impl Manifest {
                 ),
             ));
         }
-        m.validated(header)
+        let own = m.entries.len() as u64;
+        m.validated(header, budget, own)
     }
 
     /// Number of old files the patch relies on: the old-file table, then every file read at
@@ -1268,13 +1451,19 @@ impl Manifest {
                 .count()
     }
 
-    fn validated(self, header: &Header) -> Result<Manifest> {
-        self.validate(header)?;
+    fn validated(self, header: &Header, budget: &mut Budget, own: u64) -> Result<Manifest> {
+        self.validate_with(header, budget, own)?;
         Ok(self)
     }
 
     /// Structural checks shared by decode and by the diff side's self-check.
     pub fn validate(&self, header: &Header) -> Result<()> {
+        self.validate_with(header, &mut Budget::unlimited(), self.entries.len() as u64)
+    }
+
+    /// [`Manifest::validate`], charging its temporary tables to `budget`; `own` entries are
+    /// the patch's (the rest, in a relative manifest, OLD's: see [`Budget`]).
+    fn validate_with(&self, header: &Header, budget: &mut Budget, own: u64) -> Result<()> {
         let dir = header.is_directory();
         if header.has_base_tags() != (self.base_tags.bits > 0) {
             return Err(Error::corrupt(
@@ -1297,9 +1486,8 @@ impl Manifest {
             for d in &self.deleted {
                 validate_path(d)?;
             }
-            let mut dirs = std::collections::HashSet::new();
             let mut prev: Option<&str> = None;
-            for e in &self.entries {
+            for (i, e) in self.entries.iter().enumerate() {
                 validate_path(&e.path)?;
                 if let Some(p) = prev {
                     if p >= e.path.as_str() {
@@ -1314,7 +1502,12 @@ impl Manifest {
                 }
                 prev = Some(&e.path);
                 if let Some((parent, _)) = e.path.rsplit_once('/') {
-                    if !dirs.contains(parent) {
+                    // The entries before this one are strictly sorted, and a parent sorts
+                    // before its children: a binary search finds it, with no table to build.
+                    let is_dir = self.entries[..i]
+                        .binary_search_by(|x| x.path.as_str().cmp(parent))
+                        .is_ok_and(|k| matches!(self.entries[k].kind, EntryKind::Dir));
+                    if !is_dir {
                         return Err(Error::corrupt(
                             "manifest",
                             format!(
@@ -1323,9 +1516,6 @@ impl Manifest {
                             ),
                         ));
                     }
-                }
-                if matches!(e.kind, EntryKind::Dir) {
-                    dirs.insert(e.path.as_str());
                 }
                 if let EntryKind::Symlink { target } = &e.kind {
                     if target.is_empty() || target.contains('\0') {
@@ -1336,7 +1526,11 @@ impl Manifest {
                     }
                 }
             }
-            if let Some((_, j)) = case_clash(self.entries.iter().map(|e| e.path.as_str())) {
+            let table = heap_of::<(u64, usize)>(own);
+            budget.charge(table, "the case check")?;
+            let clash = case_clash(self.entries.iter().map(|e| e.path.as_str()), budget)?;
+            budget.release(table);
+            if let Some((_, j)) = clash {
                 return Err(Error::corrupt(
                     "manifest",
                     format!(
@@ -1401,10 +1595,13 @@ impl Manifest {
 /// Two paths equal after Unicode lowercasing, as indices `(earlier, later)`, if any.
 ///
 /// Sorts a 64-bit hash of every lowercased path (16 bytes per path, where a set of lowercased
-/// strings takes about 80) and compares the paths of equal hashes in full.
+/// strings takes about 80) and compares the paths of equal hashes in full. The lowercased
+/// copies of the paths compared are charged to `budget` (the hash table is the caller's to
+/// charge: in a relative manifest most of it stands for OLD's entries).
 pub(crate) fn case_clash<'p>(
     paths: impl Iterator<Item = &'p str> + Clone,
-) -> Option<(usize, usize)> {
+    budget: &mut Budget,
+) -> Result<Option<(usize, usize)>> {
     let fold = |p: &str| -> u64 {
         let mut h = blake3::Hasher::new();
         let mut b = [0u8; 4];
@@ -1413,7 +1610,8 @@ pub(crate) fn case_clash<'p>(
         }
         u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
     };
-    let mut keys: Vec<(u64, usize)> = paths.clone().map(fold).zip(0..).collect();
+    let mut keys: Vec<(u64, usize)> = Vec::with_capacity(paths.clone().count());
+    keys.extend(paths.clone().map(fold).zip(0..));
     keys.sort_unstable();
     let nth = |i: usize| paths.clone().nth(i).expect("index from the same iterator");
     let mut start = 0;
@@ -1426,17 +1624,27 @@ pub(crate) fn case_clash<'p>(
         for a in start..end {
             for b in a + 1..end {
                 let (i, j) = (keys[a].1, keys[b].1);
-                if nth(i).to_lowercase() == nth(j).to_lowercase() {
-                    return Some((i.min(j), i.max(j)));
+                // A lowercased copy is at most 1.5 times as long; with the growth of the
+                // string that builds it, 5 times the path covers it.
+                let temp = 5 * (nth(i).len() + nth(j).len()) as u64;
+                budget.charge(temp, "the case check")?;
+                let same = nth(i).to_lowercase() == nth(j).to_lowercase();
+                budget.release(temp);
+                if same {
+                    return Ok(Some((i.min(j), i.max(j))));
                 }
             }
         }
         start = end;
     }
-    None
+    Ok(None)
 }
 
-fn read_prefixed(r: &mut Reader<'_>, prev: &str) -> Result<String> {
+/// Read a path stored as the length of the prefix it shares with `prev` and the rest. Its
+/// length and the length of the component spanning the two parts are checked, and its bytes
+/// charged, before it is built: a 2-byte record must not expand to more than one path. (The
+/// other components are whole in `prev`, checked when it was read, or in the suffix.)
+fn read_prefixed(r: &mut Reader<'_>, prev: &str, budget: &mut Budget) -> Result<String> {
     let shared = r.varint_max(prev.len() as u64, "shared path prefix")? as usize;
     if !prev.is_char_boundary(shared) {
         return Err(Error::corrupt(
@@ -1445,6 +1653,27 @@ fn read_prefixed(r: &mut Reader<'_>, prev: &str) -> Result<String> {
         ));
     }
     let suffix = r.string(MAX_PATH_LEN)?;
+    let len = shared + suffix.len();
+    if len > MAX_PATH_LEN {
+        return Err(Error::corrupt(
+            "manifest",
+            format!(
+                "a path of {len} bytes ({shared} shared with the previous path, {} new), above \
+                 {MAX_PATH_LEN}",
+                suffix.len()
+            ),
+        ));
+    }
+    let head = &prev[..shared];
+    let joined =
+        head.rsplit('/').next().unwrap_or("").len() + suffix.split('/').next().unwrap_or("").len();
+    if joined > MAX_NAME_LEN || suffix.split('/').skip(1).any(|c| c.len() > MAX_NAME_LEN) {
+        return Err(Error::corrupt(
+            "manifest",
+            format!("a path component is longer than {MAX_NAME_LEN} bytes"),
+        ));
+    }
+    budget.charge(len as u64, "a path")?;
     let mut path = String::with_capacity(shared + suffix.len());
     path.push_str(&prev[..shared]);
     path.push_str(suffix);
@@ -1490,12 +1719,18 @@ fn put_body(out: &mut Vec<u8>, kind: &EntryKind) {
     }
 }
 
-fn read_body(r: &mut Reader<'_>, n_old: usize) -> Result<EntryKind> {
+/// Read an entry's body; its link target or source list is charged before it is allocated
+/// (the caller releases [`body_heap`] if it drops the body).
+fn read_body(r: &mut Reader<'_>, n_old: usize, budget: &mut Budget) -> Result<EntryKind> {
     let kind = match r.u8()? {
         KIND_DIR => EntryKind::Dir,
-        KIND_SYMLINK => EntryKind::Symlink {
-            target: r.string(MAX_PATH_LEN)?.to_string(),
-        },
+        KIND_SYMLINK => {
+            let target = r.string(MAX_PATH_LEN)?;
+            budget.charge(target.len() as u64, "a link target")?;
+            EntryKind::Symlink {
+                target: target.to_string(),
+            }
+        }
         KIND_FILE => {
             let exec = match r.u8()? {
                 0 => false,
@@ -1511,6 +1746,7 @@ fn read_body(r: &mut Reader<'_>, n_old: usize) -> Result<EntryKind> {
                 OP_ADD => FileOp::Add,
                 OP_DELTA => {
                     let n = r.varint_max(MAX_DELTA_SOURCES as u64, "delta source count")?;
+                    budget.charge(heap_of::<u32>(n), "a delta source list")?;
                     let mut sources = Vec::with_capacity(n as usize);
                     for _ in 0..n {
                         sources.push(old_index(r, n_old)?);
@@ -1673,7 +1909,7 @@ mod tests {
 
     #[test]
     fn case_clash_finds_pairs() {
-        let f = |v: &[&str]| case_clash(v.iter().copied());
+        let f = |v: &[&str]| case_clash(v.iter().copied(), &mut Budget::unlimited()).unwrap();
         assert_eq!(f(&[]), None);
         assert_eq!(f(&["a", "b", "ab", "A/b"]), None);
         assert_eq!(f(&["a", "b", "B"]), Some((1, 2)));
@@ -1705,7 +1941,8 @@ mod tests {
             assert!(!t.matches(9, &hashes[0]));
             let mut out = Vec::new();
             t.put(&mut out);
-            let back = BaseTags::read(&mut Reader::new(&out, "t")).unwrap();
+            let back =
+                BaseTags::read(&mut Reader::new(&out, "t"), &mut Budget::unlimited()).unwrap();
             assert_eq!(back, t);
         }
         // Nonzero padding, a zero width and a count past the bytes are corrupt.
@@ -1713,9 +1950,13 @@ mod tests {
         let mut out = Vec::new();
         t.put(&mut out);
         *out.last_mut().unwrap() |= 1;
-        assert!(BaseTags::read(&mut Reader::new(&out, "t")).is_err());
-        assert!(BaseTags::read(&mut Reader::new(&[0, 0], "t")).is_err());
-        assert!(BaseTags::read(&mut Reader::new(&[8, 3, 1, 2], "t")).is_err());
+        assert!(BaseTags::read(&mut Reader::new(&out, "t"), &mut Budget::unlimited()).is_err());
+        assert!(BaseTags::read(&mut Reader::new(&[0, 0], "t"), &mut Budget::unlimited()).is_err());
+        assert!(BaseTags::read(
+            &mut Reader::new(&[8, 3, 1, 2], "t"),
+            &mut Budget::unlimited()
+        )
+        .is_err());
     }
 
     #[test]

@@ -247,6 +247,10 @@ struct InfoArgs {
     /// show every path (without it: counts, and the paths OLD does not have).
     #[arg(long, value_name = "OLD")]
     old: Option<PathBuf>,
+    /// Refuse patches needing more memory than this (as apply and verify do: reading the
+    /// manifest is bounded by what the header declares).
+    #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
+    memory_limit: u64,
     #[command(flatten)]
     key: PubkeyArg,
     #[command(flatten)]
@@ -723,9 +727,9 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
 }
 
 fn info(a: InfoArgs) -> Result<ExitCode> {
-    // Reading the manifest is bounded by 1 GiB whatever the patch says.
+    // The same limit as apply and verify: a patch `info` reads is one they would accept.
     let mut pt = Patcher::new();
-    pt.memory_limit(1 << 30);
+    pt.memory_limit(a.memory_limit);
     if let Some(k) = &a.key.pubkey {
         pt.require_signature(read_public_key(k)?);
     }

@@ -34,7 +34,11 @@ pub(crate) fn scan_dir(root: &Dir) -> Result<Vec<Node>> {
     let mut out = Vec::new();
     scan_into(root, "", &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    if let Some((i, j)) = crate::format::case_clash(out.iter().map(|n| n.path.as_str())) {
+    let clash = crate::format::case_clash(
+        out.iter().map(|n| n.path.as_str()),
+        &mut crate::format::Budget::unlimited(),
+    )?;
+    if let Some((i, j)) = clash {
         return Err(Error::invalid_input(
             &root.display(&out[j].path),
             format!(

@@ -2,10 +2,17 @@
 //! (the manifest body as it is *after* decompression), in both forms: the relative form is
 //! resolved against a small fixed OLD listing. Nothing may panic; a manifest that decodes must
 //! re-encode to bytes that decode to the same manifest (the relative form: the same entries).
+//! Decoding (and summarizing) must hold no more heap than the header declares for it
+//! ([`Budget::for_manifest`]) plus [`SLACK`], measured by the target binary's counting
+//! allocator ([`super::heap`]).
 
 use bundelta::format::{
-    listing_digest, listing_tag, BaseTags, Header, ListEntry, ListKind, Manifest,
+    listing_digest, listing_tag, BaseTags, Budget, Header, ListEntry, ListKind, Manifest,
 };
+
+/// Heap decoding may hold besides its budget: an error message (it quotes a path of at most
+/// 4 KiB, escaped) and the listing digest's record buffer.
+pub const SLACK: u64 = 64 << 10;
 
 fn listing() -> Vec<ListEntry> {
     let e = |p: &str, kind: ListKind| ListEntry {
@@ -53,15 +60,32 @@ pub fn run(data: &[u8]) {
     if body.len() >= 97 && body[0] == 1 && data.len() % 2 == 0 {
         body[65..97].copy_from_slice(&listing_digest(&list));
     }
-    let _ = Manifest::summarize_relative(&body, &header);
-    let _ = Manifest::relative_prefix(&body, &header);
-    let Ok(m) = Manifest::decode_with_old(&body, &header, Some(&list)) else {
+    let declared = Budget::for_manifest(&header).limit().saturating_add(SLACK);
+    let (_, peak) = super::heap::peak_of(|| Manifest::summarize_relative(&body, &header));
+    assert!(
+        peak <= declared,
+        "summarize took {peak} bytes, header declares {declared}"
+    );
+    let (_, peak) = super::heap::peak_of(|| Manifest::relative_prefix(&body, &header));
+    assert!(
+        peak <= declared,
+        "prefix took {peak} bytes, header declares {declared}"
+    );
+    let (m, peak) = super::heap::peak_of(|| Manifest::decode_with_old(&body, &header, Some(&list)));
+    assert!(
+        peak <= declared,
+        "decoding took {peak} bytes, header declares {declared}"
+    );
+    let Ok(m) = m else {
         return;
     };
     m.validate(&header)
         .expect("a decoded manifest must pass validate");
     let again = m.encode();
-    let m2 = Manifest::decode(&again, &header).expect("re-encoded manifest must decode");
+    // The full form of a relative manifest may need more than the header declared for the
+    // relative bytes: the round trip is checked without a budget.
+    let m2 = Manifest::decode_with_budget(&again, &header, None, &mut Budget::unlimited())
+        .expect("re-encoded manifest must decode");
     assert_eq!(m, m2, "manifest changed through encode/decode");
     assert_eq!(again, m2.encode(), "encoding is not deterministic");
     if header.is_directory() {

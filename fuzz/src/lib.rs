@@ -21,6 +21,7 @@ use bundelta::format::Hash;
 pub mod apply_untrusted;
 pub mod dir_apply;
 pub mod header_manifest;
+pub mod heap;
 pub mod roundtrip;
 
 /// Heap and output limits every target applies with.
