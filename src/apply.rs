@@ -226,7 +226,11 @@ impl Patcher {
                 path: out.to_path_buf(),
             });
         }
-        let stage = staging_path(out, "new")?;
+        // Under OUT's lock: a stage a killed run left is removed, and a fresh one recorded
+        // (see `inplace`); on error only what this run created is removed.
+        let _lock = crate::inplace::TargetLock::acquire(out)?;
+        let staged = crate::inplace::OutStage::begin(out, &p)?;
+        let stage = staged.stage.clone();
         let result = (|| {
             let report = p.build(
                 old,
@@ -236,14 +240,12 @@ impl Patcher {
                 self.progress.as_deref(),
             )?;
             sync_parent(&stage)?;
+            crate::inplace::crash_point("out-built");
             rename_noreplace(&stage, out)?;
             sync_parent(out)?;
             Ok(report)
         })();
-        if result.is_err() {
-            remove_all(&stage);
-        }
-        result
+        staged.end(result)
     }
 
     /// Check a patch and, with `old`, that OLD satisfies it, by rebuilding every file into a
@@ -281,6 +283,8 @@ pub struct Patch {
     manifest: Option<Manifest>,
     relative: Vec<u8>,
     new_digest: Hash,
+    /// The whole-patch blake3 checksum (the trailer): the patch's identity.
+    checksum: Hash,
     /// The heap limit the patch was opened with.
     memory_limit: u64,
     /// Heap taken by OLD's file list and the entries resolved from it (relative manifests;
@@ -569,6 +573,7 @@ impl Patch {
             manifest,
             relative,
             new_digest,
+            checksum: trailer,
             memory_limit,
             listing_bytes: 0,
         })
@@ -620,6 +625,12 @@ impl Patch {
     /// The bundle digest this patch produces.
     pub fn new_digest(&self) -> Hash {
         self.new_digest
+    }
+
+    /// The patch's identity: its whole-patch blake3 checksum (the trailer, verified on open).
+    /// An in-place journal records it, so that only the same patch finishes an interrupted run.
+    pub fn checksum(&self) -> Hash {
+        self.checksum
     }
 
     fn m(&self) -> &Manifest {
