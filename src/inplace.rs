@@ -417,7 +417,8 @@ impl Journal {
         if first != JOURNAL_V2 {
             return Err(damaged("unknown format"));
         }
-        let (mut kind, mut token, mut patch, mut source, mut phase) = (None, None, None, None, None);
+        let (mut kind, mut token, mut patch, mut source, mut phase) =
+            (None, None, None, None, None);
         for line in lines {
             let mut w = line.split_whitespace();
             match w.next() {
@@ -618,8 +619,7 @@ impl Drop for TargetLock {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
-            if let (Ok(held), Ok(now)) = (self.file.metadata(), fs::symlink_metadata(&self.path))
-            {
+            if let (Ok(held), Ok(now)) = (self.file.metadata(), fs::symlink_metadata(&self.path)) {
                 if held.dev() == now.dev() && held.ino() == now.ino() {
                     let _ = fs::remove_file(&self.path);
                 }
