@@ -166,6 +166,10 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
          reruns ended at new, nothing left behind"
     );
     assert!(saw_old + saw_new == points);
+    // A suite where no run was interrupted, or no rerun found anything to recover, tested
+    // nothing: the delays span the run, so most kill points land mid-run.
+    assert!(killed > 0, "no kill point landed mid-run");
+    assert!(recovered > 0, "no rerun recovered an interrupted run");
 }
 
 #[test]
