@@ -734,10 +734,19 @@ fn v1_journals_are_still_read() {
         format!("bundelta-journal-v1 ready {} {}\n", md.dev(), md.ino()),
     )
     .unwrap();
+    // The scenario: the user writes into DIR after the crash, then runs P2.
+    fs::write(f.p("app/user.txt"), b"written after the crash").unwrap();
     let e = bundelta::Patcher::new()
         .apply_in_place(&f.p("app"), &f.p("p2.bdp"))
         .unwrap_err();
+    assert_eq!(
+        fs::read(f.p("app/user.txt")).unwrap(),
+        b"written after the crash",
+        "{e}"
+    );
     assert!(matches!(e, bundelta::Error::Pending { .. }), "{e}");
+    assert!(e.to_string().contains("checksum unknown"), "{e}");
+    fs::remove_file(f.p("app/user.txt")).unwrap();
     assert_eq!(read_tree(&f.p("app")), f.old);
     let r = bundelta::Patcher::new()
         .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
