@@ -1746,7 +1746,9 @@ impl Write for ProgressWriter<'_> {
     }
 }
 
-/// A hidden sibling path of `target` for staging: `.NAME.bundelta-TAG-PID`.
+/// A hidden sibling path of `target` for staging: `.NAME.bundelta-TAG-PID` (the diff's
+/// temporary patch; an apply's stages are named and recorded by `inplace`).
+#[cfg(feature = "diff")]
 pub(crate) fn staging_path(target: &Path, tag: &str) -> Result<PathBuf> {
     let name = target
         .file_name()
