@@ -72,7 +72,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::apply::{parent_of, remove_all, sync_dir, sync_parent, ApplyReport, LinkMode, Patcher};
+use crate::apply::{parent_of, remove_all, sync_parent, ApplyReport, LinkMode, Patcher};
 use crate::error::{Error, Result};
 use crate::format::Hash;
 use crate::tree::{bundle_digest, hex};
@@ -297,8 +297,9 @@ enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Building,
-    /// The stage is complete and durable; (dev, inode) of the stage when it was.
-    Ready(u64, u64),
+    /// The stage is complete and durable; (dev, inode) of the stage when it was, and with
+    /// [`Commit::Renames`] of the target.
+    Ready((u64, u64), Option<(u64, u64)>),
 }
 
 /// A parsed journal.
@@ -311,7 +312,24 @@ struct Journal {
     patch_path: Option<PathBuf>,
     /// The stage path (derived from the recorded token, always a sibling of the target).
     stage: PathBuf,
+    /// Where the two-rename commit moves the old tree aside (same token).
+    aside: PathBuf,
+    /// How the stage is put in place (directories).
+    commit: Commit,
     phase: Phase,
+}
+
+/// How a complete directory stage replaces the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// One atomic exchange (`renameat2(RENAME_EXCHANGE)` on Linux, `renamex_np(RENAME_SWAP)`
+    /// on macOS).
+    Exchange,
+    /// Where the file system cannot exchange: the target is renamed aside
+    /// (`.NAME.bundelta-old-TOKEN`), then the stage renamed to the target; the journal
+    /// records the target's inode, so a rerun can tell each step apart. Between the two
+    /// renames the target path is briefly absent.
+    Renames,
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -369,9 +387,17 @@ impl Journal {
                 t += "\n";
             }
         }
+        if self.commit == Commit::Renames {
+            t += "commit renames\n";
+        }
         match self.phase {
             Phase::Building => t += "phase building\n",
-            Phase::Ready(dev, ino) => t += &format!("phase ready {dev} {ino}\n"),
+            Phase::Ready((dev, ino), orig) => {
+                t += &format!("phase ready {dev} {ino}\n");
+                if let Some((dev, ino)) = orig {
+                    t += &format!("target {dev} {ino}\n");
+                }
+            }
         }
         t
     }
@@ -391,7 +417,7 @@ impl Journal {
         let mut lines = text.lines();
         let first = lines.next().unwrap_or("");
         let ready = |dev: Option<&str>, ino: Option<&str>| -> Option<Phase> {
-            Some(Phase::Ready(dev?.parse().ok()?, ino?.parse().ok()?))
+            Some(Phase::Ready((dev?.parse().ok()?, ino?.parse().ok()?), None))
         };
         if first.split_whitespace().next() == Some(JOURNAL_V1) {
             // v1: one line, a fixed stage name, no patch identity.
@@ -411,6 +437,8 @@ impl Journal {
                 patch: None,
                 patch_path: None,
                 stage: side_path(target, "stage")?,
+                aside: side_path(target, "old")?,
+                commit: Commit::Exchange,
                 phase,
             });
         }
@@ -419,6 +447,7 @@ impl Journal {
         }
         let (mut kind, mut token, mut patch, mut source, mut phase) =
             (None, None, None, None, None);
+        let (mut commit, mut orig) = (Commit::Exchange, None);
         for line in lines {
             let mut w = line.split_whitespace();
             match w.next() {
@@ -454,6 +483,20 @@ impl Journal {
                         _ => return Err(damaged("phase")),
                     }
                 }
+                Some("commit") => {
+                    commit = match w.next() {
+                        Some("renames") => Commit::Renames,
+                        Some("exchange") => Commit::Exchange,
+                        _ => return Err(damaged("commit")),
+                    }
+                }
+                Some("target") => {
+                    let (d, i) = (w.next(), w.next());
+                    orig = Some(
+                        (|| Some((d?.parse().ok()?, i?.parse().ok()?)))()
+                            .ok_or_else(|| damaged("target"))?,
+                    );
+                }
                 Some(_) => return Err(damaged("unknown line")),
                 None => {}
             }
@@ -464,12 +507,20 @@ impl Journal {
         if kind != Kind::Out && patch.is_none() {
             return Err(damaged("no patch"));
         }
+        let phase = match phase.ok_or_else(|| damaged("no phase"))? {
+            Phase::Ready(s, None) if commit == Commit::Renames => {
+                Phase::Ready(s, Some(orig.ok_or_else(|| damaged("no target inode"))?))
+            }
+            ph => ph,
+        };
         Ok(Journal {
             kind,
             patch,
             patch_path: source,
             stage: side_path(target, &format!("{tag}-{token}"))?,
-            phase: phase.ok_or_else(|| damaged("no phase"))?,
+            aside: side_path(target, &format!("old-{token}"))?,
+            commit,
+            phase,
         })
     }
 }
@@ -500,9 +551,20 @@ fn discard(j: &Journal, journal: &Path) -> Result<()> {
     remove_journal(journal)
 }
 
-/// Atomically exchange two directory entries.
+/// After the commit: remove the old tree (at the stage path after an exchange, aside after
+/// the two renames), then the journal.
+fn clean_committed(j: &Journal, journal: &Path) -> Result<()> {
+    if j.commit == Commit::Renames && fs::symlink_metadata(&j.aside).is_ok() {
+        remove_all(&j.aside);
+        sync_parent(&j.aside)?;
+    }
+    discard(j, journal)
+}
+
+/// Atomically exchange two directory entries: `renameat2(RENAME_EXCHANGE)` on Linux,
+/// `renamex_np(RENAME_SWAP)` on macOS; elsewhere unsupported.
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
@@ -510,6 +572,7 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
             .map_err(|_| Error::invalid_input(a, "path contains NUL"))?;
         let cb = CString::new(b.as_os_str().as_bytes())
             .map_err(|_| Error::invalid_input(b, "path contains NUL"))?;
+        #[cfg(target_os = "linux")]
         // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
         let r = unsafe {
             libc::renameat2(
@@ -520,16 +583,19 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
                 libc::RENAME_EXCHANGE,
             )
         };
+        #[cfg(target_os = "macos")]
+        // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+        let r = unsafe { libc::renamex_np(ca.as_ptr(), cb.as_ptr(), libc::RENAME_SWAP) };
         if r != 0 {
             return Err(Error::io(
                 b,
-                "atomic exchange (renameat2 RENAME_EXCHANGE)",
+                "atomic exchange (renameat2 RENAME_EXCHANGE / renamex_np RENAME_SWAP)",
                 std::io::Error::last_os_error(),
             ));
         }
         Ok(())
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let _ = a;
         Err(Error::io(
@@ -537,18 +603,78 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
             "atomic exchange",
             std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                "in-place directory apply needs Linux renameat2",
+                "no atomic directory exchange on this platform",
             ),
         ))
     }
 }
 
-/// Put a complete stage in place of the target: exchange (directory) or rename (file).
-fn commit(kind: Kind, stage: &Path, target: &Path) -> Result<()> {
-    match kind {
-        Kind::Dir => exchange(stage, target),
-        _ => fs::rename(stage, target).map_err(|e| Error::io(target, "rename", e)),
+/// How to commit a directory stage next to `target`, decided before anything is built: an
+/// exchange when one of two fresh empty directories next to it can be exchanged with the
+/// other, otherwise the journaled two renames. `BUNDELTA_TEST_NO_EXCHANGE=1` (tests only)
+/// forces the renames.
+fn choose_commit(target: &Path) -> Result<Commit> {
+    if std::env::var_os("BUNDELTA_TEST_NO_EXCHANGE").is_some_and(|v| v == "1") {
+        return Ok(Commit::Renames);
     }
+    if !cfg!(any(target_os = "linux", target_os = "macos")) {
+        return Ok(Commit::Renames);
+    }
+    let token = new_token();
+    let a = side_path(target, &format!("probe-{token}-a"))?;
+    let b = side_path(target, &format!("probe-{token}-b"))?;
+    fs::create_dir(&a).map_err(|e| open_error(&a, "create directory", e))?;
+    if let Err(e) = fs::create_dir(&b) {
+        let _ = fs::remove_dir(&a);
+        return Err(open_error(&b, "create directory", e));
+    }
+    let r = exchange(&a, &b);
+    // Both are empty directories this run created (rmdir removes nothing else).
+    let _ = fs::remove_dir(&a);
+    let _ = fs::remove_dir(&b);
+    match r {
+        Ok(()) => Ok(Commit::Exchange),
+        Err(Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::Unsupported
+                || matches!(source.raw_os_error(), Some(n) if is_unsupported_errno(n)) =>
+        {
+            Ok(Commit::Renames)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Errors with which a file system says it cannot exchange.
+fn is_unsupported_errno(n: i32) -> bool {
+    #[cfg(unix)]
+    {
+        n == libc::EINVAL || n == libc::ENOSYS || n == libc::ENOTSUP || n == libc::EOPNOTSUPP
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = n;
+        false
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io(to, "rename", e))
+}
+
+/// Put a complete stage in place of the target: an exchange or two renames (directory), a
+/// rename over it (file).
+fn commit(j: &Journal, target: &Path) -> Result<()> {
+    match (j.kind, j.commit) {
+        (Kind::Dir, Commit::Exchange) => exchange(&j.stage, target)?,
+        (Kind::Dir, Commit::Renames) => {
+            rename(target, &j.aside)?;
+            crash_point("renamed-aside");
+            rename(&j.stage, target)?;
+        }
+        _ => rename(&j.stage, target)?,
+    }
+    crash_point("exchanged");
+    sync_parent(target)
 }
 
 /// An exclusive lock on a target, released (and its file removed) on drop.
@@ -680,6 +806,8 @@ impl OutStage {
             patch: Some(patch.checksum()),
             patch_path: Some(patch.path().to_path_buf()),
             stage: stage.clone(),
+            aside: side_path(out, &format!("old-{token}"))?,
+            commit: Commit::Exchange,
             phase: Phase::Building,
         };
         write_journal(&journal, &j.encode(&token))?;
@@ -699,6 +827,47 @@ impl OutStage {
         remove_journal(&self.journal)?;
         result
     }
+}
+
+/// Where a `ready` run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// The stage is complete and not yet in place; the target as it was.
+    NotStarted,
+    /// Two renames: the target is aside, the stage not yet in its place.
+    Aside,
+    /// The stage is the target (the commit point has passed).
+    Committed,
+    /// None of the above: something else changed the files.
+    Unknown,
+}
+
+fn progress(j: &Journal, target: &Path) -> Progress {
+    let Phase::Ready(stage, orig) = j.phase else {
+        return Progress::NotStarted;
+    };
+    let (t, s) = (inode(target), inode(&j.stage));
+    if t == Some(stage) {
+        Progress::Committed
+    } else if s == Some(stage) && (j.commit == Commit::Exchange || t == orig) {
+        Progress::NotStarted
+    } else if s == Some(stage) && t.is_none() && inode(&j.aside) == orig {
+        Progress::Aside
+    } else {
+        Progress::Unknown
+    }
+}
+
+fn unknown_state(target: &Path, j: &Journal) -> Error {
+    pending(
+        target,
+        j,
+        format!(
+            "but neither {} nor its stage {} is the tree it recorded; inspect them by hand",
+            target.display(),
+            j.stage.display()
+        ),
+    )
 }
 
 /// Finish (same patch) or clear (out-of-place leftovers) what a journal records, or refuse.
@@ -724,110 +893,113 @@ fn recover(target: &Path, journal: &Path, p: &mut crate::apply::Patch) -> Result
             ));
         }
     }
-    match j.phase {
+    if j.phase == Phase::Building {
         // The target was not touched: the partial stage is garbage.
-        Phase::Building => discard(&j, journal)?,
-        Phase::Ready(dev, ino) => {
-            let want = Some((dev, ino));
-            if inode(target) == want {
-                // The commit happened: the stage holds the old tree (if anything).
-                discard(&j, journal)?;
-            } else if inode(&j.stage) == want {
-                // Complete and verified, not yet in place: only if the target is still the
-                // base it was built from (nothing written into it since), and for a v1
-                // journal only if the stage is this patch's new version.
-                let check = (|| {
-                    p.check_old_kind(target)?;
-                    p.bind(target)?;
-                    p.check_base(target)?;
-                    if j.patch.is_none() && bundle_digest(&j.stage)? != p.new_digest() {
-                        return Err(Error::invalid_input(
-                            &j.stage,
-                            "the staged version is not this patch's new version",
-                        ));
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = check {
-                    return Err(pending(
-                        target,
-                        &j,
-                        format!(
-                            "and {} changed since it was interrupted ({e})",
-                            target.display()
-                        ),
+        discard(&j, journal)?;
+        return Ok(true);
+    }
+    match progress(&j, target) {
+        Progress::Committed => clean_committed(&j, journal)?,
+        Progress::NotStarted => {
+            // Complete and verified, not yet in place: only if the target is still the base
+            // it was built from (nothing written into it since), and for a v1 journal only if
+            // the stage is this patch's new version.
+            let check = (|| {
+                p.check_old_kind(target)?;
+                p.bind(target)?;
+                p.check_base(target)?;
+                if j.patch.is_none() && bundle_digest(&j.stage)? != p.new_digest() {
+                    return Err(Error::invalid_input(
+                        &j.stage,
+                        "the staged version is not this patch's new version",
                     ));
                 }
-                commit(j.kind, &j.stage, target)?;
-                crash_point("exchanged");
-                sync_parent(target)?;
-                discard(&j, journal)?;
-            } else {
+                Ok(())
+            })();
+            if let Err(e) = check {
                 return Err(pending(
                     target,
                     &j,
                     format!(
-                        "but neither {} nor its stage {} is the tree it recorded; inspect them \
-                         by hand",
-                        target.display(),
-                        j.stage.display()
+                        "and {} changed since it was interrupted ({e})",
+                        target.display()
                     ),
                 ));
             }
+            commit(&j, target)?;
+            clean_committed(&j, journal)?;
         }
+        Progress::Aside => {
+            rename(&j.stage, target)?;
+            crash_point("exchanged");
+            sync_parent(target)?;
+            clean_committed(&j, journal)?;
+        }
+        Progress::Unknown => return Err(unknown_state(target, &j)),
     }
     Ok(true)
 }
 
 /// Undo an interrupted in-place apply on `target` without its patch: the stage is removed and
-/// the target left as it was before that apply; when that apply had already swapped its new
-/// version in (the commit point), the new version stays and only its leftovers are removed.
-/// Takes the target's lock like an apply.
+/// the target left as it was before that apply; when that apply had already put its new
+/// version in place (the commit point), the new version stays and only its leftovers are
+/// removed. Takes the target's lock like an apply.
 pub fn rollback_in_place(target: &Path) -> Result<RollbackOutcome> {
     let _lock = TargetLock::acquire(target)?;
     let journal = side_path(target, "journal")?;
     let Some(j) = read_journal(target, &journal)? else {
         return Ok(RollbackOutcome::NothingPending);
     };
-    let committed = match j.phase {
-        Phase::Building => false,
-        Phase::Ready(dev, ino) => {
-            let want = Some((dev, ino));
-            if inode(target) == want {
-                true
-            } else if inode(&j.stage) == want || inode(&j.stage).is_none() {
-                false
-            } else {
-                return Err(pending(
-                    target,
-                    &j,
-                    format!(
-                        "but neither {} nor its stage {} is the tree it recorded; inspect them \
-                         by hand",
-                        target.display(),
-                        j.stage.display()
-                    ),
-                ));
-            }
+    if j.kind == Kind::Out || j.phase == Phase::Building {
+        discard(&j, &journal)?;
+        return Ok(RollbackOutcome::RolledBack);
+    }
+    match progress(&j, target) {
+        Progress::Committed => {
+            clean_committed(&j, &journal)?;
+            Ok(RollbackOutcome::AlreadyCommitted)
         }
-    };
-    discard(&j, &journal)?;
-    Ok(if committed {
-        RollbackOutcome::AlreadyCommitted
-    } else {
-        RollbackOutcome::RolledBack
-    })
+        Progress::Aside => {
+            rename(&j.aside, target)?;
+            sync_parent(target)?;
+            discard(&j, &journal)?;
+            Ok(RollbackOutcome::RolledBack)
+        }
+        Progress::NotStarted => {
+            discard(&j, &journal)?;
+            Ok(RollbackOutcome::RolledBack)
+        }
+        Progress::Unknown if inode(&j.stage).is_none() && inode(target).is_some() => {
+            // The stage is gone and the target not it: nothing of that run is left.
+            discard(&j, &journal)?;
+            Ok(RollbackOutcome::RolledBack)
+        }
+        Progress::Unknown => Err(unknown_state(target, &j)),
+    }
 }
 
 impl Patcher {
     /// Update `target` (a file or directory) to the patch's new version in place, crash-safely.
     ///
-    /// A kill or power loss at any moment leaves `target` at the old or the new version; a rerun
-    /// with the same patch finishes the job (see the module docs), while another patch is
-    /// refused with [`Error::Pending`] until the interrupted run is finished or rolled back
+    /// A kill or power loss at any moment leaves `target` at the old or the new version (with
+    /// the two-rename commit, briefly absent with the old tree aside); a rerun with the same
+    /// patch finishes the job (see the module docs), while another patch is refused with
+    /// [`Error::Pending`] until the interrupted run is finished or rolled back
     /// ([`rollback_in_place`]). A rerun on a target already at the new version returns
-    /// [`InPlaceOutcome::AlreadyUpToDate`] without changing anything.
+    /// [`InPlaceOutcome::AlreadyUpToDate`] without changing anything. Needs unix (it tells the
+    /// steps of an interrupted run apart by inode numbers); elsewhere it is refused before
+    /// anything is written.
     pub fn apply_in_place(&self, target: &Path, patch: &Path) -> Result<InPlaceReport> {
+        if !cfg!(unix) {
+            return Err(Error::io(
+                target,
+                "apply in place",
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "in-place apply needs a unix system; apply out of place (-o) instead",
+                ),
+            ));
+        }
         let mut p = self.open(patch)?;
         let _lock = TargetLock::acquire(target)?;
         let journal = side_path(target, "journal")?;
@@ -864,14 +1036,24 @@ impl Patcher {
             }
         };
         let dir = p.header().is_directory();
+        // Decided before anything is built, so an unsupported exchange never wastes a stage.
+        let how = if dir {
+            choose_commit(target)?
+        } else {
+            Commit::Exchange
+        };
         let token = new_token();
         let stage = side_path(target, &format!("stage-{token}"))?;
+        let aside = side_path(target, &format!("old-{token}"))?;
         check_fresh(&stage)?;
+        check_fresh(&aside)?;
         let mut j = Journal {
             kind: if dir { Kind::Dir } else { Kind::File },
             patch: Some(p.checksum()),
             patch_path: Some(p.path().to_path_buf()),
             stage: stage.clone(),
+            aside,
+            commit: how,
             phase: Phase::Building,
         };
         write_journal(&journal, &j.encode(&token))?;
@@ -893,19 +1075,21 @@ impl Patcher {
         };
         sync_parent(&stage)?;
         crash_point("built");
-        let (dev, ino) = inode(&stage)
-            .ok_or_else(|| Error::io(&stage, "stat", std::io::Error::other("missing")))?;
-        j.phase = Phase::Ready(dev, ino);
+        let missing = |p: &Path| Error::io(p, "stat", std::io::Error::other("missing"));
+        let staged = inode(&stage).ok_or_else(|| missing(&stage))?;
+        let orig = match how {
+            Commit::Renames => Some(inode(target).ok_or_else(|| missing(target))?),
+            Commit::Exchange => None,
+        };
+        j.phase = Phase::Ready(staged, orig);
         write_journal(&journal, &j.encode(&token))?;
         crash_point("ready");
-        commit(j.kind, &stage, target)?;
-        crash_point("exchanged");
-        sync_parent(target)?;
+        commit(&j, target)?;
         if dir {
-            remove_all(&stage);
-            sync_dir(&parent_of(&stage))?;
+            clean_committed(&j, &journal)?;
+        } else {
+            remove_journal(&journal)?;
         }
-        remove_journal(&journal)?;
         Ok(InPlaceReport {
             outcome: InPlaceOutcome::Applied(report),
             recovered,

@@ -68,6 +68,19 @@ fn trees() -> (Tree, Tree) {
 /// rerun ended at NEW with nothing left next to the target.
 #[test]
 fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
+    sigkill_at_random_moments(false);
+}
+
+/// The same with the two-rename commit forced (`BUNDELTA_TEST_NO_EXCHANGE=1`), the strategy
+/// used where the file system cannot exchange: a kill between the renames leaves DIR absent
+/// and the old tree aside, and the rerun finishes.
+#[test]
+fn sigkill_at_random_moments_two_renames() {
+    sigkill_at_random_moments(true);
+}
+
+fn sigkill_at_random_moments(renames: bool) {
+    let no_exchange = if renames { "1" } else { "0" };
     let points: usize = std::env::var("BUNDELTA_KILL_POINTS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -93,6 +106,7 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
     write_tree(&target, &old);
     let t = Instant::now();
     let st = Command::new(bin())
+        .env("BUNDELTA_TEST_NO_EXCHANGE", no_exchange)
         .args(["apply", "--in-place", "-q"])
         .arg(&target)
         .arg(&pp)
@@ -104,10 +118,12 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
 
     let mut rng = Rng(4242);
     let (mut saw_old, mut saw_new, mut recovered, mut killed) = (0, 0, 0, 0);
+    let mut saw_aside = 0;
     for i in 0..points {
         fs::remove_dir_all(&work).unwrap();
         write_tree(&target, &old);
         let mut child = Command::new(bin())
+            .env("BUNDELTA_TEST_NO_EXCHANGE", no_exchange)
             .args(["apply", "--in-place", "-q"])
             .arg(&target)
             .arg(&pp)
@@ -123,15 +139,18 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
                 killed += 1;
             }
         }
-        let d = bundelta::bundle_digest(&target).unwrap();
-        if d == d_old {
+        if renames && !target.exists() {
+            // Killed between the two renames: the old tree is aside.
+            saw_aside += 1;
+        } else if bundelta::bundle_digest(&target).unwrap() == d_old {
             saw_old += 1;
-        } else if d == d_new {
+        } else if bundelta::bundle_digest(&target).unwrap() == d_new {
             saw_new += 1;
         } else {
             panic!("kill point {i}: target is neither old nor new");
         }
         let out = Command::new(bin())
+            .env("BUNDELTA_TEST_NO_EXCHANGE", no_exchange)
             .args(["apply", "--in-place", "--json"])
             .arg(&target)
             .arg(&pp)
@@ -161,11 +180,12 @@ fn sigkill_at_random_moments_leaves_old_or_new_and_rerun_finishes() {
         assert_eq!(read_tree(&target), new);
     }
     eprintln!(
-        "{points} kill points ({killed} killed mid-run, the rest had exited): {saw_old} left \
-         old, {saw_new} left new; {recovered} reruns recovered an interrupted run; all {points} \
-         reruns ended at new, nothing left behind"
+        "{points} kill points (two renames: {renames}; {killed} killed mid-run, the rest had \
+         exited): {saw_old} left old, {saw_new} left new, {saw_aside} between the renames; \
+         {recovered} reruns recovered an interrupted run; all {points} reruns ended at new, \
+         nothing left behind"
     );
-    assert!(saw_old + saw_new == points);
+    assert!(saw_old + saw_new + saw_aside == points);
     // A suite where no run was interrupted, or no rerun found anything to recover, tested
     // nothing: the delays span the run, so most kill points land mid-run.
     assert!(killed > 0, "no kill point landed mid-run");
@@ -270,6 +290,8 @@ struct Fixture {
     old: Tree,
     new1: Tree,
     new2: Tree,
+    /// Force the two-rename commit in CLI runs (`BUNDELTA_TEST_NO_EXCHANGE=1`).
+    renames: std::cell::Cell<bool>,
 }
 
 impl Fixture {
@@ -308,6 +330,7 @@ impl Fixture {
             old,
             new1,
             new2,
+            renames: false.into(),
         };
         let (o, n1, n2) = (f.p("src-old"), f.p("src-new1"), f.p("src-new2"));
         write_tree(&o, &f.old);
@@ -352,6 +375,10 @@ impl Fixture {
         match crash_at {
             Some(at) => c.env("BUNDELTA_TEST_CRASH_AT", at),
             None => c.env_remove("BUNDELTA_TEST_CRASH_AT"),
+        };
+        match self.renames.get() {
+            true => c.env("BUNDELTA_TEST_NO_EXCHANGE", "1"),
+            false => c.env_remove("BUNDELTA_TEST_NO_EXCHANGE"),
         };
         c.output().unwrap()
     }
@@ -567,13 +594,24 @@ fn sigkill_out_of_place_stage_is_removed_by_next_run() {
 fn sigkill_in_each_phase_same_patch_recovers() {
     let f = Fixture::new();
     let mut recovered = 0;
-    for at in ["building", "built", "ready", "exchanged"] {
+    for (renames, at) in PHASES {
+        f.renames.set(renames);
         f.reset();
         let out = f.cli(&["--in-place", "-q", "app", "p1.bdp"], Some(at));
         assert!(killed(&out), "{at}: not killed: {:?}", out.status);
-        let now = read_tree(&f.p("app"));
-        assert!(now == f.old || now == f.new1, "{at}: neither old nor new");
-        assert_eq!(now == f.new1, at == "exchanged", "{at}");
+        if at == "renamed-aside" {
+            // Between the two renames: DIR absent, the old tree aside, the stage complete.
+            assert!(!f.p("app").exists());
+            let aside = listing(f.dir.path())
+                .into_iter()
+                .find(|n| n.starts_with(".app.bundelta-old-"))
+                .expect("old tree aside");
+            assert_eq!(read_tree(&f.p(&aside)), f.old);
+        } else {
+            let now = read_tree(&f.p("app"));
+            assert!(now == f.old || now == f.new1, "{at}: neither old nor new");
+            assert_eq!(now == f.new1, at == "exchanged", "{at}");
+        }
         let out = f.cli(&["--in-place", "--json", "app", "p1.bdp"], None);
         assert!(
             out.status.success(),
@@ -615,8 +653,22 @@ fn sigkill_in_each_phase_same_patch_recovers() {
             "file {at}"
         );
     }
-    assert_eq!(recovered, 8);
+    f.renames.set(false);
+    assert_eq!(recovered, PHASES.len() + 4);
 }
+
+/// Every in-place crash point, with the exchange and with the two renames (forced).
+const PHASES: [(bool, &str); 9] = [
+    (false, "building"),
+    (false, "built"),
+    (false, "ready"),
+    (false, "exchanged"),
+    (true, "building"),
+    (true, "built"),
+    (true, "ready"),
+    (true, "renamed-aside"),
+    (true, "exchanged"),
+];
 
 /// The issue's scenario and its variants: P1 killed in each phase, the user writes a file into
 /// DIR, then P2 is run: refused with a message naming P1's checksum and how to finish or roll
@@ -627,10 +679,16 @@ fn sigkill_in_each_phase_same_patch_recovers() {
 fn other_patch_after_crash_is_refused_and_rollback_works() {
     let f = Fixture::new();
     let p1 = bundelta::Patch::open(&f.p("p1.bdp")).unwrap().checksum();
-    for at in ["building", "built", "ready", "exchanged"] {
+    for (renames, at) in PHASES {
+        f.renames.set(renames);
         f.reset();
         let out = f.cli(&["--in-place", "-q", "app", "p1.bdp"], Some(at));
         assert!(killed(&out), "{at}: not killed");
+        let aside = at == "renamed-aside";
+        if aside {
+            // DIR is absent between the two renames: the user recreates it.
+            fs::create_dir(f.p("app")).unwrap();
+        }
         fs::write(f.p("app/user.txt"), b"written after the crash").unwrap();
         let before_tree = read_tree(&f.p("app"));
         // The killed run's lock file (not locked any more) may be removed by the next run.
@@ -657,7 +715,14 @@ fn other_patch_after_crash_is_refused_and_rollback_works() {
             .apply_in_place(&f.p("app"), &f.p("p2.bdp"))
             .unwrap_err();
         assert!(matches!(e, bundelta::Error::Pending { .. }), "{at}: {e}");
-        // An out-of-place apply to DIR is refused too (DIR exists).
+        if aside {
+            // Rollback must not clobber the user's new DIR: it says so and changes nothing.
+            let out = f.cli(&["--in-place", "--rollback", "app"], None);
+            assert!(!out.status.success(), "{at}: rollback over a recreated DIR");
+            assert_eq!(read_tree(&f.p("app")), before_tree);
+            assert_eq!(unlocked(listing(f.dir.path())), before_list);
+            continue;
+        }
         if at == "ready" {
             // The same patch does not finish over the user's change either.
             let out = f.cli(&["--in-place", "app", "p1.bdp"], None);
