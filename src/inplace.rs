@@ -2,9 +2,10 @@
 //!
 //! A directory is updated by building the complete new tree in a staging directory next to it
 //! (unchanged files are hard links to the old ones, so they cost no copy), verifying it, and
-//! swapping the two directories with one atomic `renameat2(RENAME_EXCHANGE)`. A small journal
-//! next to the directory records the patch (its checksum), the stage's name and the phase, so
-//! that a rerun after a crash or kill at any moment finishes or undoes the work:
+//! swapping the two directories with one atomic exchange (`renameat2(RENAME_EXCHANGE)` on
+//! Linux, `renamex_np(RENAME_SWAP)` on macOS). A small journal next to the directory records
+//! the patch (its checksum), the stage's name and the phase, so that a rerun after a crash or
+//! kill at any moment finishes or undoes the work:
 //!
 //! | journal         | state on disk                         | a rerun of the same patch does        |
 //! |-----------------|---------------------------------------|---------------------------------------|
@@ -15,6 +16,19 @@
 //!
 //! A single file goes the same way with a `rename(2)` of the staged file over it instead of
 //! the exchange.
+//!
+//! # Where there is no exchange
+//!
+//! Whether the exchange works is probed before anything is built, by exchanging two empty
+//! directories made next to DIR (`.NAME.bundelta-probe-a` and `-b`, removed at once; a killed
+//! probe's empty directories are removed by the next run). Where it does not (another system,
+//! a file system without it), the commit is two renames: DIR to `.NAME.bundelta-old-TOKEN`,
+//! then the stage to DIR. The `ready` journal then also records DIR's inode, so a rerun tells
+//! apart "not started", "DIR aside" (finish: rename the stage in) and "done" (remove the old
+//! tree); between the two renames DIR is briefly absent, the one weaker point of this
+//! strategy. Tests force it with `BUNDELTA_TEST_NO_EXCHANGE=1` (test-only) and run the SIGKILL
+//! suites against it. In-place apply needs unix (inode numbers tell the steps apart);
+//! elsewhere it is refused before anything is written.
 //!
 //! # Only the same patch finishes its work
 //!
@@ -29,7 +43,7 @@
 //! # Side files are never followed
 //!
 //! Every side file lives next to the target: `.NAME.bundelta-lock`, `.NAME.bundelta-journal`
-//! and its temp file, and the stage, `.NAME.bundelta-stage-TOKEN` (in place) or
+//! and its temp file, the probe directories, the old tree set aside, and the stage, `.NAME.bundelta-stage-TOKEN` (in place) or
 //! `.NAME.bundelta-new-TOKEN` (out of place), where TOKEN is the process id and 64 random bits.
 //! They are opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so that a FIFO cannot hang a run);
 //! anything there that is not a regular file is refused, never opened for writing, truncated
@@ -64,7 +78,7 @@
 //! # Test-only crash points
 //!
 //! When the environment variable `BUNDELTA_TEST_CRASH_AT` names a point (`building`, `built`,
-//! `ready`, `exchanged`, `out-building`, `out-built`), the process kills itself with `SIGKILL`
+//! `ready`, `renamed-aside`, `exchanged`, `out-building`, `out-built`), the process kills itself with `SIGKILL`
 //! there (elsewhere than unix: aborts). It exists only so that tests can stop a run in a
 //! given phase deterministically; never set it otherwise.
 
@@ -620,9 +634,13 @@ fn choose_commit(target: &Path) -> Result<Commit> {
     if !cfg!(any(target_os = "linux", target_os = "macos")) {
         return Ok(Commit::Renames);
     }
-    let token = new_token();
-    let a = side_path(target, &format!("probe-{token}-a"))?;
-    let b = side_path(target, &format!("probe-{token}-b"))?;
+    // Fixed names under the lock: a run killed mid-probe leaves empty directories, which
+    // `remove_dir` clears (it removes nothing else: not a link, a file or a non-empty
+    // directory, which then makes the exclusive creation below fail).
+    let a = side_path(target, "probe-a")?;
+    let b = side_path(target, "probe-b")?;
+    let _ = fs::remove_dir(&a);
+    let _ = fs::remove_dir(&b);
     fs::create_dir(&a).map_err(|e| open_error(&a, "create directory", e))?;
     if let Err(e) = fs::create_dir(&b) {
         let _ = fs::remove_dir(&a);

@@ -820,3 +820,35 @@ fn v1_journals_are_still_read() {
     assert_eq!(read_tree(&f.p("app")), f.new1);
     assert_eq!(listing(f.dir.path()), ["app", "p1.bdp", "p2.bdp"]);
 }
+
+/// The exchange probe's empty directories that a killed run left are removed by the next run;
+/// anything else at those names (a directory with a file in it, a symlink) is refused and kept.
+#[test]
+fn stale_probe_directories() {
+    let f = Fixture::new();
+    let (a, b) = (f.p(".app.bundelta-probe-a"), f.p(".app.bundelta-probe-b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    bundelta::Patcher::new()
+        .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+        .unwrap();
+    assert_eq!(listing(f.dir.path()), ["app", "p1.bdp", "p2.bdp"]);
+    for plant in ["dir", "link"] {
+        f.reset();
+        if plant == "dir" {
+            fs::create_dir(&a).unwrap();
+            fs::write(a.join("keep.txt"), b"keep").unwrap();
+        } else {
+            std::os::unix::fs::symlink(f.p("app"), &a).unwrap();
+        }
+        bundelta::Patcher::new()
+            .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+            .unwrap_err();
+        assert_eq!(read_tree(&f.p("app")), f.old, "{plant}");
+        if plant == "dir" {
+            assert_eq!(fs::read(a.join("keep.txt")).unwrap(), b"keep");
+        } else {
+            assert!(fs::symlink_metadata(&a).unwrap().file_type().is_symlink());
+        }
+    }
+}
