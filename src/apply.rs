@@ -1204,6 +1204,16 @@ fn read_at(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     f.seek_read(buf, pos)
 }
 
+/// Elsewhere (e.g. WASI): seek, then read. Every read says where it starts, so a shared
+/// cursor is harmless: the applier reads from one thread.
+#[cfg(not(any(unix, windows)))]
+fn read_at(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::io::Seek;
+    let mut f = f;
+    f.seek(io::SeekFrom::Start(pos))?;
+    f.read(buf)
+}
+
 fn read_at_most(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {

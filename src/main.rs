@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+// The benchmark harness (child processes, rusage, signals) is unix-only.
+#[cfg(unix)]
 mod cli;
 
 /// Compact, hash-verified binary patches between two versions of a file or directory tree.
@@ -64,6 +66,7 @@ enum Cmd {
     Sign(SignArgs),
     /// Measure bundelta against peer delta tools on the corpus pairs (sizes, times, peak
     /// RSS, verified outputs); `bench --help` says what and how.
+    #[cfg(unix)]
     #[command(long_about = cli::bench::LONG_ABOUT)]
     Bench(cli::bench::BenchArgs),
 }
@@ -333,6 +336,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Info(a) => info(a),
         Cmd::Keygen(a) => keygen(a),
         Cmd::Sign(a) => sign(a),
+        #[cfg(unix)]
         Cmd::Bench(a) => cli::bench::run(a),
     }
 }

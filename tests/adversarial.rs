@@ -1190,11 +1190,13 @@ fn every_truncation_and_bit_flip_of_real_patches_is_refused() {
 // Write errors on real file systems
 
 /// A tmpfs mounted for a test, unmounted (lazily) when dropped.
+#[cfg(target_os = "linux")]
 struct Tmpfs(PathBuf);
 
 /// Say that a test skipped, where a plain `cargo test` shows it: straight to the process's
 /// stderr (the harness captures only the `print!` family). With `BUNDELTA_REQUIRE_MOUNT=1`
 /// (CI sets it where it can mount) a skip fails the test instead.
+#[cfg(target_os = "linux")]
 fn skip(test: &str, why: &str) {
     use std::io::Write;
     if std::env::var_os("BUNDELTA_REQUIRE_MOUNT").is_some_and(|v| v == "1") {
@@ -1206,6 +1208,7 @@ fn skip(test: &str, why: &str) {
     );
 }
 
+#[cfg(target_os = "linux")]
 impl Tmpfs {
     fn mount(at: &Path, options: &str) -> Result<Tmpfs, String> {
         use std::ffi::CString;
@@ -1255,6 +1258,7 @@ impl Tmpfs {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap()) {
@@ -1265,6 +1269,7 @@ impl Drop for Tmpfs {
 }
 
 /// OLD, NEW (with a 2 MiB new file that cannot fit in 1 MiB) and their patch.
+#[cfg(target_os = "linux")]
 fn write_error_inputs() -> (Tree, Tree, Vec<u8>) {
     let mut rng = Rng(99);
     let mut old = Tree::new();
@@ -1303,6 +1308,7 @@ fn write_error_inputs() -> (Tree, Tree, Vec<u8>) {
 /// A file system that fills up mid-apply (1 MiB tmpfs, 2 MiB of new content): a clean I/O
 /// error naming the file, the old version intact, no staging directory or journal left.
 #[test]
+#[cfg(target_os = "linux")]
 fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
     let (old, new, patch) = write_error_inputs();
     let s = Sandbox::tree(&old);
@@ -1353,6 +1359,7 @@ fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
 /// A read-only file system (as root, permission bits do not stop writes; a read-only mount
 /// does): out of place and in place fail with a clean error and change nothing.
 #[test]
+#[cfg(target_os = "linux")]
 fn read_only_output_directory_fails_cleanly() {
     let (old, _new, patch) = write_error_inputs();
     let s = Sandbox::tree(&old);
