@@ -546,6 +546,12 @@ fn read_journal(target: &Path, journal: &Path) -> Result<Option<Journal>> {
     }
 }
 
+/// The patch's path as recorded for messages: absolute when it can be, so that it still names
+/// the file from another working directory.
+fn absolute(p: &Path) -> PathBuf {
+    fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 fn pending(target: &Path, j: &Journal, reason: String) -> Error {
     Error::Pending {
         target: target.to_path_buf(),
@@ -822,7 +828,7 @@ impl OutStage {
         let j = Journal {
             kind: Kind::Out,
             patch: Some(patch.checksum()),
-            patch_path: Some(patch.path().to_path_buf()),
+            patch_path: Some(absolute(patch.path())),
             stage: stage.clone(),
             aside: side_path(out, &format!("old-{token}"))?,
             commit: Commit::Exchange,
@@ -1068,7 +1074,7 @@ impl Patcher {
         let mut j = Journal {
             kind: if dir { Kind::Dir } else { Kind::File },
             patch: Some(p.checksum()),
-            patch_path: Some(p.path().to_path_buf()),
+            patch_path: Some(absolute(p.path())),
             stage: stage.clone(),
             aside,
             commit: how,
