@@ -323,7 +323,11 @@ impl Patcher {
                 path: out.to_path_buf(),
             });
         }
-        let stage = staging_path(out, "new")?;
+        // Under OUT's lock: a stage a killed run left is removed, and a fresh one recorded
+        // (see `inplace`); on error only what this run created is removed.
+        let _lock = crate::inplace::TargetLock::acquire(out)?;
+        let staged = crate::inplace::OutStage::begin(out, &p)?;
+        let stage = staged.stage.clone();
         let result = (|| {
             let report = p.build(
                 old,
@@ -337,14 +341,12 @@ impl Patcher {
                 p.carry_unknown(old, &stage, LinkMode::Copy)?;
             }
             sync_parent(&stage)?;
+            crate::inplace::crash_point("out-built");
             rename_noreplace(&stage, out)?;
             sync_parent(out)?;
             Ok(report)
         })();
-        if result.is_err() {
-            remove_all(&stage);
-        }
-        result
+        staged.end(result)
     }
 
     /// Check a patch and, with `old`, that OLD satisfies it, by rebuilding every file into a
@@ -1140,7 +1142,8 @@ impl Patch {
         self.new_digest
     }
 
-    /// The patch's verified BLAKE3 checksum (its trailer): identifies this exact patch.
+    /// The patch's identity: its whole-patch blake3 checksum (the trailer, verified on open).
+    /// An in-place journal records it, so that only the same patch finishes an interrupted run.
     pub fn checksum(&self) -> Hash {
         self.checksum
     }
@@ -1974,7 +1977,9 @@ impl Write for ProgressWriter<'_> {
     }
 }
 
-/// A hidden sibling path of `target` for staging: `.NAME.bundelta-TAG-PID`.
+/// A hidden sibling path of `target` for staging: `.NAME.bundelta-TAG-PID` (the diff's
+/// temporary patch; an apply's stages are named and recorded by `inplace`).
+#[cfg(feature = "diff")]
 pub(crate) fn staging_path(target: &Path, tag: &str) -> Result<PathBuf> {
     let name = target
         .file_name()

@@ -85,6 +85,21 @@ pub enum Error {
         /// The target being updated.
         path: PathBuf,
     },
+    /// An interrupted in-place apply is pending on the target (its journal is next to it), and
+    /// this run cannot finish it: another patch, or the target changed since. Nothing was
+    /// changed; rerun the interrupted patch to finish it, or roll it back
+    /// ([`crate::rollback_in_place`], `bundelta apply --in-place --rollback TARGET`).
+    Pending {
+        /// The target with the pending apply.
+        target: PathBuf,
+        /// Checksum (hex) of the interrupted apply's patch, or "unknown" for a journal
+        /// written by an older bundelta.
+        checksum: String,
+        /// The path the interrupted apply's patch was opened from, when recorded.
+        patch: Option<PathBuf>,
+        /// Why this run does not finish it.
+        reason: String,
+    },
     /// A signature was required and the patch carries none.
     Unsigned,
     /// The patch's signature does not verify with the given public key.
@@ -200,6 +215,25 @@ impl fmt::Display for Error {
                  then run again",
                 path.display()
             ),
+            Error::Pending {
+                target,
+                checksum,
+                patch,
+                reason,
+            } => {
+                let t = target.display();
+                let named = match patch {
+                    Some(p) => format!("{} ", p.display()),
+                    None => String::new(),
+                };
+                write!(
+                    f,
+                    "{t}: an interrupted in-place apply of patch {named}(checksum {checksum}) is \
+                     pending on it, {reason}; nothing was changed. To finish it, rerun \
+                     `bundelta apply --in-place {t} PATCH` with that patch; to undo it, run \
+                     `bundelta apply --in-place --rollback {t}`"
+                )
+            }
             Error::Unsigned => write!(
                 f,
                 "the patch is not signed, and a signature was required (--pubkey): \

@@ -65,7 +65,7 @@ pub use diff::{
     DEFAULT_WINDOW_LOG, MIN_CHUNK_SIZE,
 };
 pub use error::{Error, Result};
-pub use inplace::{InPlaceOutcome, InPlaceReport};
+pub use inplace::{rollback_in_place, InPlaceOutcome, InPlaceReport, RollbackOutcome};
 pub use sign::{
     decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, fingerprint,
     public_key, sign_patch, SIGNATURE_DOMAIN,

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bundelta::format::{EntryKind, FileOp};
-use bundelta::{DiffOptions, InPlaceOutcome, Patch, Patcher};
+use bundelta::{DiffOptions, InPlaceOutcome, Patch, Patcher, RollbackOutcome};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+// The benchmark harness (child processes, rusage, signals) is unix-only.
+#[cfg(unix)]
 mod cli;
 
 /// Compact, hash-verified binary patches between two versions of a file or directory tree.
@@ -64,6 +66,7 @@ enum Cmd {
     Sign(SignArgs),
     /// Measure bundelta against peer delta tools on the corpus pairs (sizes, times, peak
     /// RSS, verified outputs); `bench --help` says what and how.
+    #[cfg(unix)]
     #[command(long_about = cli::bench::LONG_ABOUT)]
     Bench(cli::bench::BenchArgs),
 }
@@ -162,8 +165,9 @@ struct PubkeyArg {
 struct ApplyArgs {
     /// The old version (with --in-place: the file or directory to update).
     old: PathBuf,
-    /// The patch.
-    patch: PathBuf,
+    /// The patch (not with --rollback).
+    #[arg(required_unless_present = "rollback")]
+    patch: Option<PathBuf>,
     /// Where to build the new version (must not exist).
     #[arg(
         short,
@@ -176,6 +180,11 @@ struct ApplyArgs {
     /// Update OLD itself, atomically and crash-safely.
     #[arg(long)]
     in_place: bool,
+    /// With --in-place, no patch: undo an interrupted in-place apply on OLD (its stage is
+    /// removed, OLD left as it was; if it had already swapped the new version in, that stays
+    /// and only its leftovers are removed).
+    #[arg(long, requires = "in_place", conflicts_with = "patch")]
+    rollback: bool,
     /// Refuse patches needing more memory than this (e.g. 12M, 64M).
     #[arg(long, default_value = "12M", value_parser = parse_size, value_name = "SIZE")]
     memory_limit: u64,
@@ -358,6 +367,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Info(a) => info(a),
         Cmd::Keygen(a) => keygen(a),
         Cmd::Sign(a) => sign(a),
+        #[cfg(unix)]
         Cmd::Bench(a) => cli::bench::run(a),
     }
 }
@@ -577,8 +587,28 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
     let mut p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
     p.unknown(a.unknown.into());
     let t = Instant::now();
+    if a.rollback {
+        let status = match bundelta::rollback_in_place(&a.old)? {
+            RollbackOutcome::NothingPending => "nothing-pending",
+            RollbackOutcome::RolledBack => "rolled-back",
+            RollbackOutcome::AlreadyCommitted => "already-committed",
+            _ => "unknown",
+        };
+        if a.common.json {
+            println!("{}", json!({"target": a.old, "status": status}));
+        } else if !a.common.quiet {
+            let what = match status {
+                "nothing-pending" => "no interrupted apply was pending; nothing changed",
+                "rolled-back" => "rolled back the interrupted apply; it is as it was before",
+                _ => "the interrupted apply had already put the new version in place; removed its leftovers",
+            };
+            eprintln!("{}: {what}", a.old.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let patch = a.patch.expect("clap requires PATCH without --rollback");
     if a.in_place {
-        let r = p.apply_in_place(&a.old, &a.patch)?;
+        let r = p.apply_in_place(&a.old, &patch)?;
         if let Some(pb) = pb {
             pb.finish_and_clear();
         }
@@ -615,7 +645,7 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let out = a.output.expect("clap requires -o without --in-place");
-    let r = p.apply(&a.old, &a.patch, &out)?;
+    let r = p.apply(&a.old, &patch, &out)?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -7,7 +7,9 @@
 //! expand to 1 GiB.
 //!
 //! Write errors use real file systems when the sandbox allows `mount(2)` (a 1 MiB tmpfs that
-//! fills up mid-apply, a read-only tmpfs); otherwise those tests say on stderr that they skipped.
+//! fills up mid-apply, a read-only tmpfs); otherwise those tests print that they skipped
+//! (visible without `--nocapture`), or fail when `BUNDELTA_REQUIRE_MOUNT=1` (CI sets it when
+//! it can mount).
 //!
 //! Each test prints one `adversarial:` summary line with the number of inputs it tried.
 
@@ -1202,8 +1204,25 @@ fn every_truncation_and_bit_flip_of_real_patches_is_refused() {
 // Write errors on real file systems
 
 /// A tmpfs mounted for a test, unmounted (lazily) when dropped.
+#[cfg(target_os = "linux")]
 struct Tmpfs(PathBuf);
 
+/// Say that a test skipped, where a plain `cargo test` shows it: straight to the process's
+/// stderr (the harness captures only the `print!` family). With `BUNDELTA_REQUIRE_MOUNT=1`
+/// (CI sets it where it can mount) a skip fails the test instead.
+#[cfg(target_os = "linux")]
+fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    if std::env::var_os("BUNDELTA_REQUIRE_MOUNT").is_some_and(|v| v == "1") {
+        panic!("{test}: cannot run, and BUNDELTA_REQUIRE_MOUNT=1: {why}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "adversarial: SKIPPED {test}: {why} (needs mount(2) privileges)"
+    );
+}
+
+#[cfg(target_os = "linux")]
 impl Tmpfs {
     fn mount(at: &Path, options: &str) -> Result<Tmpfs, String> {
         use std::ffi::CString;
@@ -1253,6 +1272,7 @@ impl Tmpfs {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap()) {
@@ -1263,6 +1283,7 @@ impl Drop for Tmpfs {
 }
 
 /// OLD, NEW (with a 2 MiB new file that cannot fit in 1 MiB) and their patch.
+#[cfg(target_os = "linux")]
 fn write_error_inputs() -> (Tree, Tree, Vec<u8>) {
     let mut rng = Rng(99);
     let mut old = Tree::new();
@@ -1301,6 +1322,7 @@ fn write_error_inputs() -> (Tree, Tree, Vec<u8>) {
 /// A file system that fills up mid-apply (1 MiB tmpfs, 2 MiB of new content): a clean I/O
 /// error naming the file, the old version intact, no staging directory or journal left.
 #[test]
+#[cfg(target_os = "linux")]
 fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
     let (old, new, patch) = write_error_inputs();
     let s = Sandbox::tree(&old);
@@ -1308,7 +1330,10 @@ fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
     let fs_full = match Tmpfs::mount(&s.p("mnt"), "size=1m") {
         Ok(m) => m,
         Err(why) => {
-            eprintln!("adversarial: SKIPPED disk-full test: cannot create a small file system ({why}); needs mount(2) privileges");
+            skip(
+                "disk-full test",
+                &format!("cannot create a small file system ({why})"),
+            );
             return;
         }
     };
@@ -1348,6 +1373,7 @@ fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
 /// A read-only file system (as root, permission bits do not stop writes; a read-only mount
 /// does): out of place and in place fail with a clean error and change nothing.
 #[test]
+#[cfg(target_os = "linux")]
 fn read_only_output_directory_fails_cleanly() {
     let (old, _new, patch) = write_error_inputs();
     let s = Sandbox::tree(&old);
@@ -1355,13 +1381,19 @@ fn read_only_output_directory_fails_cleanly() {
     let ro = match Tmpfs::mount(&s.p("mnt"), "size=16m") {
         Ok(m) => m,
         Err(why) => {
-            eprintln!("adversarial: SKIPPED read-only test: cannot mount a file system to make read-only ({why}); as root, permission bits would not stop the writes");
+            skip(
+                "read-only test",
+                &format!(
+                    "cannot mount a file system to make read-only ({why}); as root, \
+                     permission bits would not stop the writes"
+                ),
+            );
             return;
         }
     };
     write_tree(&ro.0.join("app"), &old);
     if let Err(why) = ro.remount_read_only() {
-        eprintln!("adversarial: SKIPPED read-only test: {why}");
+        skip("read-only test", &why);
         return;
     }
     let before = fingerprint(&ro.0);
