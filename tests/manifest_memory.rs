@@ -158,10 +158,13 @@ fn patch_of(flags: u32, raw: &[u8], store: Store, new_total: u64, extra: &[u8]) 
         Store::Zstd => (zstd_encode(raw), flags),
         Store::Lzma => (lzma_encode(raw), flags | FLAG_MANIFEST_LZMA),
     };
-    assert!(
-        matches!(store, Store::Stored) || m.len() != raw.len(),
-        "a compressed manifest as long as its raw form would read as stored"
-    );
+    // As a writer does (and the header requires): a manifest that does not compress is
+    // stored as it is.
+    let (m, flags) = if m.len() >= raw.len() {
+        (raw.to_vec(), flags & !FLAG_MANIFEST_LZMA)
+    } else {
+        (m, flags)
+    };
     let h = Header {
         minor: 1,
         flags,
