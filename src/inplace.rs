@@ -262,9 +262,11 @@ fn write_journal(journal: &Path, text: &str) -> Result<()> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // A temp file a dead run left (we hold the lock): removed only when it is a
-            // regular file holding a journal; anything else is refused.
+            // regular file holding a journal, or the start of one (a run killed between
+            // creating it and writing it leaves it empty); anything else is refused.
             let old = read_side_file(&tmp)?.unwrap_or_default();
-            if !old.starts_with(b"bundelta-journal-") {
+            const MAGIC: &[u8] = b"bundelta-journal-";
+            if !(old.starts_with(MAGIC) || MAGIC.starts_with(&old)) {
                 return Err(Error::invalid_input(
                     &tmp,
                     "exists and is not a bundelta journal; move it away, then run again",

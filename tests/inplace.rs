@@ -506,6 +506,17 @@ fn stale_journal_temp_is_replaced_only_when_it_is_a_journal() {
         .unwrap();
     assert_eq!(read_tree(&f.p("app")), f.new1);
     assert_eq!(listing(f.dir.path()), ["app", "p1.bdp", "p2.bdp"]);
+    // A run killed between creating the temp file and writing it leaves it empty (or holding
+    // the start of a journal): the next run replaces it (found by the SIGKILL suite in CI).
+    for left in [&b""[..], b"bundelta-jour"] {
+        f.reset();
+        fs::write(&tmp, left).unwrap();
+        bundelta::Patcher::new()
+            .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+            .unwrap();
+        assert_eq!(read_tree(&f.p("app")), f.new1);
+        assert_eq!(listing(f.dir.path()), ["app", "p1.bdp", "p2.bdp"]);
+    }
 }
 
 /// Entries at the stage names an earlier bundelta used (`.OUT.bundelta-new-PID` for this
