@@ -983,22 +983,12 @@ impl Patch {
                 let Some(extra) = extra else {
                     return Err(name_listing_difference(old, &listing, &prefix.base_tags)?);
                 };
-                let mut i = 0;
-                let mut unknown = Vec::with_capacity(extra.len());
-                listing.retain_mut(|e| {
-                    let drop = extra.binary_search(&i).is_ok();
-                    i += 1;
-                    if drop {
-                        unknown.push(std::mem::replace(
-                            e,
-                            ListEntry {
-                                path: String::new(),
-                                kind: ListKind::Dir,
-                            },
-                        ));
-                    }
-                    !drop
-                });
+                let (unknown, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut listing)
+                    .into_iter()
+                    .enumerate()
+                    .partition(|(i, _)| extra.binary_search(i).is_ok());
+                listing = kept.into_iter().map(|(_, e)| e).collect();
+                let unknown = unknown.into_iter().map(|(_, e)| e).collect();
                 self.unknown = unknown;
                 if policy == Unknown::Refuse {
                     return self.check_unknown(policy);
