@@ -113,9 +113,9 @@ struct DiffArgs {
     sign: Option<PathBuf>,
     /// Bits of hash per old entry (0..=32) that let `apply` name the first old file that
     /// differs when OLD is not the patch's base; a differing file escapes its tag with
-    /// probability 2^-BITS. Default: what fits in 1/64 of the patch data, within 4..=8, and
-    /// none when 4 bits each would cost more than a quarter of the patch data and 1 KiB (many
-    /// thousands of files, tiny change). 0 gives the smallest patch: a wrong base is still
+    /// probability 2^-BITS. Default: what fits in 1/64 of the patch data (at least 64 bytes),
+    /// within 1..=8, and none when 1 bit each would cost more than a quarter of the patch data
+    /// and 1 KiB (many thousands of files, tiny change). 0 gives the smallest patch: a wrong base is still
     /// refused, but not named.
     #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=32))]
     base_tags: Option<u8>,

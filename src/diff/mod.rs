@@ -59,19 +59,29 @@ pub enum Codec {
 pub type DiffProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
 /// Default base-tag size for `units` tags next to `stream_bytes` of compressed streams: as many
-/// bits as fit in 1/64 of the streams, within 4..=8; none when even 4 bits each would cost
-/// more than a quarter of the streams and more than [`TAG_FREE_BYTES`] (a huge tree with a
-/// tiny change: 50,000 entries would take 25 KB of tags for a patch of a few hundred bytes).
+/// bits as fit in 1/64 of the streams (or in [`TAG_MIN_BYTES`], whichever is more), within
+/// 1..=8; none when even 1 bit each would cost more than a quarter of the streams and more than
+/// [`TAG_FREE_BYTES`] (a huge tree with a tiny change: 50,000 entries would take 6 KB of tags
+/// for a patch of a few hundred bytes).
+///
+/// The 1/64 share keeps tags a small part of every patch: with the old floor of 4 bits they
+/// were 11% of a 2,277-file patch of 11 KB. Below 4 bits a single differing file escapes
+/// its tag more often (1 in 2 at 1 bit), but a wrong base that is another version differs in
+/// many files, and one of them is named; small trees get 8 bits from [`TAG_MIN_BYTES`].
 fn auto_tag_bits(units: usize, stream_bytes: usize) -> u8 {
-    let floor_bytes = (units * 4).div_ceil(8);
-    if floor_bytes > (stream_bytes / 4).max(TAG_FREE_BYTES) {
+    if units.div_ceil(8) > (stream_bytes / 4).max(TAG_FREE_BYTES) {
         return 0;
     }
-    (stream_bytes * 8 / 64 / units.max(1)).clamp(4, 8) as u8
+    let budget = (stream_bytes / 64).max(TAG_MIN_BYTES);
+    (budget * 8 / units.max(1)).clamp(1, 8) as u8
 }
 
 /// Base tags up to this many bytes are always included by default (see [`auto_tag_bits`]).
 const TAG_FREE_BYTES: usize = 1024;
+
+/// Every tree may spend this many bytes on base tags by default, however small its streams:
+/// 8 bits each for up to 64 entries (see [`auto_tag_bits`]).
+const TAG_MIN_BYTES: usize = 64;
 
 /// Options of a diff, set with a builder.
 ///
@@ -182,9 +192,10 @@ impl DiffOptions {
     }
 
     /// Bits of base tag per old entry of a directory patch, 0..=32. Default `None`: as many
-    /// as fit in 1/64 of the patch's streams, but at least 4 and at most 8; and none when
-    /// 4 bits each would cost more than both a quarter of the streams and 1 KiB (a tree of
-    /// many thousands of files with a tiny change, where tags would be most of the patch).
+    /// as fit in 1/64 of the patch's streams (or in 64 bytes, whichever is more), but at least
+    /// 1 and at most 8; and none when 1 bit each would cost more than both a quarter of the
+    /// streams and 1 KiB (a tree of many thousands of files with a tiny change, where tags
+    /// would be most of the patch).
     ///
     /// Base tags let an applier whose OLD is not the patch's base name the first file that
     /// differs (in content, size, kind or mode) instead of only refusing OLD. With `b` bits a
@@ -949,17 +960,21 @@ mod tests {
 
     #[test]
     fn auto_tag_bits_policy() {
-        // Small trees: at least 4 bits, whatever the streams.
-        assert_eq!(auto_tag_bits(206, 334), 4);
-        // 1,000 bytes of tags: under TAG_FREE_BYTES.
-        assert_eq!(auto_tag_bits(2000, 0), 4);
-        // Big streams: up to 8 bits.
+        // Small trees: TAG_MIN_BYTES buys up to 8 bits, whatever the streams.
+        assert_eq!(auto_tag_bits(13, 0), 8);
+        assert_eq!(auto_tag_bits(64, 100), 8);
+        assert_eq!(auto_tag_bits(206, 334), 2);
+        // Otherwise 1/64 of the streams, at least 1 bit while that fits under TAG_FREE_BYTES...
+        assert_eq!(auto_tag_bits(2000, 0), 1);
+        assert_eq!(auto_tag_bits(2364, 10_500), 1);
+        assert_eq!(auto_tag_bits(3000, 1000), 1);
+        // ...and up to 8 bits on big streams.
         assert_eq!(auto_tag_bits(5000, 470_000), 8);
-        assert_eq!(auto_tag_bits(2364, 10_500), 4);
+        assert_eq!(auto_tag_bits(2000, 64_000), 4);
         // Many entries, tiny change: none.
         assert_eq!(auto_tag_bits(50_200, 200), 0);
-        assert_eq!(auto_tag_bits(3000, 1000), 0);
+        assert_eq!(auto_tag_bits(9000, 1000), 0);
         // ...but a quarter of the streams is always affordable.
-        assert_eq!(auto_tag_bits(50_200, 100_400), 4);
+        assert_eq!(auto_tag_bits(50_200, 100_400), 1);
     }
 }
