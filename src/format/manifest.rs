@@ -1,0 +1,557 @@
+//! The manifest (format section 3): the entries of NEW, the old files relied upon, the form
+//! byte that selects full or relative form, the full form's encoding and decoding, entry bodies,
+//! and the structural validation every decoded manifest passes.
+
+use super::budget::heap_of;
+use super::paths::{case_clash, common_prefix, read_prefixed};
+use super::varint::put_str;
+use super::{
+    put_varint, validate_path, BaseTags, Budget, Hash, Header, ListEntry, Reader,
+    MAX_DELTA_SOURCES, MAX_PATH_LEN,
+};
+use crate::error::{Error, Result};
+
+/// How one file of the new bundle is produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileOp {
+    /// Same path, same content in OLD. Its hash is covered by [`Manifest::base_digest`].
+    Unchanged,
+    /// The content of an old file (by index into the old-file table), at any path.
+    Copy {
+        /// Index into [`Manifest::old_files`].
+        source: u32,
+    },
+    /// Content carried in the patch: the next `size` bytes of the extra stream.
+    Add,
+    /// Binary delta: controls are read from the control stream until they have produced
+    /// `size` bytes (see [`Control`](super::Control)).
+    Delta {
+        /// Indices into [`Manifest::old_files`], concatenated in this order; empty means the
+        /// old file at the same path (whose hash is covered by [`Manifest::base_digest`]).
+        sources: Vec<u32>,
+        /// Size of the old file at the same path when `sources` is empty (0 otherwise): lets
+        /// the applier name a same-path source whose size differs.
+        base_size: u64,
+        /// Reversible transform applied before diffing; 0 = none (the only value in v1.0).
+        transform: u8,
+    },
+}
+
+impl FileOp {
+    /// Whether this operation reads the old file at the entry's own path (`unchanged`, and
+    /// `modify` with no listed source): such files are covered by the base digest.
+    pub fn reads_own_path(&self) -> bool {
+        match self {
+            FileOp::Unchanged => true,
+            FileOp::Delta { sources, .. } => sources.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Short name used by `info`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FileOp::Unchanged => "unchanged",
+            FileOp::Copy { .. } => "copy",
+            FileOp::Add => "add",
+            FileOp::Delta { .. } => "modify",
+        }
+    }
+}
+
+/// What an entry of the new bundle is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// A directory (possibly empty).
+    Dir,
+    /// A symbolic link, stored as its target text; never followed.
+    Symlink {
+        /// Link target.
+        target: String,
+    },
+    /// A regular file.
+    File {
+        /// Executable bit.
+        exec: bool,
+        /// Size in bytes.
+        size: u64,
+        /// How it is produced.
+        op: FileOp,
+    },
+}
+
+/// One entry of the new bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative `/`-separated path; empty for a single-file bundle.
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// An old file the patch relies on (a copy or delta source).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OldFile {
+    /// Path relative to OLD; empty for a single-file bundle.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The decoded manifest: everything about the patch except the blob bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Manifest {
+    /// Digest of the whole new bundle (see `FORMAT.md`); for a file, blake3 of its content.
+    /// Every output is checked against it before anything is committed.
+    pub new_digest: Hash,
+    /// blake3 over the concatenated blake3 hashes of every old file the patch relies on: first
+    /// the old-file table's, in table order, then those read at their own path (`unchanged`
+    /// files and same-path `modify` sources), in entry order. Checked before anything is
+    /// written; costs 32 bytes however many files it covers.
+    pub base_digest: Hash,
+    /// Old files relied upon, sorted by path.
+    pub old_files: Vec<OldFile>,
+    /// New bundle entries, strictly sorted by path bytes.
+    pub entries: Vec<Entry>,
+    /// Old paths absent from the new bundle (informational).
+    pub deleted: Vec<String>,
+    /// Short hashes of the base, one per old file relied upon (full form) or per entry of
+    /// OLD's listing (relative form); empty unless the header has
+    /// [`FLAG_BASE_TAGS`](super::FLAG_BASE_TAGS).
+    pub base_tags: BaseTags,
+}
+
+/// Manifest form: every entry of NEW listed with its path.
+pub const FORM_FULL: u8 = 0;
+/// Manifest form: NEW described as an edit of OLD's sorted file list (keep, drop, change,
+/// insert), so unchanged paths cost nothing; the applier re-reads OLD's list.
+pub const FORM_RELATIVE: u8 = 1;
+
+const KIND_DIR: u8 = 0;
+const KIND_FILE: u8 = 1;
+const KIND_SYMLINK: u8 = 2;
+const OP_UNCHANGED: u8 = 0;
+const OP_COPY: u8 = 1;
+const OP_ADD: u8 = 2;
+const OP_DELTA: u8 = 3;
+
+impl Manifest {
+    /// Encode the manifest body (before compression).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORM_FULL];
+        out.extend_from_slice(&self.new_digest);
+        out.extend_from_slice(&self.base_digest);
+        if self.base_tags.bits > 0 {
+            self.base_tags.put(&mut out);
+        }
+        put_varint(&mut out, self.old_files.len() as u64);
+        for f in &self.old_files {
+            put_str(&mut out, &f.path);
+            put_varint(&mut out, f.size);
+        }
+        put_varint(&mut out, self.entries.len() as u64);
+        let mut prev = "";
+        for e in &self.entries {
+            let shared = common_prefix(prev, &e.path);
+            put_varint(&mut out, shared as u64);
+            put_str(&mut out, &e.path[shared..]);
+            prev = &e.path;
+            put_body(&mut out, &e.kind);
+        }
+        put_varint(&mut out, self.deleted.len() as u64);
+        for d in &self.deleted {
+            put_str(&mut out, d);
+        }
+        out
+    }
+
+    /// Decode and fully validate a manifest body against its header.
+    ///
+    /// Validation covers: every count bounded by the bytes left, every path safe (see
+    /// [`validate_path`]), entries strictly sorted (so no duplicates), no two paths equal up to
+    /// case, every parent of an entry present as a directory entry, every old-file index in
+    /// range, every blob inside the data section, sizes adding up to `header.new_total`.
+    /// Decoding allocates at most the header's share ([`Budget::for_manifest`]).
+    pub fn decode(raw: &[u8], header: &Header) -> Result<Manifest> {
+        Manifest::decode_with_old(raw, header, None)
+    }
+
+    /// Decode a manifest of either form. The relative form needs OLD's listing (as
+    /// `listing` returns it for OLD) and fails without one. Decoding allocates at most the
+    /// header's share ([`Budget::for_manifest`]), besides what OLD's listing costs.
+    pub fn decode_with_old(
+        raw: &[u8],
+        header: &Header,
+        old: Option<&[ListEntry]>,
+    ) -> Result<Manifest> {
+        Manifest::decode_with_budget(raw, header, old, &mut Budget::for_manifest(header))
+    }
+
+    /// [`Manifest::decode_with_old`], charging every allocation to `budget` before making it.
+    pub fn decode_with_budget(
+        raw: &[u8],
+        header: &Header,
+        old: Option<&[ListEntry]>,
+        budget: &mut Budget,
+    ) -> Result<Manifest> {
+        match raw.first() {
+            Some(&FORM_FULL) => Manifest::decode_full(&raw[1..], header, budget),
+            Some(&FORM_RELATIVE) => match old {
+                Some(old) => Manifest::decode_relative(&raw[1..], header, old, budget),
+                None => Err(Error::corrupt(
+                    "manifest",
+                    "this manifest is relative to OLD's file list; give OLD",
+                )),
+            },
+            Some(&f) => Err(Error::Unsupported {
+                what: "manifest form",
+                value: f.into(),
+            }),
+            None => Err(Error::corrupt("manifest", "empty")),
+        }
+    }
+
+    fn decode_full(raw: &[u8], header: &Header, budget: &mut Budget) -> Result<Manifest> {
+        let mut r = Reader::new(raw, "manifest");
+        let new_digest = r.hash()?;
+        let base_digest = r.hash()?;
+        let base_tags = if header.has_base_tags() {
+            BaseTags::read(&mut r, budget)?
+        } else {
+            BaseTags::default()
+        };
+        // Each record takes at least 2 bytes, so the count is bounded by the input; the table
+        // is charged before it is allocated.
+        let n_old = r.varint_max((r.remaining() / 2) as u64, "old file count")? as usize;
+        budget.charge(heap_of::<OldFile>(n_old as u64), "the old-file table")?;
+        let mut old_files = Vec::with_capacity(n_old);
+        for _ in 0..n_old {
+            let path = r.string(MAX_PATH_LEN)?;
+            budget.charge(path.len() as u64, "an old file's path")?;
+            let path = path.to_string();
+            let size = r.varint()?;
+            old_files.push(OldFile { path, size });
+        }
+        // An entry takes at least 3 bytes.
+        let n_entries = r.varint_max((r.remaining() / 3) as u64, "entry count")? as usize;
+        budget.charge(heap_of::<Entry>(n_entries as u64), "the entry table")?;
+        let mut entries: Vec<Entry> = Vec::with_capacity(n_entries);
+        for _ in 0..n_entries {
+            // Prefix-compressed against the previous entry's path (referred to, never copied).
+            let prev = entries.last().map_or("", |e| e.path.as_str());
+            let path = read_prefixed(&mut r, prev, budget)?;
+            let kind = read_body(&mut r, n_old, budget)?;
+            entries.push(Entry { path, kind });
+        }
+        let n_del = r.varint_max((r.remaining()) as u64, "deleted count")? as usize;
+        budget.charge(heap_of::<String>(n_del as u64), "the deleted list")?;
+        let mut deleted = Vec::with_capacity(n_del);
+        for _ in 0..n_del {
+            let path = r.string(MAX_PATH_LEN)?;
+            budget.charge(path.len() as u64, "a deleted path")?;
+            deleted.push(path.to_string());
+        }
+        if !r.is_empty() {
+            return Err(Error::corrupt(
+                "manifest",
+                format!("{} trailing bytes", r.remaining()),
+            ));
+        }
+        let m = Manifest {
+            new_digest,
+            base_digest,
+            old_files,
+            entries,
+            deleted,
+            base_tags,
+        };
+        if header.has_base_tags() && m.base_tags.len() != m.relied_count() {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "{} base tags for {} old files relied upon",
+                    m.base_tags.len(),
+                    m.relied_count()
+                ),
+            ));
+        }
+        let own = m.entries.len() as u64;
+        m.validated(header, budget, own)
+    }
+
+    /// Number of old files the patch relies on: the old-file table, then every file read at
+    /// its own path (the units of the base digest, and of the full form's base tags).
+    pub fn relied_count(&self) -> usize {
+        self.old_files.len()
+            + self
+                .entries
+                .iter()
+                .filter(|e| matches!(&e.kind, EntryKind::File { op, .. } if op.reads_own_path()))
+                .count()
+    }
+
+    pub(super) fn validated(
+        self,
+        header: &Header,
+        budget: &mut Budget,
+        own: u64,
+    ) -> Result<Manifest> {
+        self.validate_with(header, budget, own)?;
+        Ok(self)
+    }
+
+    /// Structural checks shared by decode and by the diff side's self-check.
+    pub fn validate(&self, header: &Header) -> Result<()> {
+        self.validate_with(header, &mut Budget::unlimited(), self.entries.len() as u64)
+    }
+
+    /// [`Manifest::validate`], charging its temporary tables to `budget`; `own` entries are
+    /// the patch's (the rest, in a relative manifest, OLD's: see [`Budget`]).
+    fn validate_with(&self, header: &Header, budget: &mut Budget, own: u64) -> Result<()> {
+        let dir = header.is_directory();
+        if header.has_base_tags() != (self.base_tags.bits > 0) {
+            return Err(Error::corrupt(
+                "manifest",
+                "base tags present without the header flag, or the reverse",
+            ));
+        }
+        if dir {
+            for f in &self.old_files {
+                validate_path(&f.path)?;
+            }
+            for w in self.old_files.windows(2) {
+                if w[0].path >= w[1].path {
+                    return Err(Error::corrupt(
+                        "manifest",
+                        "old file table not strictly sorted",
+                    ));
+                }
+            }
+            for d in &self.deleted {
+                validate_path(d)?;
+            }
+            let mut prev: Option<&str> = None;
+            for (i, e) in self.entries.iter().enumerate() {
+                validate_path(&e.path)?;
+                if let Some(p) = prev {
+                    if p >= e.path.as_str() {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!(
+                                "entries not strictly sorted at {:?} (duplicate or out of order)",
+                                e.path
+                            ),
+                        ));
+                    }
+                }
+                prev = Some(&e.path);
+                if let Some((parent, _)) = e.path.rsplit_once('/') {
+                    // The entries before this one are strictly sorted, and a parent sorts
+                    // before its children: a binary search finds it, with no table to build.
+                    let is_dir = self.entries[..i]
+                        .binary_search_by(|x| x.path.as_str().cmp(parent))
+                        .is_ok_and(|k| matches!(self.entries[k].kind, EntryKind::Dir));
+                    if !is_dir {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!(
+                                "{:?}: parent is not a directory entry of the bundle",
+                                e.path
+                            ),
+                        ));
+                    }
+                }
+                if let EntryKind::Symlink { target } = &e.kind {
+                    if target.is_empty() || target.contains('\0') {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!("{:?}: bad symlink target", e.path),
+                        ));
+                    }
+                }
+            }
+            let table = heap_of::<(u64, usize)>(own);
+            budget.charge(table, "the case check")?;
+            let clash = case_clash(self.entries.iter().map(|e| e.path.as_str()), budget)?;
+            budget.release(table);
+            if let Some((_, j)) = clash {
+                return Err(Error::corrupt(
+                    "manifest",
+                    format!(
+                        "{:?} differs from another entry only by case",
+                        self.entries[j].path
+                    ),
+                ));
+            }
+        } else {
+            if self.entries.len() != 1
+                || !self.entries[0].path.is_empty()
+                || !matches!(self.entries[0].kind, EntryKind::File { .. })
+            {
+                return Err(Error::corrupt(
+                    "manifest",
+                    "a file bundle must hold exactly one file entry",
+                ));
+            }
+            if self.old_files.len() > 1 || self.old_files.iter().any(|f| !f.path.is_empty()) {
+                return Err(Error::corrupt(
+                    "manifest",
+                    "a file bundle has at most one old file, unnamed",
+                ));
+            }
+            if !self.deleted.is_empty() {
+                return Err(Error::corrupt("manifest", "a file bundle deletes nothing"));
+            }
+        }
+        let mut total: u64 = 0;
+        for e in &self.entries {
+            if let EntryKind::File { size, op, .. } = &e.kind {
+                total = total
+                    .checked_add(*size)
+                    .ok_or_else(|| Error::corrupt("manifest", "file sizes overflow"))?;
+                if let FileOp::Copy { source } = op {
+                    let src = &self.old_files[*source as usize];
+                    if src.size != *size {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!(
+                                "{:?}: copy of a {}-byte file declared {size} bytes",
+                                e.path, src.size
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if total != header.new_total {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "file sizes add up to {total}, header says {}",
+                    header.new_total
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn put_body(out: &mut Vec<u8>, kind: &EntryKind) {
+    let e_kind = kind;
+    match e_kind {
+        EntryKind::Dir => out.push(KIND_DIR),
+        EntryKind::Symlink { target } => {
+            out.push(KIND_SYMLINK);
+            put_str(out, target);
+        }
+        EntryKind::File { exec, size, op } => {
+            out.push(KIND_FILE);
+            out.push(u8::from(*exec));
+            put_varint(out, *size);
+            match op {
+                FileOp::Unchanged => out.push(OP_UNCHANGED),
+                FileOp::Copy { source } => {
+                    out.push(OP_COPY);
+                    put_varint(out, u64::from(*source));
+                }
+                FileOp::Add => out.push(OP_ADD),
+                FileOp::Delta {
+                    sources,
+                    base_size,
+                    transform,
+                } => {
+                    out.push(OP_DELTA);
+                    put_varint(out, sources.len() as u64);
+                    for s in sources {
+                        put_varint(out, u64::from(*s));
+                    }
+                    if sources.is_empty() {
+                        put_varint(out, *base_size);
+                    }
+                    out.push(*transform);
+                }
+            }
+        }
+    }
+}
+
+/// Read an entry's body; its link target or source list is charged before it is allocated
+/// (the caller releases [`body_heap`](super::budget::body_heap) if it drops the body).
+pub(super) fn read_body(
+    r: &mut Reader<'_>,
+    n_old: usize,
+    budget: &mut Budget,
+) -> Result<EntryKind> {
+    let kind = match r.u8()? {
+        KIND_DIR => EntryKind::Dir,
+        KIND_SYMLINK => {
+            let target = r.string(MAX_PATH_LEN)?;
+            budget.charge(target.len() as u64, "a link target")?;
+            EntryKind::Symlink {
+                target: target.to_string(),
+            }
+        }
+        KIND_FILE => {
+            let exec = match r.u8()? {
+                0 => false,
+                1 => true,
+                v => return Err(Error::corrupt("manifest", format!("file flags {v}"))),
+            };
+            let size = r.varint()?;
+            let op = match r.u8()? {
+                OP_UNCHANGED => FileOp::Unchanged,
+                OP_COPY => FileOp::Copy {
+                    source: old_index(r, n_old)?,
+                },
+                OP_ADD => FileOp::Add,
+                OP_DELTA => {
+                    let n = r.varint_max(MAX_DELTA_SOURCES as u64, "delta source count")?;
+                    budget.charge(heap_of::<u32>(n), "a delta source list")?;
+                    let mut sources = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        sources.push(old_index(r, n_old)?);
+                    }
+                    let base_size = if sources.is_empty() { r.varint()? } else { 0 };
+                    let transform = r.u8()?;
+                    if transform != 0 {
+                        return Err(Error::Unsupported {
+                            what: "delta transform",
+                            value: transform.into(),
+                        });
+                    }
+                    FileOp::Delta {
+                        sources,
+                        base_size,
+                        transform,
+                    }
+                }
+                v => {
+                    return Err(Error::Unsupported {
+                        what: "file operation",
+                        value: v.into(),
+                    })
+                }
+            };
+            EntryKind::File { exec, size, op }
+        }
+        v => {
+            return Err(Error::Unsupported {
+                what: "entry kind",
+                value: v.into(),
+            })
+        }
+    };
+    Ok(kind)
+}
+
+fn old_index(r: &mut Reader<'_>, n_old: usize) -> Result<u32> {
+    if n_old == 0 {
+        return Err(Error::corrupt(
+            "manifest",
+            "reference to an old file, but the table is empty",
+        ));
+    }
+    Ok(r.varint_max(n_old as u64 - 1, "old file index")? as u32)
+}
