@@ -1105,7 +1105,7 @@ fn old_parent_directory_replaced_by_a_link_is_not_followed() {
 fn golden(name: &str) -> Vec<u8> {
     fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("corpus/golden/v2")
+            .join("corpus/golden/v2.2")
             .join(name),
     )
     .unwrap()

@@ -1,6 +1,8 @@
-//! Golden vectors: the bytes of format v2 are pinned by committed patches in corpus/golden/v2.
-//! Inputs are generated here deterministically; the test applies each committed patch to its
-//! generated OLD, and re-diffs to check the writer still produces the same bytes.
+//! Golden vectors: the bytes of format 2.2 (what this build writes) are pinned by committed
+//! patches in corpus/golden/v2.2. Inputs are generated here deterministically; the test applies
+//! each committed patch to its generated OLD, and re-diffs to check the writer still produces
+//! the same bytes. The patches of format 2.1 (corpus/golden/v2.1, made by earlier builds from
+//! the same inputs) must still apply.
 //! Regenerate (only for a deliberate format change) with `BUNDELTA_BLESS=1 cargo test golden`.
 
 use std::fs;
@@ -11,7 +13,11 @@ use bundelta::{DiffOptions, Patcher};
 use crate::util::*;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.2")
+}
+
+fn legacy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.1")
 }
 
 fn file_inputs() -> (Vec<u8>, Vec<u8>) {
@@ -189,4 +195,43 @@ fn golden_signed_patch() {
         .apply(&dir.path().join("old"), &golden, &dir.path().join("out"))
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
+}
+
+/// Patches written by format 2.1 builds (absolute sizes, 4-bit base tags) still apply and
+/// verify: a reader takes every minor of its major.
+#[test]
+fn golden_v2_1_patches_still_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = file_inputs();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    for name in ["file.bdp", "signed.bdp"] {
+        let p = legacy_dir().join(name);
+        let h = bundelta::format::Header::decode(&fs::read(&p).unwrap()).unwrap();
+        assert_eq!(h.minor, 1, "{name}");
+        assert_eq!(h.flags & bundelta::format::FLAG_RELATIVE_SIZES, 0, "{name}");
+        let out = dir.path().join(format!("out-{name}"));
+        let mut patcher = Patcher::new();
+        if name == "signed.bdp" {
+            patcher.require_signature(bundelta::public_key(&[0x42u8; 32]));
+        }
+        patcher.apply(&dir.path().join("old"), &p, &out).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), new, "{name}");
+    }
+    let (old, new) = dir_inputs();
+    write_tree(&dir.path().join("old-tree"), &old);
+    let p = legacy_dir().join("dir.bdp");
+    assert_eq!(
+        bundelta::format::Header::decode(&fs::read(&p).unwrap())
+            .unwrap()
+            .minor,
+        1
+    );
+    Patcher::new()
+        .apply(
+            &dir.path().join("old-tree"),
+            &p,
+            &dir.path().join("out-tree"),
+        )
+        .unwrap();
+    assert_eq!(read_tree(&dir.path().join("out-tree")), new);
 }

