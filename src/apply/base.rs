@@ -168,23 +168,47 @@ fn hash_base_file(old: &Old, rel: &str) -> Result<(u64, Hash, FileId)> {
     Ok((n, hash, after))
 }
 
-/// After a listing-digest mismatch (relative manifest): name the first entry of OLD's listing
-/// that is not the base's, from the per-entry base tags. Reads the files of OLD in listing
-/// order up to a few entries past the first difference (the tags cover contents too).
-fn name_listing_difference(old: &Old, listing: &[ListEntry], tags: &BaseTags) -> Result<Error> {
-    let mut memo: Vec<Hash> = Vec::new();
-    // Tag hash of OLD's entry `j`, computed in order.
-    let mut tag_of = |j: usize| -> Result<Hash> {
-        while memo.len() <= j {
-            let e = &listing[memo.len()];
+/// The tags of OLD's listing entries ([`listing_tag`]), computed in listing order as they are
+/// needed, so that each file of OLD is hashed at most once between [`extra_entries`] and
+/// [`name_listing_difference`].
+#[derive(Default)]
+struct ListingTags {
+    /// Tags of the first entries of the listing.
+    tags: Vec<Hash>,
+    /// The error hashing the next entry gave (a wrong base), returned when its tag is needed.
+    failed: Option<Error>,
+}
+
+impl ListingTags {
+    /// Tag of OLD's entry `j` (`listing[j]`), computing those before it first.
+    fn get(&mut self, old: &Old, listing: &[ListEntry], j: usize) -> Result<Hash> {
+        while self.tags.len() <= j {
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            let e = &listing[self.tags.len()];
             let content = match e.kind {
                 ListKind::File { .. } => Some(hash_base_file(old, &e.path)?.1),
                 _ => None,
             };
-            memo.push(listing_tag(e, content.as_ref()));
+            self.tags.push(listing_tag(e, content.as_ref()));
         }
-        Ok(memo[j])
-    };
+        Ok(self.tags[j])
+    }
+}
+
+/// After a listing-digest mismatch (relative manifest): name the first entry of OLD's listing
+/// that is not the base's, from the per-entry base tags. Reads the files of OLD in listing
+/// order up to a few entries past the first difference (the tags cover contents too), except
+/// those whose tags `memo` already holds.
+fn name_listing_difference(
+    old: &Old,
+    listing: &[ListEntry],
+    tags: &BaseTags,
+    mut memo: ListingTags,
+) -> Result<Error> {
+    // Tag hash of OLD's entry `j`, computed in order.
+    let mut tag_of = |j: usize| memo.get(old, listing, j);
     let (a, b) = (listing.len(), tags.len());
     let mut i = 0;
     while i < a.min(b) && tags.matches(i, &tag_of(i)?) {
@@ -245,47 +269,82 @@ fn name_listing_difference(old: &Old, listing: &[ListEntry], tags: &BaseTags) ->
     })
 }
 
+/// OLD's listing as [`extra_entries`] splits it.
+enum Extra {
+    /// OLD is the base plus entries it did not have.
+    Split {
+        /// The base's entries, in path order.
+        kept: Vec<ListEntry>,
+        /// The entries the base did not have, in path order.
+        unknown: Vec<ListEntry>,
+    },
+    /// Some other difference (or none could be told apart): the listing as it was, with the
+    /// tags computed so far, for [`name_listing_difference`].
+    Differs(Vec<ListEntry>, ListingTags),
+}
+
 /// The entries of OLD's listing that its base did not have, when that is the only difference:
 /// OLD's entries are aligned in order with the base tags (an entry whose tag does not match the
 /// next base tag is taken as extra), and the result is confirmed by the listing digest of what
-/// is left, so it is exact or `None` (other differences, no tags, or an extra entry whose tag
-/// happened to match, a 2^-bits chance each). Indices into `listing`, ascending.
+/// is left, so it is exact or [`Extra::Differs`] (other differences, no tags, or an extra entry
+/// whose tag happened to match, a 2^-bits chance each).
 fn extra_entries(
     old: &Old,
-    listing: &[ListEntry],
+    listing: Vec<ListEntry>,
     tags: &BaseTags,
     digest: &Hash,
-) -> Result<Option<Vec<usize>>> {
+) -> Result<Extra> {
+    let mut memo = ListingTags::default();
     if tags.is_empty() || listing.len() <= tags.len() {
-        return Ok(None);
+        return Ok(Extra::Differs(listing, memo));
     }
+    // Indices into `listing`, ascending.
     let mut extra = Vec::new();
     let mut j = 0;
-    for (i, e) in listing.iter().enumerate() {
-        let content = match e.kind {
-            ListKind::File { .. } => match hash_base_file(old, &e.path) {
-                Ok((_, h, _)) => Some(h),
-                Err(Error::WrongBase { .. }) => return Ok(None),
-                Err(err) => return Err(err),
-            },
-            _ => None,
+    for i in 0..listing.len() {
+        let tag = match memo.get(old, &listing, i) {
+            Ok(t) => t,
+            Err(err @ Error::WrongBase { .. }) => {
+                memo.failed = Some(err);
+                return Ok(Extra::Differs(listing, memo));
+            }
+            Err(err) => return Err(err),
         };
-        if j < tags.len() && tags.matches(j, &listing_tag(e, content.as_ref())) {
+        if j < tags.len() && tags.matches(j, &tag) {
             j += 1;
         } else {
             extra.push(i);
         }
     }
     if j != tags.len() {
-        return Ok(None);
+        return Ok(Extra::Differs(listing, memo));
     }
-    let rest: Vec<ListEntry> = listing
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| extra.binary_search(i).is_err())
-        .map(|(_, e)| e.clone())
+    let n = listing.len();
+    let mut kept = Vec::with_capacity(n - extra.len());
+    let mut unknown = Vec::with_capacity(extra.len());
+    for (i, e) in listing.into_iter().enumerate() {
+        if extra.binary_search(&i).is_ok() {
+            unknown.push(e);
+        } else {
+            kept.push(e);
+        }
+    }
+    if listing_digest(&kept) == *digest {
+        return Ok(Extra::Split { kept, unknown });
+    }
+    // Put the listing back together, in order, for naming the difference.
+    let (mut kept, mut unknown) = (kept.into_iter(), unknown.into_iter());
+    let listing = (0..n)
+        .map(|i| {
+            let from = if extra.binary_search(&i).is_ok() {
+                &mut unknown
+            } else {
+                &mut kept
+            };
+            from.next().expect("the split holds every entry")
+        })
         .collect();
-    Ok((listing_digest(&rest) == *digest).then_some(extra))
+    Ok(Extra::Differs(listing, memo))
 }
 
 /// What to do with entries of OLD that a patch does not know about: neither in the new
@@ -361,17 +420,19 @@ impl Patch {
         if self.header.has_base_tags() {
             let prefix = Manifest::relative_prefix(&self.relative, &self.header)?;
             if listing_digest(&listing) != prefix.listing_digest {
-                let extra =
-                    extra_entries(old, &listing, &prefix.base_tags, &prefix.listing_digest)?;
-                let Some(extra) = extra else {
-                    return Err(name_listing_difference(old, &listing, &prefix.base_tags)?);
+                let split = extra_entries(old, listing, &prefix.base_tags, &prefix.listing_digest)?;
+                let (kept, unknown) = match split {
+                    Extra::Split { kept, unknown } => (kept, unknown),
+                    Extra::Differs(listing, memo) => {
+                        return Err(name_listing_difference(
+                            old,
+                            &listing,
+                            &prefix.base_tags,
+                            memo,
+                        )?);
+                    }
                 };
-                let (unknown, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut listing)
-                    .into_iter()
-                    .enumerate()
-                    .partition(|(i, _)| extra.binary_search(i).is_ok());
-                listing = kept.into_iter().map(|(_, e)| e).collect();
-                let unknown = unknown.into_iter().map(|(_, e)| e).collect();
+                listing = kept;
                 self.unknown = unknown;
                 if policy == Unknown::Refuse {
                     return self.check_unknown(policy);
