@@ -321,6 +321,7 @@ mod tests {
     use crate::error::Error;
     use crate::format::Header;
     use crate::readat::ReadAt;
+    use crate::testutil::noise;
 
     use super::super::Patcher;
 
@@ -366,18 +367,6 @@ mod tests {
             .expect("opening a FIFO as the patch blocked");
         let e = got.expect("a FIFO was accepted as a patch");
         assert!(e.contains("not a regular file"), "{e}");
-    }
-
-    fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     /// Issue 9, item 2: a patch whose bytes change after the checksum and the signature were
