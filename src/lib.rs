@@ -51,6 +51,8 @@ mod inplace;
 mod readat;
 mod sign;
 mod sys;
+#[cfg(all(test, feature = "diff"))]
+mod testutil;
 mod tree;
 
 pub use apply::{

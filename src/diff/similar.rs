@@ -189,19 +189,9 @@ mod tests {
 
     #[test]
     fn finds_renamed_file_by_content() {
-        let mut rng = 12345u64;
-        let mut gen = |n: usize| {
-            (0..n)
-                .map(|_| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng as u8
-                })
-                .collect::<Vec<u8>>()
-        };
-        let a = gen(20_000);
-        let b = gen(20_000);
+        let mut rng = crate::testutil::XorShift(12345);
+        let a = rng.bytes(20_000);
+        let b = rng.bytes(20_000);
         let mut a2 = a.clone();
         a2.splice(5000..5000, b"inserted text".iter().copied());
         let cands = vec![

@@ -1,0 +1,439 @@
+//! Opening a patch: the checksum pass, the signature, the limits, the manifest decoded from
+//! the verified bytes; and the accessors of an opened patch.
+
+use std::fs::{self, File};
+use std::path::Path;
+
+use crate::codec::decode::{decoder, read_exact_stream, stream_err, Stream};
+use crate::error::{Error, Result};
+use crate::format::{
+    EntryKind, Hash, Header, Manifest, CODEC_LZMA2, FLAG_MANIFEST_LZMA, FORM_RELATIVE,
+    MAX_HEADER_LEN, SIGNATURE_LEN, TRAILER_LEN,
+};
+use crate::readat::{read_at_most, ReadAt, Section};
+use crate::tree::{self, hex};
+
+use super::{memory_needed, Patch, DEFAULT_MEMORY_LIMIT};
+
+/// Open the patch file for reading. A FIFO or device named as the patch is refused at once,
+/// without blocking in `open`.
+fn open_patch_file(path: &Path) -> Result<File> {
+    let mut o = fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = o.open(path).map_err(|e| Error::io(path, "open", e))?;
+    let md = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if !md.is_file() {
+        return Err(Error::invalid_input(
+            path,
+            "the patch is not a regular file (a directory, FIFO or device)",
+        ));
+    }
+    Ok(f)
+}
+
+impl Patch {
+    /// Open and fully validate a patch file with the default limits of
+    /// [`Patcher::new`](super::Patcher::new).
+    pub fn open(path: &Path) -> Result<Patch> {
+        Patch::open_limited(path, DEFAULT_MEMORY_LIMIT, u64::MAX)
+    }
+
+    /// Open and fully validate a patch file, refusing it (before reading the manifest) when it
+    /// needs more than `memory_limit` bytes of heap or produces more than `output_limit` bytes.
+    pub fn open_limited(path: &Path, memory_limit: u64, output_limit: u64) -> Result<Patch> {
+        Patch::open_checked(path, memory_limit, output_limit, None)
+    }
+
+    /// [`Patch::open_limited`], also requiring a signature by `public_key` when one is given.
+    pub(super) fn open_checked(
+        path: &Path,
+        memory_limit: u64,
+        output_limit: u64,
+        public_key: Option<&[u8; 32]>,
+    ) -> Result<Patch> {
+        let file = open_patch_file(path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
+        Patch::from_source(
+            Box::new(file),
+            len,
+            path,
+            memory_limit,
+            output_limit,
+            public_key,
+        )
+    }
+
+    /// Open a patch read through `src`, which holds `len` bytes.
+    ///
+    /// The header and the manifest are read exactly once, during the checksum pass, and kept
+    /// in memory: what is decoded is what was hashed (and signed), even if the bytes behind
+    /// `src` change afterwards. The streams are read from `src` again while applying; a change
+    /// there can only make an output differ from the hashes the verified manifest holds, which
+    /// is refused before anything is committed.
+    pub(crate) fn from_source(
+        src: Box<dyn ReadAt + Send + Sync>,
+        len: u64,
+        path: &Path,
+        memory_limit: u64,
+        output_limit: u64,
+        public_key: Option<&[u8; 32]>,
+    ) -> Result<Patch> {
+        let read_err = |e| Error::io(path, "read", e);
+        let mut hb = [0u8; MAX_HEADER_LEN];
+        let want = (hb.len() as u64).min(len) as usize;
+        let got = read_at_most(&*src, &mut hb[..want], 0).map_err(read_err)?;
+        let header = Header::decode(&hb[..got])?;
+        let expect = header.patch_len().unwrap_or(u64::MAX);
+        if len != expect {
+            return Err(Error::corrupt(
+                "header",
+                format!(
+                    "patch is {len} bytes but its header describes {expect} (truncated or padded)"
+                ),
+            ));
+        }
+        // The manifest is held in memory from the checksum pass on; the header bounds it by
+        // manifest_raw_len, which the memory limit covers.
+        let need = memory_needed(&header);
+        if header.manifest_len > memory_limit {
+            return Err(Error::LimitExceeded {
+                what: "apply memory",
+                needed: need,
+                limit: memory_limit,
+            });
+        }
+        // Whole-patch checksum in one streaming pass over bytes read once: the header from
+        // `hb`, the manifest into `mbytes`, the streams through a buffer. For a signed patch
+        // the signed digest is the hash of the bytes before the signature block.
+        let hlen = header.encoded_len();
+        let body = len - TRAILER_LEN as u64;
+        let sig_at = header.signature_offset();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&hb[..hlen]);
+        // At most the memory limit (checked above), and within the patch's length.
+        let mut mbytes = vec![0u8; header.manifest_len as usize];
+        let mut n = hlen as u64;
+        n += read_at_most(&*src, &mut mbytes, n).map_err(read_err)? as u64;
+        hasher.update(&mbytes);
+        let streams_at = header.manifest_offset() + header.manifest_len;
+        n += tree::hash_into(
+            &mut hasher,
+            Section::new(&*src, streams_at, sig_at - streams_at),
+            path,
+        )?;
+        let mut sig = [0u8; SIGNATURE_LEN];
+        let mut signed_digest = None;
+        if header.is_signed() {
+            signed_digest = Some(*hasher.finalize().as_bytes());
+            n += read_at_most(&*src, &mut sig, sig_at).map_err(read_err)? as u64;
+            hasher.update(&sig);
+        }
+        if n != body {
+            return Err(Error::corrupt("trailer", "patch shrank while reading"));
+        }
+        let found = *hasher.finalize().as_bytes();
+        let mut trailer = [0u8; TRAILER_LEN];
+        let got = read_at_most(&*src, &mut trailer, body).map_err(read_err)?;
+        if got != TRAILER_LEN {
+            return Err(Error::corrupt("trailer", "missing"));
+        }
+        if found != trailer {
+            return Err(Error::Checksum {
+                expected: hex(&trailer),
+                found: hex(&found),
+            });
+        }
+        if let Some(key) = public_key {
+            match signed_digest {
+                Some(d) => crate::sign::verify_digest(key, &d, &sig)?,
+                None => return Err(Error::Unsigned),
+            }
+        }
+        if need > memory_limit {
+            return Err(Error::LimitExceeded {
+                what: "apply memory",
+                needed: need,
+                limit: memory_limit,
+            });
+        }
+        if header.new_total > output_limit {
+            return Err(Error::LimitExceeded {
+                what: "output size",
+                needed: header.new_total,
+                limit: output_limit,
+            });
+        }
+        // Manifest: decoded from the verified bytes in memory to exactly manifest_raw_len bytes.
+        let raw_len = header.manifest_raw_len;
+        let cap = usize::try_from(raw_len)
+            .map_err(|_| Error::corrupt("header", "manifest length does not fit in memory"))?;
+        let raw = if header.manifest_len == header.manifest_raw_len {
+            // Stored as it is.
+            mbytes
+        } else {
+            let mut raw = Vec::new();
+            let mem: &Vec<u8> = &mbytes;
+            if header.flags & FLAG_MANIFEST_LZMA != 0 {
+                let mut dec = Stream::open(
+                    mem,
+                    0,
+                    header.manifest_len,
+                    CODEC_LZMA2,
+                    header.window_log,
+                    "manifest",
+                )?;
+                read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
+            } else {
+                let sec = Section::new(mem, 0, header.manifest_len);
+                let mut dec =
+                    decoder(sec, header.window_log).map_err(|e| stream_err("manifest", e))?;
+                read_exact_stream(&mut dec, &mut raw, cap, "manifest")?;
+            }
+            raw
+        };
+        // A relative manifest is resolved against OLD's file list by `bind`; here its
+        // structure is checked and its target digest read.
+        let (manifest, relative, new_digest) =
+            if raw.first() == Some(&FORM_RELATIVE) && header.is_directory() {
+                Manifest::summarize_relative(&raw, &header)?;
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&raw[1..33]);
+                (None, raw, d)
+            } else {
+                let m = Manifest::decode(&raw, &header)?;
+                let d = m.new_digest;
+                (Some(m), Vec::new(), d)
+            };
+        Ok(Patch {
+            src,
+            path: path.to_path_buf(),
+            header,
+            manifest,
+            relative,
+            new_digest,
+            checksum: trailer,
+            unknown: Vec::new(),
+            memory_limit,
+            listing_bytes: 0,
+        })
+    }
+
+    /// The bundle digest this patch produces.
+    pub fn new_digest(&self) -> Hash {
+        self.new_digest
+    }
+
+    /// The patch's identity: its whole-patch blake3 checksum (the trailer, verified on open).
+    /// An in-place journal records it, so that only the same patch finishes an interrupted run.
+    pub fn checksum(&self) -> Hash {
+        self.checksum
+    }
+
+    pub(super) fn m(&self) -> &Manifest {
+        self.manifest
+            .as_ref()
+            .expect("Patch::bind runs before the manifest is used")
+    }
+
+    /// The path the patch was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The fixed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The validated manifest, once known: always for a manifest stored in full; for one
+    /// stored relative to OLD's file list, after [`Patch::bind`].
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    /// The raw relative-form manifest, when the patch has one (for summaries without OLD).
+    pub fn relative_manifest(&self) -> Option<&[u8]> {
+        if self.relative.is_empty() {
+            None
+        } else {
+            Some(&self.relative)
+        }
+    }
+
+    /// Total length of the patch file.
+    pub fn len(&self) -> u64 {
+        self.header.patch_len().unwrap_or(0)
+    }
+
+    /// Never true: a valid patch has at least a header and trailer.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether `target` has exactly the new bundle's shape (paths, kinds, sizes, modes, link
+    /// targets), judged without reading file contents: a cheap test before hashing it all.
+    pub(crate) fn shape_matches(&self, target: &Path) -> Result<bool> {
+        if !self.header.is_directory() {
+            let md = fs::symlink_metadata(target).map_err(|e| Error::io(target, "stat", e))?;
+            return Ok(md.is_file() && md.len() == self.header.new_total);
+        }
+        let nodes = match tree::scan(target) {
+            Ok(n) => n,
+            Err(_) => return Ok(false),
+        };
+        if nodes.len() != self.m().entries.len() {
+            return Ok(false);
+        }
+        Ok(nodes.iter().zip(&self.m().entries).all(|(n, e)| {
+            n.path == e.path
+                && match (&n.kind, &e.kind) {
+                    (tree::NodeKind::Dir, EntryKind::Dir) => true,
+                    (tree::NodeKind::Symlink { target: a }, EntryKind::Symlink { target: b }) => {
+                        a == b
+                    }
+                    (
+                        tree::NodeKind::File { exec: x, size: a },
+                        EntryKind::File {
+                            exec: y, size: b, ..
+                        },
+                    ) => x == y && a == b,
+                    _ => false,
+                }
+        }))
+    }
+}
+
+#[cfg(all(test, feature = "diff"))]
+mod tests {
+    use std::fs;
+    use std::io;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::error::Error;
+    use crate::format::Header;
+    use crate::readat::ReadAt;
+    use crate::testutil::noise;
+
+    use super::super::Patcher;
+
+    /// Serves `first` until the read that reaches the end of the file (the trailer, the last
+    /// thing the checksum pass reads), then `then`: a patch file rewritten by another process
+    /// right after it was verified.
+    struct Swapping {
+        first: Vec<u8>,
+        then: Vec<u8>,
+        swapped: AtomicBool,
+    }
+
+    impl ReadAt for Swapping {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+            if self.swapped.load(Ordering::SeqCst) {
+                return self.then.read_at(buf, pos);
+            }
+            let k = self.first.read_at(buf, pos)?;
+            if pos + k as u64 >= self.first.len() as u64 {
+                self.swapped.store(true, Ordering::SeqCst);
+            }
+            Ok(k)
+        }
+    }
+
+    /// A FIFO named as the patch is refused at once (the landed code blocked in `open`).
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_as_the_patch_is_refused_without_blocking() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p.bdp");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Patcher::new().open(&fifo).err().map(|e| e.to_string()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("opening a FIFO as the patch blocked");
+        let e = got.expect("a FIFO was accepted as a patch");
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    /// Issue 9, item 2: a patch whose bytes change after the checksum and the signature were
+    /// checked must never produce anything but what the signed bytes describe. The landed code
+    /// read the manifest from the file again after the check, so the swapped patch's target
+    /// (an executable the signer never signed) was rebuilt and reported as verified.
+    #[test]
+    fn bytes_changed_after_verification_are_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = noise(1, 64 << 10);
+        let mut new_a = old.clone();
+        let mut new_b = old.clone();
+        new_a[20_000..24_000].copy_from_slice(&noise(2, 4000));
+        new_b[20_000..24_000].copy_from_slice(&noise(3, 4000));
+        let (signer, attacker) = ([7u8; 32], [9u8; 32]);
+        let mut o = crate::DiffOptions::new();
+        o.codec(crate::Codec::Zstd).sign_with(signer);
+        let a = o.diff_bytes(&old, &new_a).unwrap();
+        o.sign_with(attacker);
+        let b = o.diff_bytes(&old, &new_b).unwrap();
+        // Same layout, so that rereading any section of B where A was verified yields a
+        // well-formed patch for NEW_B: what the attack needs.
+        let (ha, hb) = (Header::decode(&a).unwrap(), Header::decode(&b).unwrap());
+        assert_eq!(a.len(), b.len());
+        assert_eq!(
+            (ha.manifest_len, ha.stream_lens),
+            (hb.manifest_len, hb.stream_lens)
+        );
+        let old_path = dir.path().join("old");
+        fs::write(&old_path, &old).unwrap();
+        let digest_a = *blake3::hash(&new_a).as_bytes();
+        let digest_b = *blake3::hash(&new_b).as_bytes();
+
+        let mut patcher = Patcher::new();
+        patcher.require_signature(crate::public_key(&signer));
+        // Control: the signed patch as it is verifies and rebuilds NEW_A; B is refused.
+        let p = patcher
+            .open_source(Box::new(a.clone()), a.len() as u64, Path::new("a"))
+            .unwrap();
+        let r = patcher.verify_patch(p, Some(&old_path)).unwrap().unwrap();
+        assert_eq!(r.digest, digest_a);
+        assert!(patcher
+            .open_source(Box::new(b.clone()), b.len() as u64, Path::new("b"))
+            .is_err());
+
+        let swapping = Swapping {
+            first: a.clone(),
+            then: b,
+            swapped: AtomicBool::new(false),
+        };
+        let len = a.len() as u64;
+        let result = patcher
+            .open_source(Box::new(swapping), len, Path::new("swapped"))
+            .and_then(|p| patcher.verify_patch(p, Some(&old_path)));
+        match result {
+            Ok(Some(r)) => {
+                assert_ne!(
+                    r.digest, digest_b,
+                    "rebuilt the attacker's NEW_B as verified"
+                );
+                assert_eq!(r.digest, digest_a);
+            }
+            Ok(None) => unreachable!("OLD was given"),
+            Err(e) => assert!(
+                matches!(e, Error::OutputMismatch { .. } | Error::Corrupt { .. }),
+                "refused, but for an unexpected reason: {e}"
+            ),
+        }
+    }
+}
