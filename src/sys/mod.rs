@@ -159,6 +159,9 @@ fn split_parent(rel: &str) -> (Option<&str>, &str) {
     }
 }
 
+mod path;
+pub(crate) use path::*;
+
 pub(crate) use imp::{open_file_path, Dir};
 
 #[cfg(unix)]
