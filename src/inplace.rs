@@ -86,10 +86,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::apply::{parent_of, remove_all, sync_parent, ApplyReport, LinkMode, Patcher};
+use crate::apply::{ApplyReport, LinkMode, Patcher};
 use crate::error::{Error, Result};
 use crate::format::Hash;
-use crate::sys;
+use crate::sys::{self, parent_of, remove_all, sync_parent};
 use crate::tree::{bundle_digest, hex};
 
 /// What an in-place apply found and did.
@@ -138,17 +138,6 @@ fn side_path(target: &Path, tag: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::invalid_input(target, "path has no file name"))?
         .to_string_lossy();
     Ok(parent_of(target).join(format!(".{name}.bundelta-{tag}")))
-}
-
-/// A fresh stage token: process id and 64 random bits (std's per-process random hash keys).
-fn new_token() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let r = RandomState::new().hash_one(now);
-    format!("{}-{r:016x}", std::process::id())
 }
 
 fn valid_token(t: &str) -> bool {
@@ -222,19 +211,13 @@ fn read_side_file(p: &Path) -> Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-/// Create a side file exclusively, never through a link.
-fn create_exclusive(p: &Path) -> std::io::Result<fs::File> {
-    let mut o = fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    sys::side_file_options(&mut o);
-    o.open(p)
-}
-
-/// Write the journal atomically: an exclusively created temp file, fsync, rename, parent fsync.
+/// Write the journal atomically ([`sys::AtomicFile`]: an exclusively created temp file, fsync,
+/// rename, parent fsync). The temp file has a fixed name, so that one a killed run left is
+/// found (we hold the lock) and replaced.
 fn write_journal(journal: &Path, text: &str) -> Result<()> {
     let tmp = side_path(journal, "tmp")?;
-    let mut f = match create_exclusive(&tmp) {
-        Ok(f) => f,
+    let mut a = match sys::AtomicFile::create_at(journal, &tmp, 0o666) {
+        Ok(a) => a,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // A temp file a dead run left (we hold the lock): removed only when it is a
             // regular file holding a journal, or the start of one (a run killed between
@@ -248,22 +231,16 @@ fn write_journal(journal: &Path, text: &str) -> Result<()> {
                 ));
             }
             fs::remove_file(&tmp).map_err(|e| Error::io(&tmp, "remove", e))?;
-            create_exclusive(&tmp).map_err(|e| open_error(&tmp, "create", e))?
+            sys::AtomicFile::create_at(journal, &tmp, 0o666)
+                .map_err(|e| open_error(&tmp, "create", e))?
         }
         Err(e) => return Err(open_error(&tmp, "create", e)),
     };
-    let written = (|| {
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        fs::rename(&tmp, journal).map_err(|e| Error::io(journal, "rename", e))
-    })();
-    if written.is_err() {
-        // We created it exclusively: it is ours to remove.
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    sync_parent(journal)
+    // On an error the temp file (ours: created exclusively) is removed when `a` drops.
+    a.file()
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io(&tmp, "write", e))?;
+    a.commit()
 }
 
 fn remove_journal(journal: &Path) -> Result<()> {
@@ -705,7 +682,7 @@ impl OutStage {
             }
             discard(&j, &journal)?;
         }
-        let token = new_token();
+        let token = sys::new_token();
         let stage = side_path(out, &format!("new-{token}"))?;
         check_fresh(&stage)?;
         let j = Journal {
@@ -951,7 +928,7 @@ impl Patcher {
         } else {
             Commit::Exchange
         };
-        let token = new_token();
+        let token = sys::new_token();
         let stage = side_path(target, &format!("stage-{token}"))?;
         let aside = side_path(target, &format!("old-{token}"))?;
         check_fresh(&stage)?;

@@ -160,6 +160,7 @@ fn split_parent(rel: &str) -> (Option<&str>, &str) {
 }
 
 mod path;
+pub use path::write_atomic;
 pub(crate) use path::*;
 
 pub(crate) use imp::{open_file_path, Dir};
