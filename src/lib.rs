@@ -72,7 +72,7 @@ pub use sign::{
 };
 /// Platform helpers the `bundelta` binary shares with the library (not a stable API).
 #[doc(hidden)]
-pub use sys::write_atomic;
+pub use sys::{walk_sorted, write_atomic, Kind as WalkKind, WalkEntry};
 pub use tree::hex;
 
 /// blake3 digest identifying a bundle on disk: for a file, the hash of its content; for a

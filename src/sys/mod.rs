@@ -40,6 +40,8 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::error::Error;
+
 /// Identity of a file as it was read: 64-bit digests of its device, inode, size, mtime and
 /// mode (`stable`) and of those plus its ctime (`full`); 16 bytes, so that holding one per
 /// file relied upon stays cheap. Equal `full` values mean the same inode, not written to or
@@ -78,20 +80,28 @@ impl FileId {
 /// What a directory entry is (not following symlinks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(unix), allow(dead_code))] // the path-based fallback tells only these apart
-pub(crate) enum Kind {
+pub enum Kind {
+    /// A directory.
     Dir,
+    /// A regular file.
     File,
+    /// A symbolic link (never followed).
     Symlink,
+    /// A named pipe.
     Fifo,
+    /// A unix socket.
     Socket,
+    /// A character device.
     CharDevice,
+    /// A block device.
     BlockDevice,
+    /// Anything else.
     Unknown,
 }
 
 impl Kind {
     /// "a FIFO", "a directory", ...: for messages.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Dir => "a directory",
             Kind::File => "a regular file",
@@ -111,6 +121,8 @@ pub(crate) struct Meta {
     pub(crate) kind: Kind,
     pub(crate) size: u64,
     pub(crate) exec: bool,
+    /// Permission bits (`mode & 0o7777`; 0 elsewhere than unix).
+    pub(crate) mode: u32,
 }
 
 /// A regular file opened for reading, with what `fstat` said of it.
@@ -180,7 +192,7 @@ pub(crate) use imp::{file_id, open_file_path};
 
 /// An open directory: everything beneath it is resolved through this handle (on unix a file
 /// descriptor, elsewhere its path: see the module docs). Only the handle's operations differ
-/// between platforms (`imp::Handle`); the path kept for messages is shared.
+/// between platforms (`imp::Handle`); the path kept for messages and the walk are shared.
 pub(crate) struct Dir {
     h: imp::Handle,
     path: PathBuf,
@@ -239,6 +251,13 @@ impl Dir {
         self.h.entries()
     }
 
+    /// [`Dir::entries`] in byte order of their names.
+    pub(crate) fn sorted_entries(&self) -> io::Result<Vec<(OsString, Meta)>> {
+        let mut v = self.entries()?;
+        v.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+        Ok(v)
+    }
+
     /// What the entry `name` (one component) is, not following a symlink.
     pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
         self.h.lstat(name)
@@ -277,6 +296,69 @@ impl Dir {
     pub(crate) fn link_file(&self, f: &File, name: &str) -> io::Result<()> {
         self.h.link_file(f, name)
     }
+}
+
+/// One entry met by [`walk_sorted`].
+pub struct WalkEntry<'a> {
+    /// Its path relative to the walked root.
+    pub rel: &'a Path,
+    /// The root joined with `rel` (for messages, or to open a regular file).
+    pub path: &'a Path,
+    /// What it is (a symlink is reported as one, never followed).
+    pub kind: Kind,
+    /// Its size in bytes (`lstat`).
+    pub size: u64,
+    /// Its permission bits (`mode & 0o7777`; 0 elsewhere than unix).
+    pub mode: u32,
+    /// A symlink's target.
+    pub link: Option<&'a OsStr>,
+}
+
+/// Walk the tree under the directory `root`: depth first, each directory's entries in byte
+/// order of their names, a directory's own entry before its contents (what
+/// `tar --sort=name` does). Symlinks are reported, never followed: each subdirectory is
+/// opened beneath its parent's handle (`O_NOFOLLOW`), so one swapped for a link during the
+/// walk fails the walk instead. `f`'s first error stops the walk.
+pub fn walk_sorted<E: From<Error>>(
+    root: &Path,
+    mut f: impl FnMut(&WalkEntry<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    fn walk<E: From<Error>>(
+        dir: &Dir,
+        rel: &Path,
+        f: &mut dyn FnMut(&WalkEntry<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let entries = dir
+            .sorted_entries()
+            .map_err(|e| Error::io(dir.path(), "read directory", e))?;
+        for (name, meta) in entries {
+            let (r, p) = (rel.join(&name), dir.path().join(&name));
+            let link = match meta.kind {
+                Kind::Symlink => Some(
+                    dir.read_link(&name)
+                        .map_err(|e| Error::io(&p, "read link", e))?,
+                ),
+                _ => None,
+            };
+            f(&WalkEntry {
+                rel: &r,
+                path: &p,
+                kind: meta.kind,
+                size: meta.size,
+                mode: meta.mode,
+                link: link.as_deref(),
+            })?;
+            if meta.kind == Kind::Dir {
+                let sub = dir
+                    .sub(&name)
+                    .map_err(|e| Error::io(&p, "open directory (never following a symlink)", e))?;
+                walk(&sub, &r, f)?;
+            }
+        }
+        Ok(())
+    }
+    let dir = Dir::open(root).map_err(|e| Error::io(root, "open directory", e))?;
+    walk(&dir, Path::new(""), &mut f)
 }
 
 #[cfg(unix)]
@@ -372,6 +454,7 @@ mod imp {
             kind: kind_of(FileType::from_raw_mode(st.st_mode as _)),
             size: st.st_size as u64,
             exec: mode & 0o111 != 0,
+            mode: mode & 0o7777,
         };
         let id = FileId::of(
             &[
@@ -581,6 +664,7 @@ mod imp {
             kind,
             size: md.len(),
             exec: false,
+            mode: 0,
         }
     }
 

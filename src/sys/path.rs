@@ -373,7 +373,7 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Replace `target` atomically with what `write` writes (see [`AtomicFile`]): a reader sees
+/// Replace `target` atomically with what `write` writes (through an `AtomicFile`): a reader sees
 /// the old file or the complete new one, never a part; a crash leaves at most a hidden temp
 /// file `.NAME.bundelta-TAG-TOKEN` next to it. The new file has permission bits `mode` less
 /// the umask (`0o600` for a secret key; unix only).
