@@ -86,9 +86,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::apply::{parent_of, remove_all, sync_parent, ApplyReport, LinkMode, Patcher};
+use crate::apply::{ApplyReport, LinkMode, Patcher};
 use crate::error::{Error, Result};
 use crate::format::Hash;
+use crate::sys::{self, parent_of, remove_all, sync_parent};
 use crate::tree::{bundle_digest, hex};
 
 /// What an in-place apply found and did.
@@ -139,17 +140,6 @@ fn side_path(target: &Path, tag: &str) -> Result<PathBuf> {
     Ok(parent_of(target).join(format!(".{name}.bundelta-{tag}")))
 }
 
-/// A fresh stage token: process id and 64 random bits (std's per-process random hash keys).
-fn new_token() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let r = RandomState::new().hash_one(now);
-    format!("{}-{r:016x}", std::process::id())
-}
-
 fn valid_token(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 40
@@ -161,24 +151,9 @@ fn valid_token(t: &str) -> bool {
 /// module docs).
 pub(crate) fn crash_point(name: &str) {
     if std::env::var_os("BUNDELTA_TEST_CRASH_AT").is_some_and(|v| v == name) {
-        #[cfg(unix)]
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        sys::kill_self();
         std::process::abort();
     }
-}
-
-#[cfg(unix)]
-fn inode(p: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn inode(_p: &Path) -> Option<(u64, u64)> {
-    None
 }
 
 fn not_regular(p: &Path) -> Error {
@@ -189,21 +164,10 @@ fn not_regular(p: &Path) -> Error {
     )
 }
 
-fn open_options(o: &mut fs::OpenOptions) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
-    }
-    #[cfg(not(unix))]
-    let _ = o;
-}
-
 /// Map an open error of a side file: a symlink (ELOOP under O_NOFOLLOW) or a directory is
 /// "not a regular file".
 fn open_error(p: &Path, op: &'static str, e: std::io::Error) -> Error {
-    #[cfg(unix)]
-    if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EISDIR)) {
+    if sys::is_link_or_dir(&e) {
         return not_regular(p);
     }
     Error::io(p, op, e)
@@ -220,7 +184,7 @@ fn read_side_file(p: &Path) -> Result<Option<Vec<u8>>> {
     }
     let mut o = fs::OpenOptions::new();
     o.read(true);
-    open_options(&mut o);
+    sys::side_file_options(&mut o);
     let f = match o.open(p) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -247,19 +211,13 @@ fn read_side_file(p: &Path) -> Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-/// Create a side file exclusively, never through a link.
-fn create_exclusive(p: &Path) -> std::io::Result<fs::File> {
-    let mut o = fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    open_options(&mut o);
-    o.open(p)
-}
-
-/// Write the journal atomically: an exclusively created temp file, fsync, rename, parent fsync.
+/// Write the journal atomically ([`sys::AtomicFile`]: an exclusively created temp file, fsync,
+/// rename, parent fsync). The temp file has a fixed name, so that one a killed run left is
+/// found (we hold the lock) and replaced.
 fn write_journal(journal: &Path, text: &str) -> Result<()> {
     let tmp = side_path(journal, "tmp")?;
-    let mut f = match create_exclusive(&tmp) {
-        Ok(f) => f,
+    let mut a = match sys::AtomicFile::create_at(journal, &tmp, 0o666) {
+        Ok(a) => a,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // A temp file a dead run left (we hold the lock): removed only when it is a
             // regular file holding a journal, or the start of one (a run killed between
@@ -273,22 +231,16 @@ fn write_journal(journal: &Path, text: &str) -> Result<()> {
                 ));
             }
             fs::remove_file(&tmp).map_err(|e| Error::io(&tmp, "remove", e))?;
-            create_exclusive(&tmp).map_err(|e| open_error(&tmp, "create", e))?
+            sys::AtomicFile::create_at(journal, &tmp, 0o666)
+                .map_err(|e| open_error(&tmp, "create", e))?
         }
         Err(e) => return Err(open_error(&tmp, "create", e)),
     };
-    let written = (|| {
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        fs::rename(&tmp, journal).map_err(|e| Error::io(journal, "rename", e))
-    })();
-    if written.is_err() {
-        // We created it exclusively: it is ours to remove.
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    sync_parent(journal)
+    // On an error the temp file (ours: created exclusively) is removed when `a` drops.
+    a.file()
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io(&tmp, "write", e))?;
+    a.commit()
 }
 
 fn remove_journal(journal: &Path) -> Result<()> {
@@ -358,30 +310,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn path_bytes(p: &Path) -> Vec<u8> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        p.as_os_str().as_bytes().to_vec()
-    }
-    #[cfg(not(unix))]
-    {
-        p.to_string_lossy().as_bytes().to_vec()
-    }
-}
-
-fn path_from_bytes(b: Vec<u8>) -> PathBuf {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStringExt;
-        PathBuf::from(std::ffi::OsString::from_vec(b))
-    }
-    #[cfg(not(unix))]
-    {
-        PathBuf::from(String::from_utf8_lossy(&b).into_owned())
-    }
-}
-
 impl Journal {
     fn encode(&self, token: &str) -> String {
         let kind = match self.kind {
@@ -394,7 +322,7 @@ impl Journal {
             t += &format!("patch {}\n", hex(h));
         }
         if let Some(p) = &self.patch_path {
-            let b = path_bytes(p);
+            let b = sys::path_to_bytes(p);
             if b.len() <= MAX_RECORDED_PATH {
                 t += "source ";
                 for x in b {
@@ -488,7 +416,7 @@ impl Journal {
                     patch = Some(h);
                 }
                 Some("source") => {
-                    source = w.next().and_then(unhex).map(path_from_bytes);
+                    source = w.next().and_then(unhex).map(sys::path_from_bytes);
                 }
                 Some("phase") => {
                     phase = match w.next() {
@@ -583,52 +511,9 @@ fn clean_committed(j: &Journal, journal: &Path) -> Result<()> {
     discard(j, journal)
 }
 
-/// Atomically exchange two directory entries: `renameat2(RENAME_EXCHANGE)` on Linux,
-/// `renamex_np(RENAME_SWAP)` on macOS; elsewhere unsupported.
+/// Atomically exchange two directory entries ([`sys::exchange`]).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "macos"))]
-    {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let ca = CString::new(a.as_os_str().as_bytes())
-            .map_err(|_| Error::invalid_input(a, "path contains NUL"))?;
-        let cb = CString::new(b.as_os_str().as_bytes())
-            .map_err(|_| Error::invalid_input(b, "path contains NUL"))?;
-        #[cfg(target_os = "linux")]
-        // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
-        let r = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                ca.as_ptr(),
-                libc::AT_FDCWD,
-                cb.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        };
-        #[cfg(target_os = "macos")]
-        // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
-        let r = unsafe { libc::renamex_np(ca.as_ptr(), cb.as_ptr(), libc::RENAME_SWAP) };
-        if r != 0 {
-            return Err(Error::io(
-                b,
-                "atomic exchange (renameat2 RENAME_EXCHANGE / renamex_np RENAME_SWAP)",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    {
-        let _ = a;
-        Err(Error::io(
-            b,
-            "atomic exchange",
-            std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "no atomic directory exchange on this platform",
-            ),
-        ))
-    }
+    sys::exchange(a, b).map_err(|e| Error::io(b, sys::EXCHANGE_OP, e))
 }
 
 /// How to commit a directory stage next to `target`, decided before anything is built: an
@@ -639,7 +524,7 @@ fn choose_commit(target: &Path) -> Result<Commit> {
     if std::env::var_os("BUNDELTA_TEST_NO_EXCHANGE").is_some_and(|v| v == "1") {
         return Ok(Commit::Renames);
     }
-    if !cfg!(any(target_os = "linux", target_os = "macos")) {
+    if !sys::HAS_EXCHANGE {
         return Ok(Commit::Renames);
     }
     // Fixed names under the lock: a run killed mid-probe leaves empty directories, which
@@ -660,26 +545,8 @@ fn choose_commit(target: &Path) -> Result<Commit> {
     let _ = fs::remove_dir(&b);
     match r {
         Ok(()) => Ok(Commit::Exchange),
-        Err(Error::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::Unsupported
-                || matches!(source.raw_os_error(), Some(n) if is_unsupported_errno(n)) =>
-        {
-            Ok(Commit::Renames)
-        }
+        Err(Error::Io { source, .. }) if sys::exchange_unsupported(&source) => Ok(Commit::Renames),
         Err(e) => Err(e),
-    }
-}
-
-/// Errors with which a file system says it cannot exchange.
-fn is_unsupported_errno(n: i32) -> bool {
-    #[cfg(unix)]
-    {
-        n == libc::EINVAL || n == libc::ENOSYS || n == libc::ENOTSUP || n == libc::EOPNOTSUPP
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = n;
-        false
     }
 }
 
@@ -715,8 +582,6 @@ impl TargetLock {
     /// following a link, blocking on a FIFO or truncating anything; only a regular file is used.
     #[cfg(unix)]
     pub(crate) fn acquire(target: &Path) -> Result<TargetLock> {
-        use std::os::unix::fs::MetadataExt;
-        use std::os::unix::io::AsRawFd;
         let path = side_path(target, "lock")?;
         // The file may be unlinked by the previous holder between our open and our flock:
         // then we locked a dead inode, so check that the path still names what we hold.
@@ -726,7 +591,7 @@ impl TargetLock {
             }
             let mut o = fs::OpenOptions::new();
             o.read(true).write(true).create(true).truncate(false);
-            open_options(&mut o);
+            sys::side_file_options(&mut o);
             let f = o
                 .open(&path)
                 .map_err(|e| open_error(&path, "create lock file", e))?;
@@ -734,9 +599,8 @@ impl TargetLock {
             if !held.is_file() {
                 return Err(not_regular(&path));
             }
-            // SAFETY: flock on a valid, owned file descriptor.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let e = std::io::Error::last_os_error();
+            let held = sys::file_inode(&f).map_err(|e| Error::io(&path, "stat", e))?;
+            if let Err(e) = sys::try_lock_exclusive(&f) {
                 if e.kind() == std::io::ErrorKind::WouldBlock {
                     return Err(Error::Locked {
                         path: target.to_path_buf(),
@@ -744,11 +608,8 @@ impl TargetLock {
                 }
                 return Err(Error::io(&path, "lock", e));
             }
-            match fs::symlink_metadata(&path) {
-                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                    return Ok(TargetLock { path, file: f });
-                }
-                _ => continue,
+            if held.is_some() && sys::inode(&path) == held {
+                return Ok(TargetLock { path, file: f });
             }
         }
         Err(Error::Locked {
@@ -769,12 +630,9 @@ impl Drop for TargetLock {
         // Unlink while still holding the lock (a waiter that opened the old file re-checks
         // the path and retries), and only when the path still names the file we hold.
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            if let (Ok(held), Ok(now)) = (self.file.metadata(), fs::symlink_metadata(&self.path)) {
-                if held.dev() == now.dev() && held.ino() == now.ino() {
-                    let _ = fs::remove_file(&self.path);
-                }
+        if let Ok(Some(held)) = sys::file_inode(&self.file) {
+            if sys::inode(&self.path) == Some(held) {
+                let _ = fs::remove_file(&self.path);
             }
         }
         #[cfg(not(unix))]
@@ -824,7 +682,7 @@ impl OutStage {
             }
             discard(&j, &journal)?;
         }
-        let token = new_token();
+        let token = sys::new_token();
         let stage = side_path(out, &format!("new-{token}"))?;
         check_fresh(&stage)?;
         let j = Journal {
@@ -872,12 +730,12 @@ fn progress(j: &Journal, target: &Path) -> Progress {
     let Phase::Ready(stage, orig) = j.phase else {
         return Progress::NotStarted;
     };
-    let (t, s) = (inode(target), inode(&j.stage));
+    let (t, s) = (sys::inode(target), sys::inode(&j.stage));
     if t == Some(stage) {
         Progress::Committed
     } else if s == Some(stage) && (j.commit == Commit::Exchange || t == orig) {
         Progress::NotStarted
-    } else if s == Some(stage) && t.is_none() && inode(&j.aside) == orig {
+    } else if s == Some(stage) && t.is_none() && sys::inode(&j.aside) == orig {
         Progress::Aside
     } else {
         Progress::Unknown
@@ -996,7 +854,7 @@ pub fn rollback_in_place(target: &Path) -> Result<RollbackOutcome> {
             discard(&j, &journal)?;
             Ok(RollbackOutcome::RolledBack)
         }
-        Progress::Unknown if inode(&j.stage).is_none() && inode(target).is_some() => {
+        Progress::Unknown if sys::inode(&j.stage).is_none() && sys::inode(target).is_some() => {
             // The stage is gone and the target not it: nothing of that run is left.
             discard(&j, &journal)?;
             Ok(RollbackOutcome::RolledBack)
@@ -1070,7 +928,7 @@ impl Patcher {
         } else {
             Commit::Exchange
         };
-        let token = new_token();
+        let token = sys::new_token();
         let stage = side_path(target, &format!("stage-{token}"))?;
         let aside = side_path(target, &format!("old-{token}"))?;
         check_fresh(&stage)?;
@@ -1119,9 +977,9 @@ impl Patcher {
         sync_parent(&stage)?;
         crash_point("built");
         let missing = |p: &Path| Error::io(p, "stat", std::io::Error::other("missing"));
-        let staged = inode(&stage).ok_or_else(|| missing(&stage))?;
+        let staged = sys::inode(&stage).ok_or_else(|| missing(&stage))?;
         let orig = match how {
-            Commit::Renames => Some(inode(target).ok_or_else(|| missing(target))?),
+            Commit::Renames => Some(sys::inode(target).ok_or_else(|| missing(target))?),
             Commit::Exchange => None,
         };
         j.phase = Phase::Ready(staged, orig);

@@ -72,6 +72,9 @@ pub use sign::{
     decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, fingerprint,
     public_key, sign_patch, SIGNATURE_DOMAIN,
 };
+/// Platform helpers the `bundelta` binary shares with the library (not a stable API).
+#[doc(hidden)]
+pub use sys::{walk_sorted, write_atomic, Kind as WalkKind, WalkEntry};
 pub use tree::hex;
 
 /// blake3 digest identifying a bundle on disk: for a file, the hash of its content; for a

@@ -428,19 +428,9 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
 /// Write a file readable by its owner only (replacing any existing one).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let _ = std::fs::remove_file(path);
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o
-        .open(path)
-        .with_context(|| format!("{}: create", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+    // Created 0600 from the start (a temp file next to it, renamed over it): the key is never
+    // readable by others, not even briefly.
+    bundelta::write_atomic(path, "key", 0o600, |f| f.write_all(bytes))
         .with_context(|| format!("{}: write", path.display()))
 }
 
@@ -451,16 +441,10 @@ fn sign(a: SignArgs) -> Result<ExitCode> {
         bundelta::sign_patch(&patch, &secret).with_context(|| a.patch.display().to_string())?;
     let out = a.output.as_deref().unwrap_or(&a.patch);
     // Atomic replace: a temporary file next to OUT, renamed over it.
-    let mut tmp = out.as_os_str().to_owned();
-    tmp.push(format!(".bundelta-sign-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let res = std::fs::write(&tmp, &signed)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, out));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}: write", out.display()));
-    }
+    bundelta::write_atomic(out, "sign", 0o666, |f| {
+        std::io::Write::write_all(f, &signed)
+    })
+    .with_context(|| format!("{}: write", out.display()))?;
     let fp = bundelta::fingerprint(&bundelta::public_key(&secret));
     if a.common.json {
         println!(

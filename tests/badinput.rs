@@ -169,54 +169,8 @@ fn wrong_old_is_refused_before_any_write() {
 /// Two trees that differ in one file's content, the patch between them, with 32-bit base tags
 /// (so that no differing file escapes its tag in these tests) unless `bits` says otherwise.
 fn tagged_case(bits: Option<u8>, renames: bool) -> Case {
-    let mut rng = Rng(11);
-    let mut old = Tree::new();
-    old.insert("lib".into(), Item::Dir);
-    for i in 0..12 {
-        old.insert(
-            format!("lib/m{i:02}.js"),
-            Item::File {
-                data: rng.text(2000 + 100 * i),
-                exec: false,
-            },
-        );
-    }
-    let mut new = Tree::new();
-    for (p, item) in &old {
-        // With `renames`, every path changes (contents stay)...
-        let q = if renames {
-            p.replace("lib", "src")
-        } else {
-            p.clone()
-        };
-        new.insert(q, item.clone());
-    }
-    if renames {
-        // ...and OLD has many entries NEW drops: the full manifest (tags for relied files
-        // only) is then smaller than the relative one (a tag per entry of OLD).
-        old.insert("junk".into(), Item::Dir);
-        for i in 0..100 {
-            old.insert(
-                format!("junk/j{i:03}"),
-                Item::File {
-                    data: vec![b'j'; i],
-                    exec: false,
-                },
-            );
-        }
-    }
-    let target = if renames { "src/m05.js" } else { "lib/m05.js" };
-    if let Some(Item::File { data, .. }) = new.get_mut(target) {
-        *data = Rng(12).edit(data, 3);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(&dir.path().join("old"), &old);
-    write_tree(&dir.path().join("new"), &new);
-    let (patch, _) = DiffOptions::new()
-        .base_tags(bits.or(Some(32)))
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
-        .unwrap();
-    fs::write(dir.path().join("p.bdp"), &patch).unwrap();
+    let (old, new, _) = lib_trees(11, renames);
+    let (dir, patch) = write_case(&old, &new, bits.or(Some(32)));
     Case { dir, patch }
 }
 

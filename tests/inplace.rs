@@ -368,6 +368,17 @@ impl Fixture {
         write_tree(&self.p("app"), &self.old);
     }
 
+    /// The set-up of a crash test: with the two-rename commit forced or not (`renames`),
+    /// `app` back at OLD, `prepare` run, then `apply ARGS...` killed by the test crash point
+    /// `at` (asserted).
+    fn kill_at(&self, renames: bool, at: &str, args: &[&str], prepare: impl FnOnce()) {
+        self.renames.set(renames);
+        self.reset();
+        prepare();
+        let out = self.cli(args, Some(at));
+        assert!(killed(&out), "{at}: not killed: {:?}", out.status);
+    }
+
     /// Run the CLI: `apply ARGS...` with an optional test crash point.
     fn cli(&self, args: &[&str], crash_at: Option<&str>) -> std::process::Output {
         let mut c = Command::new(bin());
@@ -568,9 +579,7 @@ fn planted_stage_names_are_left_alone() {
 fn sigkill_out_of_place_stage_is_removed_by_next_run() {
     let f = Fixture::new();
     for at in ["out-building", "out-built"] {
-        f.reset();
-        let out = f.cli(&["-q", "app", "p1.bdp", "-o", "out"], Some(at));
-        assert!(killed(&out), "{at}: not killed: {:?}", out.status);
+        f.kill_at(false, at, &["-q", "app", "p1.bdp", "-o", "out"], || {});
         let left: Vec<String> = listing(f.dir.path())
             .into_iter()
             .filter(|n| n.starts_with(".out.bundelta-new-"))
@@ -606,10 +615,7 @@ fn sigkill_in_each_phase_same_patch_recovers() {
     let f = Fixture::new();
     let mut recovered = 0;
     for (renames, at) in PHASES {
-        f.renames.set(renames);
-        f.reset();
-        let out = f.cli(&["--in-place", "-q", "app", "p1.bdp"], Some(at));
-        assert!(killed(&out), "{at}: not killed: {:?}", out.status);
+        f.kill_at(renames, at, &["--in-place", "-q", "app", "p1.bdp"], || {});
         if at == "renamed-aside" {
             // Between the two renames: DIR absent, the old tree aside, the stage complete.
             assert!(!f.p("app").exists());
@@ -645,10 +651,8 @@ fn sigkill_in_each_phase_same_patch_recovers() {
     )
     .unwrap();
     for at in ["building", "built", "ready", "exchanged"] {
-        f.reset();
-        fs::write(f.p("one.bin"), &a).unwrap();
-        let out = f.cli(&["--in-place", "-q", "one.bin", "p3.bdp"], Some(at));
-        assert!(killed(&out), "file {at}: not killed");
+        let args = ["--in-place", "-q", "one.bin", "p3.bdp"];
+        f.kill_at(false, at, &args, || fs::write(f.p("one.bin"), &a).unwrap());
         let now = fs::read(f.p("one.bin")).unwrap();
         assert_eq!(now == b, at == "exchanged", "file {at}");
         assert!(now == a || now == b);
@@ -691,10 +695,7 @@ fn other_patch_after_crash_is_refused_and_rollback_works() {
     let f = Fixture::new();
     let p1 = bundelta::Patch::open(&f.p("p1.bdp")).unwrap().checksum();
     for (renames, at) in PHASES {
-        f.renames.set(renames);
-        f.reset();
-        let out = f.cli(&["--in-place", "-q", "app", "p1.bdp"], Some(at));
-        assert!(killed(&out), "{at}: not killed");
+        f.kill_at(renames, at, &["--in-place", "-q", "app", "p1.bdp"], || {});
         let aside = at == "renamed-aside";
         if aside {
             // DIR is absent between the two renames: the user recreates it.

@@ -3,53 +3,16 @@
 //! written; kept or removed only when asked. The landed code deleted them silently in place
 //! under the full form.
 
-use std::fs;
 use std::path::Path;
 
-use bundelta::{DiffOptions, Error, InPlaceOutcome, Patch, Patcher, Unknown};
+use bundelta::{Error, InPlaceOutcome, Patch, Patcher, Unknown};
 
 use crate::util::*;
 
 /// OLD and NEW trees and the patch between them, in the full form (`renames`: every path
 /// changes and OLD has many entries NEW drops) or the relative form.
 fn case(renames: bool, bits: Option<u8>) -> (tempfile::TempDir, Tree, Tree) {
-    let mut rng = Rng(21);
-    let mut old = Tree::new();
-    old.insert("lib".into(), Item::Dir);
-    for i in 0..12 {
-        old.insert(
-            format!("lib/m{i:02}.js"),
-            Item::File {
-                data: rng.text(2000 + 100 * i),
-                exec: false,
-            },
-        );
-    }
-    let mut new = Tree::new();
-    for (p, item) in &old {
-        let q = if renames {
-            p.replace("lib", "src")
-        } else {
-            p.clone()
-        };
-        new.insert(q, item.clone());
-    }
-    if renames {
-        old.insert("junk".into(), Item::Dir);
-        for i in 0..100 {
-            old.insert(
-                format!("junk/j{i:03}"),
-                Item::File {
-                    data: vec![b'j'; i],
-                    exec: false,
-                },
-            );
-        }
-    }
-    let target = if renames { "src/m05.js" } else { "lib/m05.js" };
-    if let Some(Item::File { data, .. }) = new.get_mut(target) {
-        *data = Rng(22).edit(data, 3);
-    }
+    let (old, mut new, mut rng) = lib_trees(21, renames);
     new.insert(
         "added.txt".into(),
         Item::File {
@@ -57,14 +20,7 @@ fn case(renames: bool, bits: Option<u8>) -> (tempfile::TempDir, Tree, Tree) {
             exec: false,
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(&dir.path().join("old"), &old);
-    write_tree(&dir.path().join("new"), &new);
-    let (patch, _) = DiffOptions::new()
-        .base_tags(bits)
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
-        .unwrap();
-    fs::write(dir.path().join("p.bdp"), &patch).unwrap();
+    let (dir, _) = write_case(&old, &new, bits);
     let relative = Patch::open(&dir.path().join("p.bdp"))
         .unwrap()
         .relative_manifest()

@@ -477,3 +477,63 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// OLD and NEW for the manifest-form tests: `lib/` with 12 text files (from `Rng(seed)`), one
+/// of them edited in NEW (by `Rng(seed + 1)`). With `renames` every path changes (contents
+/// stay) and OLD has many entries NEW drops: the full manifest (tags for relied files only) is
+/// then smaller than the relative one (a tag per entry of OLD). Also returns the text
+/// generator, to add more entries.
+pub fn lib_trees(seed: u64, renames: bool) -> (Tree, Tree, Rng) {
+    let mut rng = Rng(seed);
+    let mut old = Tree::new();
+    old.insert("lib".into(), Item::Dir);
+    for i in 0..12 {
+        old.insert(
+            format!("lib/m{i:02}.js"),
+            Item::File {
+                data: rng.text(2000 + 100 * i),
+                exec: false,
+            },
+        );
+    }
+    let mut new = Tree::new();
+    for (p, item) in &old {
+        let q = if renames {
+            p.replace("lib", "src")
+        } else {
+            p.clone()
+        };
+        new.insert(q, item.clone());
+    }
+    if renames {
+        old.insert("junk".into(), Item::Dir);
+        for i in 0..100 {
+            old.insert(
+                format!("junk/j{i:03}"),
+                Item::File {
+                    data: vec![b'j'; i],
+                    exec: false,
+                },
+            );
+        }
+    }
+    let target = if renames { "src/m05.js" } else { "lib/m05.js" };
+    if let Some(Item::File { data, .. }) = new.get_mut(target) {
+        *data = Rng(seed + 1).edit(data, 3);
+    }
+    (old, new, rng)
+}
+
+/// OLD and NEW written as `old` and `new` in a fresh directory, and the patch between them
+/// (base tags of `bits` bits) as `p.bdp`; returns the directory and the patch.
+pub fn write_case(old: &Tree, new: &Tree, bits: Option<u8>) -> (tempfile::TempDir, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(&dir.path().join("old"), old);
+    write_tree(&dir.path().join("new"), new);
+    let (patch, _) = bundelta::DiffOptions::new()
+        .base_tags(bits)
+        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .unwrap();
+    fs::write(dir.path().join("p.bdp"), &patch).unwrap();
+    (dir, patch)
+}

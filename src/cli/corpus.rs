@@ -151,13 +151,14 @@ pub fn size_of(p: &Path) -> Result<(u64, u64)> {
         return Ok((if md.is_file() { md.len() } else { 0 }, 1));
     }
     let (mut bytes, mut files) = (0, 0);
-    for e in fs::read_dir(p).with_context(|| format!("{}: cannot list", p.display()))? {
-        let e = e?;
-        let (b, f) = size_of(&e.path())?;
-        let is_dir = e.file_type()?.is_dir();
-        bytes += b;
-        files += if is_dir { f } else { 1 };
-    }
+    bundelta::walk_sorted(p, |e| -> Result<()> {
+        match e.kind {
+            bundelta::WalkKind::Dir => {}
+            bundelta::WalkKind::File => (bytes, files) = (bytes + e.size, files + 1),
+            _ => files += 1,
+        }
+        Ok(())
+    })?;
     Ok((bytes, files))
 }
 

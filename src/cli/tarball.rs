@@ -6,13 +6,13 @@
 //! and symlinks (stored as links); anything else is refused. A path or link target too long
 //! for the ustar fields gets a pax extended header (`path=`, `linkpath=`) first.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use bundelta::{walk_sorted, WalkEntry, WalkKind};
 
 const BLOCK: usize = 512;
 
@@ -23,7 +23,7 @@ pub fn write_tar(src: &Path, out: &Path) -> Result<u64> {
         inner: BufWriter::with_capacity(256 << 10, f),
         n: 0,
     };
-    add_dir(&mut w, src, b"")?;
+    add_dir(&mut w, src)?;
     // End of archive: two zero blocks, padded to a 10 KiB record as tar does.
     w.write_all(&[0u8; 2 * BLOCK])?;
     let rec = 20 * BLOCK as u64;
@@ -51,53 +51,41 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-fn add_dir<W: Write>(w: &mut Counting<W>, dir: &Path, rel: &[u8]) -> Result<()> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()
-        .with_context(|| format!("{}: cannot list", dir.display()))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    for name in names {
-        let path = dir.join(&name);
-        let mut r = rel.to_vec();
-        if !r.is_empty() {
-            r.push(b'/');
-        }
-        r.extend_from_slice(name.as_bytes());
-        let md = fs::symlink_metadata(&path)
-            .with_context(|| format!("{}: cannot stat", path.display()))?;
-        let perm = md.permissions().mode() & 0o7777;
-        let ft = md.file_type();
-        if ft.is_dir() {
-            let mut n = r.clone();
-            n.push(b'/');
-            header(w, &n, perm, 0, b'5', b"")?;
-            add_dir(w, &path, &r)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path)
-                .with_context(|| format!("{}: cannot read link", path.display()))?;
-            header(w, &r, 0o777, 0, b'2', target.as_os_str().as_bytes())?;
-        } else if ft.is_file() {
-            let size = md.len();
-            header(w, &r, perm, size, b'0', b"")?;
-            let mut f =
-                File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
-            let copied =
-                io::copy(&mut f, w).with_context(|| format!("{}: cannot read", path.display()))?;
-            if copied != size {
-                bail!("{}: changed size while being read", path.display());
+/// Every entry under `src` in the order of [`walk_sorted`] (names in byte order, depth first,
+/// a directory's entry before its contents; symlinks stored, never followed).
+fn add_dir<W: Write>(w: &mut Counting<W>, src: &Path) -> Result<()> {
+    walk_sorted(src, |e: &WalkEntry<'_>| -> Result<()> {
+        let r = e.rel.as_os_str().as_bytes();
+        match e.kind {
+            WalkKind::Dir => {
+                let mut n = r.to_vec();
+                n.push(b'/');
+                header(w, &n, e.mode, 0, b'5', b"")?;
             }
-            let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
-            w.write_all(&vec![0u8; pad as usize])?;
-        } else {
-            bail!(
+            WalkKind::Symlink => {
+                let target = e.link.unwrap_or_default();
+                header(w, r, 0o777, 0, b'2', target.as_bytes())?;
+            }
+            WalkKind::File => {
+                let size = e.size;
+                header(w, r, e.mode, size, b'0', b"")?;
+                let mut f = File::open(e.path)
+                    .with_context(|| format!("{}: cannot open", e.path.display()))?;
+                let copied = io::copy(&mut f, w)
+                    .with_context(|| format!("{}: cannot read", e.path.display()))?;
+                if copied != size {
+                    bail!("{}: changed size while being read", e.path.display());
+                }
+                let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+                w.write_all(&vec![0u8; pad as usize])?;
+            }
+            _ => bail!(
                 "{}: not a regular file, directory or symlink",
-                path.display()
-            );
+                e.path.display()
+            ),
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `value` as zero-padded octal in a field of `width` bytes (the last one NUL).
@@ -205,7 +193,9 @@ fn header<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
+    use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
 
     #[test]

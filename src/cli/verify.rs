@@ -3,7 +3,6 @@
 //! that the bench process stays small (its own peak RSS is a floor under every child's).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -74,26 +73,13 @@ pub fn diff_output(out: &Path, new: &Path) -> Result<Option<String>> {
     })
 }
 
+/// Every path under `root` (relative) with its full path ([`bundelta::walk_sorted`]).
 fn listing(root: &Path) -> Result<BTreeMap<PathBuf, PathBuf>> {
-    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, PathBuf>) -> Result<()> {
-        let dir = root.join(rel);
-        let names: Vec<OsString> = fs::read_dir(&dir)
-            .with_context(|| format!("{}: cannot list", dir.display()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()?;
-        for n in names {
-            let r = rel.join(&n);
-            let p = root.join(&r);
-            let is_dir = fs::symlink_metadata(&p)?.is_dir();
-            out.insert(r.clone(), p);
-            if is_dir {
-                walk(root, &r, out)?;
-            }
-        }
-        Ok(())
-    }
     let mut out = BTreeMap::new();
-    walk(root, Path::new(""), &mut out)?;
+    bundelta::walk_sorted(root, |e| -> Result<()> {
+        out.insert(e.rel.to_path_buf(), e.path.to_path_buf());
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -299,21 +299,11 @@ impl DiffOptions {
     }
 
     /// Diff OLD and NEW and write the patch to `out` (atomically: a temporary file next to it
-    /// is renamed over it when complete).
+    /// is fsynced and renamed over it when complete, then the directory is fsynced).
     pub fn diff_to_file(&self, old: &Path, new: &Path, out: &Path) -> Result<DiffStats> {
         let (bytes, stats) = self.diff_paths(old, new)?;
-        let tmp = crate::apply::staging_path(out, "patch")?;
-        let res = (|| {
-            let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-            f.write_all(&bytes)
-                .map_err(|e| Error::io(&tmp, "write", e))?;
-            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-            fs::rename(&tmp, out).map_err(|e| Error::io(out, "rename", e))
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res.map(|()| stats)
+        crate::sys::write_atomic(out, "patch", 0o666, |f| f.write_all(&bytes))?;
+        Ok(stats)
     }
 
     fn plan_file(

@@ -40,6 +40,8 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::error::Error;
+
 /// Identity of a file as it was read: 64-bit digests of its device, inode, size, mtime and
 /// mode (`stable`) and of those plus its ctime (`full`); 16 bytes, so that holding one per
 /// file relied upon stays cheap. Equal `full` values mean the same inode, not written to or
@@ -78,20 +80,28 @@ impl FileId {
 /// What a directory entry is (not following symlinks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(unix), allow(dead_code))] // the path-based fallback tells only these apart
-pub(crate) enum Kind {
+pub enum Kind {
+    /// A directory.
     Dir,
+    /// A regular file.
     File,
+    /// A symbolic link (never followed).
     Symlink,
+    /// A named pipe.
     Fifo,
+    /// A unix socket.
     Socket,
+    /// A character device.
     CharDevice,
+    /// A block device.
     BlockDevice,
+    /// Anything else.
     Unknown,
 }
 
 impl Kind {
     /// "a FIFO", "a directory", ...: for messages.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Dir => "a directory",
             Kind::File => "a regular file",
@@ -111,6 +121,8 @@ pub(crate) struct Meta {
     pub(crate) kind: Kind,
     pub(crate) size: u64,
     pub(crate) exec: bool,
+    /// Permission bits (`mode & 0o7777`; 0 elsewhere than unix).
+    pub(crate) mode: u32,
 }
 
 /// A regular file opened for reading, with what `fstat` said of it.
@@ -159,7 +171,195 @@ fn split_parent(rel: &str) -> (Option<&str>, &str) {
     }
 }
 
-pub(crate) use imp::{open_file_path, Dir};
+/// Refuse a `rel` that is not a `/`-separated relative path of plain names (no empty, `.` or
+/// `..` component, not absolute): the first step of every resolution beneath a handle.
+fn check_rel(rel: &str) -> io::Result<()> {
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad_component(rel));
+    }
+    Ok(())
+}
+
+mod path;
+pub use path::write_atomic;
+pub(crate) use path::*;
+
+pub(crate) use imp::{file_id, open_file_path};
+
+/// An open directory: everything beneath it is resolved through this handle (on unix a file
+/// descriptor, elsewhere its path: see the module docs). Only the handle's operations differ
+/// between platforms (`imp::Handle`); the path kept for messages and the walk are shared.
+pub(crate) struct Dir {
+    h: imp::Handle,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Open the directory `path` as named by the caller (a symlink there is followed: it
+    /// is the caller's choice of directory; nothing beneath it ever is).
+    pub(crate) fn open(path: &Path) -> io::Result<Dir> {
+        Ok(Dir {
+            h: imp::Handle::open(path, true)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Open the directory `path`, refusing a symlink there (a staging directory just
+    /// created).
+    pub(crate) fn open_nofollow(path: &Path) -> io::Result<Dir> {
+        Ok(Dir {
+            h: imp::Handle::open(path, false)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path this handle was opened as (for messages only; never opened again).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `rel` beneath this handle's path (for messages only; never opened).
+    pub(crate) fn display(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(rel)
+        }
+    }
+
+    /// Open the directory `rel` beneath this one (no symlink at any component).
+    pub(crate) fn open_dir(&self, rel: &str) -> io::Result<Dir> {
+        Ok(Dir {
+            h: self.h.open_dir(rel)?,
+            path: self.display(rel),
+        })
+    }
+
+    /// Open the regular file `rel` beneath this directory for reading (non-blocking open,
+    /// kind checked on the handle).
+    pub(crate) fn open_file(&self, rel: &str) -> io::Result<Opened> {
+        self.h.open_file(rel)
+    }
+
+    /// The entries of this directory (not `.` and `..`), each with what `lstat` says, in the
+    /// order the system lists them.
+    pub(crate) fn entries(&self) -> io::Result<Vec<(OsString, Meta)>> {
+        self.h.entries()
+    }
+
+    /// [`Dir::entries`] in byte order of their names.
+    pub(crate) fn sorted_entries(&self) -> io::Result<Vec<(OsString, Meta)>> {
+        let mut v = self.entries()?;
+        v.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+        Ok(v)
+    }
+
+    /// What the entry `name` (one component) is, not following a symlink.
+    pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
+        self.h.lstat(name)
+    }
+
+    /// The subdirectory `name` (one component), refusing a symlink.
+    pub(crate) fn sub(&self, name: &OsStr) -> io::Result<Dir> {
+        Ok(Dir {
+            h: self.h.sub(name)?,
+            path: self.path.join(name),
+        })
+    }
+
+    /// The target of the symlink `name` (one component).
+    pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+        self.h.read_link(name)
+    }
+
+    /// Create the directory `name` (one component) in this directory.
+    pub(crate) fn create_dir(&self, name: &str, mode: u32) -> io::Result<()> {
+        self.h.create_dir(name, mode)
+    }
+
+    /// Create the file `name` (one component) in this directory, exclusively (an
+    /// existing name, a symlink included, is an error).
+    pub(crate) fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
+        self.h.create_file(name, mode)
+    }
+
+    /// Create the symlink `name` (one component) holding `target`.
+    pub(crate) fn symlink(&self, target: &str, name: &str) -> io::Result<()> {
+        self.h.symlink(target, name)
+    }
+
+    /// Hard-link the open file `f` (its inode, not a name) as `name` (one component).
+    pub(crate) fn link_file(&self, f: &File, name: &str) -> io::Result<()> {
+        self.h.link_file(f, name)
+    }
+}
+
+/// One entry met by [`walk_sorted`].
+pub struct WalkEntry<'a> {
+    /// Its path relative to the walked root.
+    pub rel: &'a Path,
+    /// The root joined with `rel` (for messages, or to open a regular file).
+    pub path: &'a Path,
+    /// What it is (a symlink is reported as one, never followed).
+    pub kind: Kind,
+    /// Its size in bytes (`lstat`).
+    pub size: u64,
+    /// Its permission bits (`mode & 0o7777`; 0 elsewhere than unix).
+    pub mode: u32,
+    /// A symlink's target.
+    pub link: Option<&'a OsStr>,
+}
+
+/// Walk the tree under the directory `root`: depth first, each directory's entries in byte
+/// order of their names, a directory's own entry before its contents (what
+/// `tar --sort=name` does). Symlinks are reported, never followed: each subdirectory is
+/// opened beneath its parent's handle (`O_NOFOLLOW`), so one swapped for a link during the
+/// walk fails the walk instead. `f`'s first error stops the walk.
+pub fn walk_sorted<E: From<Error>>(
+    root: &Path,
+    mut f: impl FnMut(&WalkEntry<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    fn walk<E: From<Error>>(
+        dir: &Dir,
+        rel: &Path,
+        f: &mut dyn FnMut(&WalkEntry<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let entries = dir
+            .sorted_entries()
+            .map_err(|e| Error::io(dir.path(), "read directory", e))?;
+        for (name, meta) in entries {
+            let (r, p) = (rel.join(&name), dir.path().join(&name));
+            let link = match meta.kind {
+                Kind::Symlink => Some(
+                    dir.read_link(&name)
+                        .map_err(|e| Error::io(&p, "read link", e))?,
+                ),
+                _ => None,
+            };
+            f(&WalkEntry {
+                rel: &r,
+                path: &p,
+                kind: meta.kind,
+                size: meta.size,
+                mode: meta.mode,
+                link: link.as_deref(),
+            })?;
+            if meta.kind == Kind::Dir {
+                let sub = dir
+                    .sub(&name)
+                    .map_err(|e| Error::io(&p, "open directory (never following a symlink)", e))?;
+                walk(&sub, &r, f)?;
+            }
+        }
+        Ok(())
+    }
+    let dir = Dir::open(root).map_err(|e| Error::io(root, "open directory", e))?;
+    walk(&dir, Path::new(""), &mut f)
+}
 
 #[cfg(unix)]
 mod imp {
@@ -194,13 +394,7 @@ mod imp {
         flags: OFlags,
         mode: Mode,
     ) -> io::Result<OwnedFd> {
-        if rel.is_empty()
-            || rel
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(bad_component(rel));
-        }
+        check_rel(rel)?;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             use std::sync::atomic::Ordering;
@@ -260,6 +454,7 @@ mod imp {
             kind: kind_of(FileType::from_raw_mode(st.st_mode as _)),
             size: st.st_size as u64,
             exec: mode & 0o111 != 0,
+            mode: mode & 0o7777,
         };
         let id = FileId::of(
             &[
@@ -301,66 +496,35 @@ mod imp {
         regular(rfs::open(path, READ, Mode::empty())?)
     }
 
-    /// An open directory: everything beneath it is resolved through this handle.
-    pub(crate) struct Dir {
-        fd: OwnedFd,
-        path: PathBuf,
-    }
+    /// The unix side of a [`Dir`]: its file descriptor.
+    pub(super) struct Handle(OwnedFd);
 
-    impl Dir {
-        /// Open the directory `path` as named by the caller (a symlink there is followed: it
-        /// is the caller's choice of directory; nothing beneath it ever is).
-        pub(crate) fn open(path: &Path) -> io::Result<Dir> {
-            let fd = rfs::open(path, DIR.difference(OFlags::NOFOLLOW), Mode::empty())?;
-            Ok(Dir {
-                fd,
-                path: path.to_path_buf(),
-            })
-        }
-
-        /// Open the directory `path`, refusing a symlink there (a staging directory just
-        /// created).
-        pub(crate) fn open_nofollow(path: &Path) -> io::Result<Dir> {
-            let fd = rfs::open(path, DIR, Mode::empty())?;
-            Ok(Dir {
-                fd,
-                path: path.to_path_buf(),
-            })
-        }
-
-        /// The path the handle was opened from (for messages).
-        pub(crate) fn path(&self) -> &Path {
-            &self.path
-        }
-
-        /// `rel` joined to the handle's path (for messages only; never opened).
-        pub(crate) fn display(&self, rel: &str) -> PathBuf {
-            if rel.is_empty() {
-                self.path.clone()
+    impl Handle {
+        pub(super) fn open(path: &Path, follow: bool) -> io::Result<Handle> {
+            let flags = if follow {
+                DIR.difference(OFlags::NOFOLLOW)
             } else {
-                self.path.join(rel)
-            }
+                DIR
+            };
+            Ok(Handle(rfs::open(path, flags, Mode::empty())?))
         }
 
-        /// Open the directory `rel` beneath this one.
-        pub(crate) fn open_dir(&self, rel: &str) -> io::Result<Dir> {
-            let fd = open_beneath(self.fd.as_fd(), rel, DIR, Mode::empty())?;
-            Ok(Dir {
-                fd,
-                path: self.display(rel),
-            })
+        pub(super) fn open_dir(&self, rel: &str) -> io::Result<Handle> {
+            Ok(Handle(open_beneath(
+                self.0.as_fd(),
+                rel,
+                DIR,
+                Mode::empty(),
+            )?))
         }
 
-        /// Open the regular file `rel` beneath this directory for reading (non-blocking open,
-        /// kind checked on the handle).
-        pub(crate) fn open_file(&self, rel: &str) -> io::Result<Opened> {
-            regular(open_beneath(self.fd.as_fd(), rel, READ, Mode::empty())?)
+        pub(super) fn open_file(&self, rel: &str) -> io::Result<Opened> {
+            regular(open_beneath(self.0.as_fd(), rel, READ, Mode::empty())?)
         }
 
-        /// The entries of this directory (not `.` and `..`), each with what `lstat` says.
-        pub(crate) fn entries(&self) -> io::Result<Vec<(OsString, Meta)>> {
+        pub(super) fn entries(&self) -> io::Result<Vec<(OsString, Meta)>> {
             let mut out = Vec::new();
-            let mut rd = rfs::Dir::read_from(&self.fd)?;
+            let mut rd = rfs::Dir::read_from(&self.0)?;
             while let Some(ent) = rd.read() {
                 let ent = ent?;
                 let name = ent.file_name();
@@ -368,57 +532,43 @@ mod imp {
                 if b == b"." || b == b".." {
                     continue;
                 }
-                let st = rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                let st = rfs::statat(&self.0, name, AtFlags::SYMLINK_NOFOLLOW)?;
                 out.push((OsStr::from_bytes(b).to_os_string(), meta_id(&st).0));
             }
             Ok(out)
         }
 
-        /// What the entry `name` (one component) is, not following a symlink.
-        pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
-            Ok(meta_id(&rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?).0)
+        pub(super) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
+            Ok(meta_id(&rfs::statat(&self.0, name, AtFlags::SYMLINK_NOFOLLOW)?).0)
         }
 
-        /// The subdirectory `name` (one component), refusing a symlink.
-        pub(crate) fn sub(&self, name: &OsStr) -> io::Result<Dir> {
-            let fd = rfs::openat(&self.fd, name, DIR, Mode::empty())?;
-            Ok(Dir {
-                fd,
-                path: self.path.join(name),
-            })
+        pub(super) fn sub(&self, name: &OsStr) -> io::Result<Handle> {
+            Ok(Handle(rfs::openat(&self.0, name, DIR, Mode::empty())?))
         }
 
-        /// The target of the symlink `name` (one component).
-        pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
-            let t = rfs::readlinkat(&self.fd, name, Vec::new())?;
+        pub(super) fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+            let t = rfs::readlinkat(&self.0, name, Vec::new())?;
             Ok(OsStr::from_bytes(t.as_bytes()).to_os_string())
         }
 
-        /// Create the directory `name` (one component) in this directory.
-        pub(crate) fn create_dir(&self, name: &str, mode: u32) -> io::Result<()> {
-            Ok(rfs::mkdirat(
-                &self.fd,
-                name,
-                Mode::from_raw_mode(mode as _),
-            )?)
+        pub(super) fn create_dir(&self, name: &str, mode: u32) -> io::Result<()> {
+            Ok(rfs::mkdirat(&self.0, name, Mode::from_raw_mode(mode as _))?)
         }
 
-        /// Create the file `name` (one component) in this directory, exclusively (an
-        /// existing name, a symlink included, is an error).
-        pub(crate) fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
+        pub(super) fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
             let flags =
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let fd = rfs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode as _))?;
+            let fd = rfs::openat(&self.0, name, flags, Mode::from_raw_mode(mode as _))?;
             Ok(File::from(fd))
         }
 
-        /// Create the symlink `name` (one component) holding `target`.
-        pub(crate) fn symlink(&self, target: &str, name: &str) -> io::Result<()> {
-            Ok(rfs::symlinkat(target, &self.fd, name)?)
+        pub(super) fn symlink(&self, target: &str, name: &str) -> io::Result<()> {
+            Ok(rfs::symlinkat(target, &self.0, name)?)
         }
 
-        /// Hard-link the open file `f` (its inode, not a name) as `name` (one component).
-        pub(crate) fn link_file(&self, f: &File, name: &str) -> io::Result<()> {
+        /// `linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW)`, else
+        /// `linkat(fd, "", ..., AT_EMPTY_PATH)` (Linux); unsupported elsewhere.
+        pub(super) fn link_file(&self, f: &File, name: &str) -> io::Result<()> {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             {
                 use std::os::fd::AsRawFd;
@@ -426,7 +576,7 @@ mod imp {
                 match rfs::linkat(
                     rfs::CWD,
                     proc.as_str(),
-                    &self.fd,
+                    &self.0,
                     name,
                     AtFlags::SYMLINK_FOLLOW,
                 ) {
@@ -434,7 +584,7 @@ mod imp {
                     Err(Errno::EXIST) => return Err(Errno::EXIST.into()),
                     Err(_) => {}
                 }
-                Ok(rfs::linkat(f, "", &self.fd, name, AtFlags::EMPTY_PATH)?)
+                Ok(rfs::linkat(f, "", &self.0, name, AtFlags::EMPTY_PATH)?)
             }
             #[cfg(not(any(target_os = "linux", target_os = "android")))]
             {
@@ -474,7 +624,7 @@ mod imp {
             type Open = fn(BorrowedFd<'_>, &str, OFlags, Mode) -> io::Result<OwnedFd>;
             let ways: [(&str, Open); 2] = [("openat2", open_beneath), ("walk", walk)];
             for (how, open) in ways {
-                let fd = dir.fd.as_fd();
+                let fd = dir.h.0.as_fd();
                 let ok = |rel: &str| open(fd, rel, READ, Mode::empty());
                 assert!(ok("a/b/f").is_ok(), "{how}");
                 for bad in ["a/lb/f", "a/lo/f", "a/lf", "a/file/x"] {
@@ -514,6 +664,7 @@ mod imp {
             kind,
             size: md.len(),
             exec: false,
+            mode: 0,
         }
     }
 
@@ -556,61 +707,34 @@ mod imp {
         regular_at(path)
     }
 
-    /// A directory, by path (see the module docs).
-    pub(crate) struct Dir {
-        path: PathBuf,
-    }
+    /// The path-based side of a [`Dir`] (see the module docs).
+    pub(super) struct Handle(PathBuf);
 
-    impl Dir {
-        /// Open the directory `path` as named by the caller.
-        pub(crate) fn open(path: &Path) -> io::Result<Dir> {
-            if !fs::metadata(path)?.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotADirectory,
-                    "not a directory",
-                ));
-            }
-            Ok(Dir {
-                path: path.to_path_buf(),
-            })
-        }
-
-        /// Open the directory `path`, refusing a symlink there.
-        pub(crate) fn open_nofollow(path: &Path) -> io::Result<Dir> {
-            if !fs::symlink_metadata(path)?.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "not a directory",
-                ));
-            }
-            Ok(Dir {
-                path: path.to_path_buf(),
-            })
-        }
-
-        pub(crate) fn path(&self) -> &Path {
-            &self.path
-        }
-
-        pub(crate) fn display(&self, rel: &str) -> PathBuf {
-            if rel.is_empty() {
-                self.path.clone()
+    impl Handle {
+        pub(super) fn open(path: &Path, follow: bool) -> io::Result<Handle> {
+            let md = if follow {
+                fs::metadata(path)?
             } else {
-                self.path.join(rel)
+                fs::symlink_metadata(path)?
+            };
+            if !md.is_dir() {
+                return Err(io::Error::new(
+                    if follow {
+                        io::ErrorKind::NotADirectory
+                    } else {
+                        io::ErrorKind::InvalidInput
+                    },
+                    "not a directory",
+                ));
             }
+            Ok(Handle(path.to_path_buf()))
         }
 
         /// Check each directory component of `rel` (not the last) is a real directory.
         fn check(&self, rel: &str) -> io::Result<PathBuf> {
-            if rel.is_empty()
-                || rel
-                    .split('/')
-                    .any(|c| c.is_empty() || c == "." || c == "..")
-            {
-                return Err(bad_component(rel));
-            }
+            check_rel(rel)?;
             let (parent, _) = split_parent(rel);
-            let mut p = self.path.clone();
+            let mut p = self.0.clone();
             if let Some(parent) = parent {
                 for c in parent.split('/') {
                     p.push(c);
@@ -622,21 +746,20 @@ mod imp {
                     }
                 }
             }
-            Ok(self.path.join(rel))
+            Ok(self.0.join(rel))
         }
 
-        pub(crate) fn open_dir(&self, rel: &str) -> io::Result<Dir> {
-            let p = self.check(rel)?;
-            Dir::open_nofollow(&p)
+        pub(super) fn open_dir(&self, rel: &str) -> io::Result<Handle> {
+            Handle::open(&self.check(rel)?, false)
         }
 
-        pub(crate) fn open_file(&self, rel: &str) -> io::Result<Opened> {
+        pub(super) fn open_file(&self, rel: &str) -> io::Result<Opened> {
             regular_at(&self.check(rel)?)
         }
 
-        pub(crate) fn entries(&self) -> io::Result<Vec<(OsString, Meta)>> {
+        pub(super) fn entries(&self) -> io::Result<Vec<(OsString, Meta)>> {
             let mut out = Vec::new();
-            for e in fs::read_dir(&self.path)? {
+            for e in fs::read_dir(&self.0)? {
                 let e = e?;
                 let md = fs::symlink_metadata(e.path())?;
                 out.push((e.file_name(), meta_of(&md)));
@@ -644,37 +767,37 @@ mod imp {
             Ok(out)
         }
 
-        pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
-            Ok(meta_of(&fs::symlink_metadata(self.path.join(name))?))
+        pub(super) fn lstat(&self, name: &OsStr) -> io::Result<Meta> {
+            Ok(meta_of(&fs::symlink_metadata(self.0.join(name))?))
         }
 
-        pub(crate) fn sub(&self, name: &OsStr) -> io::Result<Dir> {
-            Dir::open_nofollow(&self.path.join(name))
+        pub(super) fn sub(&self, name: &OsStr) -> io::Result<Handle> {
+            Handle::open(&self.0.join(name), false)
         }
 
-        pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
-            Ok(fs::read_link(self.path.join(name))?.into_os_string())
+        pub(super) fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+            Ok(fs::read_link(self.0.join(name))?.into_os_string())
         }
 
-        pub(crate) fn create_dir(&self, name: &str, _mode: u32) -> io::Result<()> {
-            fs::create_dir(self.path.join(name))
+        pub(super) fn create_dir(&self, name: &str, _mode: u32) -> io::Result<()> {
+            fs::create_dir(self.0.join(name))
         }
 
-        pub(crate) fn create_file(&self, name: &str, _mode: u32) -> io::Result<File> {
+        pub(super) fn create_file(&self, name: &str, _mode: u32) -> io::Result<File> {
             fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(self.path.join(name))
+                .open(self.0.join(name))
         }
 
-        pub(crate) fn symlink(&self, _target: &str, _name: &str) -> io::Result<()> {
+        pub(super) fn symlink(&self, _target: &str, _name: &str) -> io::Result<()> {
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "symlinks need unix",
             ))
         }
 
-        pub(crate) fn link_file(&self, _f: &File, _name: &str) -> io::Result<()> {
+        pub(super) fn link_file(&self, _f: &File, _name: &str) -> io::Result<()> {
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "hard links to an open file need unix",
@@ -682,8 +805,6 @@ mod imp {
         }
     }
 }
-
-pub(crate) use imp::file_id;
 
 /// A tree being written beneath one directory handle (the staging tree): each entry's parent
 /// is resolved beneath the root without following symlinks (the last parent is kept open,
