@@ -12,10 +12,10 @@ use crate::sys::{self, FileId, Opened, Writer};
 use crate::tree::TreeDigest;
 
 use super::base::{BaseCheck, Old, Relinked};
-use super::fsutil::{syncfs, SYNCFS};
 use super::stream::{apply_delta, copy_exact_stream, copy_file, Source, Streams};
 use super::write::{HashingWriter, ProgressWriter};
-use super::{sync_dir, ApplyEvent, ApplyReport, HookFn, Patch, ProgressFn, OUTPUT};
+use super::{ApplyEvent, ApplyReport, HookFn, Patch, ProgressFn, OUTPUT};
+use crate::sys::{sync_dir, syncfs, SYNCFS};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LinkMode {

@@ -72,7 +72,6 @@
 
 mod base;
 mod build;
-mod fsutil;
 mod open;
 mod stream;
 mod write;
@@ -86,9 +85,7 @@ use crate::readat::ReadAt;
 
 pub use self::base::Unknown;
 pub(crate) use self::build::LinkMode;
-#[cfg(feature = "diff")]
-pub(crate) use self::fsutil::staging_path;
-pub(crate) use self::fsutil::{parent_of, remove_all, rename_noreplace, sync_dir, sync_parent};
+use crate::sys::{rename_noreplace, sync_parent};
 
 /// Heap an apply holds per entry of OLD's file list under a relative manifest, besides the
 /// path bytes (counted twice: the listing and the resolved entries): measured about 220 bytes

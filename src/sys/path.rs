@@ -387,10 +387,3 @@ pub fn write_atomic(
     write(a.file()).map_err(|e| Error::io(a.tmp(), "write", e))?;
     a.commit()
 }
-
-// apply.rs still has its own copies of the helpers above (it is being split meanwhile); the
-// ones no caller outside it uses any more are referenced here so that they are not dead code
-// until apply is pointed at these and its copies are deleted. Remove this then.
-#[cfg(feature = "diff")]
-const _: fn(&Path, &str) -> Result<PathBuf> = crate::apply::staging_path;
-const _: fn(&Path) = crate::apply::remove_all;
