@@ -247,7 +247,7 @@ mod tests {
         bad[7] = 40;
         assert!(Header::decode(&bad).is_err());
         let mut bad = b.clone();
-        bad[6] = 0x20;
+        bad[6] = 0x40; // the first undefined flag bit
         assert!(matches!(
             Header::decode(&bad),
             Err(Error::Unsupported {
