@@ -765,6 +765,9 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             EntryKind::File { size, op, .. } => {
                 let source = match op {
                     FileOp::Copy { source } => Some(m.old_files[*source as usize].path.clone()),
+                    FileOp::CopyNew { entry } => {
+                        Some(format!("(new) {}", m.entries[*entry as usize].path))
+                    }
                     FileOp::Delta { sources, .. } if sources.is_empty() => Some(e.path.clone()),
                     FileOp::Delta { sources, .. } => Some(
                         sources

@@ -12,6 +12,7 @@ mod badinput;
 mod bench;
 #[cfg(feature = "cli")]
 mod cli;
+mod copy_new;
 mod fs_handles;
 mod fuzz_replay;
 mod golden;

@@ -222,7 +222,25 @@ pub fn edit_tree(rng: &mut Rng, old: &Tree) -> Tree {
     for _ in 0..n {
         let keys: Vec<String> = t.keys().cloned().collect();
         let pick = |rng: &mut Rng| keys.get(rng.below(keys.len() as u64) as usize).cloned();
-        match rng.below(6) {
+        match rng.below(7) {
+            6 => {
+                // The same new content at two paths (`x.d.ts` and `x.d.cts` of a dual
+                // package): an edited file and its copy beside it.
+                if let Some(k) = pick(rng) {
+                    if let Some(Item::File { data, exec }) = t.get(&k).cloned() {
+                        let data = rng.edit(&data, 2);
+                        t.insert(
+                            k.clone(),
+                            Item::File {
+                                data: data.clone(),
+                                exec,
+                            },
+                        );
+                        t.entry(format!("{k}.dup"))
+                            .or_insert(Item::File { data, exec: !exec });
+                    }
+                }
+            }
             0 => {
                 if let Some(k) = pick(rng) {
                     if let Some(Item::File { data, .. }) = t.get_mut(&k) {
@@ -373,6 +391,10 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                         assert!(block.is_empty(), "control block crosses a file end");
                         o
                     }
+                    FileOp::CopyNew { entry } => match out.get(&m.entries[*entry as usize].path) {
+                        Some(Item::File { data, .. }) => data.clone(),
+                        other => panic!("copy of new entry {entry}: {other:?}"),
+                    },
                     other => panic!("unknown op {other:?}"),
                 };
                 Item::File { data, exec: *exec }

@@ -121,7 +121,22 @@ impl Patch {
         let table_ids: std::collections::HashSet<FileId> = base.table_ids.iter().copied().collect();
         let mut relinked = Relinked::new();
         let mut streams = Streams::open(self)?;
-        for e in &self.m().entries {
+        // Hashes of the files that a later `CopyNew` copies, as they were written.
+        let copied_new: std::collections::HashSet<u32> = self
+            .m()
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File {
+                    op: FileOp::CopyNew { entry },
+                    ..
+                } => Some(*entry),
+                _ => None,
+            })
+            .collect();
+        let mut new_hashes: std::collections::HashMap<u32, Hash> =
+            std::collections::HashMap::with_capacity(copied_new.len());
+        for (index, e) in self.m().entries.iter().enumerate() {
             let dest = dest_of(&e.path);
             match &e.kind {
                 EntryKind::Dir => {
@@ -157,6 +172,15 @@ impl Patch {
                     let expected: Option<Hash> = match op {
                         FileOp::Unchanged => same.map(|s| s.1),
                         FileOp::Copy { source } => base.table.get(*source as usize).copied(),
+                        FileOp::CopyNew { entry } => {
+                            Some(*new_hashes.get(entry).ok_or_else(|| {
+                                Error::corrupt("manifest", "a copy of a new file not yet made")
+                            })?)
+                        }
+                        _ => None,
+                    };
+                    let copy_new = match op {
+                        FileOp::CopyNew { entry } => Some(*entry as usize),
                         _ => None,
                     };
                     let linked = match (&mut tree_out, &dest, op, link, same) {
@@ -172,7 +196,27 @@ impl Patch {
                     let hash = if linked {
                         done.fetch_add(*size, Ordering::Relaxed);
                         expected.expect("an unchanged file has a base hash")
+                    } else if let (Some(_), None) = (copy_new, &tree_out) {
+                        // A dry run stages nothing: the content is the earlier file's, which
+                        // was verified as it was made.
+                        done.fetch_add(*size, Ordering::Relaxed);
+                        expected.expect("a copy of a new file has its hash")
                     } else {
+                        // The earlier file as staged, opened beneath the stage's handle; what
+                        // is read from it is checked against the hash it was written with.
+                        let new_source = match (copy_new, &tree_out) {
+                            (Some(i), Some(w)) => {
+                                let rel = &self.m().entries[i].path;
+                                let shown = dest_of(rel).unwrap_or_else(|| rel.into());
+                                Some((
+                                    w.open_file(rel)
+                                        .map_err(|err| stage_error(&shown, err))?
+                                        .file,
+                                    shown,
+                                ))
+                            }
+                            _ => None,
+                        };
                         let file = match (&mut tree_out, &dest) {
                             (Some(w), Some(d)) => Some(
                                 w.create_file(&e.path, *exec)
@@ -189,20 +233,29 @@ impl Patch {
                             progress,
                         };
                         let same = same.map(|s| (s.0, s.2));
-                        self.produce(old, e, same, base, &relinked, &mut streams, &mut sink)
-                            .map_err(|err| match (err, &dest) {
-                                // Name the file being written (disk full, I/O error).
-                                (Error::Io { path, op, source }, Some(d))
-                                    if path == Path::new(OUTPUT) =>
-                                {
-                                    Error::Io {
-                                        path: d.clone(),
-                                        op,
-                                        source,
-                                    }
+                        self.produce(
+                            old,
+                            e,
+                            same,
+                            base,
+                            &relinked,
+                            &mut streams,
+                            new_source,
+                            &mut sink,
+                        )
+                        .map_err(|err| match (err, &dest) {
+                            // Name the file being written (disk full, I/O error).
+                            (Error::Io { path, op, source }, Some(d))
+                                if path == Path::new(OUTPUT) =>
+                            {
+                                Error::Io {
+                                    path: d.clone(),
+                                    op,
+                                    source,
                                 }
-                                (err, _) => err,
-                            })?;
+                            }
+                            (err, _) => err,
+                        })?;
                         let (n, hash, file) = w.finish().map_err(|err| {
                             Error::io(dest.as_deref().unwrap_or(Path::new(&e.path)), "write", err)
                         })?;
@@ -219,6 +272,9 @@ impl Patch {
                         hash
                     };
                     staged(&e.path);
+                    if copied_new.contains(&(index as u32)) {
+                        new_hashes.insert(index as u32, hash);
+                    }
                     digest.file(&e.path, *exec, *size, &hash);
                     file_hash = hash;
                     report.files += 1;
@@ -268,6 +324,7 @@ impl Patch {
         base: &BaseCheck,
         relinked: &Relinked,
         streams: &mut Streams<'_>,
+        new_source: Option<(File, PathBuf)>,
         out: &mut dyn Write,
     ) -> Result<()> {
         let path = e.path.as_str();
@@ -315,6 +372,17 @@ impl Patch {
                 }
                 let src = Source::new(parts)?;
                 apply_delta(streams, &src, size, out)
+            }
+            FileOp::CopyNew { .. } => {
+                let (f, shown) = new_source
+                    .ok_or_else(|| Error::corrupt("manifest", "a copy of a new file not staged"))?;
+                // A staged file that shrank was changed by someone else: the output is wrong.
+                copy_file(&f, &shown, size, out).map_err(|err| match err {
+                    Error::WrongBase { .. } => Error::OutputMismatch {
+                        path: e.path.clone(),
+                    },
+                    err => err,
+                })
             }
         }
     }

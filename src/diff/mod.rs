@@ -125,7 +125,7 @@ impl Default for DiffOptions {
 pub struct DiffStats {
     /// Files kept as they are.
     pub unchanged: u64,
-    /// Files whose content is copied from another old path.
+    /// Files whose content is copied from another old path, or from an earlier new file.
     pub copied: u64,
     /// Files carried in the patch.
     pub added: u64,
@@ -381,11 +381,15 @@ impl DiffOptions {
         enum Plan<'p> {
             Unchanged,
             Copy(&'p str),
+            /// Same content as the earlier new file at this index of `new_nodes`.
+            CopyNew(usize),
             Encode(Option<&'p str>),
             Similar,
         }
         let mut plans: Vec<Option<Plan<'_>>> = Vec::with_capacity(new_nodes.len());
-        for n in &new_nodes {
+        // The first new file with each content OLD does not have: later ones copy it.
+        let mut first_new: HashMap<Hash, usize> = HashMap::new();
+        for (index, n) in new_nodes.iter().enumerate() {
             let NodeKind::File { .. } = n.kind else {
                 plans.push(None);
                 continue;
@@ -398,11 +402,16 @@ impl DiffOptions {
                 Plan::Copy(src)
             } else if size == 0 {
                 Plan::Encode(None)
+            } else if let Some(&first) = first_new.get(&h) {
+                Plan::CopyNew(first)
             } else if twin && old_hashes[&n.path].0 > 0 {
                 Plan::Encode(Some(n.path.as_str()))
             } else {
                 Plan::Similar
             };
+            if matches!(p, Plan::Encode(_) | Plan::Similar) && size > 0 {
+                first_new.insert(h, index);
+            }
             plans.push(Some(p));
         }
         // Sources for renamed files, by content sketch.
@@ -532,6 +541,12 @@ impl DiffOptions {
                         (Some(Plan::Copy(s)), _) => {
                             stats.copied += 1;
                             FileOp::Copy { source: table[s] }
+                        }
+                        (Some(Plan::CopyNew(first)), _) => {
+                            stats.copied += 1;
+                            FileOp::CopyNew {
+                                entry: *first as u32,
+                            }
                         }
                         (Some(Plan::Encode(src)), Some(enc @ Encoded::Delta(_))) => {
                             stats.modified += 1;

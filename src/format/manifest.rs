@@ -36,6 +36,13 @@ pub enum FileOp {
         /// Reversible transform applied before diffing; 0 = none (the only value in v1.0).
         transform: u8,
     },
+    /// The content of an earlier file entry of NEW (format 2.2): a file the new version holds
+    /// twice (`index.d.ts` and `index.d.cts` of a dual-module package) is carried once.
+    CopyNew {
+        /// Index into [`Manifest::entries`] of an earlier entry, a file that is not itself a
+        /// `CopyNew`.
+        entry: u32,
+    },
 }
 
 impl FileOp {
@@ -56,6 +63,7 @@ impl FileOp {
             FileOp::Copy { .. } => "copy",
             FileOp::Add => "add",
             FileOp::Delta { .. } => "modify",
+            FileOp::CopyNew { .. } => "copy-new",
         }
     }
 }
@@ -136,6 +144,7 @@ const OP_UNCHANGED: u8 = 0;
 const OP_COPY: u8 = 1;
 const OP_ADD: u8 = 2;
 const OP_DELTA: u8 = 3;
+const OP_COPY_NEW: u8 = 4;
 
 impl Manifest {
     /// Encode the manifest body (before compression) in the full form, with absolute sizes
@@ -166,11 +175,15 @@ impl Manifest {
             ..SizeCoding::default()
         };
         let mut prev = "";
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             let shared = common_prefix(prev, &e.path);
             put_varint(&mut out, shared as u64);
             put_str(&mut out, &e.path[shared..]);
             prev = &e.path;
+            let coding = SizeCoding {
+                prior: Some(&self.entries[..i]),
+                ..coding
+            };
             put_body(&mut out, &e.kind, &coding);
         }
         put_varint(&mut out, self.deleted.len() as u64);
@@ -258,6 +271,7 @@ impl Manifest {
             let coding = SizeCoding {
                 relative: header.has_relative_sizes(),
                 old: Some(&old_files),
+                prior: Some(&entries),
                 ..SizeCoding::default()
             };
             let kind = read_body(&mut r, n_old, budget, &coding)?;
@@ -424,11 +438,23 @@ impl Manifest {
             }
         }
         let mut total: u64 = 0;
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             if let EntryKind::File { size, op, .. } = &e.kind {
                 total = total
                     .checked_add(*size)
                     .ok_or_else(|| Error::corrupt("manifest", "file sizes overflow"))?;
+                if let FileOp::CopyNew { entry } = op {
+                    let n = copy_new_source(&self.entries[..i], *entry)?;
+                    if n != *size {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!(
+                                "{:?}: copy of a {n}-byte new file declared {size} bytes",
+                                e.path
+                            ),
+                        ));
+                    }
+                }
                 if let FileOp::Copy { source } = op {
                     let src = &self.old_files[*source as usize];
                     if src.size != *size {
@@ -472,6 +498,8 @@ pub(super) struct SizeCoding<'a> {
     pub same_item: bool,
     /// See `same_item`.
     pub same_size: u64,
+    /// The entries before this one (the sources of a `CopyNew`); `None` when only skipping.
+    pub prior: Option<&'a [Entry]>,
 }
 
 impl SizeCoding<'_> {
@@ -483,6 +511,12 @@ impl SizeCoding<'_> {
     /// The size a relative size is a difference from: the copy's source record's size, the
     /// sum of the modify's sources' sizes, or its `base_size`. `None` for ops sized absolutely.
     fn reference(&self, op: &FileOp) -> Result<Option<u64>> {
+        if let (FileOp::CopyNew { entry }, true) = (op, self.relative) {
+            return match self.prior {
+                None => Ok(None),
+                Some(prior) => Ok(Some(copy_new_source(prior, *entry)?)),
+            };
+        }
         let Some(old) = self.old.filter(|_| self.relative) else {
             return Ok(None);
         };
@@ -492,7 +526,7 @@ impl SizeCoding<'_> {
                 .ok_or_else(|| Error::corrupt("manifest", "old file index out of range"))
         };
         Ok(match op {
-            FileOp::Unchanged | FileOp::Add => None,
+            FileOp::Unchanged | FileOp::Add | FileOp::CopyNew { .. } => None,
             FileOp::Copy { source } => Some(size_of(*source)?),
             FileOp::Delta {
                 sources, base_size, ..
@@ -507,6 +541,20 @@ impl SizeCoding<'_> {
                 Some(sum)
             }
         })
+    }
+}
+
+/// The size of the entry a `CopyNew` copies, which must be an earlier file entry that is not
+/// itself a `CopyNew`.
+fn copy_new_source(prior: &[Entry], entry: u32) -> Result<u64> {
+    match prior.get(entry as usize).map(|e| &e.kind) {
+        Some(EntryKind::File { size, op, .. }) if !matches!(op, FileOp::CopyNew { .. }) => {
+            Ok(*size)
+        }
+        _ => Err(Error::corrupt(
+            "manifest",
+            format!("a copy of new entry {entry}, which is not an earlier file"),
+        )),
     }
 }
 
@@ -552,6 +600,12 @@ pub(super) fn put_body(out: &mut Vec<u8>, kind: &EntryKind, coding: &SizeCoding<
                         put_varint(out, *base_size);
                     }
                     out.push(*transform);
+                }
+                FileOp::CopyNew { entry } => {
+                    out.push(OP_COPY_NEW);
+                    // Written as the distance back from this entry.
+                    let here = coding.prior.map_or(0, |p| p.len() as u64);
+                    put_varint(out, here.saturating_sub(u64::from(*entry) + 1));
                 }
             }
         }
@@ -613,6 +667,22 @@ pub(super) fn read_body(
                         transform,
                     }
                 }
+                OP_COPY_NEW => {
+                    let here = coding.prior.map_or(0, |p| p.len() as u64);
+                    let back = r.varint()?;
+                    // Only skipping (no entries known): any distance reads.
+                    let entry = match here.checked_sub(back.saturating_add(1)) {
+                        Some(e) => e as u32,
+                        None if coding.prior.is_none() => 0,
+                        None => {
+                            return Err(Error::corrupt(
+                                "manifest",
+                                "a copy of a new file before the first entry",
+                            ))
+                        }
+                    };
+                    FileOp::CopyNew { entry }
+                }
                 v => {
                     return Err(Error::Unsupported {
                         what: "file operation",
@@ -620,6 +690,9 @@ pub(super) fn read_body(
                     })
                 }
             };
+            if let (FileOp::CopyNew { entry }, Some(prior)) = (&op, coding.prior) {
+                copy_new_source(prior, *entry)?;
+            }
             let size = match (coding.relative, coding.reference(&op)?) {
                 (true, Some(reference)) => {
                     let d = ((raw_size >> 1) as i64) ^ -((raw_size & 1) as i64);
@@ -629,8 +702,9 @@ pub(super) fn read_body(
                 }
                 // Skipping (no old-file table): a relative size is not resolved.
                 (true, None)
-                    if coding.old.is_none()
-                        && matches!(op, FileOp::Copy { .. } | FileOp::Delta { .. }) =>
+                    if (coding.old.is_none()
+                        && matches!(op, FileOp::Copy { .. } | FileOp::Delta { .. }))
+                        || (coding.prior.is_none() && matches!(op, FileOp::CopyNew { .. })) =>
                 {
                     0
                 }

@@ -223,6 +223,7 @@ impl Manifest {
                         old: Some(&self.old_files),
                         same_item: tag == ITEM_SAME,
                         same_size,
+                        prior: Some(&self.entries[..j]),
                     };
                     put_body(&mut items, &e.kind, &coding);
                 }
@@ -303,6 +304,7 @@ impl Manifest {
             old: None,
             same_item,
             same_size: 0,
+            prior: None,
         };
         let n_old = r.varint_max(r.remaining() as u64, "old file count")? as usize;
         for _ in 0..n_old {
@@ -483,6 +485,7 @@ impl Manifest {
                         old: Some(&old_files),
                         same_item: true,
                         same_size: same_file.unwrap_or(0),
+                        prior: Some(&entries),
                     };
                     let kind = read_body(&mut r, n_old, budget, &coding)?;
                     if coding.relative && same_file.is_none() {
@@ -514,6 +517,7 @@ impl Manifest {
                     let coding = SizeCoding {
                         relative: header.has_relative_sizes(),
                         old: Some(&old_files),
+                        prior: Some(&entries),
                         ..SizeCoding::default()
                     };
                     let kind = read_body(&mut r, n_old, budget, &coding)?;

@@ -862,4 +862,9 @@ impl Writer {
         let (d, name) = self.parent(rel)?;
         d.link_file(f, name)
     }
+
+    /// Open the regular file `rel` written earlier, for reading (never through a symlink).
+    pub(crate) fn open_file(&self, rel: &str) -> io::Result<Opened> {
+        self.root.open_file(rel)
+    }
 }
