@@ -57,7 +57,7 @@
 //! Another process may change OLD, or the staging tree, while an apply runs. OLD is opened
 //! once (`Old`: a directory handle, or the file itself for a single-file bundle) and every
 //! path of it is resolved beneath that handle without following a symlink at any component;
-//! the staging tree is written the same way beneath a handle on it (`src/sys.rs`). Files
+//! the staging tree is written the same way beneath a handle on it (`src/sys/`). Files
 //! are opened non-blocking and refused unless `fstat` of the handle says regular file (a FIFO
 //! never blocks the apply). Each file relied upon is identified as it is hashed (device,
 //! inode, size, mtime, ctime, mode) and, when opened again to be copied, used as a delta
