@@ -1,6 +1,6 @@
 //! The `bundelta` command line: diff, apply, verify, info.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -705,6 +705,7 @@ fn signed_text(h: &bundelta::format::Header, key: &PubkeyArg) -> &'static str {
 
 /// `info` for a patch whose manifest is relative to OLD's file list, without OLD.
 fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let h = p.header();
     let raw = p.relative_manifest().unwrap_or_default();
     let s = bundelta::format::Manifest::summarize_relative(raw, h)?;
@@ -720,27 +721,46 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
             "inserted": s.inserted, "deleted": s.dropped, "manifest_bytes": h.manifest_len,
             "base_tags": tags.len(), "base_tag_bits": tags.bits,
         });
-        println!("{v}");
+        writeln!(out, "{v}")?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("patch:        {} ({})", a.patch.display(), human(p.len()));
-    println!("bundle:       directory; manifest relative to OLD's file list (--old OLD lists every path)");
-    println!("signed:       {}", signed_text(h, &a.key));
-    println!("new size:     {}", human(h.new_total));
-    println!("new digest:   {}", bundelta::hex(&p.new_digest()));
-    println!("apply memory: {} (window log {})", human(mem), h.window_log);
-    println!(
+    writeln!(
+        out,
+        "patch:        {} ({})",
+        a.patch.display(),
+        human(p.len())
+    )?;
+    writeln!(out, "bundle:       directory; manifest relative to OLD's file list (--old OLD lists every path)")?;
+    writeln!(out, "signed:       {}", signed_text(h, &a.key))?;
+    writeln!(out, "new size:     {}", human(h.new_total))?;
+    writeln!(out, "new digest:   {}", bundelta::hex(&p.new_digest()))?;
+    writeln!(
+        out,
+        "apply memory: {} (window log {})",
+        human(mem),
+        h.window_log
+    )?;
+    writeln!(
+        out,
         "entries:      {} kept, {} changed, {} inserted, {} deleted",
         s.kept, s.changed, s.inserted, s.dropped
-    );
-    println!("base tags:    {}", tags_text(&tags, "entry of OLD's list"));
+    )?;
+    writeln!(
+        out,
+        "base tags:    {}",
+        tags_text(&tags, "entry of OLD's list")
+    )?;
     if a.list {
-        println!("(paths are stored relative to OLD's file list: add --old OLD to list them)");
+        writeln!(
+            out,
+            "(paths are stored relative to OLD's file list: add --old OLD to list them)"
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn info(a: InfoArgs) -> Result<ExitCode> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     // The same limit as apply and verify: a patch `info` reads is one they would accept.
     let mut pt = Patcher::new();
     pt.memory_limit(a.memory_limit);
@@ -825,28 +845,41 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
                 .collect();
             v["deleted_paths"] = json!(m.deleted);
         }
-        println!("{v}");
+        writeln!(out, "{v}")?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("patch:        {} ({})", a.patch.display(), human(p.len()));
-    println!(
+    writeln!(
+        out,
+        "patch:        {} ({})",
+        a.patch.display(),
+        human(p.len())
+    )?;
+    writeln!(
+        out,
         "format:       {}.{}",
         bundelta::format::VERSION_MAJOR,
         h.minor
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "bundle:       {}",
         if h.is_directory() {
             "directory"
         } else {
             "single file"
         }
-    );
-    println!("signed:       {}", signed_text(h, &a.key));
-    println!("new size:     {}", human(h.new_total));
-    println!("new digest:   {}", bundelta::hex(&m.new_digest));
-    println!("apply memory: {} (window log {})", human(mem), h.window_log);
-    println!(
+    )?;
+    writeln!(out, "signed:       {}", signed_text(h, &a.key))?;
+    writeln!(out, "new size:     {}", human(h.new_total))?;
+    writeln!(out, "new digest:   {}", bundelta::hex(&m.new_digest))?;
+    writeln!(
+        out,
+        "apply memory: {} (window log {})",
+        human(mem),
+        h.window_log
+    )?;
+    writeln!(
+        out,
         "sections:     manifest {}, control {} ({}), diff {} ({}), extra {} ({})",
         human(h.manifest_len),
         human(h.stream_lens[0]),
@@ -855,13 +888,15 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         codec(h.codecs[1]),
         human(h.stream_lens[2]),
         codec(h.codecs[2])
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "relies on:    {} old files (+ unchanged ones)",
         m.old_files.len()
-    );
+    )?;
     if h.is_directory() {
-        println!(
+        writeln!(
+            out,
             "base tags:    {}",
             tags_text(
                 &m.base_tags,
@@ -871,29 +906,30 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
                     "old file relied on"
                 }
             )
-        );
+        )?;
     }
-    println!("operations:");
+    writeln!(out, "operations:")?;
     for (op, (n, b)) in &counts {
-        println!("  {op:<10} {n:>8}  {} of new content", human(*b));
+        writeln!(out, "  {op:<10} {n:>8}  {} of new content", human(*b))?;
     }
     if !m.deleted.is_empty() {
-        println!("  {:<10} {:>8}", "deleted", m.deleted.len());
+        writeln!(out, "  {:<10} {:>8}", "deleted", m.deleted.len())?;
     }
     if a.list {
-        println!();
+        writeln!(out)?;
         for (p, op, size, src) in &rows {
             let src = src
                 .as_deref()
                 .map(|s| format!(" <- {s}"))
                 .unwrap_or_default();
-            println!(
+            writeln!(
+                out,
                 "{op:<9} {size:>12}  {}{src}",
                 if p.is_empty() { "(file)" } else { p }
-            );
+            )?;
         }
         for d in &m.deleted {
-            println!("{:<9} {:>12}  {d}", "delete", "");
+            writeln!(out, "{:<9} {:>12}  {d}", "delete", "")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -293,3 +293,54 @@ fn wrong_base_is_named_on_the_command_line() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["base_tags"], 0, "{v}");
 }
+
+/// `info --list | head`: the reader goes away after a few lines; `info` stops quietly with
+/// exit 0 instead of panicking on the broken pipe.
+#[test]
+fn info_list_into_a_closed_pipe_exits_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    for d in [&old, &new] {
+        fs::create_dir_all(d).unwrap();
+    }
+    // Enough entries that the listing is far over a pipe's buffer (64 KiB).
+    for i in 0..3000 {
+        let name = format!("a-rather-long-file-name-to-fill-the-pipe-{i:05}.txt");
+        fs::write(old.join(&name), format!("old {i}")).unwrap();
+        fs::write(new.join(format!("renamed-{name}")), format!("new {i}")).unwrap();
+    }
+    let p = dir.path().join("p.bdp");
+    let st = bundelta(&[
+        "diff",
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+        "-o",
+        p.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(st.status.success(), "{st:?}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bundelta"))
+        .args([
+            "info",
+            "--list",
+            p.to_str().unwrap(),
+            "--old",
+            old.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("patch:"), "{first}");
+    // The reader is gone (dropped above).
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
