@@ -115,6 +115,16 @@ pub(super) fn body_heap(kind: &EntryKind) -> u64 {
             op: FileOp::Delta { sources, .. },
             ..
         } => heap_of::<u32>(sources.len() as u64),
+        EntryKind::File {
+            op: FileOp::CopyNew { .. },
+            ..
+        } => COPY_NEW_HEAP,
         _ => 0,
     }
 }
+
+/// Heap the applier holds for each `copy-new` entry until the end of the build: the hash of
+/// the file it copies and a slot in two hash tables (36 + 4 bytes and their control bytes,
+/// with room for a table's growth). Charged while decoding, so that it is part of the
+/// manifest's share of the memory formula.
+pub(super) const COPY_NEW_HEAP: u64 = 96;

@@ -2,7 +2,7 @@
 //! byte that selects full or relative form, the full form's encoding and decoding, entry bodies,
 //! and the structural validation every decoded manifest passes.
 
-use super::budget::heap_of;
+use super::budget::{heap_of, COPY_NEW_HEAP};
 use super::paths::{case_clash, common_prefix, read_prefixed};
 use super::varint::put_str;
 use super::{
@@ -681,6 +681,7 @@ pub(super) fn read_body(
                             ))
                         }
                     };
+                    budget.charge(COPY_NEW_HEAP, "a copy of a new file")?;
                     FileOp::CopyNew { entry }
                 }
                 v => {
