@@ -4,6 +4,12 @@
 //! stored manifest and the trailer. Applied against the fixed OLD into
 //! `ROOT/tmp/out`.
 //!
+//! Format 2.2: entries may be copy-new (op 4; honest, or pointing at a directory, a symlink,
+//! another copy-new, before the first entry, or with the wrong size), and a byte after the
+//! codecs chooses whether the header carries flag bit 5 (relative sizes). The manifest is written
+//! here from FORMAT.md (`encode_manifest`), which can also write a distance back past the first
+//! entry; when `Manifest` can hold it, the bytes must equal `Manifest::encode_sized`'s.
+//!
 //! Alongside, an independent model of the apply semantics (FORMAT.md: base checks, solid streams
 //! consumed in manifest order, bsdiff-style controls, exact stream ends) predicts the outcome.
 //! When the crate's own `Manifest::decode` accepts the manifest, the model materialises the
@@ -21,7 +27,7 @@ use std::path::Path;
 use bundelta::format::{
     lzma_dict_size, put_svarint, put_varint, BaseTags, Entry, EntryKind, FileOp, Hash, Header,
     Manifest, OldFile, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_BASE_TAGS, FLAG_DIFF_RUNS,
-    FLAG_DIRECTORY, VERSION_MINOR,
+    FLAG_DIRECTORY, FLAG_RELATIVE_SIZES, VERSION_MINOR,
 };
 
 /// The zero-run coding of FORMAT.md 4.1, written here from the spec (not the crate's writer):
@@ -186,6 +192,13 @@ enum Op {
         /// a 0 is an empty block, which the format forbids).
         blocks: Vec<usize>,
     },
+    /// Op 4 (format 2.2): the content of an earlier entry of NEW. Which entry is resolved once
+    /// the entry order is final (`resolve_copy_new`): `mode % 8` 0..=4 an earlier regular file
+    /// that is not itself a copy-new (honest, if there is one), 5 any earlier entry (a
+    /// directory, symlink or copy-new too), 6 an earlier copy-new (or any earlier entry), 7 a
+    /// distance back past the first entry (out of range). A forward reference cannot be
+    /// written: the format stores the distance back.
+    CopyNew { mode: u8, pick: u8 },
 }
 
 #[derive(Clone, Debug)]
@@ -277,13 +290,18 @@ fn gen_entry(b: &mut Bytes<'_>, o: GenOpts) -> Gen {
         _ => {
             let sel = b.u8();
             let exec = sel & 1 != 0;
-            let size = (sel & 0x80 != 0).then(|| u64::from(b.u16() % 4096));
+            let mut size = (sel & 0x80 != 0).then(|| u64::from(b.u16() % 4096));
             let idx = |b: &mut Bytes<'_>| {
                 u32::from(b.u8()) % (n_old.max(1) as u32 + (sel >> 6 & 1) as u32)
             };
             let op = match k {
                 2 => Op::Unchanged,
                 3 => Op::Copy(idx(b)),
+                // A single-file bundle's one entry has nothing before it: only sometimes.
+                4 | 5 if sel & 8 != 0 && (!single || sel & 0x10 != 0) => Op::CopyNew {
+                    mode: b.u8(),
+                    pick: b.u8(),
+                },
                 4 | 5 => {
                     let n = usize::from(b.u8() % 48);
                     Op::Add(b.take_padded(n))
@@ -302,6 +320,11 @@ fn gen_entry(b: &mut Bytes<'_>, o: GenOpts) -> Gen {
                     }
                 }
             };
+            // A copy-new of a wrong size (the declared size differs from its source's) a
+            // quarter of the time, not half.
+            if matches!(op, Op::CopyNew { .. }) && sel & 0x20 == 0 {
+                size = None;
+            }
             Kind::File { exec, op, size }
         }
     };
@@ -513,7 +536,10 @@ pub fn run(data: &[u8]) {
         base.update(blake3::hash(old_content(single, &f.path).unwrap_or(b"")).as_bytes());
     }
     let mut total: u64 = 0;
+    // The distance back each copy-new entry writes (None for other entries).
+    let mut backs: Vec<Option<u64>> = Vec::new();
     for g in &gens {
+        let mut back = None;
         let kind = match &g.kind {
             Kind::Dir => EntryKind::Dir,
             Kind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
@@ -531,6 +557,25 @@ pub fn run(data: &[u8]) {
                     Op::Add(d) => {
                         extra.extend_from_slice(d);
                         (d.len() as u64, FileOp::Add)
+                    }
+                    Op::CopyNew { mode, pick } => {
+                        let i = entries.len();
+                        let d = resolve_copy_new(&entries, *mode, *pick);
+                        back = Some(d);
+                        // An index the format cannot hold when `d` points before the first
+                        // entry: such a manifest exists only as the bytes `encode_manifest`
+                        // writes, and must not decode.
+                        let entry = (d < i as u64).then(|| i - 1 - d as usize);
+                        let honest = match entry.map(|j| &entries[j].kind) {
+                            Some(EntryKind::File { size, .. }) => *size,
+                            _ => 0,
+                        };
+                        (
+                            honest,
+                            FileOp::CopyNew {
+                                entry: entry.map_or(u32::MAX, |j| j as u32),
+                            },
+                        )
                     }
                     Op::Delta {
                         sources,
@@ -580,7 +625,13 @@ pub fn run(data: &[u8]) {
             path: g.path.clone(),
             kind,
         });
+        backs.push(back);
     }
+    // Every copy-new points at or after the first entry: `Manifest` holds it as it is.
+    let representable = backs
+        .iter()
+        .enumerate()
+        .all(|(i, d)| d.is_none_or(|d| d < i as u64));
     let base_digest = if honest_base {
         *base.finalize().as_bytes()
     } else {
@@ -613,10 +664,14 @@ pub fn run(data: &[u8]) {
         (true, 3) => [0; 3].map(|_: u8| CODECS[usize::from(b.u8() % 4)]),
         (true, c) => [CODECS[usize::from(c) + 1]; 3],
     };
+    // Format 2.2 relative sizes (FORMAT.md 3.3): header flag bit 5 and the manifest written
+    // with them, or neither.
+    let rel_sizes = b.u8() & 1 != 0;
     let mut header = Header {
         minor: VERSION_MINOR,
         flags: if directory { FLAG_DIRECTORY } else { 0 }
-            | if tag_bits > 0 { FLAG_BASE_TAGS } else { 0 },
+            | if tag_bits > 0 { FLAG_BASE_TAGS } else { 0 }
+            | if rel_sizes { FLAG_RELATIVE_SIZES } else { 0 },
         window_log: 20,
         codecs,
         manifest_len: 0,
@@ -627,9 +682,26 @@ pub fn run(data: &[u8]) {
 
     // The model.
     let scratch_exp = scratch();
-    let mut expect = match Manifest::decode(&m.encode(), &header) {
+    let wire = encode_manifest(&m, rel_sizes, &backs);
+    if representable {
+        assert_eq!(
+            wire,
+            m.encode_sized(rel_sizes),
+            "the crate's writer differs from FORMAT.md (relative sizes: {rel_sizes})"
+        );
+    }
+    // The decoding budget is a multiple of the manifest's raw length (`Budget::for_manifest`):
+    // decode under the header the patch will carry, not one that declares 0 bytes (which
+    // refused every manifest with an entry or an old file, so the model never reached Ok
+    // for them).
+    header.manifest_raw_len = wire.len() as u64;
+    let mut expect = match Manifest::decode(&wire, &header) {
         Err(e) => Expect::Err(format!("manifest rejected: {e}")),
         Ok(dm) => {
+            assert!(
+                representable,
+                "Manifest::decode accepted a copy-new before the first entry"
+            );
             assert_eq!(dm, m, "manifest changed through encode/decode");
             if directory {
                 for p in dm
@@ -661,7 +733,7 @@ pub fn run(data: &[u8]) {
     }
 
     // Assemble the patch.
-    let raw = m.encode();
+    let raw = encode_manifest(&m, rel_sizes, &backs);
     // The manifest is one zstd frame, or stored as it is (then manifest_len == raw length),
     // which a writer must do when the frame would not be smaller.
     let mut comp = zstd::bulk::compress(&raw, 1).unwrap();
@@ -716,7 +788,16 @@ pub fn run(data: &[u8]) {
 
     if super::debug() {
         match (&result, &expect) {
-            (Ok(_), _) => eprintln!("dir_apply: Ok"),
+            // Which 2.2 features an applied patch used.
+            (Ok(_), _) => eprintln!(
+                "dir_apply: Ok{}{}",
+                if rel_sizes { " relative-sizes" } else { "" },
+                if backs.iter().any(Option::is_some) {
+                    " copy-new"
+                } else {
+                    ""
+                }
+            ),
             (Err(e), Expect::Err(why)) => eprintln!("dir_apply: Err {e} (model: {why})"),
             (Err(e), _) => eprintln!("dir_apply: Err {e}"),
         }
@@ -908,6 +989,21 @@ fn model(
                     Err(why) => return Expect::Err(why),
                 }
             }
+            // The entry's content as this patch produced it (FORMAT.md 3, op 4): an earlier
+            // regular file, not itself a copy-new, of the same size.
+            FileOp::CopyNew { entry } => {
+                let j = *entry as usize;
+                if j >= outputs.len() {
+                    return Expect::Err("copy-new of a later entry".into());
+                }
+                match (&m.entries[j].kind, &outputs[j]) {
+                    (EntryKind::File { op: FileOp::CopyNew { .. }, .. }, _) => {
+                        return Expect::Err("copy-new of a copy-new".into())
+                    }
+                    (EntryKind::File { .. }, Some(d)) => d.clone(),
+                    _ => return Expect::Err("copy-new of a non-file".into()),
+                }
+            }
             _ => return Expect::Err("unknown op".into()),
         };
         if content.len() as u64 != *size {
@@ -946,4 +1042,150 @@ fn model(
         }
     }
     Expect::Ok(bundle_digest(&root).expect("digest of the expected bundle"))
+}
+
+/// The distance back a copy-new at index `prior.len()` writes (FORMAT.md 3: it copies entry
+/// `i - 1 - back`), chosen by `mode` (see [`Op::CopyNew`]).
+fn resolve_copy_new(prior: &[Entry], mode: u8, pick: u8) -> u64 {
+    let i = prior.len();
+    let pick = usize::from(pick);
+    let is_copy_new = |e: &Entry| {
+        matches!(
+            e.kind,
+            EntryKind::File {
+                op: FileOp::CopyNew { .. },
+                ..
+            }
+        )
+    };
+    let files: Vec<usize> = (0..i)
+        .filter(|&j| matches!(prior[j].kind, EntryKind::File { .. }) && !is_copy_new(&prior[j]))
+        .collect();
+    let copies: Vec<usize> = (0..i).filter(|&j| is_copy_new(&prior[j])).collect();
+    let j = match mode % 8 {
+        0..=4 if !files.is_empty() => Some(files[pick % files.len()]),
+        6 if !copies.is_empty() => Some(copies[pick % copies.len()]),
+        7 => None,
+        _ if i > 0 => Some(pick % i),
+        _ => None,
+    };
+    match j {
+        Some(j) => (i - 1 - j) as u64,
+        None if pick == 255 => u64::MAX,
+        None => (i + pick % 3) as u64,
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The full-form manifest body written from FORMAT.md section 3 (not with the crate's writer):
+/// absolute sizes, or with `rel` (header flag bit 5, section 3.3) the size of a copy, modify
+/// or copy-new as the zigzag difference from its reference size (absolute when that cannot be
+/// resolved: the reader refuses such an entry for its source anyway). `backs[i]` is the
+/// distance back copy-new entry `i` writes, which may reach before the first entry.
+fn encode_manifest(m: &Manifest, rel: bool, backs: &[Option<u64>]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&m.new_digest);
+    out.extend_from_slice(&m.base_digest);
+    if m.base_tags.bits > 0 {
+        out.push(m.base_tags.bits);
+        put_varint(&mut out, m.base_tags.count as u64);
+        out.extend_from_slice(&m.base_tags.packed);
+    }
+    put_varint(&mut out, m.old_files.len() as u64);
+    for f in &m.old_files {
+        put_str(&mut out, &f.path);
+        put_varint(&mut out, f.size);
+    }
+    put_varint(&mut out, m.entries.len() as u64);
+    let old_size = |s: &u32| m.old_files.get(*s as usize).map(|f| f.size);
+    let mut prev = "";
+    for (i, e) in m.entries.iter().enumerate() {
+        // Longest shared byte prefix, backed off to a character boundary.
+        let mut shared = prev
+            .bytes()
+            .zip(e.path.bytes())
+            .take_while(|(x, y)| x == y)
+            .count();
+        while !e.path.is_char_boundary(shared) {
+            shared -= 1;
+        }
+        put_varint(&mut out, shared as u64);
+        put_str(&mut out, &e.path[shared..]);
+        prev = &e.path;
+        match &e.kind {
+            EntryKind::Dir => out.push(0),
+            EntryKind::Symlink { target } => {
+                out.push(2);
+                put_str(&mut out, target);
+            }
+            EntryKind::File { exec, size, op } => {
+                out.push(1);
+                out.push(u8::from(*exec));
+                let back = backs[i];
+                let reference = match op {
+                    _ if !rel => None,
+                    FileOp::Copy { source } => old_size(source),
+                    FileOp::Delta {
+                        sources, base_size, ..
+                    } if sources.is_empty() => Some(*base_size),
+                    FileOp::Delta { sources, .. } => sources
+                        .iter()
+                        .try_fold(0u64, |a, s| a.checked_add(old_size(s)?)),
+                    FileOp::CopyNew { .. } => back
+                        .filter(|&d| d < i as u64)
+                        .and_then(|d| match &m.entries[i - 1 - d as usize].kind {
+                            EntryKind::File { op, size, .. }
+                                if !matches!(op, FileOp::CopyNew { .. }) =>
+                            {
+                                Some(*size)
+                            }
+                            _ => None,
+                        }),
+                    _ => None,
+                };
+                match reference {
+                    Some(r) => put_svarint(&mut out, *size as i64 - r as i64),
+                    None => put_varint(&mut out, *size),
+                }
+                match op {
+                    FileOp::Unchanged => out.push(0),
+                    FileOp::Copy { source } => {
+                        out.push(1);
+                        put_varint(&mut out, u64::from(*source));
+                    }
+                    FileOp::Add => out.push(2),
+                    FileOp::Delta {
+                        sources,
+                        base_size,
+                        transform,
+                    } => {
+                        out.push(3);
+                        put_varint(&mut out, sources.len() as u64);
+                        for s in sources {
+                            put_varint(&mut out, u64::from(*s));
+                        }
+                        if sources.is_empty() {
+                            put_varint(&mut out, *base_size);
+                        }
+                        out.push(*transform);
+                    }
+                    FileOp::CopyNew { .. } => {
+                        out.push(4);
+                        put_varint(&mut out, back.expect("a copy-new has its distance"));
+                    }
+                    _ => unreachable!("the generator makes only ops 0..=4"),
+                }
+            }
+            _ => unreachable!("the generator makes only kinds 0..=2"),
+        }
+    }
+    put_varint(&mut out, m.deleted.len() as u64);
+    for d in &m.deleted {
+        put_str(&mut out, d);
+    }
+    out
 }

@@ -7,7 +7,8 @@
 //! allocator ([`super::heap`]).
 
 use bundelta::format::{
-    listing_digest, listing_tag, BaseTags, Budget, Header, ListEntry, ListKind, Manifest,
+    listing_digest, listing_tag, BaseTags, Budget, EntryKind, FileOp, Header, ListEntry,
+    ListKind, Manifest,
 };
 
 /// Heap decoding may hold besides its budget: an error message (it quotes a path of at most
@@ -81,21 +82,50 @@ pub fn run(data: &[u8]) {
     };
     m.validate(&header)
         .expect("a decoded manifest must pass validate");
-    let again = m.encode();
+    // With header flag bit 5 (format 2.2) sizes are written relative to their sources: the
+    // re-encoding must use the coding the header declares.
+    let rel_sizes = header.has_relative_sizes();
+    let again = m.encode_sized(rel_sizes);
     // The full form of a relative manifest may need more than the header declared for the
     // relative bytes: the round trip is checked without a budget.
     let m2 = Manifest::decode_with_budget(&again, &header, None, &mut Budget::unlimited())
         .expect("re-encoded manifest must decode");
     assert_eq!(m, m2, "manifest changed through encode/decode");
-    assert_eq!(again, m2.encode(), "encoding is not deterministic");
+    assert_eq!(
+        again,
+        m2.encode_sized(rel_sizes),
+        "encoding is not deterministic"
+    );
     if header.is_directory() {
         // Tags of the listing itself, as a writer would make them (no contents: sizes only).
         let hashes: Vec<_> = list.iter().map(|e| listing_tag(e, None)).collect();
         let tags = BaseTags::from_hashes(m.base_tags.bits, &hashes);
-        if let Some(rel) = m.encode_relative(&list, &tags) {
+        if let Some(rel) = m.encode_relative_sized(&list, &tags, rel_sizes) {
             // Old records take their sizes from the listing in this form, so an arbitrary
             // manifest need not survive it; decoding must still never panic.
-            if let Ok(m3) = Manifest::decode_with_old(&rel, &header, Some(&list)) {
+            // With relative sizes (FORMAT.md 3.3) a size is resolved against the listing's: the
+            // entries survive only when the manifest's old-record sizes and same-path base
+            // sizes are the listing's.
+            let listed = |p: &str| {
+                list.iter().find(|e| e.path == p).and_then(|e| match e.kind {
+                    ListKind::File { size, .. } => Some(size),
+                    _ => None,
+                })
+            };
+            let sizes_hold = !rel_sizes
+                || (m.old_files.iter().all(|f| listed(&f.path) == Some(f.size))
+                    && m.entries.iter().all(|e| match &e.kind {
+                        EntryKind::File {
+                            op:
+                                FileOp::Delta {
+                                    sources, base_size, ..
+                                },
+                            ..
+                        } if sources.is_empty() => listed(&e.path).is_none_or(|s| s == *base_size),
+                        _ => true,
+                    }));
+            let m3 = Manifest::decode_with_old(&rel, &header, Some(&list));
+            if let (Ok(m3), true) = (m3, sizes_hold) {
                 assert_eq!(
                     m.entries, m3.entries,
                     "entries changed through the relative form"
