@@ -115,16 +115,8 @@ fn scan_into(dir: &Dir, prefix: &str, out: &mut Vec<Node>) -> Result<()> {
 }
 
 /// Whether a file's mode has an executable bit (the `diff` side's scan of inputs).
-#[cfg(all(unix, feature = "diff"))]
-pub(crate) fn is_exec(md: &fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    md.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(all(not(unix), feature = "diff"))]
-pub(crate) fn is_exec(_md: &fs::Metadata) -> bool {
-    false
-}
+#[cfg(feature = "diff")]
+pub(crate) use crate::sys::is_exec;
 
 /// Buffer size for streaming reads on the apply side.
 pub(crate) const IO_BUF: usize = 64 * 1024;

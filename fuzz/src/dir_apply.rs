@@ -198,7 +198,10 @@ enum Op {
     /// directory, symlink or copy-new too), 6 an earlier copy-new (or any earlier entry), 7 a
     /// distance back past the first entry (out of range). A forward reference cannot be
     /// written: the format stores the distance back.
-    CopyNew { mode: u8, pick: u8 },
+    CopyNew {
+        mode: u8,
+        pick: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -997,9 +1000,13 @@ fn model(
                     return Expect::Err("copy-new of a later entry".into());
                 }
                 match (&m.entries[j].kind, &outputs[j]) {
-                    (EntryKind::File { op: FileOp::CopyNew { .. }, .. }, _) => {
-                        return Expect::Err("copy-new of a copy-new".into())
-                    }
+                    (
+                        EntryKind::File {
+                            op: FileOp::CopyNew { .. },
+                            ..
+                        },
+                        _,
+                    ) => return Expect::Err("copy-new of a copy-new".into()),
                     (EntryKind::File { .. }, Some(d)) => d.clone(),
                     _ => return Expect::Err("copy-new of a non-file".into()),
                 }
@@ -1135,16 +1142,17 @@ fn encode_manifest(m: &Manifest, rel: bool, backs: &[Option<u64>]) -> Vec<u8> {
                     FileOp::Delta { sources, .. } => sources
                         .iter()
                         .try_fold(0u64, |a, s| a.checked_add(old_size(s)?)),
-                    FileOp::CopyNew { .. } => back
-                        .filter(|&d| d < i as u64)
-                        .and_then(|d| match &m.entries[i - 1 - d as usize].kind {
-                            EntryKind::File { op, size, .. }
-                                if !matches!(op, FileOp::CopyNew { .. }) =>
-                            {
-                                Some(*size)
-                            }
-                            _ => None,
-                        }),
+                    FileOp::CopyNew { .. } => back.filter(|&d| d < i as u64).and_then(|d| match &m
+                        .entries[i - 1 - d as usize]
+                        .kind
+                    {
+                        EntryKind::File { op, size, .. }
+                            if !matches!(op, FileOp::CopyNew { .. }) =>
+                        {
+                            Some(*size)
+                        }
+                        _ => None,
+                    }),
                     _ => None,
                 };
                 match reference {

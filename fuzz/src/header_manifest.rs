@@ -7,8 +7,8 @@
 //! allocator ([`super::heap`]).
 
 use bundelta::format::{
-    listing_digest, listing_tag, BaseTags, Budget, EntryKind, FileOp, Header, ListEntry,
-    ListKind, Manifest,
+    listing_digest, listing_tag, BaseTags, Budget, EntryKind, FileOp, Header, ListEntry, ListKind,
+    Manifest,
 };
 
 /// Heap decoding may hold besides its budget: an error message (it quotes a path of at most
@@ -107,10 +107,12 @@ pub fn run(data: &[u8]) {
             // entries survive only when the manifest's old-record sizes and same-path base
             // sizes are the listing's.
             let listed = |p: &str| {
-                list.iter().find(|e| e.path == p).and_then(|e| match e.kind {
-                    ListKind::File { size, .. } => Some(size),
-                    _ => None,
-                })
+                list.iter()
+                    .find(|e| e.path == p)
+                    .and_then(|e| match e.kind {
+                        ListKind::File { size, .. } => Some(size),
+                        _ => None,
+                    })
             };
             let sizes_hold = !rel_sizes
                 || (m.old_files.iter().all(|f| listed(&f.path) == Some(f.size))

@@ -102,8 +102,7 @@ impl Old {
             (io::ErrorKind::NotFound, _) => "missing".to_string(),
             (io::ErrorKind::InvalidInput, None) => source.to_string(),
             _ if sys::is_link_refusal(&source) => self.diagnose(rel),
-            #[cfg(unix)]
-            (_, Some(libc::EISDIR)) => "is a directory, not a regular file".to_string(),
+            _ if sys::is_dir_error(&source) => "is a directory, not a regular file".to_string(),
             _ => return Error::io(&self.display(rel), "read", source),
         };
         Error::wrong_base(rel, why)
@@ -531,11 +530,6 @@ impl Patch {
             return match Dir::open(old) {
                 Ok(d) => Ok(Old::Dir(d)),
                 Err(e) if e.kind() == io::ErrorKind::NotADirectory => Err(Error::wrong_base(
-                    "",
-                    "the patch is for a directory bundle but OLD is not a directory",
-                )),
-                #[cfg(unix)]
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Error::wrong_base(
                     "",
                     "the patch is for a directory bundle but OLD is not a directory",
                 )),

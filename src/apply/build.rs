@@ -1,7 +1,7 @@
 //! Building the output: every entry of the new version rebuilt into the staging location (or
 //! a hashing sink), each file verified as written, then the bundle digest, then durability.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -389,27 +389,11 @@ impl Patch {
 }
 
 fn create_dir(p: &Path) -> Result<()> {
-    let mut b = fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o755);
-    }
-    b.create(p).map_err(|e| Error::io(p, "create directory", e))
+    sys::create_dir_at(p).map_err(|e| Error::io(p, "create directory", e))
 }
 
 fn create_file(p: &Path, exec: bool) -> Result<File> {
-    let mut o = fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(if exec { 0o755 } else { 0o644 })
-            .custom_flags(libc::O_NOFOLLOW);
-    }
-    #[cfg(not(unix))]
-    let _ = exec;
-    o.open(p).map_err(|e| Error::io(p, "create", e))
+    sys::create_file_at(p, exec).map_err(|e| Error::io(p, "create", e))
 }
 
 /// An error writing the staging tree at `p`: a symlink met there (a directory of the stage

@@ -18,14 +18,7 @@ use super::{memory_needed, Patch, DEFAULT_MEMORY_LIMIT};
 /// Open the patch file for reading. A FIFO or device named as the patch is refused at once,
 /// without blocking in `open`.
 fn open_patch_file(path: &Path) -> Result<File> {
-    let mut o = fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NONBLOCK);
-    }
-    let f = o.open(path).map_err(|e| Error::io(path, "open", e))?;
+    let f = crate::sys::open_nonblocking(path).map_err(|e| Error::io(path, "open", e))?;
     let md = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
     if !md.is_file() {
         return Err(Error::invalid_input(

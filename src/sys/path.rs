@@ -21,6 +21,77 @@ pub(crate) fn side_file_options(o: &mut fs::OpenOptions) -> &mut fs::OpenOptions
     o
 }
 
+/// Open a file for reading without blocking in `open` on a FIFO or device (`O_NONBLOCK` on
+/// unix); the caller checks the kind on the open handle.
+pub(crate) fn open_nonblocking(p: &Path) -> io::Result<File> {
+    let mut o = fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use rustix::fs::OFlags;
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(OFlags::NONBLOCK.bits() as i32);
+    }
+    o.open(p)
+}
+
+/// Create the directory `p` (mode 0755 on unix).
+pub(crate) fn create_dir_at(p: &Path) -> io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o755);
+    }
+    b.create(p)
+}
+
+/// Create the file `p` exclusively, never through a symlink at its last component (mode 0755
+/// or 0644 on unix).
+pub(crate) fn create_file_at(p: &Path, exec: bool) -> io::Result<File> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use rustix::fs::OFlags;
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(if exec { 0o755 } else { 0o644 })
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32);
+    }
+    #[cfg(not(unix))]
+    let _ = exec;
+    o.open(p)
+}
+
+/// Whether an open error says the path is a directory (`EISDIR`). Always false elsewhere
+/// than unix.
+pub(crate) fn is_dir_error(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(rustix::io::Errno::ISDIR.raw_os_error())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// Whether a file's mode has an executable bit. Always false elsewhere than unix.
+#[cfg(feature = "diff")]
+pub(crate) fn is_exec(md: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        md.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = md;
+        false
+    }
+}
+
 /// Whether an open error of a side file says a symlink (`ELOOP` under `O_NOFOLLOW`) or a
 /// directory (`EISDIR`) is there. Always false elsewhere than unix.
 pub(crate) fn is_link_or_dir(e: &io::Error) -> bool {
