@@ -268,12 +268,7 @@ impl Manifest {
             // Prefix-compressed against the previous entry's path (referred to, never copied).
             let prev = entries.last().map_or("", |e| e.path.as_str());
             let path = read_prefixed(&mut r, prev, budget)?;
-            let coding = SizeCoding {
-                relative: header.has_relative_sizes(),
-                old: Some(&old_files),
-                prior: Some(&entries),
-                ..SizeCoding::default()
-            };
+            let coding = SizeCoding::decoding(header, &old_files, &entries);
             let kind = read_body(&mut r, n_old, budget, &coding)?;
             entries.push(Entry { path, kind });
         }
@@ -502,7 +497,18 @@ pub(super) struct SizeCoding<'a> {
     pub prior: Option<&'a [Entry]>,
 }
 
-impl SizeCoding<'_> {
+impl<'a> SizeCoding<'a> {
+    /// How a decoder reads the entry after `prior`, under `header`, with the old-file table
+    /// `old`.
+    pub(super) fn decoding(header: &Header, old: &'a [OldFile], prior: &'a [Entry]) -> Self {
+        SizeCoding {
+            relative: header.has_relative_sizes(),
+            old: Some(old),
+            prior: Some(prior),
+            ..SizeCoding::default()
+        }
+    }
+
     /// Whether a modify entry without sources writes its `base_size`.
     fn writes_base_size(&self) -> bool {
         !(self.relative && self.same_item)

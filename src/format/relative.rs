@@ -481,11 +481,9 @@ impl Manifest {
                         _ => None,
                     };
                     let coding = SizeCoding {
-                        relative: header.has_relative_sizes(),
-                        old: Some(&old_files),
                         same_item: true,
                         same_size: same_file.unwrap_or(0),
-                        prior: Some(&entries),
+                        ..SizeCoding::decoding(header, &old_files, &entries)
                     };
                     let kind = read_body(&mut r, n_old, budget, &coding)?;
                     if coding.relative && same_file.is_none() {
@@ -514,12 +512,7 @@ impl Manifest {
                         Prev::New(j) => entries[j].path.as_str(),
                     };
                     let path = read_prefixed(&mut r, base, budget)?;
-                    let coding = SizeCoding {
-                        relative: header.has_relative_sizes(),
-                        old: Some(&old_files),
-                        prior: Some(&entries),
-                        ..SizeCoding::default()
-                    };
+                    let coding = SizeCoding::decoding(header, &old_files, &entries);
                     let kind = read_body(&mut r, n_old, budget, &coding)?;
                     entries.push(Entry { path, kind });
                     prev = Prev::New(entries.len() - 1);
