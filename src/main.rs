@@ -703,6 +703,25 @@ fn signed_text(h: &bundelta::format::Header, key: &PubkeyArg) -> &'static str {
     }
 }
 
+/// The lines `info` prints for either manifest form: signature, target and memory.
+fn info_target(
+    out: &mut impl Write,
+    a: &InfoArgs,
+    h: &bundelta::format::Header,
+    new_digest: &bundelta::format::Hash,
+    mem: u64,
+) -> std::io::Result<()> {
+    writeln!(out, "signed:       {}", signed_text(h, &a.key))?;
+    writeln!(out, "new size:     {}", human(h.new_total))?;
+    writeln!(out, "new digest:   {}", bundelta::hex(new_digest))?;
+    writeln!(
+        out,
+        "apply memory: {} (window log {})",
+        human(mem),
+        h.window_log
+    )
+}
+
 /// `info` for a patch whose manifest is relative to OLD's file list, without OLD.
 fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
@@ -731,15 +750,7 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
         human(p.len())
     )?;
     writeln!(out, "bundle:       directory; manifest relative to OLD's file list (--old OLD lists every path)")?;
-    writeln!(out, "signed:       {}", signed_text(h, &a.key))?;
-    writeln!(out, "new size:     {}", human(h.new_total))?;
-    writeln!(out, "new digest:   {}", bundelta::hex(&p.new_digest()))?;
-    writeln!(
-        out,
-        "apply memory: {} (window log {})",
-        human(mem),
-        h.window_log
-    )?;
+    info_target(&mut out, a, h, &p.new_digest(), mem)?;
     writeln!(
         out,
         "entries:      {} kept, {} changed, {} inserted, {} deleted",
@@ -869,15 +880,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "single file"
         }
     )?;
-    writeln!(out, "signed:       {}", signed_text(h, &a.key))?;
-    writeln!(out, "new size:     {}", human(h.new_total))?;
-    writeln!(out, "new digest:   {}", bundelta::hex(&m.new_digest))?;
-    writeln!(
-        out,
-        "apply memory: {} (window log {})",
-        human(mem),
-        h.window_log
-    )?;
+    info_target(&mut out, &a, h, &m.new_digest, mem)?;
     writeln!(
         out,
         "sections:     manifest {}, control {} ({}), diff {} ({}), extra {} ({})",

@@ -295,6 +295,18 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Apply p1 to `app` out of place (into `out`) and then in place; both must give NEW1.
+    fn apply_p1_out_and_in_place(&self) {
+        bundelta::Patcher::new()
+            .apply(&self.p("app"), &self.p("p1.bdp"), &self.p("out"))
+            .unwrap();
+        bundelta::Patcher::new()
+            .apply_in_place(&self.p("app"), &self.p("p1.bdp"))
+            .unwrap();
+        assert_eq!(read_tree(&self.p("out")), self.new1);
+        assert_eq!(read_tree(&self.p("app")), self.new1);
+    }
+
     fn new() -> Fixture {
         let mut rng = Rng(91);
         let mut old = Tree::new();
@@ -487,14 +499,7 @@ fn planted_side_files_are_refused_never_followed() {
     }
     // Without a plant the same applies succeed.
     f.reset();
-    bundelta::Patcher::new()
-        .apply(&f.p("app"), &f.p("p1.bdp"), &f.p("out"))
-        .unwrap();
-    bundelta::Patcher::new()
-        .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
-        .unwrap();
-    assert_eq!(read_tree(&f.p("app")), f.new1);
-    assert_eq!(read_tree(&f.p("out")), f.new1);
+    f.apply_p1_out_and_in_place();
     eprintln!("side files: {tried} planted links, directories and FIFOs refused");
 }
 
@@ -552,14 +557,7 @@ fn planted_stage_names_are_left_alone() {
                 std::os::unix::fs::symlink(f.p("victim.txt"), f.p(n)).unwrap();
             }
         }
-        bundelta::Patcher::new()
-            .apply(&f.p("app"), &f.p("p1.bdp"), &f.p("out"))
-            .unwrap();
-        bundelta::Patcher::new()
-            .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
-            .unwrap();
-        assert_eq!(read_tree(&f.p("out")), f.new1);
-        assert_eq!(read_tree(&f.p("app")), f.new1);
+        f.apply_p1_out_and_in_place();
         for n in &names {
             let victim = if plant == "dir" {
                 f.p(n).join("victim.txt")

@@ -697,25 +697,16 @@ pub(super) fn read_body(
                     })
                 }
             };
-            if let (FileOp::CopyNew { entry }, Some(prior)) = (&op, coding.prior) {
-                copy_new_source(prior, *entry)?;
-            }
-            let size = match (coding.relative, coding.reference(&op)?) {
-                (true, Some(reference)) => {
+            // Relative sizes resolve against the source's size; when skipping bodies (no
+            // old-file table or entries) the value read is not resolved and not used.
+            let size = match coding.reference(&op)? {
+                Some(reference) => {
                     let d = ((raw_size >> 1) as i64) ^ -((raw_size & 1) as i64);
                     reference.checked_add_signed(d).ok_or_else(|| {
                         Error::corrupt("manifest", "a file size out of range of its source's")
                     })?
                 }
-                // Skipping (no old-file table): a relative size is not resolved.
-                (true, None)
-                    if (coding.old.is_none()
-                        && matches!(op, FileOp::Copy { .. } | FileOp::Delta { .. }))
-                        || (coding.prior.is_none() && matches!(op, FileOp::CopyNew { .. })) =>
-                {
-                    0
-                }
-                _ => raw_size,
+                None => raw_size,
             };
             EntryKind::File { exec, size, op }
         }
