@@ -119,6 +119,12 @@ struct DiffArgs {
     /// refused, but not named.
     #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=32))]
     base_tags: Option<u8>,
+    /// Do not predict the references of executables (ELF and PE files for x86-64 and
+    /// AArch64). By default the diff predicts calls, jumps, RIP-relative operands and
+    /// pointers from where the code they point to moved, when that is smaller: patches of
+    /// executables and shared libraries 2% to 56% smaller on the corpus.
+    #[arg(long)]
+    no_exe_refs: bool,
     /// Overwrite PATCH if it exists.
     #[arg(short, long)]
     force: bool,
@@ -486,7 +492,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
             CodecArg::Lzma => bundelta::Codec::Lzma,
             CodecArg::Zstd => bundelta::Codec::Zstd,
         });
-    opts.base_tags(a.base_tags);
+    opts.base_tags(a.base_tags).exe_refs(!a.no_exe_refs);
     if let Some(key) = &a.sign {
         opts.sign_with(read_secret_key(key)?);
     }

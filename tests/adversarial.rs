@@ -1105,7 +1105,7 @@ fn old_parent_directory_replaced_by_a_link_is_not_followed() {
 fn golden(name: &str) -> Vec<u8> {
     fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("corpus/golden/v2.2")
+            .join("corpus/golden/v2.3")
             .join(name),
     )
     .unwrap()
@@ -1198,6 +1198,45 @@ fn every_truncation_and_bit_flip_of_real_patches_is_refused() {
          errors by kind: {kinds:?}",
         benign.len()
     );
+}
+
+/// Every truncation and every single-bit flip (with the trailer recomputed, so that the
+/// structure and the hashes must catch it) of the golden executable patch, whose control
+/// stream starts with reference-prediction parameters: refused with a clear error and nothing
+/// left behind, or (a flip the format leaves free) exactly NEW.
+#[test]
+fn every_flip_of_an_exe_refs_patch_is_refused() {
+    let (old, new) = crate::exe::golden_exe_inputs();
+    let patch = golden("exe.bdp");
+    let s = Sandbox::file(&old);
+    let patcher = Patcher::new();
+    let (mut refused, mut same) = (0u32, 0u32);
+    for cut in 0..patch.len() {
+        s.reject(&patcher, &patch[..cut], &format!("exe.bdp cut at {cut}"));
+        refused += 1;
+    }
+    for i in 0..patch.len() - 32 {
+        for bit in 0..8 {
+            let mut b = patch.clone();
+            b[i] ^= 1 << bit;
+            let b = reseal(b);
+            let case = format!("exe.bdp byte {i} bit {bit}, resealed");
+            fs::write(s.p("p.bdp"), &b).unwrap();
+            match patcher.apply(&s.p("old"), &s.p("p.bdp"), &s.p("out")) {
+                Ok(_) => {
+                    assert_eq!(fs::read(s.p("out")).unwrap(), new, "{case}: wrong output");
+                    fs::remove_file(s.p("out")).unwrap();
+                    same += 1;
+                }
+                Err(_) => {
+                    s.reject(&patcher, &b, &case);
+                    refused += 1;
+                }
+            }
+        }
+    }
+    eprintln!("adversarial: exe.bdp: {refused} refused, {same} flips with identical output");
+    assert!(refused > 4000);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-//! Golden vectors: the bytes of format 2.2 (what this build writes) are pinned by committed
-//! patches in corpus/golden/v2.2. Inputs are generated here deterministically; the test applies
+//! Golden vectors: the bytes of format 2.3 (what this build writes) are pinned by committed
+//! patches in corpus/golden/v2.3. Inputs are generated here deterministically; the test applies
 //! each committed patch to its generated OLD, and re-diffs to check the writer still produces
-//! the same bytes. The patches of format 2.1 (corpus/golden/v2.1, made by earlier builds from
-//! the same inputs) must still apply.
+//! the same bytes. The patches of formats 2.1 and 2.2 (corpus/golden/v2.1 and v2.2, made by
+//! earlier builds from the same inputs) must still apply.
 //! Regenerate (only for a deliberate format change) with `BUNDELTA_BLESS=1 cargo test golden`.
 
 use std::fs;
@@ -13,11 +13,11 @@ use bundelta::{DiffOptions, Patcher};
 use crate::util::*;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.2")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.3")
 }
 
-fn legacy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.1")
+fn legacy_dir(minor: u8) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("corpus/golden/v2.{minor}"))
 }
 
 fn file_inputs() -> (Vec<u8>, Vec<u8>) {
@@ -197,18 +197,51 @@ fn golden_signed_patch() {
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
 }
 
-/// Patches written by format 2.1 builds (absolute sizes, 4-bit base tags) still apply and
-/// verify: a reader takes every minor of its major.
+/// An x86-64 program whose new version inserts a function and grows its data: the patch uses
+/// reference prediction (delta transform 1, header flag FLAG_EXE_REFS), so its parameters'
+/// encoding and the prediction itself are pinned.
 #[test]
-fn golden_v2_1_patches_still_apply() {
+fn golden_exe_patch() {
+    let (old, new) = crate::exe::golden_exe_inputs();
+    let patch = DiffOptions::new().diff_bytes(&old, &new).unwrap();
+    let h = bundelta::format::Header::decode(&patch).unwrap();
+    assert_ne!(h.flags & bundelta::format::FLAG_EXE_REFS, 0);
+    check("exe.bdp", &patch);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &golden_dir().join("exe.bdp"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
+}
+
+/// Patches written by format 2.1 builds (absolute sizes, 4-bit base tags) and 2.2 builds
+/// (before reference prediction) still apply and verify: a reader takes every minor of its
+/// major.
+#[test]
+fn golden_older_minors_still_apply() {
+    for minor in [1u8, 2] {
+        older_minor_applies(minor);
+    }
+}
+
+fn older_minor_applies(minor: u8) {
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = file_inputs();
     fs::write(dir.path().join("old"), &old).unwrap();
     for name in ["file.bdp", "signed.bdp"] {
-        let p = legacy_dir().join(name);
+        let p = legacy_dir(minor).join(name);
         let h = bundelta::format::Header::decode(&fs::read(&p).unwrap()).unwrap();
-        assert_eq!(h.minor, 1, "{name}");
-        assert_eq!(h.flags & bundelta::format::FLAG_RELATIVE_SIZES, 0, "{name}");
+        assert_eq!(h.minor, minor, "{name}");
+        assert_eq!(
+            h.flags & bundelta::format::FLAG_RELATIVE_SIZES != 0,
+            minor >= 2,
+            "{name}"
+        );
         let out = dir.path().join(format!("out-{name}"));
         let mut patcher = Patcher::new();
         if name == "signed.bdp" {
@@ -219,12 +252,12 @@ fn golden_v2_1_patches_still_apply() {
     }
     let (old, new) = dir_inputs();
     write_tree(&dir.path().join("old-tree"), &old);
-    let p = legacy_dir().join("dir.bdp");
+    let p = legacy_dir(minor).join("dir.bdp");
     assert_eq!(
         bundelta::format::Header::decode(&fs::read(&p).unwrap())
             .unwrap()
             .minor,
-        1
+        minor
     );
     Patcher::new()
         .apply(

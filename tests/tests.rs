@@ -13,6 +13,7 @@ mod bench;
 #[cfg(feature = "cli")]
 mod cli;
 mod copy_new;
+mod exe;
 mod fs_handles;
 mod fuzz_replay;
 mod golden;

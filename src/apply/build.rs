@@ -360,7 +360,9 @@ impl Patch {
                 copy_file(&o.file, &old.display(p), size, out)
             }
             FileOp::Add => copy_exact_stream(&mut streams.extra, size, out, "extra stream"),
-            FileOp::Delta { sources, .. } => {
+            FileOp::Delta {
+                sources, transform, ..
+            } => {
                 let mut parts = Vec::with_capacity(sources.len().max(1));
                 if sources.is_empty() {
                     let (o, n) = own()?;
@@ -371,7 +373,7 @@ impl Patch {
                     parts.push((o.file, n, old.display(p)));
                 }
                 let src = Source::new(parts)?;
-                apply_delta(streams, &src, size, out)
+                apply_delta(streams, &src, size, *transform, out)
             }
             FileOp::CopyNew { .. } => {
                 let (f, shown) = new_source

@@ -11,6 +11,8 @@
 //!               + Σ decoder_memory(codec_s)             (control, diff, extra decoders)
 //!               + 512 KiB                               (zero-run pairs, only with that flag)
 //!               + 512 KiB                               (I/O buffers)
+//!               + 513 KiB                               (one executable's region map, only
+//!                                                        with FLAG_EXE_REFS: REFS_MEMORY)
 //! ```
 //!
 //! where a decoder needs `2^window_log + 512 KiB` for zstd and LZMA2, `4.5 MiB` for bzip2 and
@@ -80,7 +82,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::{Hash, Header, ListEntry, ListKind, Manifest, FLAG_DIFF_RUNS, ZERO_RUN_BLOCK};
+use crate::format::{
+    Hash, Header, ListEntry, ListKind, Manifest, FLAG_DIFF_RUNS, FLAG_EXE_REFS, REFS_MEMORY,
+    ZERO_RUN_BLOCK,
+};
 use crate::readat::ReadAt;
 
 pub use self::base::Unknown;
@@ -125,8 +130,14 @@ pub fn memory_needed(h: &Header) -> u64 {
     } else {
         0
     };
+    let refs = if h.flags & FLAG_EXE_REFS != 0 {
+        REFS_MEMORY
+    } else {
+        0
+    };
     crate::format::manifest_memory(h)
         .saturating_add(decoders)
+        .saturating_add(refs)
         .saturating_add(runs)
         .saturating_add(512 << 10)
 }

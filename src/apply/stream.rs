@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::decode::{expect_end, need_varint, read_full, read_retry, DiffSource, Stream};
 use crate::error::{Error, Result};
-use crate::format::{Control, FLAG_DIFF_RUNS, MAX_CONTROL_BLOCK};
+use crate::format::{Control, Refs, Scan, FLAG_DIFF_RUNS, MAX_CONTROL_BLOCK, TRANSFORM_REFS};
 use crate::readat::{read_at_most, Section};
 use crate::tree::IO_BUF;
 
@@ -179,14 +179,44 @@ impl Source {
     }
 }
 
-/// Rebuild one file of `size` bytes from its controls (see [`crate::format::Control`]).
+/// Rebuild one file of `size` bytes from its controls (see [`crate::format::Control`]), with
+/// the diff stream added to OLD's bytes as they are (`transform` 0) or to their prediction
+/// ([`TRANSFORM_REFS`], whose parameters precede the controls).
 pub(crate) fn apply_delta(
     st: &mut Streams<'_>,
     src: &Source,
     size: u64,
+    transform: u8,
     out: &mut dyn Write,
 ) -> Result<()> {
+    apply_delta_blocks(st, src, size, transform, out, IO_BUF)
+}
+
+/// [`apply_delta`] reading OLD in blocks of `block` bytes (tests use small blocks to check
+/// that prediction carries across block borders exactly).
+pub(crate) fn apply_delta_blocks(
+    st: &mut Streams<'_>,
+    src: &Source,
+    size: u64,
+    transform: u8,
+    out: &mut dyn Write,
+    block: usize,
+) -> Result<()> {
     const C: &str = "control stream";
+    // Up to 8 bytes of OLD past a block, for a reference that starts in it.
+    const LOOK: usize = 8;
+    let refs = match transform {
+        TRANSFORM_REFS => {
+            if st.used != st.block.len() {
+                return Err(Error::corrupt(C, "a control block runs into the next file"));
+            }
+            let ctrl = &mut st.ctrl;
+            Some(Refs::decode(|| need_varint(ctrl, C), src.len)?)
+        }
+        _ => None,
+    };
+    let block = block.clamp(1, IO_BUF - LOOK);
+    let mut carry = [0u8; LOOK];
     let mut pos: u64 = 0;
     let mut produced: u64 = 0;
     let mut first = true;
@@ -222,9 +252,24 @@ pub(crate) fn apply_delta(
             ));
         }
         let mut left = d;
+        let mut scan = Scan::new(pos, produced);
+        let mut carried = 0usize;
         while left > 0 {
-            let k = left.min(IO_BUF as u64) as usize;
-            src.read_exact_at(&mut st.obuf[..k], pos)?;
+            let k = left.min(block as u64) as usize;
+            match &refs {
+                None => src.read_exact_at(&mut st.obuf[..k], pos)?,
+                Some(r) => {
+                    // Predict this block's references from OLD's bytes (and up to LOOK
+                    // bytes after it, within the region), keeping what the previous block
+                    // predicted for its first bytes.
+                    let look = (left - k as u64).min(LOOK as u64) as usize;
+                    src.read_exact_at(&mut st.obuf[..k + look], pos)?;
+                    st.obuf[..carried].copy_from_slice(&carry[..carried]);
+                    r.predict(&mut scan, &mut st.obuf[..k + look], d - left, k);
+                    carry[..look].copy_from_slice(&st.obuf[k..k + look]);
+                    carried = look;
+                }
+            }
             st.diff.fill(&mut st.dbuf[..k])?;
             for (o, x) in st.obuf[..k].iter_mut().zip(&st.dbuf[..k]) {
                 *o = o.wrapping_add(*x);

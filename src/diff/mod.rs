@@ -13,6 +13,7 @@
 //! its own). Results are gathered in order, so the patch bytes never depend on the thread count.
 
 mod matcher;
+mod refs;
 mod similar;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,8 +30,9 @@ use crate::error::{Error, Result};
 use crate::format::{
     listing_tag, put_controls, BaseTags, Control, Entry, EntryKind, FileOp, Hash, Header,
     ListEntry, Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_BASE_TAGS,
-    FLAG_DIFF_RUNS, FLAG_DIRECTORY, FLAG_MANIFEST_LZMA, FLAG_RELATIVE_SIZES, FLAG_SIGNED,
-    MAX_TAG_BITS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, VERSION_MINOR,
+    FLAG_DIFF_RUNS, FLAG_DIRECTORY, FLAG_EXE_REFS, FLAG_MANIFEST_LZMA, FLAG_RELATIVE_SIZES,
+    FLAG_SIGNED, MAX_TAG_BITS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, REFS_ABS64, TRANSFORM_REFS,
+    VERSION_MINOR,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
 
@@ -101,6 +103,7 @@ pub struct DiffOptions {
     chunk_size: usize,
     codec: Codec,
     base_tags: Option<u8>,
+    exe_refs: bool,
     signing_key: Option<[u8; 32]>,
     progress: Option<Arc<DiffProgressFn>>,
 }
@@ -155,6 +158,7 @@ impl DiffOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             codec: Codec::Lzma,
             base_tags: None,
+            exe_refs: true,
             signing_key: None,
             progress: None,
         }
@@ -207,6 +211,19 @@ impl DiffOptions {
     /// patches, where there is only one file to name.
     pub fn base_tags(&mut self, bits: Option<u8>) -> &mut DiffOptions {
         self.base_tags = bits;
+        self
+    }
+
+    /// Predict the references of executables (delta transform 1, see
+    /// [`crate::format::Refs`]). Default on. For a file that is an ELF64 or PE32+ executable
+    /// or library (x86-64 or AArch64) on both sides, the diff also tries predicting calls,
+    /// jumps, RIP-relative operands and (optionally) absolute pointers from where their
+    /// targets moved, and keeps it when the estimated patch is smaller: on the corpus, 56%
+    /// smaller on a Go executable's patch release, 28% on a Rust one's minor release, 30% on
+    /// a C library's. Costs a few passes over the file at diff time; the applier needs up to
+    /// [`crate::format::REFS_MEMORY`] (513 KiB) more memory and a little CPU.
+    pub fn exe_refs(&mut self, on: bool) -> &mut DiffOptions {
+        self.exe_refs = on;
         self
     }
 
@@ -326,14 +343,17 @@ impl DiffOptions {
             FileOp::Unchanged
         } else {
             let enc = self.encode(ctx, if old.is_empty() { None } else { Some(old) }, new);
-            let is_delta = matches!(enc, Encoded::Delta(_));
+            let delta = match enc {
+                Encoded::Delta(_, t) => Some(t),
+                _ => None,
+            };
             solid.push(enc);
-            if is_delta {
+            if let Some(transform) = delta {
                 unchanged.update(&old_hash);
                 FileOp::Delta {
                     sources: Vec::new(),
                     base_size: old.len() as u64,
-                    transform: 0,
+                    transform,
                 }
             } else {
                 FileOp::Add
@@ -493,7 +513,7 @@ impl DiffOptions {
                 (Some(Plan::Copy(s)), _) => {
                     table.insert(s, 0);
                 }
-                (Some(Plan::Encode(Some(s))), Some(Encoded::Delta(_))) if *s != n.path => {
+                (Some(Plan::Encode(Some(s))), Some(Encoded::Delta(..))) if *s != n.path => {
                     table.insert(s, 0);
                 }
                 _ => {}
@@ -548,8 +568,12 @@ impl DiffOptions {
                                 entry: *first as u32,
                             }
                         }
-                        (Some(Plan::Encode(src)), Some(enc @ Encoded::Delta(_))) => {
+                        (Some(Plan::Encode(src)), Some(enc @ Encoded::Delta(..))) => {
                             stats.modified += 1;
+                            let transform = match enc {
+                                Encoded::Delta(_, t) => t,
+                                Encoded::Add(_) => 0,
+                            };
                             solid.push(enc);
                             let src = src.expect("a delta has a source");
                             if src == n.path {
@@ -558,13 +582,13 @@ impl DiffOptions {
                                 FileOp::Delta {
                                     sources: Vec::new(),
                                     base_size,
-                                    transform: 0,
+                                    transform,
                                 }
                             } else {
                                 FileOp::Delta {
                                     sources: vec![table[src]],
                                     base_size: 0,
-                                    transform: 0,
+                                    transform,
                                 }
                             }
                         }
@@ -711,7 +735,23 @@ impl DiffOptions {
                     0
                 }
                 | if streams[1].2 { FLAG_DIFF_RUNS } else { 0 }
-                | if tagged { FLAG_BASE_TAGS } else { 0 },
+                | if tagged { FLAG_BASE_TAGS } else { 0 }
+                | if m.entries.iter().any(|e| {
+                    matches!(
+                        e.kind,
+                        EntryKind::File {
+                            op: FileOp::Delta {
+                                transform: TRANSFORM_REFS,
+                                ..
+                            },
+                            ..
+                        }
+                    )
+                }) {
+                    FLAG_EXE_REFS
+                } else {
+                    0
+                },
             window_log: self.window_log,
             codecs: [streams[0].0, streams[1].0, streams[2].0],
             manifest_len: mz.len() as u64,
@@ -811,7 +851,7 @@ impl DiffOptions {
             ctx.advance(new.len() as u64);
             return Encoded::Add(new.to_vec());
         };
-        let delta = self.file_delta(ctx, source, new);
+        let (mut delta, ctrls) = self.file_delta(ctx, source, new);
         let est = |d: &[u8]| {
             if d.is_empty() {
                 0
@@ -819,10 +859,43 @@ impl DiffOptions {
                 compress_zstd(d, 3, self.window_log).len()
             }
         };
-        let est_delta = est(&delta.ctrl) + est(&delta.diff) + est(&delta.extra);
+        // Reference prediction for executables, when it makes the diff stream smaller.
+        let mut transform = 0;
+        let mut est_diff = est(&delta.diff);
+        if let Some(kind) = refs::kind(source, new).filter(|_| self.exe_refs) {
+            let attempt = |kinds: u8, min_len: u64| {
+                let r = refs::params(kinds, source, new, &ctrls, min_len);
+                let diff = refs::predicted_diff(&r, source, new, &ctrls);
+                let mut params = Vec::new();
+                r.encode(&mut params);
+                (est(&params) + est(&diff), params, diff)
+            };
+            // The map's resolution first (finer costs more breakpoints), then absolute
+            // pointers on top of the best; ties keep the earlier, so the choice is
+            // deterministic.
+            let tried: Vec<_> = refs::MIN_LENS
+                .par_iter()
+                .map(|&m| (m, attempt(kind, m)))
+                .collect();
+            let (m, mut best) = tried
+                .into_iter()
+                .reduce(|a, b| if b.1 .0 < a.1 .0 { b } else { a })
+                .expect("MIN_LENS is not empty");
+            let abs = attempt(kind | REFS_ABS64, m);
+            if abs.0 < best.0 {
+                best = abs;
+            }
+            if best.0 < est_diff {
+                est_diff = best.0;
+                transform = TRANSFORM_REFS;
+                delta.ctrl = [best.1, std::mem::take(&mut delta.ctrl)].concat();
+                delta.diff = best.2;
+            }
+        }
+        let est_delta = est(&delta.ctrl) + est_diff + est(&delta.extra);
         let est_whole = est(new).min(new.len());
         if est_delta < est_whole {
-            Encoded::Delta(delta)
+            Encoded::Delta(delta, transform)
         } else {
             Encoded::Add(new.to_vec())
         }
@@ -830,7 +903,7 @@ impl DiffOptions {
 
     /// Scan `new` against `source` in parallel chunks and join the chunks' controls into one
     /// control list for the file (see [`join_controls`]).
-    fn file_delta(&self, ctx: &Ctx<'_>, source: &[u8], new: &[u8]) -> Solid {
+    fn file_delta(&self, ctx: &Ctx<'_>, source: &[u8], new: &[u8]) -> (Solid, Vec<Control>) {
         let ix = matcher::Index::new(source);
         // Equal chunks of at most chunk_size bytes (the split depends only on the length).
         let n = new.len().div_ceil(self.chunk_size).max(1);
@@ -868,8 +941,9 @@ impl DiffOptions {
             out.diff.extend_from_slice(&p.diff);
             out.extra.extend_from_slice(&p.extra);
         }
-        put_controls(&mut out.ctrl, &join_controls(ctrls));
-        out
+        let ctrls = join_controls(ctrls);
+        put_controls(&mut out.ctrl, &ctrls);
+        (out, ctrls)
     }
 }
 
@@ -914,8 +988,9 @@ fn join_controls(chunks: Vec<Vec<Control>>) -> Vec<Control> {
 enum Encoded {
     /// The content itself, carried in the extra stream.
     Add(Vec<u8>),
-    /// Controls, diff bytes and extra bytes.
-    Delta(Solid),
+    /// Controls, diff bytes and extra bytes, and the delta transform they were made with
+    /// (0, or [`TRANSFORM_REFS`] with its parameters at the start of the controls).
+    Delta(Solid, u8),
 }
 
 /// Raw (uncompressed) control, diff and extra streams.
@@ -930,7 +1005,7 @@ impl Solid {
     fn push(&mut self, e: Encoded) {
         match e {
             Encoded::Add(content) => self.extra.extend_from_slice(&content),
-            Encoded::Delta(d) => {
+            Encoded::Delta(d, _) => {
                 self.ctrl.extend_from_slice(&d.ctrl);
                 self.diff.extend_from_slice(&d.diff);
                 self.extra.extend_from_slice(&d.extra);

@@ -7,7 +7,7 @@ use super::paths::{case_clash, common_prefix, read_prefixed};
 use super::varint::put_str;
 use super::{
     put_svarint, put_varint, validate_path, BaseTags, Budget, Hash, Header, ListEntry, Reader,
-    MAX_DELTA_SOURCES, MAX_PATH_LEN,
+    FLAG_EXE_REFS, MAX_DELTA_SOURCES, MAX_PATH_LEN, TRANSFORM_REFS,
 };
 use crate::error::{Error, Result};
 
@@ -33,7 +33,9 @@ pub enum FileOp {
         /// Size of the old file at the same path when `sources` is empty (0 otherwise): lets
         /// the applier name a same-path source whose size differs.
         base_size: u64,
-        /// Reversible transform applied before diffing; 0 = none (the only value in v1.0).
+        /// How the diff stream was made: 0 = `new - old`; [`TRANSFORM_REFS`] (minor 3, with
+        /// header flag [`super::FLAG_EXE_REFS`], at most one source) = `new - predicted`, the
+        /// references of executable code predicted from the file's region map (section 4.3).
         transform: u8,
     },
     /// The content of an earlier file entry of NEW (format 2.2): a file the new version holds
@@ -338,6 +340,29 @@ impl Manifest {
     /// the patch's (the rest, in a relative manifest, OLD's: see [`Budget`]).
     fn validate_with(&self, header: &Header, budget: &mut Budget, own: u64) -> Result<()> {
         let dir = header.is_directory();
+        for e in &self.entries {
+            if let EntryKind::File {
+                op:
+                    FileOp::Delta {
+                        sources,
+                        transform: TRANSFORM_REFS,
+                        ..
+                    },
+                ..
+            } = &e.kind
+            {
+                if header.flags & FLAG_EXE_REFS == 0 || sources.len() > 1 {
+                    return Err(Error::corrupt(
+                        "manifest",
+                        format!(
+                            "{:?}: reference prediction without the header flag, or over \
+                             more than one source",
+                            e.path
+                        ),
+                    ));
+                }
+            }
+        }
         if header.has_base_tags() != (self.base_tags.bits > 0) {
             return Err(Error::corrupt(
                 "manifest",
@@ -661,7 +686,7 @@ pub(super) fn read_body(
                         (false, _) => 0,
                     };
                     let transform = r.u8()?;
-                    if transform != 0 {
+                    if transform > TRANSFORM_REFS {
                         return Err(Error::Unsupported {
                             what: "delta transform",
                             value: transform.into(),

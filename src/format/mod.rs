@@ -53,6 +53,7 @@ mod control;
 mod header;
 mod manifest;
 mod paths;
+mod refs;
 mod relative;
 mod tags;
 mod varint;
@@ -63,6 +64,10 @@ pub use header::Header;
 pub use manifest::{Entry, EntryKind, FileOp, Manifest, OldFile, FORM_FULL, FORM_RELATIVE};
 pub(crate) use paths::case_clash;
 pub use paths::validate_path;
+pub use refs::{
+    elf_loads, pe_loads, Load, Refs, Region, Scan, KNOWN_REFS, MAX_LOADS, MAX_MAP, REFS_ABS64,
+    REFS_ARM64, REFS_MEMORY, REFS_X86, TRANSFORM_REFS,
+};
 pub use relative::{listing_digest, ListEntry, ListKind, RelativePrefix, RelativeSummary};
 pub use tags::{listing_tag, BaseTags};
 pub use varint::{put_svarint, put_varint, varint_len, Reader};
@@ -73,7 +78,7 @@ pub const MAGIC: [u8; 4] = *b"BDLT";
 pub const VERSION_MAJOR: u8 = 2;
 /// Minor format version written by this build. Readers accept any minor of their major:
 /// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
-pub const VERSION_MINOR: u8 = 2;
+pub const VERSION_MINOR: u8 = 3;
 /// Smallest possible header (every varint one byte).
 pub const MIN_HEADER_LEN: usize = 17;
 /// Largest possible header: magic, versions, a 5-byte flags varint, window log, codecs and six
@@ -101,8 +106,13 @@ pub const FLAG_BASE_TAGS: u32 = 16;
 /// `base_size` it shares with the old entry at its path (FORMAT.md section 3). A patch
 /// release of a 2,277-file tree: 10,896 -> 9,764 bytes. Readers of minor 1 refuse the flag.
 pub const FLAG_RELATIVE_SIZES: u32 = 32;
+/// Header flag (minor 3): some modify entries use delta transform [`TRANSFORM_REFS`]
+/// (reference prediction for executables, FORMAT.md section 4.3); the applier sets aside
+/// [`REFS_MEMORY`] for one file's parameters. Readers of minor 2 refuse the flag.
+pub const FLAG_EXE_REFS: u32 = 64;
 /// Every flag this version defines.
-pub const KNOWN_FLAGS: u32 = FLAG_DIRECTORY
+pub const KNOWN_FLAGS: u32 = FLAG_EXE_REFS
+    | FLAG_DIRECTORY
     | FLAG_MANIFEST_LZMA
     | FLAG_SIGNED
     | FLAG_DIFF_RUNS
