@@ -111,42 +111,80 @@ fn rd32(b: &[u8], i: usize) -> i32 {
 /// `b` holds the bytes from `p` to the end of the region.
 fn x86_ref(b: &[u8]) -> Option<(usize, usize)> {
     let at = |k: usize| b.get(k).copied();
-    let (oo, ie) = match at(0)? {
+    let found = match (at(0)?, at(1)) {
         // call, jmp rel32
-        0xE8 | 0xE9 => (1, 5),
+        (0xE8 | 0xE9, _) => Some((1, 5)),
         // jcc rel32
-        0x0F if matches!(at(1)?, 0x80..=0x8F) => (2, 6),
-        // REX + op r/m with ModRM mod=00 rm=101 (RIP-relative), no immediate
-        0x40..=0x4F
-            if matches!(
-                at(1)?,
-                0x01 | 0x03
-                    | 0x09
-                    | 0x0B
-                    | 0x21
-                    | 0x23
-                    | 0x29
-                    | 0x2B
-                    | 0x31
-                    | 0x33
-                    | 0x39
-                    | 0x3B
-                    | 0x63
-                    | 0x85
-                    | 0x87
-                    | 0x89
-                    | 0x8B
-                    | 0x8D
-            ) && at(2)? & 0xC7 == 0x05 =>
-        {
-            (3, 7)
+        (0x0F, Some(0x80..=0x8F)) => Some((2, 6)),
+        _ => None,
+    };
+    if let Some((oo, ie)) = found {
+        return (ie <= b.len()).then_some((oo, ie));
+    }
+    // [prefix] [REX] opcode ModRM disp32 [imm] with ModRM mod=00 rm=101: RIP-relative.
+    let mut i = 0;
+    let mut op16 = false;
+    if let Some(p @ (0x66 | 0xF2 | 0xF3)) = at(0) {
+        op16 = p == 0x66;
+        i = 1;
+    }
+    let mut wide = false;
+    if let Some(r @ 0x40..=0x4F) = at(i) {
+        wide = r & 8 != 0;
+        i += 1;
+    }
+    let imm = match at(i)? {
+        0x0F => {
+            i += 1;
+            match at(i)? {
+                0x10..=0x17
+                | 0x28..=0x2F
+                | 0x51..=0x5F
+                | 0x6E
+                | 0x6F
+                | 0x7E
+                | 0x7F
+                | 0xAF
+                | 0xB6
+                | 0xB7
+                | 0xBE
+                | 0xBF
+                | 0xD6
+                | 0xE7
+                | 0xEF => 0,
+                _ => return None,
+            }
         }
-        // mov, lea without REX, RIP-relative
-        0x89 | 0x8B | 0x8D if at(1)? & 0xC7 == 0x05 => (2, 6),
-        // call, jmp [rip + disp32]
-        0xFF if matches!(at(1)?, 0x15 | 0x25) => (2, 6),
+        0x01
+        | 0x03
+        | 0x09
+        | 0x0B
+        | 0x11
+        | 0x13
+        | 0x19
+        | 0x1B
+        | 0x21
+        | 0x23
+        | 0x29
+        | 0x2B
+        | 0x31
+        | 0x33
+        | 0x39
+        | 0x3B
+        | 0x63
+        | 0x84..=0x8B
+        | 0x8D
+        | 0xFF => 0,
+        0x80 | 0x83 | 0xC6 => 1,
+        0x81 | 0xC7 if op16 && !wide => 2,
+        0x81 | 0xC7 => 4,
         _ => return None,
     };
+    let modrm = at(i + 1)?;
+    if modrm & 0xC7 != 0x05 {
+        return None;
+    }
+    let (oo, ie) = (i + 2, i + 6 + imm);
     (ie <= b.len()).then_some((oo, ie))
 }
 
@@ -484,6 +522,31 @@ mod tests {
             }
             assert_eq!(out, pred, "block {block}");
         }
+    }
+
+    #[test]
+    fn x86_operands() {
+        let d = [0x11u8, 0x22, 0x33, 0x44];
+        let ins = |pre: &[u8], post: &[u8]| [pre, &d[..], post].concat();
+        // call, jcc, lea rax,[rip+d], mov [rip+d],imm32, cmp byte [rip+d],imm8,
+        // movss xmm0,[rip+d], mov word [rip+d],imm16, movzx eax,byte [rip+d].
+        assert_eq!(x86_ref(&ins(b"\xe8", b"")), Some((1, 5)));
+        assert_eq!(x86_ref(&ins(b"\x0f\x84", b"")), Some((2, 6)));
+        assert_eq!(x86_ref(&ins(b"\x48\x8d\x05", b"")), Some((3, 7)));
+        assert_eq!(x86_ref(&ins(b"\xc7\x05", b"\x01\0\0\0")), Some((2, 10)));
+        assert_eq!(x86_ref(&ins(b"\x80\x3d", b"\x01")), Some((2, 7)));
+        assert_eq!(x86_ref(&ins(b"\xf3\x0f\x10\x05", b"")), Some((4, 8)));
+        assert_eq!(x86_ref(&ins(b"\x66\xc7\x05", b"\x01\0")), Some((3, 9)));
+        assert_eq!(
+            x86_ref(&ins(b"\x66\x48\xc7\x05", b"\x01\0\0\0")),
+            Some((4, 12))
+        );
+        assert_eq!(x86_ref(&ins(b"\x0f\xb6\x05", b"")), Some((3, 7)));
+        // Not RIP-relative (mod=01), unknown opcode, and cut short.
+        assert_eq!(x86_ref(&ins(b"\x48\x8d\x45", b"")), None);
+        assert_eq!(x86_ref(&ins(b"\x48\x0f\x05", b"")), None);
+        assert_eq!(x86_ref(&ins(b"\xc7\x05", b"\x01")), None);
+        assert_eq!(x86_ref(b"\xe8\x00"), None);
     }
 
     #[test]
