@@ -104,12 +104,16 @@ impl Program {
                 filler(*seed, 40 + (*seed % 200) as usize, arm).repeat(refs.len().max(1))
             })
             .collect();
-        let ref_len = if arm { 4 } else { 7 };
+        let ref_len = |r: &Ref| match (arm, r) {
+            (true, Ref::Call(_)) => 4,
+            (true, Ref::Lea(_)) => 8,
+            (false, _) => 7,
+        };
         let mut starts = Vec::new();
         let mut at = CODE_AT;
         for (b, (_, refs)) in bodies.iter().zip(&self.funcs) {
             starts.push(at);
-            at += b.len() + refs.len() * ref_len;
+            at += b.len() + refs.iter().map(ref_len).sum::<usize>();
         }
         let data_at = at.next_multiple_of(16);
         let end = data_at + 16 * self.data.len();
@@ -126,8 +130,19 @@ impl Program {
                     Ref::Lea(k) => data_at + 16 * k,
                 };
                 if arm {
-                    let imm = ((target as i64 - w as i64) >> 2) as u32 & 0x03FF_FFFF;
-                    img[w..w + 4].copy_from_slice(&(0x9400_0000 | imm).to_le_bytes());
+                    if let Ref::Call(_) = r {
+                        let imm = ((target as i64 - w as i64) >> 2) as u32 & 0x03FF_FFFF;
+                        img[w..w + 4].copy_from_slice(&(0x9400_0000 | imm).to_le_bytes());
+                    } else {
+                        // adrp x3, target; add x3, x3, #:lo12:target
+                        let pages = ((target as i64 & !0xFFF) - (w as i64 & !0xFFF)) >> 12;
+                        let adrp = 0x9000_0003
+                            | ((pages as u32 & 3) << 29)
+                            | ((pages as u32 >> 2 & 0x7FFFF) << 5);
+                        let add = 0x9100_0063 | ((target as u32 & 0xFFF) << 10);
+                        img[w..w + 4].copy_from_slice(&adrp.to_le_bytes());
+                        img[w + 4..w + 8].copy_from_slice(&add.to_le_bytes());
+                    }
                 } else {
                     let (op, len): (&[u8], usize) = match r {
                         Ref::Call(_) => (b"\xe8", 5),
@@ -138,7 +153,7 @@ impl Program {
                     img[w + op.len()..w + len].copy_from_slice(&rel.to_le_bytes());
                     img[w + len..w + 7].fill(0x90);
                 }
-                w += ref_len;
+                w += ref_len(r);
             }
         }
         // Data: a value and a pointer to a function.
@@ -223,7 +238,7 @@ fn not_an_executable_gets_no_transform() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(12))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
     /// Any program pair round-trips, whatever the machine, the insertion point, or where
     /// references fall against the applier's 64 KiB read blocks.
     #[test]

@@ -188,6 +188,26 @@ fn x86_ref(b: &[u8]) -> Option<(usize, usize)> {
     (ie <= b.len()).then_some((oo, ie))
 }
 
+/// The low 12 bits of an address that the AArch64 instruction `n` adds to register `rd` (an
+/// ADRP's result): `ADD Xd, Xrd, #imm12` or a load/store with an unsigned, scaled offset from
+/// `[Xrd]`; returns (the bits, the scale).
+fn arm64_low12(n: u32, rd: u32) -> Option<(u64, u64)> {
+    if n >> 5 & 0x1F != rd {
+        return None;
+    }
+    let imm12 = u64::from(n >> 10 & 0xFFF);
+    if n & 0xFFC0_0000 == 0x9100_0000 {
+        return Some((imm12, 1));
+    }
+    if n & 0x3B00_0000 == 0x3900_0000 {
+        let size = n >> 30;
+        let simd128 = n & (1 << 26) != 0 && n & (1 << 23) != 0 && size == 0;
+        let scale = if simd128 { 16 } else { 1u64 << size };
+        return Some((imm12 * scale, scale));
+    }
+    None
+}
+
 impl Refs {
     /// Where OLD offset `o` went in NEW, by the map: moved by the delta of the last breakpoint
     /// at or before it (none before the first).
@@ -270,6 +290,44 @@ impl Refs {
                         buf[i..i + 4].copy_from_slice(&v.to_le_bytes());
                     }
                     scan.next = p + 4;
+                    continue;
+                }
+                if insn & 0x9F00_0000 == 0x9000_0000 {
+                    // ADRP, and the ADD or load/store that completes its address.
+                    let next = b
+                        .get(4..8)
+                        .map(|n| u32::from_le_bytes(n.try_into().expect("4 bytes")));
+                    let low = next.and_then(|n| arm64_low12(n, insn & 0x1F).map(|l| (n, l)));
+                    let pred = (|| {
+                        let src = find_off(&self.old_loads, q)?;
+                        let imm = ((((insn >> 5 & 0x7FFFF) << 2 | (insn >> 29 & 3)) << 11) as i32
+                            as i64)
+                            << 1;
+                        let lo = low.map_or(0, |(_, (v, _))| v);
+                        let t_old = (src & !0xFFF).wrapping_add(imm as u64).wrapping_add(lo);
+                        let t = self.map_vaddr(t_old)?;
+                        let dst = find_off(&self.new_loads, scan.new.wrapping_add(p))?;
+                        let pages = ((t & !0xFFF).wrapping_sub(dst & !0xFFF) as i64) >> 12;
+                        if !(-(1 << 20)..(1 << 20)).contains(&pages) {
+                            return None;
+                        }
+                        let adrp = (insn & 0x9F00_001F)
+                            | ((pages as u32 & 3) << 29)
+                            | ((pages as u32 >> 2 & 0x7FFFF) << 5);
+                        let second = low.and_then(|(n, (_, scale))| {
+                            let l = t & 0xFFF;
+                            (l % scale == 0)
+                                .then_some((n & !(0xFFF << 10)) | (((l / scale) as u32) << 10))
+                        });
+                        Some((adrp, second))
+                    })();
+                    if let Some((adrp, second)) = pred {
+                        buf[i..i + 4].copy_from_slice(&adrp.to_le_bytes());
+                        if let Some(s) = second {
+                            buf[i + 4..i + 8].copy_from_slice(&s.to_le_bytes());
+                        }
+                    }
+                    scan.next = p + if low.is_some() { 8 } else { 4 };
                     continue;
                 }
             }
@@ -574,6 +632,31 @@ mod tests {
             u32::from_le_bytes(pred[8..12].try_into().unwrap()),
             0x9400_0000 | 42
         );
+    }
+
+    #[test]
+    fn predicts_arm64_adrp_pairs() {
+        let r = refs(REFS_ARM64);
+        // adrp x3 + add x3, x3 (or ldr x5, [x3]) at old 16, to old 120 (vaddr 0x1078): the
+        // same page, low bits 0x78; in NEW the target is at 0x1088, the code did not move.
+        let adrp = 0x9000_0003u32;
+        for (second, want) in [
+            (0x9100_0063u32 | (0x78 << 10), 0x9100_0063u32 | (0x88 << 10)),
+            (
+                0xF940_0065 | ((0x78 / 8) << 10),
+                0xF940_0065 | ((0x88 / 8) << 10),
+            ),
+        ] {
+            let mut old = [0u8; 40];
+            old[16..20].copy_from_slice(&adrp.to_le_bytes());
+            old[20..24].copy_from_slice(&second.to_le_bytes());
+            let pred = r.predict_region(&old, 0, 0);
+            assert_eq!(&pred[16..20], &adrp.to_le_bytes());
+            assert_eq!(&pred[20..24], &want.to_le_bytes(), "{second:#x}");
+        }
+        // Another base register: the ADRP alone.
+        assert_eq!(arm64_low12(0x9100_0041, 3), None);
+        assert_eq!(arm64_low12(0x3DC0_0062 | (3 << 10), 3), Some((48, 16)));
     }
 
     #[test]
