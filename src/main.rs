@@ -824,6 +824,23 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         c.1 += size;
         rows.push((e.path.clone(), op, size, source));
     }
+    // Modified files whose diff bytes are taken against predicted references (transform 1).
+    let exe_refs = m
+        .entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EntryKind::File {
+                    op: FileOp::Delta {
+                        transform: bundelta::format::TRANSFORM_REFS,
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
+        .count();
     let mem = bundelta::memory_needed(h);
     let codec = |c: u8| match c {
         bundelta::format::CODEC_ZSTD => "zstd",
@@ -854,6 +871,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "deleted": m.deleted.len(), "ops": ops, "manifest_bytes": h.manifest_len, "streams": streams,
             "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
             "base_tags": m.base_tags.len(), "base_tag_bits": m.base_tags.bits,
+            "exe_refs": exe_refs,
         });
         if a.list {
             v["entries"] = rows
@@ -923,6 +941,12 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     }
     if !m.deleted.is_empty() {
         writeln!(out, "  {:<10} {:>8}", "deleted", m.deleted.len())?;
+    }
+    if exe_refs > 0 {
+        writeln!(
+            out,
+            "  ({exe_refs} of the modified files with executable reference prediction)"
+        )?;
     }
     if a.list {
         writeln!(out)?;

@@ -344,3 +344,26 @@ fn info_list_into_a_closed_pipe_exits_quietly() {
     assert!(out.status.success(), "{:?} {err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `info` counts the files diffed with executable reference prediction, which
+/// `--no-exe-refs` turns off.
+#[test]
+fn exe_refs_are_shown_and_can_be_turned_off() {
+    let (old, new) = crate::exe::golden_exe_inputs();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    fs::write(p("old"), &old).unwrap();
+    fs::write(p("new"), &new).unwrap();
+    for (flag, want) in [(None, 1), (Some("--no-exe-refs"), 0)] {
+        let mut args = vec!["diff", "-q", "-f"];
+        args.extend(flag);
+        let (o, n, pp) = (p("old"), p("new"), p("p.bdp"));
+        args.extend([o.as_str(), n.as_str(), "-o", pp.as_str()]);
+        assert!(bundelta(&args).status.success());
+        let out = bundelta(&["info", &pp, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["exe_refs"], want, "{flag:?}");
+        let text = String::from_utf8_lossy(&bundelta(&["info", &pp]).stdout).to_string();
+        assert_eq!(text.contains("reference prediction"), want == 1, "{text}");
+    }
+}

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("apply_untrusted", bundelta_fuzz::apply_untrusted::run),
     ("dir_apply", bundelta_fuzz::dir_apply::run),
     ("roundtrip", bundelta_fuzz::roundtrip::run),
+    ("refs", bundelta_fuzz::refs::run),
 ];
 
 fn regressions(target: &str) -> Vec<PathBuf> {

@@ -7,6 +7,8 @@
 //!   never leave staging files, never touch OLD.
 //! - [`dir_apply`]: a structurally built patch with hostile paths and symlinks plus an
 //!   independent model of the apply semantics; the applier must agree with the model.
+//! - [`refs`]: reference-prediction parameters decoded from raw varints; predicting block by
+//!   block (the applier) equals predicting a region whole (the diff).
 //! - [`roundtrip`]: diff then apply restores NEW exactly.
 //!
 //! Scratch directories live under `/dev/shm` when it exists (the applier fsyncs every file).
@@ -22,6 +24,7 @@ pub mod apply_untrusted;
 pub mod dir_apply;
 pub mod header_manifest;
 pub mod heap;
+pub mod refs;
 pub mod roundtrip;
 
 /// Heap and output limits every target applies with.

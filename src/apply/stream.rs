@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::decode::{expect_end, need_varint, read_full, read_retry, DiffSource, Stream};
 use crate::error::{Error, Result};
-use crate::format::{Control, Refs, Scan, FLAG_DIFF_RUNS, MAX_CONTROL_BLOCK, TRANSFORM_REFS};
+use crate::format::{
+    Control, Refs, Scan, FLAG_DIFF_RUNS, LOOK_AHEAD, MAX_CONTROL_BLOCK, TRANSFORM_REFS,
+};
 use crate::readat::{read_at_most, Section};
 use crate::tree::IO_BUF;
 
@@ -189,22 +191,9 @@ pub(crate) fn apply_delta(
     transform: u8,
     out: &mut dyn Write,
 ) -> Result<()> {
-    apply_delta_blocks(st, src, size, transform, out, IO_BUF)
-}
-
-/// [`apply_delta`] reading OLD in blocks of `block` bytes (tests use small blocks to check
-/// that prediction carries across block borders exactly).
-pub(crate) fn apply_delta_blocks(
-    st: &mut Streams<'_>,
-    src: &Source,
-    size: u64,
-    transform: u8,
-    out: &mut dyn Write,
-    block: usize,
-) -> Result<()> {
     const C: &str = "control stream";
-    // Up to 8 bytes of OLD past a block, for a reference that starts in it.
-    const LOOK: usize = 8;
+    // OLD's bytes past a block, for a reference that starts in it.
+    const LOOK: usize = LOOK_AHEAD;
     let refs = match transform {
         TRANSFORM_REFS => {
             if st.used != st.block.len() {
@@ -215,7 +204,9 @@ pub(crate) fn apply_delta_blocks(
         }
         _ => None,
     };
-    let block = block.clamp(1, IO_BUF - LOOK);
+    // Blocks of OLD, with room for the look-ahead in the buffer (the fuzz target `refs`
+    // checks block-wise prediction against whole-region prediction at every block size).
+    let block = IO_BUF - LOOK;
     let mut carry = [0u8; LOOK];
     let mut pos: u64 = 0;
     let mut produced: u64 = 0;

@@ -65,8 +65,8 @@ pub use manifest::{Entry, EntryKind, FileOp, Manifest, OldFile, FORM_FULL, FORM_
 pub(crate) use paths::case_clash;
 pub use paths::validate_path;
 pub use refs::{
-    elf_loads, pe_loads, Load, Refs, Region, Scan, KNOWN_REFS, MAX_LOADS, MAX_MAP, REFS_ABS64,
-    REFS_ARM64, REFS_MEMORY, REFS_X86, TRANSFORM_REFS,
+    elf_loads, pe_loads, Load, Refs, Region, Scan, KNOWN_REFS, LOOK_AHEAD, MAX_LOADS, MAX_MAP,
+    REFS_ABS64, REFS_ARM64, REFS_MEMORY, REFS_X86, TRANSFORM_REFS,
 };
 pub use relative::{listing_digest, ListEntry, ListKind, RelativePrefix, RelativeSummary};
 pub use tags::{listing_tag, BaseTags};

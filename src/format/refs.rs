@@ -23,7 +23,8 @@
 //! control stream. Holding them takes at most [`REFS_MEMORY`] bytes, counted in
 //! [`crate::memory_needed`] when the header has [`super::FLAG_EXE_REFS`]. Prediction reads no
 //! byte beyond the matched region it works on, so the applier keeps reading OLD by position
-//! in blocks; it carries at most 8 predicted bytes from one block to the next.
+//! in blocks, each with [`LOOK_AHEAD`] bytes more; it carries those bytes, as predicted, to
+//! the next block.
 //!
 //! Nothing here affects safety: the parameters are bounds-checked as they are read, every
 //! computation wraps, and a wrong prediction only makes output that fails its hash.
@@ -46,6 +47,9 @@ pub const KNOWN_REFS: u8 = REFS_X86 | REFS_ABS64 | REFS_ARM64;
 pub const MAX_LOADS: usize = 16;
 /// Most entries of a file's region map.
 pub const MAX_MAP: usize = 1 << 15;
+/// Bytes past a block that [`Refs::predict`] may read: more than the longest reference it
+/// examines (12 bytes: prefix, REX, opcode, ModRM, disp32, imm32).
+pub const LOOK_AHEAD: usize = 16;
 /// Heap of the parameters of one file at most: the map at 16 bytes an entry, and the loads.
 pub const REFS_MEMORY: u64 = (MAX_MAP as u64) * 16 + 2 * (MAX_LOADS as u64) * 32;
 
@@ -238,8 +242,9 @@ impl Refs {
     /// Predict the references in part of a matched region, in place.
     ///
     /// `buf` holds the OLD bytes of region offsets `at..at + buf.len()`, which must reach
-    /// `at + emit + 8` or the region's end; positions `scan.next..at + emit` are examined
-    /// (each reads at most 8 bytes ahead, all within `buf`) and `scan.next` moves past them.
+    /// `at + emit + LOOK_AHEAD` or the region's end; positions `scan.next..at + emit` are
+    /// examined (each reads fewer than [`LOOK_AHEAD`] bytes from it: an x86-64 instruction
+    /// here is at most 12 bytes, all within `buf`) and `scan.next` moves past them.
     /// Bytes are only written below the new `scan.next`, and only read at or above it, so a
     /// caller that goes on with the next block carries `buf[emit..]` over to it.
     pub fn predict(&self, scan: &mut Scan, buf: &mut [u8], at: u64, emit: usize) {
@@ -570,7 +575,7 @@ mod tests {
             let mut at = 0usize;
             while at < 100 {
                 let emit = block.min(100 - at);
-                let look = 8.min(100 - at - emit);
+                let look = LOOK_AHEAD.min(100 - at - emit);
                 let mut buf = old[at..at + emit + look].to_vec();
                 buf[..carry.len()].copy_from_slice(&carry);
                 r.predict(&mut scan, &mut buf, at as u64, emit);
