@@ -211,6 +211,25 @@ fn deterministic_across_thread_counts() {
             exec: true,
         },
     );
+    // An executable, so that reference prediction's choices are covered too.
+    let (old_exe, new_exe) = crate::exe::golden_exe_inputs();
+    told.insert(
+        "bin/prog".into(),
+        Item::File {
+            data: old_exe,
+            exec: true,
+        },
+    );
+    tnew.insert(
+        "bin/prog".into(),
+        Item::File {
+            data: new_exe,
+            exec: true,
+        },
+    );
+    for t in [&mut told, &mut tnew] {
+        t.insert("bin".into(), Item::Dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     write_tree(&dir.path().join("o"), &told);
     write_tree(&dir.path().join("n"), &tnew);
@@ -231,6 +250,10 @@ fn deterministic_across_thread_counts() {
         })
     };
     let one = run(1);
+    assert_ne!(
+        bundelta::format::Header::decode(&one.1).unwrap().flags & bundelta::format::FLAG_EXE_REFS,
+        0
+    );
     let two = run(2);
     let four = run(4);
     assert_eq!(one, two);
