@@ -38,17 +38,23 @@ def main():
             for peer in ["bundelta", "bsdiff", "zstd-19", "hdiffpatch"]:
                 r = res.get(peer)
                 row.append(fmt_bytes(r["patch_bytes"]) if r else "-")
-            bs = res.get("bsdiff")
-            row.append(f"{100 * (b['patch_bytes'] / bs['patch_bytes'] - 1):+.1f}%" if bs else "-")
-            for peer in ["bundelta", "bsdiff", "zstd-19"]:
+            # Against the smallest verified peer patch of the pair.
+            peers = [(r["patch_bytes"], t) for t, r in res.items()
+                     if t != "bundelta" and r.get("verified")]
+            if peers:
+                best, tool = min(peers)
+                row.append(f"{100 * (b['patch_bytes'] / best - 1):+.1f}% ({tool})")
+            else:
+                row.append("-")
+            for peer in ["bundelta", "hdiffpatch", "bsdiff"]:
                 r = res.get(peer)
                 row.append(f"{r['diff_wall_s']:.2f}" if r else "-")
             row.append(f"{b['apply_wall_s']:.2f}")
             row.append(f"{b['apply_maxrss_kib'] / 1024:.1f}")
             row.append("yes" if all(r.get("verified") for r in res.values()) else "NO")
             rows.append(row)
-    head = ["pair", "new", "bundelta B", "bsdiff B", "zstd-19 B", "hdiffpatch B", "vs bsdiff",
-            "diff s", "bsdiff s", "zstd-19 s", "apply s", "apply RSS MiB", "verified"]
+    head = ["pair", "new", "bundelta B", "bsdiff B", "zstd-19 B", "hdiffpatch B", "vs best peer",
+            "diff s", "hdiffpatch s", "bsdiff s", "apply s", "apply RSS MiB", "verified"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for r in rows:

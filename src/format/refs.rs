@@ -665,6 +665,69 @@ mod tests {
     }
 
     #[test]
+    fn load_tables_of_elf_and_pe() {
+        // ELF64 x86-64 with two program headers, one of them PT_LOAD.
+        let mut elf = vec![0u8; 64 + 2 * 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let ph = 64 + 56;
+        elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+        for (k, v) in [(8, 0x1000u64), (16, 0x40_1000), (32, 0x500), (40, 0x900)] {
+            elf[ph + k..ph + k + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let load = |off, vaddr, filesz, memsz| Load {
+            off,
+            vaddr,
+            filesz,
+            memsz,
+        };
+        assert_eq!(
+            elf_loads(&elf),
+            Some((REFS_X86, vec![load(0x1000, 0x40_1000, 0x500, 0x900)]))
+        );
+        elf[18] = 183;
+        assert_eq!(elf_loads(&elf).unwrap().0, REFS_ARM64);
+        assert_eq!(elf_loads(&elf[..100]), None, "program headers cut off");
+        // PE32+ x86-64 with two sections; raw data past the virtual size is not mapped.
+        let mut pe = vec![0u8; 0x80 + 24 + 240 + 2 * 40];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3C..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+        pe[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
+        pe[0x86..0x88].copy_from_slice(&2u16.to_le_bytes());
+        pe[0x94..0x96].copy_from_slice(&240u16.to_le_bytes());
+        let opt = 0x80 + 24;
+        pe[opt..opt + 2].copy_from_slice(&0x20Bu16.to_le_bytes());
+        pe[opt + 24..opt + 32].copy_from_slice(&0x1_4000_0000u64.to_le_bytes());
+        for (k, (vsize, rva, raw, rawoff)) in [
+            (0x1234u32, 0x1000u32, 0x1400u32, 0x400u32),
+            (0x80, 0x3000, 0x200, 0x1800),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let h = opt + 240 + 40 * k;
+            for (i, v) in [(8, vsize), (12, rva), (16, raw), (20, rawoff)] {
+                pe[h + i..h + i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        assert_eq!(
+            pe_loads(&pe),
+            Some((
+                REFS_X86,
+                vec![
+                    load(0x400, 0x1_4000_1000, 0x1234, 0x1234),
+                    load(0x1800, 0x1_4000_3000, 0x80, 0x80)
+                ]
+            ))
+        );
+        assert_eq!(pe_loads(&pe[..0x90]), None);
+    }
+
+    #[test]
     fn parameters_round_trip_and_are_checked() {
         let r = refs(REFS_X86 | REFS_ABS64);
         let mut out = Vec::new();
