@@ -10,6 +10,13 @@
 //! here from FORMAT.md (`encode_manifest`), which can also write a distance back past the first
 //! entry; when `Manifest` can hold it, the bytes must equal `Manifest::encode_sized`'s.
 //!
+//! Format 2.3: from the input's tail, some modify entries use delta transform 1 (reference
+//! prediction, FORMAT.md 4.2) with fuzzed parameters before their first control block (valid,
+//! or invalid: the model then expects an error), header flag bit 6 sometimes left off and
+//! transform 1 sometimes over 2+ sources (the manifest must refuse both). The model adds each
+//! control's diff to `Refs::predict_region` of the whole region; the applier predicts block by
+//! block, so agreement checks its carried look-ahead.
+//!
 //! Alongside, an independent model of the apply semantics (FORMAT.md: base checks, solid streams
 //! consumed in manifest order, bsdiff-style controls, exact stream ends) predicts the outcome.
 //! When the crate's own `Manifest::decode` accepts the manifest, the model materialises the
