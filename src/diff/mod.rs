@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::codec::encode::{compress_bzip2, compress_lzma, compress_zstd, zero_runs};
+use crate::codec::encode::{compress_bzip2, compress_lzma, compress_zstd, zero_runs, Model};
 use crate::error::{Error, Result};
 use crate::format::{
     listing_tag, put_controls, BaseTags, Control, Entry, EntryKind, FileOp, Hash, Header,
@@ -651,11 +651,11 @@ impl DiffOptions {
         // The three streams are compressed at the same time: the extra stream in large
         // segments (see EXTRA_SEGMENT) while the diff stream's segments keep the other core busy.
         let (ctrl, (diff, extra)) = rayon::join(
-            || self.compress_solid(&solid.ctrl, false, SEGMENT),
+            || self.compress_solid(&solid.ctrl, Model::Controls, SEGMENT),
             || {
                 rayon::join(
-                    || self.compress_solid(&solid.diff, true, SEGMENT),
-                    || self.compress_solid(&solid.extra, false, EXTRA_SEGMENT),
+                    || self.compress_solid(&solid.diff, Model::Sparse, SEGMENT),
+                    || self.compress_solid(&solid.extra, Model::Bytes, EXTRA_SEGMENT),
                 )
             },
         );
@@ -682,7 +682,12 @@ impl DiffOptions {
         let pack = |raw: Vec<u8>| -> (Vec<u8>, Vec<u8>, bool) {
             let z = compress_zstd(&raw, self.level, self.window_log);
             let l = if lzma_ok {
-                Some(compress_lzma(&raw, self.level, self.window_log, false))
+                Some(compress_lzma(
+                    &raw,
+                    self.level,
+                    self.window_log,
+                    Model::Bytes,
+                ))
             } else {
                 None
             };
@@ -797,7 +802,8 @@ impl DiffOptions {
     /// deterministic), or store it raw when that is not larger. Returns the codec, the bytes,
     /// and whether they hold the zero-run coding of `data` (diff stream only, see
     /// [`zero_runs`]).
-    fn compress_solid(&self, data: &[u8], sparse: bool, segment: usize) -> (u8, Vec<u8>, bool) {
+    fn compress_solid(&self, data: &[u8], model: Model, segment: usize) -> (u8, Vec<u8>, bool) {
+        let sparse = model == Model::Sparse;
         let segments = |data: &[u8], f: &(dyn Fn(&[u8]) -> Vec<u8> + Sync)| -> Vec<u8> {
             // Equal segments of at most SEGMENT bytes, an even number of them when more than
             // one (so two or four cores finish together).
@@ -830,7 +836,7 @@ impl DiffOptions {
                     || {
                         let runs = zero_runs(data);
                         segments(&runs, &|c| {
-                            compress_lzma(c, self.level, self.window_log, true)
+                            compress_lzma(c, self.level, self.window_log, Model::Sparse)
                         })
                     },
                     || segments(data, &compress_bzip2),
@@ -841,7 +847,7 @@ impl DiffOptions {
             Codec::Lzma => consider(
                 CODEC_LZMA2,
                 segments(data, &|c| {
-                    compress_lzma(c, self.level, self.window_log, sparse)
+                    compress_lzma(c, self.level, self.window_log, model)
                 }),
                 false,
             ),
