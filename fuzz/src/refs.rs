@@ -6,7 +6,7 @@
 //! Input: `[src_len u16][block u8][pos u8]` then the parameters' varints, then the region's
 //! OLD bytes.
 
-use bundelta::format::{Reader, Refs, Scan, LOOK_AHEAD, MAX_LOADS, MAX_MAP};
+use bundelta::format::{Reader, Refs, MAX_LOADS, MAX_MAP};
 
 pub fn run(data: &[u8]) {
     if data.len() < 4 {
@@ -29,19 +29,6 @@ pub fn run(data: &[u8]) {
     let (at_old, at_new) = (pos * 977, pos * 1009);
     let whole = refs.predict_region(old, at_old, at_new);
     assert_eq!(whole.len(), old.len());
-    let mut scan = Scan::new(at_old, at_new);
-    let mut out = Vec::with_capacity(old.len());
-    let mut carry: Vec<u8> = Vec::new();
-    let mut at = 0usize;
-    while at < old.len() {
-        let emit = block.min(old.len() - at);
-        let look = LOOK_AHEAD.min(old.len() - at - emit);
-        let mut buf = old[at..at + emit + look].to_vec();
-        buf[..carry.len()].copy_from_slice(&carry);
-        refs.predict(&mut scan, &mut buf, at as u64, emit);
-        out.extend_from_slice(&buf[..emit]);
-        carry = buf[emit..].to_vec();
-        at += emit;
-    }
+    let out = refs.predict_blocks(old, at_old, at_new, block);
     assert_eq!(out, whole, "block-wise prediction differs (block {block})");
 }
