@@ -678,6 +678,24 @@ impl DiffOptions {
         // A manifest that does not shrink is stored as it is (its two lengths are then equal).
         // Each candidate manifest is packed with zstd, or LZMA2 when that is smaller (flag
         // FLAG_MANIFEST_LZMA), or stored as it is when neither shrinks it.
+        // Header flag bit 6 when some file uses reference prediction (both the final header
+        // and the probe that checks the relative manifest need it).
+        let exe_refs = if m.entries.iter().any(|e| {
+            matches!(
+                e.kind,
+                EntryKind::File {
+                    op: FileOp::Delta {
+                        transform: TRANSFORM_REFS,
+                        ..
+                    },
+                    ..
+                }
+            )
+        }) {
+            FLAG_EXE_REFS
+        } else {
+            0
+        };
         let lzma_ok = self.codec == Codec::Lzma;
         let pack = |raw: Vec<u8>| -> (Vec<u8>, Vec<u8>, bool) {
             let z = compress_zstd(&raw, self.level, self.window_log);
@@ -708,6 +726,7 @@ impl DiffOptions {
                         minor: VERSION_MINOR,
                         flags: FLAG_DIRECTORY
                             | FLAG_RELATIVE_SIZES
+                            | exe_refs
                             | if rel_tagged { FLAG_BASE_TAGS } else { 0 },
                         window_log: self.window_log,
                         codecs: [CODEC_RAW; 3],
@@ -747,22 +766,7 @@ impl DiffOptions {
                 }
                 | if streams[1].2 { FLAG_DIFF_RUNS } else { 0 }
                 | if tagged { FLAG_BASE_TAGS } else { 0 }
-                | if m.entries.iter().any(|e| {
-                    matches!(
-                        e.kind,
-                        EntryKind::File {
-                            op: FileOp::Delta {
-                                transform: TRANSFORM_REFS,
-                                ..
-                            },
-                            ..
-                        }
-                    )
-                }) {
-                    FLAG_EXE_REFS
-                } else {
-                    0
-                },
+                | exe_refs,
             window_log: self.window_log,
             codecs: [streams[0].0, streams[1].0, streams[2].0],
             manifest_len: mz.len() as u64,
