@@ -218,10 +218,13 @@ impl DiffOptions {
     /// [`crate::format::Refs`]). Default on. For a file that is an ELF64 or PE32+ executable
     /// or library (x86-64 or AArch64) on both sides, the diff also tries predicting calls,
     /// jumps, RIP-relative operands and (optionally) absolute pointers from where their
-    /// targets moved, and keeps it when the estimated patch is smaller: on the corpus, 56%
-    /// smaller on a Go executable's patch release, 28% on a Rust one's minor release, 30% on
-    /// a C library's. Costs a few passes over the file at diff time; the applier needs up to
-    /// [`crate::format::REFS_MEMORY`] (513 KiB) more memory and a little CPU.
+    /// targets moved, and keeps it when the estimated patch is smaller: on the corpus, 62%
+    /// smaller on a Go executable's patch release (x86-64; 60% for its AArch64 build), 29%
+    /// on a Rust executable's minor release, 31-32% on a Rust and a C library's patch
+    /// releases, 1.5% on a Rust library's minor release with much new code. Costs a few
+    /// passes over the file at diff time (0.7 s of a 28 s diff of a 38 MB executable); the
+    /// applier needs up to [`crate::format::REFS_MEMORY`] (513 KiB) more memory and a little
+    /// CPU.
     pub fn exe_refs(&mut self, on: bool) -> &mut DiffOptions {
         self.exe_refs = on;
         self
