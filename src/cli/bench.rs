@@ -78,7 +78,7 @@ reported but does not count); 1 otherwise, with one line per failure.
 Cost: each pair costs every tool's diff + apply times --runs, plus a tar of each side for
 directory pairs. Measured on 2 cores with every default peer: the seven small-step pairs
 about 3 minutes; every pair but the large-file ones about 8 minutes (measured with eleven of
-today's twelve); the first run also downloads about 190 MB.";
+today's twelve); the first run also downloads about 175 MB.";
 
 /// Pair steps in corpus/pairs.json.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
