@@ -6,7 +6,7 @@
 //! kept (a reference into a dropped region is left as it is, not mispredicted: its target has
 //! no mapping). Adjacent regions that moved by the same amount are merged.
 
-use crate::format::{elf_loads, pe_loads, Control, Refs, Region, MAX_MAP};
+use crate::format::{elf_loads, pe_loads, Control, Refs, Region, Scan, MAX_MAP};
 
 /// The reference kind of this pair's machine code, when both are ELF64 or both PE32+ files of
 /// the same machine. Absolute pointers ([`crate::format::REFS_ABS64`]) are tried on top: they
@@ -106,13 +106,14 @@ pub(super) fn predicted_diff(refs: &Refs, old: &[u8], new: &[u8], ctrls: &[Contr
     let mut out = Vec::with_capacity(ctrls.iter().map(|c| c.diff as usize).sum());
     for r in regions(ctrls) {
         let (o, n, l) = (r.old as usize, r.new as usize, r.len as usize);
-        let pred = refs.predict_region(&old[o..o + l], r.old, r.new);
-        out.extend(
-            new[n..n + l]
-                .iter()
-                .zip(&pred)
-                .map(|(a, b)| a.wrapping_sub(*b)),
-        );
+        // Predict in place in the output (no buffer per region), then take NEW minus it.
+        let at = out.len();
+        out.extend_from_slice(&old[o..o + l]);
+        let mut scan = Scan::new(r.old, r.new);
+        refs.predict(&mut scan, &mut out[at..], 0, l);
+        for (d, x) in out[at..].iter_mut().zip(&new[n..n + l]) {
+            *d = x.wrapping_sub(*d);
+        }
     }
     out
 }
