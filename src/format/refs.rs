@@ -111,25 +111,110 @@ fn rd32(b: &[u8], i: usize) -> i32 {
     i32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
+/// `X86_OP[b]`: the immediate bytes after the disp32 of one-byte opcode `b` with a ModRM
+/// operand that can be RIP-relative, [`IMM_Z`] for an imm16/imm32 chosen by the operand size,
+/// [`NOT_OP`] when `b` is no such opcode.
+const X86_OP: [u8; 256] = {
+    let mut t = [NOT_OP; 256];
+    let zero: [u8; 22] = [
+        0x01, 0x03, 0x09, 0x0B, 0x11, 0x13, 0x19, 0x1B, 0x21, 0x23, 0x29, 0x2B, 0x31, 0x33, 0x39,
+        0x3B, 0x63, 0x8D, 0xFF, 0x84, 0x85, 0x86,
+    ];
+    let mut k = 0;
+    while k < zero.len() {
+        t[zero[k] as usize] = 0;
+        k += 1;
+    }
+    let mut b = 0x87;
+    while b <= 0x8B {
+        t[b] = 0;
+        b += 1;
+    }
+    t[0x80] = 1;
+    t[0x83] = 1;
+    t[0xC6] = 1;
+    t[0x81] = IMM_Z;
+    t[0xC7] = IMM_Z;
+    t
+};
+/// `X86_OP2[b]`: 0 when the two-byte opcode `0F b` has a ModRM operand that can be
+/// RIP-relative and no immediate, [`NOT_OP`] otherwise.
+const X86_OP2: [u8; 256] = {
+    let mut t = [NOT_OP; 256];
+    let ranges: [(u8, u8); 11] = [
+        (0x10, 0x17),
+        (0x28, 0x2F),
+        (0x51, 0x5F),
+        (0x6E, 0x6F),
+        (0x7E, 0x7F),
+        (0xAF, 0xAF),
+        (0xB6, 0xB7),
+        (0xBE, 0xBF),
+        (0xD6, 0xD6),
+        (0xE7, 0xE7),
+        (0xEF, 0xEF),
+    ];
+    let mut k = 0;
+    while k < ranges.len() {
+        let mut b = ranges[k].0 as usize;
+        while b <= ranges[k].1 as usize {
+            t[b] = 0;
+            b += 1;
+        }
+        k += 1;
+    }
+    t
+};
+const NOT_OP: u8 = 0xFF;
+const IMM_Z: u8 = 0xFE;
+/// `X86_TRIGGER[b]`: whether byte `b` can be the byte that makes [`x86_ref`] find an
+/// instruction: E8, E9 or 0F as its first byte, or a ModRM byte with mod=00 rm=101 in its
+/// second to fifth. Where none of a position's first 5 bytes is one, `x86_ref` finds nothing.
+const X86_TRIGGER: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = matches!(b, 0xE8 | 0xE9 | 0x0F) || b & 0xC7 == 0x05;
+        b += 1;
+    }
+    t
+};
+/// `X86_START[b]`: whether an instruction that [`x86_ref`] recognises can begin with byte `b`
+/// (a branch, a 0F escape, a prefix, a REX byte or a one-byte opcode of [`X86_OP`]).
+const X86_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = X86_OP[b] != NOT_OP
+            || matches!(b, 0xE8 | 0xE9 | 0x0F | 0x66 | 0xF2 | 0xF3)
+            || (b >= 0x40 && b <= 0x4F);
+        b += 1;
+    }
+    t
+};
+
 /// An x86-64 instruction with a 32-bit relative operand at `p`: (operand offset, length).
-/// `b` holds the bytes from `p` to the end of the region.
+/// `b` holds the bytes from `p` to the end of the region. Table-driven; [`x86_ref_naive`] in
+/// the tests is the plain form it must agree with on every input.
+#[inline]
 fn x86_ref(b: &[u8]) -> Option<(usize, usize)> {
+    let b0 = *b.first()?;
+    if !X86_START[b0 as usize] {
+        return None;
+    }
     let at = |k: usize| b.get(k).copied();
-    let found = match (at(0)?, at(1)) {
+    match b0 {
         // call, jmp rel32
-        (0xE8 | 0xE9, _) => Some((1, 5)),
+        0xE8 | 0xE9 => return (5 <= b.len()).then_some((1, 5)),
         // jcc rel32
-        (0x0F, Some(0x80..=0x8F)) => Some((2, 6)),
-        _ => None,
-    };
-    if let Some((oo, ie)) = found {
-        return (ie <= b.len()).then_some((oo, ie));
+        0x0F if matches!(at(1), Some(0x80..=0x8F)) => return (6 <= b.len()).then_some((2, 6)),
+        _ => {}
     }
     // [prefix] [REX] opcode ModRM disp32 [imm] with ModRM mod=00 rm=101: RIP-relative.
     let mut i = 0;
     let mut op16 = false;
-    if let Some(p @ (0x66 | 0xF2 | 0xF3)) = at(0) {
-        op16 = p == 0x66;
+    if let 0x66 | 0xF2 | 0xF3 = b0 {
+        op16 = b0 == 0x66;
         i = 1;
     }
     let mut wide = false;
@@ -137,52 +222,18 @@ fn x86_ref(b: &[u8]) -> Option<(usize, usize)> {
         wide = r & 8 != 0;
         i += 1;
     }
-    let imm = match at(i)? {
-        0x0F => {
-            i += 1;
-            match at(i)? {
-                0x10..=0x17
-                | 0x28..=0x2F
-                | 0x51..=0x5F
-                | 0x6E
-                | 0x6F
-                | 0x7E
-                | 0x7F
-                | 0xAF
-                | 0xB6
-                | 0xB7
-                | 0xBE
-                | 0xBF
-                | 0xD6
-                | 0xE7
-                | 0xEF => 0,
-                _ => return None,
-            }
-        }
-        0x01
-        | 0x03
-        | 0x09
-        | 0x0B
-        | 0x11
-        | 0x13
-        | 0x19
-        | 0x1B
-        | 0x21
-        | 0x23
-        | 0x29
-        | 0x2B
-        | 0x31
-        | 0x33
-        | 0x39
-        | 0x3B
-        | 0x63
-        | 0x84..=0x8B
-        | 0x8D
-        | 0xFF => 0,
-        0x80 | 0x83 | 0xC6 => 1,
-        0x81 | 0xC7 if op16 && !wide => 2,
-        0x81 | 0xC7 => 4,
-        _ => return None,
+    let op = at(i)?;
+    let imm = if op == 0x0F {
+        i += 1;
+        X86_OP2[at(i)? as usize]
+    } else {
+        X86_OP[op as usize]
+    };
+    let imm = match imm {
+        NOT_OP => return None,
+        IMM_Z if op16 && !wide => 2,
+        IMM_Z => 4,
+        n => n as usize,
     };
     let modrm = at(i + 1)?;
     if modrm & 0xC7 != 0x05 {
@@ -248,18 +299,60 @@ impl Refs {
     /// Bytes are only written below the new `scan.next`, and only read at or above it, so a
     /// caller that goes on with the next block carries `buf[emit..]` over to it.
     pub fn predict(&self, scan: &mut Scan, buf: &mut [u8], at: u64, emit: usize) {
+        self.predict_with(scan, buf, at, emit, true)
+    }
+
+    /// [`Refs::predict`], with its two shortcuts (skipping positions that cannot start a
+    /// reference, rejecting words outside the old loads) on or off: off, it examines every
+    /// position plainly, the oracle the tests hold the shortcuts to.
+    fn predict_with(&self, scan: &mut Scan, buf: &mut [u8], at: u64, emit: usize, fast: bool) {
         let end = at + emit as u64;
-        while scan.next < end {
-            let p = scan.next;
+        // Addresses outside every old load (the common case for an arbitrary 8-byte word)
+        // are rejected with two compares before `map_vaddr` searches the loads; loads that
+        // wrap around the address space (only a crafted patch has them) disable the shortcut.
+        let span = self.old_loads.iter().try_fold((u64::MAX, 0), |(lo, hi), s| {
+            let end = s.vaddr.checked_add(s.memsz.max(s.filesz))?;
+            Some((lo.min(s.vaddr), hi.max(end)))
+        });
+        let (lo, hi) = span.unwrap_or((0, u64::MAX));
+        let all = span.is_none() || !fast;
+        let mut next = scan.next;
+        // Without AArch64, a position can start something only if an x86 trigger byte lies in
+        // its first 5 bytes or, with absolute pointers, it is 8-aligned in OLD: the others
+        // are skipped in one step (`trig` is the buffer index of the next trigger byte).
+        let skip = fast && self.kinds & REFS_X86 != 0 && self.kinds & REFS_ARM64 == 0;
+        let abs64 = self.kinds & REFS_ABS64 != 0;
+        let mut trig = 0usize;
+        while next < end {
+            let p = next;
             let i = (p - at) as usize;
             let q = scan.old.wrapping_add(p);
+            if skip {
+                if trig < i {
+                    trig = buf[i..]
+                        .iter()
+                        .position(|&c| X86_TRIGGER[c as usize])
+                        .map_or(buf.len(), |k| i + k);
+                }
+                let mut to = trig.saturating_sub(4).max(i) as u64 + at;
+                if abs64 {
+                    // The next 8-aligned position in OLD, this one if it is aligned.
+                    to = to.min(p + (8 - q % 8) % 8);
+                }
+                if to > p {
+                    next = to.min(end);
+                    continue;
+                }
+            }
             let b = &buf[i..];
             if self.kinds & REFS_ABS64 != 0 && q % 8 == 0 && b.len() >= 8 {
                 let v = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-                if let Some(w) = self.map_vaddr(v) {
-                    buf[i..i + 8].copy_from_slice(&w.to_le_bytes());
-                    scan.next = p + 8;
-                    continue;
+                if all || (lo..hi).contains(&v) {
+                    if let Some(w) = self.map_vaddr(v) {
+                        buf[i..i + 8].copy_from_slice(&w.to_le_bytes());
+                        next = p + 8;
+                        continue;
+                    }
                 }
             }
             if self.kinds & REFS_X86 != 0 {
@@ -275,7 +368,7 @@ impl Refs {
                     if let Some(v) = pred {
                         buf[i + oo..i + oo + 4].copy_from_slice(&v.to_le_bytes());
                     }
-                    scan.next = p + ie as u64;
+                    next = p + ie as u64;
                     continue;
                 }
             }
@@ -294,15 +387,15 @@ impl Refs {
                     if let Some(v) = pred {
                         buf[i..i + 4].copy_from_slice(&v.to_le_bytes());
                     }
-                    scan.next = p + 4;
+                    next = p + 4;
                     continue;
                 }
                 if insn & 0x9F00_0000 == 0x9000_0000 {
                     // ADRP, and the ADD or load/store that completes its address.
-                    let next = b
+                    let second = b
                         .get(4..8)
                         .map(|n| u32::from_le_bytes(n.try_into().expect("4 bytes")));
-                    let low = next.and_then(|n| arm64_low12(n, insn & 0x1F).map(|l| (n, l)));
+                    let low = second.and_then(|n| arm64_low12(n, insn & 0x1F).map(|l| (n, l)));
                     let pred = (|| {
                         let src = find_off(&self.old_loads, q)?;
                         let imm = ((((insn >> 5 & 0x7FFFF) << 2 | (insn >> 29 & 3)) << 11) as i32
@@ -332,12 +425,13 @@ impl Refs {
                             buf[i + 4..i + 8].copy_from_slice(&s.to_le_bytes());
                         }
                     }
-                    scan.next = p + if low.is_some() { 8 } else { 4 };
+                    next = p + if low.is_some() { 8 } else { 4 };
                     continue;
                 }
             }
-            scan.next = p + 1;
+            next = p + 1;
         }
+        scan.next = next;
     }
 
     /// The predicted OLD bytes of a region predicted in blocks of `block` bytes, each with
@@ -580,6 +674,87 @@ pub fn pe_loads(b: &[u8]) -> Option<(u8, Vec<Load>)> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The plain form of [`super::x86_ref`], kept as its oracle.
+    fn x86_ref_naive(b: &[u8]) -> Option<(usize, usize)> {
+        let at = |k: usize| b.get(k).copied();
+        let found = match (at(0)?, at(1)) {
+            // call, jmp rel32
+            (0xE8 | 0xE9, _) => Some((1, 5)),
+            // jcc rel32
+            (0x0F, Some(0x80..=0x8F)) => Some((2, 6)),
+            _ => None,
+        };
+        if let Some((oo, ie)) = found {
+            return (ie <= b.len()).then_some((oo, ie));
+        }
+        // [prefix] [REX] opcode ModRM disp32 [imm] with ModRM mod=00 rm=101: RIP-relative.
+        let mut i = 0;
+        let mut op16 = false;
+        if let Some(p @ (0x66 | 0xF2 | 0xF3)) = at(0) {
+            op16 = p == 0x66;
+            i = 1;
+        }
+        let mut wide = false;
+        if let Some(r @ 0x40..=0x4F) = at(i) {
+            wide = r & 8 != 0;
+            i += 1;
+        }
+        let imm = match at(i)? {
+            0x0F => {
+                i += 1;
+                match at(i)? {
+                    0x10..=0x17
+                    | 0x28..=0x2F
+                    | 0x51..=0x5F
+                    | 0x6E
+                    | 0x6F
+                    | 0x7E
+                    | 0x7F
+                    | 0xAF
+                    | 0xB6
+                    | 0xB7
+                    | 0xBE
+                    | 0xBF
+                    | 0xD6
+                    | 0xE7
+                    | 0xEF => 0,
+                    _ => return None,
+                }
+            }
+            0x01
+            | 0x03
+            | 0x09
+            | 0x0B
+            | 0x11
+            | 0x13
+            | 0x19
+            | 0x1B
+            | 0x21
+            | 0x23
+            | 0x29
+            | 0x2B
+            | 0x31
+            | 0x33
+            | 0x39
+            | 0x3B
+            | 0x63
+            | 0x84..=0x8B
+            | 0x8D
+            | 0xFF => 0,
+            0x80 | 0x83 | 0xC6 => 1,
+            0x81 | 0xC7 if op16 && !wide => 2,
+            0x81 | 0xC7 => 4,
+            _ => return None,
+        };
+        let modrm = at(i + 1)?;
+        if modrm & 0xC7 != 0x05 {
+            return None;
+        }
+        let (oo, ie) = (i + 2, i + 6 + imm);
+        (ie <= b.len()).then_some((oo, ie))
+    }
+
     use super::*;
 
     fn refs(kinds: u8) -> Refs {
@@ -620,6 +795,87 @@ mod tests {
                 pred,
                 "block {block}"
             );
+        }
+    }
+
+    #[test]
+    fn shortcuts_agree_with_the_plain_scan() {
+        // Code-like bytes (rich in branch opcodes, 0F escapes, RIP-relative ModRM bytes and
+        // words that point into the loads) predicted with and without the shortcuts, whole
+        // and in blocks, for every kind set.
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pick = [0xE8, 0xE9, 0x0F, 0x85, 0x05, 0x0D, 0x48, 0x8B, 0x8D, 0x66, 0x00, 0x10];
+        for round in 0..400 {
+            let len = 1 + (rnd() % 200) as usize;
+            let mut old: Vec<u8> = (0..len)
+                .map(|_| match rnd() % 4 {
+                    0 => rnd() as u8,
+                    _ => pick[(rnd() % pick.len() as u64) as usize],
+                })
+                .collect();
+            for k in (0..len.saturating_sub(8)).step_by(8) {
+                if rnd() % 5 == 0 {
+                    let v = 0x1000 + rnd() % 300;
+                    old[k..k + 8].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            for kinds in 1..=KNOWN_REFS {
+                let r = refs(kinds);
+                let from = (rnd() % 3) as u64;
+                let plain = {
+                    let mut buf = old.clone();
+                    r.predict_with(&mut Scan::new(from, 0), &mut buf, 0, len, false);
+                    buf
+                };
+                assert_eq!(r.predict_region(&old, from, 0), plain, "round {round} {kinds}");
+                let block = 1 + (rnd() % 40) as usize;
+                assert_eq!(r.predict_blocks(&old, from, 0, block), plain, "round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn x86_table_agrees_with_the_plain_decoder() {
+        // Every first two bytes, then every third byte under interesting prefixes, with tails
+        // of every length: the table form must agree with the plain one everywhere.
+        let interesting: Vec<u8> = (0u8..=255)
+            .filter(|&b| X86_START[b as usize] || b & 0xC7 == 0x05 || b >= 0x80 && b <= 0x8F)
+            .collect();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        };
+        let mut buf = [0u8; 14];
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for len in 0..=14 {
+                    buf[0] = a;
+                    buf[1] = b;
+                    for x in &mut buf[2..] {
+                        *x = rnd();
+                    }
+                    let s = &buf[..len];
+                    assert_eq!(x86_ref(s), x86_ref_naive(s), "{s:02x?}");
+                }
+                for &c in interesting.iter().filter(|_| X86_START[a as usize]) {
+                    for &d in &interesting[..8] {
+                        buf[..4].copy_from_slice(&[a, b, c, d]);
+                        for len in 3..=14 {
+                            let s = &buf[..len];
+                            assert_eq!(x86_ref(s), x86_ref_naive(s), "{s:02x?}");
+                        }
+                    }
+                }
+            }
         }
     }
 
