@@ -12,7 +12,7 @@ use crate::sys::{self, FileId, Opened, Writer};
 use crate::tree::TreeDigest;
 
 use super::base::{BaseCheck, Old, Relinked};
-use super::stream::{apply_delta, copy_exact_stream, copy_file, Source, Streams};
+use super::stream::{apply_delta, Source, Streams};
 use super::write::{HashingWriter, ProgressWriter};
 use super::{ApplyEvent, ApplyReport, HookFn, Patch, ProgressFn, OUTPUT};
 use crate::sys::{sync_dir, syncfs, SYNCFS};
@@ -353,13 +353,13 @@ impl Patch {
         match op {
             FileOp::Unchanged => {
                 let (o, _) = own()?;
-                copy_file(&o.file, &old.display(path), size, out)
+                streams.copy_file(&o.file, &old.display(path), size, out)
             }
             FileOp::Copy { source } => {
                 let (o, _, p) = table(*source)?;
-                copy_file(&o.file, &old.display(p), size, out)
+                streams.copy_file(&o.file, &old.display(p), size, out)
             }
-            FileOp::Add => copy_exact_stream(&mut streams.extra, size, out, "extra stream"),
+            FileOp::Add => streams.copy_extra(size, out),
             FileOp::Delta {
                 sources, transform, ..
             } => {
@@ -379,12 +379,14 @@ impl Patch {
                 let (f, shown) = new_source
                     .ok_or_else(|| Error::corrupt("manifest", "a copy of a new file not staged"))?;
                 // A staged file that shrank was changed by someone else: the output is wrong.
-                copy_file(&f, &shown, size, out).map_err(|err| match err {
-                    Error::WrongBase { .. } => Error::OutputMismatch {
-                        path: e.path.clone(),
-                    },
-                    err => err,
-                })
+                streams
+                    .copy_file(&f, &shown, size, out)
+                    .map_err(|err| match err {
+                        Error::WrongBase { .. } => Error::OutputMismatch {
+                            path: e.path.clone(),
+                        },
+                        err => err,
+                    })
             }
         }
     }

@@ -87,6 +87,22 @@ impl<'a> Streams<'a> {
         Ok(self.block[self.used - 1])
     }
 
+    /// Copy the next `n` bytes of the extra stream to `out`.
+    pub(super) fn copy_extra(&mut self, n: u64, out: &mut dyn Write) -> Result<()> {
+        copy_exact_stream(&mut self.extra, n, out, "extra stream", &mut self.dbuf)
+    }
+
+    /// Copy the first `size` bytes of the open old file `f` (named `p` in messages) to `out`.
+    pub(super) fn copy_file(
+        &mut self,
+        f: &File,
+        p: &Path,
+        size: u64,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        copy_file(f, p, size, out, &mut self.obuf)
+    }
+
     pub(super) fn finish(&mut self) -> Result<()> {
         expect_end(&mut self.ctrl, "control stream")?;
         self.diff.expect_end()?;
@@ -97,14 +113,14 @@ impl<'a> Streams<'a> {
 // ---------------------------------------------------------------------------------------------
 // Delta streams
 
-/// Copy exactly `n` bytes of a stream to `out` (the stream may hold more).
-pub(super) fn copy_exact_stream(
+/// Copy exactly `n` bytes of a stream to `out` (the stream may hold more) through `buf`.
+fn copy_exact_stream(
     r: &mut impl Read,
     n: u64,
     out: &mut dyn Write,
     what: &'static str,
+    buf: &mut [u8],
 ) -> Result<()> {
-    let mut buf = [0u8; 16 << 10];
     let mut left = n;
     while left > 0 {
         let k = (left.min(buf.len() as u64)) as usize;
@@ -116,13 +132,13 @@ pub(super) fn copy_exact_stream(
     Ok(())
 }
 
-/// Copy the first `size` bytes of the open old file `f` (named `p` in messages) to `out`.
-pub(super) fn copy_file(f: &File, p: &Path, size: u64, out: &mut dyn Write) -> Result<()> {
+/// Copy the first `size` bytes of the open old file `f` (named `p` in messages) to `out`
+/// through `buf`.
+fn copy_file(f: &File, p: &Path, size: u64, out: &mut dyn Write, buf: &mut [u8]) -> Result<()> {
     let mut r = Section::new(f, 0, size);
-    let mut buf = vec![0u8; IO_BUF];
     let mut left = size;
     while left > 0 {
-        let k = read_retry(&mut r, &mut buf).map_err(|e| Error::io(p, "read", e))?;
+        let k = read_retry(&mut r, buf).map_err(|e| Error::io(p, "read", e))?;
         if k == 0 {
             return Err(Error::wrong_base(
                 p.display().to_string(),
@@ -261,16 +277,13 @@ pub(crate) fn apply_delta(
                     carried = look;
                 }
             }
-            st.diff.fill(&mut st.dbuf[..k])?;
-            for (o, x) in st.obuf[..k].iter_mut().zip(&st.dbuf[..k]) {
-                *o = o.wrapping_add(*x);
-            }
+            st.diff.add_to(&mut st.obuf[..k], &mut st.dbuf)?;
             out.write_all(&st.obuf[..k])
                 .map_err(|er| Error::io(Path::new(OUTPUT), "write", er))?;
             pos += k as u64;
             left -= k as u64;
         }
-        copy_exact_stream(&mut st.extra, e, out, "extra stream")?;
+        st.copy_extra(e, out)?;
         produced += step;
         let np = i128::from(pos) + i128::from(seek);
         if np < 0 || np > i128::from(src.len) {

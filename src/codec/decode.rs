@@ -132,11 +132,17 @@ impl<'a> DiffSource<'a> {
         }
     }
 
-    /// Fill `buf` with the next diff bytes.
-    pub(crate) fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+    /// Add the next `buf.len()` diff bytes to `buf` (mod 256), using `scratch` (at least as
+    /// long as `buf`) for the bytes that are not zero runs: zero runs cost nothing.
+    pub(crate) fn add_to(&mut self, buf: &mut [u8], scratch: &mut [u8]) -> Result<()> {
         match self {
-            DiffSource::Plain(s) => read_full(s, buf, DIFF),
-            DiffSource::Runs(z) => z.fill(buf),
+            DiffSource::Plain(s) => {
+                let d = &mut scratch[..buf.len()];
+                read_full(s, d, DIFF)?;
+                add(buf, d);
+                Ok(())
+            }
+            DiffSource::Runs(z) => z.add_to(buf, scratch),
         }
     }
 
@@ -202,18 +208,19 @@ impl ZeroRuns<'_> {
         Ok(true)
     }
 
-    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+    /// [`DiffSource::add_to`] over the expansion: zero runs leave `buf` as it is.
+    fn add_to(&mut self, buf: &mut [u8], scratch: &mut [u8]) -> Result<()> {
         let mut got = 0;
         while got < buf.len() {
             let want = (buf.len() - got) as u64;
             if self.zeros > 0 {
                 let k = self.zeros.min(want) as usize;
-                buf[got..got + k].fill(0);
                 self.zeros -= k as u64;
                 got += k;
             } else if self.lits > 0 {
                 let k = self.lits.min(want) as usize;
-                read_full(&mut self.inner, &mut buf[got..got + k], DIFF)?;
+                read_full(&mut self.inner, &mut scratch[..k], DIFF)?;
+                add(&mut buf[got..got + k], &scratch[..k]);
                 self.lits -= k as u64;
                 got += k;
             } else if let Some(&(z, l)) = self.pairs.get(self.next) {
@@ -227,6 +234,13 @@ impl ZeroRuns<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// `buf[i] += d[i]` (mod 256).
+fn add(buf: &mut [u8], d: &[u8]) {
+    for (o, x) in buf.iter_mut().zip(d) {
+        *o = o.wrapping_add(*x);
     }
 }
 

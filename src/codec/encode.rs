@@ -199,9 +199,25 @@ mod tests {
         let runs = zero_runs(&data);
         let s = Stream::open(&runs, 0, runs.len() as u64, 0, 20, "test").unwrap();
         let mut d = DiffSource::new(s, true);
-        let mut out = vec![0u8; data.len()];
-        d.fill(&mut out).unwrap();
+        // Added onto a base, in pieces of awkward sizes that cut runs anywhere.
+        let base: Vec<u8> = (0..data.len()).map(|i| (i * 7 + 3) as u8).collect();
+        let mut out = base.clone();
+        let mut scratch = vec![0u8; 1000];
+        let mut at = 0;
+        for k in [1, 999, 3, 1000, 17].iter().cycle() {
+            let end = (at + k).min(out.len());
+            d.add_to(&mut out[at..end], &mut scratch).unwrap();
+            at = end;
+            if at == out.len() {
+                break;
+            }
+        }
         d.expect_end().unwrap();
-        assert_eq!(out, data);
+        let want: Vec<u8> = base
+            .iter()
+            .zip(&data)
+            .map(|(b, x)| b.wrapping_add(*x))
+            .collect();
+        assert_eq!(out, want);
     }
 }
