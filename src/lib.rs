@@ -57,7 +57,7 @@ mod tree;
 
 pub use apply::{
     listing_memory, memory_needed, ApplyReport, Patch, Patcher, ProgressFn, Unknown,
-    DEFAULT_MEMORY_LIMIT, LISTING_ENTRY_BYTES,
+    DEFAULT_MEMORY_LIMIT, LISTING_ENTRY_BYTES, PIPE_MEMORY,
 };
 #[doc(hidden)]
 pub use apply::{ApplyEvent, HookFn};

@@ -1239,6 +1239,53 @@ fn every_flip_of_an_exe_refs_patch_is_refused() {
     assert!(refused > 4000);
 }
 
+/// Decoding the streams on threads of their own changes nothing an apply can observe: for
+/// every truncation and a resealed single-bit flip at every byte of the golden executable
+/// patch (LZMA2 streams), and at every third byte of the same inputs diffed with zstd, the
+/// parallel and the serial applier accept the same patches with the same output and refuse the
+/// others with the same error.
+#[test]
+fn parallel_stream_decoding_behaves_as_serial() {
+    let (old, new) = crate::exe::golden_exe_inputs();
+    let mut zo = bundelta::DiffOptions::new();
+    zo.codec(bundelta::Codec::Zstd);
+    let zstd_patch = zo.diff_bytes(&old, &new).unwrap();
+    let s = Sandbox::file(&old);
+    let mut serial = Patcher::new();
+    serial.parallel(false);
+    let parallel = Patcher::new();
+    let run = |p: &Patcher, bytes: &[u8]| -> Result<Vec<u8>, String> {
+        fs::write(s.p("p.bdp"), bytes).unwrap();
+        let r = p
+            .apply(&s.p("old"), &s.p("p.bdp"), &s.p("out"))
+            .map(|_| fs::read(s.p("out")).unwrap())
+            .map_err(|e| e.to_string());
+        let _ = fs::remove_file(s.p("out"));
+        r
+    };
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    for (patch, step) in [(golden("exe.bdp"), 1), (zstd_patch, 3)] {
+        assert_eq!(run(&parallel, &patch), Ok(new.clone()));
+        for i in (0..patch.len() - 32).step_by(step) {
+            cases.push(patch[..i].to_vec());
+            let mut b = patch.clone();
+            b[i] ^= 1 << (i % 8);
+            cases.push(reseal(b));
+        }
+    }
+    let mut refused = 0;
+    for (k, b) in cases.iter().enumerate() {
+        let (a, z) = (run(&parallel, b), run(&serial, b));
+        assert_eq!(a, z, "case {k}: parallel and serial differ");
+        refused += usize::from(a.is_err());
+    }
+    assert!(
+        refused > cases.len() / 2,
+        "{refused} of {} refused",
+        cases.len()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Write errors on real file systems
 

@@ -14,7 +14,9 @@ use crate::tree::TreeDigest;
 use super::base::{BaseCheck, Old, Relinked};
 use super::stream::{apply_delta, Source, Streams};
 use super::write::{HashingWriter, ProgressWriter};
-use super::{ApplyEvent, ApplyReport, HookFn, Patch, ProgressFn, OUTPUT};
+use super::{
+    memory_needed, ApplyEvent, ApplyReport, HookFn, Patch, ProgressFn, OUTPUT, PIPE_MEMORY,
+};
 use crate::sys::{sync_dir, syncfs, SYNCFS};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -75,9 +77,46 @@ impl Patch {
     /// OLD is read only through `old` (beneath its handle, each file required to be the one
     /// the base check hashed); the staging tree is written only beneath a handle on `stage`,
     /// never following a symlink (a directory of it swapped for a link is refused).
+    ///
+    /// The streams are decoded on threads of their own when [`Patch::parallel_streams`] says
+    /// so; the bytes produced are the same either way.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn build(
         &self,
+        old: &Old,
+        stage: Option<&Path>,
+        base: &BaseCheck,
+        link: LinkMode,
+        progress: Option<&ProgressFn>,
+        hook: Option<&HookFn>,
+    ) -> Result<ApplyReport> {
+        if self.parallel_streams() {
+            std::thread::scope(|scope| {
+                let streams = Streams::open(self, Some(scope))?;
+                self.build_with(streams, old, stage, base, link, progress, hook)
+            })
+        } else {
+            let streams = Streams::open(self, None)?;
+            self.build_with(streams, old, stage, base, link, progress, hook)
+        }
+    }
+
+    /// Whether this apply decodes the streams in parallel: asked for ([`Patcher::parallel`]),
+    /// on a machine with more than one core, on a platform with positioned reads (elsewhere
+    /// the patch file's cursor would be shared), and with [`PIPE_MEMORY`] fitting under the
+    /// memory limit next to what the patch needs.
+    pub(crate) fn parallel_streams(&self) -> bool {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let need = memory_needed(&self.header)
+            .saturating_add(self.listing_bytes)
+            .saturating_add(PIPE_MEMORY);
+        self.parallel && cores > 1 && cfg!(any(unix, windows)) && need <= self.memory_limit
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_with(
+        &self,
+        mut streams: Streams<'_>,
         old: &Old,
         stage: Option<&Path>,
         base: &BaseCheck,
@@ -120,7 +159,6 @@ impl Patch {
         // later use as sources.
         let table_ids: std::collections::HashSet<FileId> = base.table_ids.iter().copied().collect();
         let mut relinked = Relinked::new();
-        let mut streams = Streams::open(self)?;
         // Hashes of the files that a later `CopyNew` copies, as they were written.
         let copied_new: std::collections::HashSet<u32> = self
             .m()

@@ -216,6 +216,7 @@ impl Patch {
             unknown: Vec::new(),
             memory_limit,
             listing_bytes: 0,
+            parallel: true,
         })
     }
 

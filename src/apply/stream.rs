@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use crate::codec::decode::{expect_end, need_varint, read_full, read_retry, DiffSource, Stream};
 use crate::error::{Error, Result};
 use crate::format::{
-    Control, Refs, Scan, FLAG_DIFF_RUNS, LOOK_AHEAD, MAX_CONTROL_BLOCK, TRANSFORM_REFS,
+    Control, Refs, Scan, CODEC_RAW, FLAG_DIFF_RUNS, LOOK_AHEAD, MAX_CONTROL_BLOCK, TRANSFORM_REFS,
 };
 use crate::readat::{read_at_most, Section};
 use crate::tree::IO_BUF;
 
-use super::{Patch, OUTPUT};
+use super::{Patch, OUTPUT, PIPE_CHUNK};
 
 /// The three solid streams of a patch, decoded as files consume them.
 pub(crate) struct Streams<'a> {
@@ -28,17 +28,31 @@ pub(crate) struct Streams<'a> {
 }
 
 impl<'a> Streams<'a> {
-    pub(super) fn open(p: &'a Patch) -> Result<Streams<'a>> {
+    /// The streams of `p`, each decoded on a thread of `scope` when one is given (see
+    /// [`crate::Patcher::parallel`]), else as they are read.
+    pub(super) fn open<'scope>(
+        p: &'scope Patch,
+        scope: Option<&'scope std::thread::Scope<'scope, '_>>,
+    ) -> Result<Streams<'a>>
+    where
+        'scope: 'a,
+    {
         let h = &p.header;
         let open = |i: usize, what: &'static str| {
-            Stream::open(
-                &*p.src,
-                h.stream_offset(i),
-                h.stream_lens[i],
-                h.codecs[i],
-                h.window_log,
-                what,
-            )
+            let (pos, len, codec) = (h.stream_offset(i), h.stream_lens[i], h.codecs[i]);
+            match scope {
+                Some(sc) if len > 0 && codec != CODEC_RAW => Ok(Stream::spawn(
+                    sc,
+                    &*p.src,
+                    pos,
+                    len,
+                    codec,
+                    h.window_log,
+                    what,
+                    PIPE_CHUNK,
+                )),
+                _ => Stream::open(&*p.src, pos, len, codec, h.window_log, what),
+            }
         };
         Ok(Streams {
             ctrl: BufReader::with_capacity(4096, open(0, "control stream")?),

@@ -4,6 +4,7 @@
 //! [`super::encode`] (feature `diff`); the round-trip tests there check it.
 
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc::{sync_channel, Receiver};
 
 use crate::error::{Error, Result};
 use crate::format::{CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, ZERO_RUN_BLOCK};
@@ -244,12 +245,40 @@ fn add(buf: &mut [u8], d: &[u8]) {
     }
 }
 
-/// One solid stream: stored raw, concatenated zstd frames, or concatenated raw LZMA2 streams.
+/// One solid stream: stored raw, concatenated zstd frames, or concatenated raw LZMA2 streams;
+/// or any of them decoded on a thread of its own ([`Stream::spawn`]).
 pub(crate) enum Stream<'a> {
     Raw(Section<'a>),
     Zstd(Box<Dec<'a>>),
     Lzma(Box<MultiLzma<'a>>),
     Bzip2(Box<bzip2::bufread::MultiBzDecoder<BufReader<Section<'a>>>>),
+    Piped(Box<Piped>),
+}
+
+/// The reading end of a stream decoded on another thread: chunks of at most `chunk` bytes
+/// arrive through a channel that holds one, so at most four exist at a time (one being
+/// filled, one queued, one being read, one just dropped).
+pub(crate) struct Piped {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Piped {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => (self.cur, self.at) = (c, 0),
+                Ok(Err(e)) => return Err(e),
+                // The decoding thread sent everything and ended.
+                Err(_) => return Ok(0),
+            }
+        }
+        let k = buf.len().min(self.cur.len() - self.at);
+        buf[..k].copy_from_slice(&self.cur[self.at..self.at + k]);
+        self.at += k;
+        Ok(k)
+    }
 }
 
 /// Decoder for one or more concatenated raw LZMA2 streams: when one ends, the next starts on
@@ -291,6 +320,58 @@ impl Read for MultiLzma<'_> {
 }
 
 impl<'a> Stream<'a> {
+    /// [`Stream::open`] on a thread of `scope` that decodes the whole stream ahead of the
+    /// reader, in chunks of `chunk` bytes. The thread ends at the stream's end, at its first
+    /// error (handed to the reader in order), or when the reader is dropped.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        file: &'scope (dyn ReadAt + Sync),
+        pos: u64,
+        len: u64,
+        codec: u8,
+        window_log: u8,
+        what: &'static str,
+        chunk: usize,
+    ) -> Stream<'a> {
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(1);
+        scope.spawn(move || {
+            let mut s = match Stream::open(file, pos, len, codec, window_log, what) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            loop {
+                let mut c = vec![0u8; chunk];
+                let mut got = 0;
+                while got < chunk {
+                    match read_retry(&mut s, &mut c[got..]) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if got == 0 {
+                    return;
+                }
+                c.truncate(got);
+                if tx.send(Ok(c)).is_err() || got < chunk {
+                    return;
+                }
+            }
+        });
+        Stream::Piped(Box::new(Piped {
+            rx,
+            cur: Vec::new(),
+            at: 0,
+        }))
+    }
+
     pub(crate) fn open(
         file: &'a dyn ReadAt,
         pos: u64,
@@ -330,6 +411,7 @@ impl<'a> Stream<'a> {
 impl Read for Stream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
+            Stream::Piped(p) => p.read(buf),
             Stream::Raw(s) => s.read(buf),
             Stream::Zstd(d) => d.read(buf),
             Stream::Lzma(d) => d.read(buf),
