@@ -70,6 +70,13 @@ fn patcher() -> Patcher {
     p
 }
 
+/// [`patcher`] with the streams decoded on the applying thread.
+fn serial() -> Patcher {
+    let mut p = patcher();
+    p.parallel(false);
+    p
+}
+
 /// Fuzz body.
 pub fn run(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
@@ -102,14 +109,22 @@ pub fn run(data: &[u8]) {
             assert!(out.exists(), "apply returned Ok but OUT is missing");
             let d = bundle_digest(&out).expect("digest of OUT");
             assert_eq!(d, report.digest, "OUT does not hash to the reported digest");
-            let v = patcher.verify(&p, Some(old));
+            // The verify runs serially: the streams decoded on the applying thread must
+            // give what the parallel apply gave.
+            let v = serial().verify(&p, Some(old));
             match v {
                 Ok(Some(vr)) => assert_eq!(&vr, report, "verify disagrees with apply"),
                 other => panic!("apply Ok but verify gave {other:?}"),
             }
         }
-        Err(_) => {
+        Err(e) => {
             assert_only(&tmp, &["p.bdp"], "after failed apply");
+            // Decoding the streams serially refuses it with the same error.
+            match serial().apply(old, &p, &out) {
+                Ok(r) => panic!("parallel apply refused ({e}) what a serial one accepted: {r:?}"),
+                Err(e2) => assert_eq!(e.to_string(), e2.to_string(), "serial vs parallel"),
+            }
+            assert_only(&tmp, &["p.bdp"], "after failed serial apply");
         }
     }
     assert_only(root.path(), &["tmp"], "scratch root");

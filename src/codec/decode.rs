@@ -351,6 +351,12 @@ impl<'a> Stream<'a> {
                         Ok(0) => break,
                         Ok(k) => got += k,
                         Err(e) => {
+                            // The bytes decoded before the error first, as a serial reader
+                            // would have them.
+                            c.truncate(got);
+                            if got > 0 && tx.send(Ok(c)).is_err() {
+                                return;
+                            }
                             let _ = tx.send(Err(e));
                             return;
                         }
