@@ -1243,7 +1243,8 @@ fn every_flip_of_an_exe_refs_patch_is_refused() {
 /// every truncation and a resealed single-bit flip at every byte of the golden executable
 /// patch (LZMA2 streams), and at every third byte of the same inputs diffed with zstd, the
 /// parallel and the serial applier accept the same patches with the same output and refuse the
-/// others with the same error.
+/// others with the same error (or both with an error of a stream's decoder, whose text
+/// depends on read sizes).
 #[test]
 fn parallel_stream_decoding_behaves_as_serial() {
     let (old, new) = crate::exe::golden_exe_inputs();
@@ -1254,12 +1255,17 @@ fn parallel_stream_decoding_behaves_as_serial() {
     let mut serial = Patcher::new();
     serial.parallel(false);
     let parallel = Patcher::new();
+    // The error's text, or "decoder" for an error of a stream's decoder: a corrupt frame's
+    // error, and how many bytes come out before it, depend on the read sizes, which differ.
     let run = |p: &Patcher, bytes: &[u8]| -> Result<Vec<u8>, String> {
         fs::write(s.p("p.bdp"), bytes).unwrap();
         let r = p
             .apply(&s.p("old"), &s.p("p.bdp"), &s.p("out"))
             .map(|_| fs::read(s.p("out")).unwrap())
-            .map_err(|e| e.to_string());
+            .map_err(|e| match &e {
+                Error::Corrupt { detail, .. } if detail.starts_with("zstd: ") => "decoder".into(),
+                _ => e.to_string(),
+            });
         let _ = fs::remove_file(s.p("out"));
         r
     };
@@ -1276,6 +1282,13 @@ fn parallel_stream_decoding_behaves_as_serial() {
     let mut refused = 0;
     for (k, b) in cases.iter().enumerate() {
         let (a, z) = (run(&parallel, b), run(&serial, b));
+        if a.is_err()
+            && z.is_err()
+            && (a.as_ref().unwrap_err() == "decoder" || z.as_ref().unwrap_err() == "decoder")
+        {
+            refused += 1;
+            continue;
+        }
         assert_eq!(a, z, "case {k}: parallel and serial differ");
         refused += usize::from(a.is_err());
     }
