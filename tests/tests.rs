@@ -19,5 +19,6 @@ mod fuzz_replay;
 mod golden;
 #[cfg(feature = "cli")]
 mod inplace;
+mod multi_source;
 mod roundtrip;
 mod unknown;

@@ -289,9 +289,8 @@ pub fn edit_tree(rng: &mut Rng, old: &Tree) -> Tree {
     t
 }
 
-/// The oracle: apply a patch entirely in memory, straight from the spec, with none of the
-/// streaming machinery. Returns the new tree (for a file bundle: one entry with path "").
-pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
+/// The manifest of a patch made from OLD (resolved against OLD's listing when relative).
+pub fn manifest_of(old: &Tree, patch: &[u8]) -> Manifest {
     let h = Header::decode(patch).unwrap();
     let body_end = patch.len() - format::TRAILER_LEN;
     assert_eq!(
@@ -324,7 +323,14 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
             },
         })
         .collect();
-    let m = Manifest::decode_with_old(&raw, &h, Some(&listing)).unwrap();
+    Manifest::decode_with_old(&raw, &h, Some(&listing)).unwrap()
+}
+
+/// The oracle: apply a patch entirely in memory, straight from the spec, with none of the
+/// streaming machinery. Returns the new tree (for a file bundle: one entry with path "").
+pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
+    let h = Header::decode(patch).unwrap();
+    let m = manifest_of(old, patch);
     let stream = |i: usize| {
         let a = h.stream_offset(i) as usize;
         let b = a + h.stream_lens[i] as usize;

@@ -37,29 +37,38 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 33)
 }
 
-/// Bottom-k sketch of a file's content: up to `K` smallest distinct feature hashes, sorted.
-pub(crate) fn sketch(data: &[u8]) -> Vec<u64> {
+/// Calls `f` with the feature hash of the 32 bytes after every position where the gear
+/// rolling hash has its low bits `mask` all zero (`0x3f`: one position in 64 on average).
+/// A denser mask gives a superset of a sparser one's features.
+pub(crate) fn for_each_feature(data: &[u8], mask: u64, mut f: impl FnMut(u64)) {
     let gear = gear_table();
-    let mut feats: Vec<u64> = Vec::new();
     let mut h: u64 = 0;
     for (i, &b) in data.iter().enumerate() {
         h = (h << 1).wrapping_add(gear[b as usize]);
-        if h & 0x3f == 0 && i + 32 <= data.len() {
+        if h & mask == 0 && i + 32 <= data.len() {
             let w = &data[i..i + 32];
-            let mut f: u64 = 0xcbf2_9ce4_8422_2325;
+            let mut x: u64 = 0xcbf2_9ce4_8422_2325;
             for c in w.chunks(8) {
                 let mut a = [0u8; 8];
                 a[..c.len()].copy_from_slice(c);
-                f = mix(f ^ u64::from_le_bytes(a));
+                x = mix(x ^ u64::from_le_bytes(a));
             }
-            feats.push(f);
-            if feats.len() >= 8 * K {
-                feats.sort_unstable();
-                feats.dedup();
-                feats.truncate(K);
-            }
+            f(x);
         }
     }
+}
+
+/// Bottom-k sketch of a file's content: up to `K` smallest distinct feature hashes, sorted.
+pub(crate) fn sketch(data: &[u8]) -> Vec<u64> {
+    let mut feats: Vec<u64> = Vec::new();
+    for_each_feature(data, 0x3f, |x| {
+        feats.push(x);
+        if feats.len() >= 8 * K {
+            feats.sort_unstable();
+            feats.dedup();
+            feats.truncate(K);
+        }
+    });
     feats.sort_unstable();
     feats.dedup();
     feats.truncate(K);
