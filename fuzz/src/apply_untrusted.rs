@@ -129,7 +129,7 @@ pub fn run(data: &[u8]) {
             // it, depend on the read sizes, which differ).
             match serial().apply(old, &p, &out) {
                 Ok(r) => panic!("parallel apply refused ({e}) what a serial one accepted: {r:?}"),
-                Err(e2) if codec_error(&e) || codec_error(&e2) => {}
+                Err(e2) if codec_error(e) || codec_error(&e2) => {}
                 Err(e2) => assert_eq!(e.to_string(), e2.to_string(), "serial vs parallel"),
             }
             assert_only(&tmp, &["p.bdp"], "after failed serial apply");
