@@ -310,10 +310,13 @@ impl Refs {
         // Addresses outside every old load (the common case for an arbitrary 8-byte word)
         // are rejected with two compares before `map_vaddr` searches the loads; loads that
         // wrap around the address space (only a crafted patch has them) disable the shortcut.
-        let span = self.old_loads.iter().try_fold((u64::MAX, 0), |(lo, hi), s| {
-            let end = s.vaddr.checked_add(s.memsz.max(s.filesz))?;
-            Some((lo.min(s.vaddr), hi.max(end)))
-        });
+        let span = self
+            .old_loads
+            .iter()
+            .try_fold((u64::MAX, 0), |(lo, hi), s| {
+                let end = s.vaddr.checked_add(s.memsz.max(s.filesz))?;
+                Some((lo.min(s.vaddr), hi.max(end)))
+            });
         let (lo, hi) = span.unwrap_or((0, u64::MAX));
         let all = span.is_none() || !fast;
         let mut next = scan.next;
@@ -810,7 +813,9 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let pick = [0xE8, 0xE9, 0x0F, 0x85, 0x05, 0x0D, 0x48, 0x8B, 0x8D, 0x66, 0x00, 0x10];
+        let pick = [
+            0xE8, 0xE9, 0x0F, 0x85, 0x05, 0x0D, 0x48, 0x8B, 0x8D, 0x66, 0x00, 0x10,
+        ];
         for round in 0..400 {
             let len = 1 + (rnd() % 200) as usize;
             let mut old: Vec<u8> = (0..len)
@@ -833,9 +838,17 @@ mod tests {
                     r.predict_with(&mut Scan::new(from, 0), &mut buf, 0, len, false);
                     buf
                 };
-                assert_eq!(r.predict_region(&old, from, 0), plain, "round {round} {kinds}");
+                assert_eq!(
+                    r.predict_region(&old, from, 0),
+                    plain,
+                    "round {round} {kinds}"
+                );
                 let block = 1 + (rnd() % 40) as usize;
-                assert_eq!(r.predict_blocks(&old, from, 0, block), plain, "round {round}");
+                assert_eq!(
+                    r.predict_blocks(&old, from, 0, block),
+                    plain,
+                    "round {round}"
+                );
             }
         }
     }
