@@ -832,7 +832,7 @@ mod tests {
             }
             for kinds in 1..=KNOWN_REFS {
                 let r = refs(kinds);
-                let from = (rnd() % 3) as u64;
+                let from = rnd() % 3;
                 let plain = {
                     let mut buf = old.clone();
                     r.predict_with(&mut Scan::new(from, 0), &mut buf, 0, len, false);
@@ -858,7 +858,7 @@ mod tests {
         // Every first two bytes, then every third byte under interesting prefixes, with tails
         // of every length: the table form must agree with the plain one everywhere.
         let interesting: Vec<u8> = (0u8..=255)
-            .filter(|&b| X86_START[b as usize] || b & 0xC7 == 0x05 || b >= 0x80 && b <= 0x8F)
+            .filter(|&b| X86_START[b as usize] || b & 0xC7 == 0x05 || (0x80..=0x8F).contains(&b))
             .collect();
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut rnd = || {
