@@ -1035,11 +1035,13 @@ impl DiffOptions {
         let parts: Vec<matcher::Streams> = new
             .par_chunks(chunk)
             .map(|c| {
-                // One scan per slack; keep the one whose streams compress smallest (a quick
+                // One scan per slack, each pruned of matches that do not pay for their
+                // control ([`matcher::prune`]); keep the one whose streams compress smallest (a quick
                 // zstd-1 estimate). Ties keep the first, so the choice is deterministic.
                 let mut best: Option<(usize, matcher::Streams)> = None;
                 for &slack in &matcher::SLACKS {
-                    let s = matcher::scan(&ix, c, slack);
+                    let s =
+                        matcher::prune(source, c, matcher::scan(&ix, c, slack), &matcher::COSTS);
                     let mut ctl = Vec::new();
                     put_controls(&mut ctl, &s.ctrls);
                     let est = |d: &[u8]| {
