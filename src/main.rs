@@ -833,6 +833,14 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         c.1 += size;
         rows.push((e.path.clone(), op, size, source));
     }
+    // Modified files diffed against several old files (extra sources found by coverage).
+    let multi_source = m
+        .entries
+        .iter()
+        .filter(|e| {
+            matches!(&e.kind, EntryKind::File { op: FileOp::Delta { sources, .. }, .. } if sources.len() > 1)
+        })
+        .count();
     // Modified files whose diff bytes are taken against predicted references (transform 1).
     let exe_refs = m
         .entries
@@ -880,7 +888,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "deleted": m.deleted.len(), "ops": ops, "manifest_bytes": h.manifest_len, "streams": streams,
             "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
             "base_tags": m.base_tags.len(), "base_tag_bits": m.base_tags.bits,
-            "exe_refs": exe_refs,
+            "exe_refs": exe_refs, "multi_source": multi_source,
         });
         if a.list {
             v["entries"] = rows
@@ -955,6 +963,12 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         writeln!(
             out,
             "  ({exe_refs} of the modified files with executable reference prediction)"
+        )?;
+    }
+    if multi_source > 0 {
+        writeln!(
+            out,
+            "  ({multi_source} of the modified files diffed against several old files)"
         )?;
     }
     if a.list {

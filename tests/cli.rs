@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn bundelta(args: &[&str]) -> std::process::Output {
+pub(crate) fn bundelta(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bundelta"))
         .args(args)
         .output()

@@ -64,6 +64,17 @@ fn a_file_assembled_from_two_old_files_is_diffed_against_both() {
     let d = sources("lib/d.js");
     assert_eq!(d.len(), 2);
     assert!(d.contains(&"lib/b.js") && d.contains(&"lib/c.js"), "{d:?}");
+    // `info` with OLD counts them.
+    let (pp, op) = (dir.path().join("p.bdp"), dir.path().join("old"));
+    let out = crate::cli::bundelta(&[
+        "info",
+        pp.to_str().unwrap(),
+        "--old",
+        op.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["multi_source"], 2, "{v}");
     // The oracle and the applier rebuild NEW.
     assert_eq!(naive_apply(&old, &patch), new);
     Patcher::new()
