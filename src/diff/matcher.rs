@@ -333,9 +333,10 @@ pub(crate) fn prune(old: &[u8], nw: &[u8], st: Streams, k: &Costs) -> Streams {
         p += c.diff as i64 + c.seek;
     }
     debug_assert_eq!(n, nw.len());
-    let diff_cost = |nb: usize, ob: usize, len: usize| -> u32 {
-        let nz = (0..len).filter(|&i| nw[nb + i] != old[ob + i]).count() as u32;
-        nz * k.nonzero + (len as u32 - nz) * k.zero
+    // In u64: a gap can be as long as a chunk, and `--chunk-size` has no upper bound.
+    let diff_cost = |nb: usize, ob: usize, len: usize| -> u64 {
+        let nz = (0..len).filter(|&i| nw[nb + i] != old[ob + i]).count() as u64;
+        nz * u64::from(k.nonzero) + (len as u64 - nz) * u64::from(k.zero)
     };
     let mut out: Vec<Cover> = Vec::with_capacity(covers.len());
     let mut changed = false;
@@ -346,13 +347,14 @@ pub(crate) fn prune(old: &[u8], nw: &[u8], st: Streams, k: &Costs) -> Streams {
         };
         let pend = prev.new + prev.len;
         let gap = c.new - pend;
-        let keep = gap as u32 * k.extra + k.ctrl + diff_cost(c.new, c.old, c.len);
-        let drop = (gap + c.len) as u32 * k.extra;
+        let keep =
+            gap as u64 * u64::from(k.extra) + u64::from(k.ctrl) + diff_cost(c.new, c.old, c.len);
+        let drop = (gap + c.len) as u64 * u64::from(k.extra);
         let ext_len = gap + c.len;
         let extend = if prev.old + prev.len + ext_len <= old.len() {
             diff_cost(pend, prev.old + prev.len, ext_len)
         } else {
-            u32::MAX
+            u64::MAX
         };
         if extend < keep && extend <= drop {
             prev.len += ext_len;
