@@ -208,7 +208,7 @@ struct ApplyArgs {
     /// Decode the patch's streams on the applying thread. By default, on a machine with more
     /// than one core, they are decoded on threads of their own ahead of it, when 384 KiB of
     /// hand-over buffers fit under --memory-limit next to what the patch needs (`info` shows
-    /// that); the output is the same either way.
+    /// what it needs); the output is the same either way.
     #[arg(long)]
     serial: bool,
     #[command(flatten)]

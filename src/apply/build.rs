@@ -90,14 +90,12 @@ impl Patch {
         progress: Option<&ProgressFn>,
         hook: Option<&HookFn>,
     ) -> Result<ApplyReport> {
+        let run =
+            |streams: Streams<'_>| self.build_with(streams, old, stage, base, link, progress, hook);
         if self.parallel_streams() {
-            std::thread::scope(|scope| {
-                let streams = Streams::open(self, Some(scope))?;
-                self.build_with(streams, old, stage, base, link, progress, hook)
-            })
+            std::thread::scope(|scope| run(Streams::open(self, Some(scope))?))
         } else {
-            let streams = Streams::open(self, None)?;
-            self.build_with(streams, old, stage, base, link, progress, hook)
+            run(Streams::open(self, None)?)
         }
     }
 

@@ -33,8 +33,9 @@
 //! With [`Patcher::parallel`] (the default on a machine with more than one core) each coded
 //! stream is decoded on a thread of its own, handing 32 KiB chunks to the applying thread:
 //! [`PIPE_MEMORY`] (384 KiB) more, taken only when the sum still fits under the limit; else
-//! the apply runs on one thread as before. The bytes produced, the checks and the errors are
-//! the same either way.
+//! the apply runs on one thread as before. The bytes produced, the checks and what is
+//! accepted or refused are the same either way; only the text of a decoder's error on a
+//! corrupt frame can differ (it depends on the read sizes).
 //!
 //! For a manifest relative to OLD's file list, the applier also holds that list and the entries
 //! resolved from it: [`listing_memory`], `LISTING_ENTRY_BYTES` (160) plus twice the path bytes
