@@ -1043,9 +1043,9 @@ impl DiffOptions {
                 // file vector smaller (316 -> 287). Ties keep the first, so the choice is
                 // deterministic.
                 let mut best: Option<(usize, matcher::Streams)> = None;
-                let candidates = matcher::SLACKS.iter().map(|&slack| {
-                    matcher::prune(source, c, matcher::scan(&ix, c, slack), &matcher::COSTS)
-                });
+                let candidates = matcher::scans(&ix, c, &matcher::SLACKS)
+                    .into_iter()
+                    .map(|s| matcher::prune(source, c, s, &matcher::COSTS));
                 for s in candidates {
                     let mut ctl = Vec::new();
                     put_controls(&mut ctl, &s.ctrls);
