@@ -60,9 +60,10 @@ fn gram(t: &[u8]) -> Option<u64> {
     }
 }
 
-/// Bit table of the hashes of every [`MIN_MATCH`]-byte string of a source: 4 bits per source
-/// byte (a power of two, at least 64), so that for a string absent from the source about one
-/// lookup in five to ten answers "maybe" (fewer on sources with repeated strings).
+/// Bit table of the hashes of every [`MIN_MATCH`]-byte string of a source: 2 to 4 bits per
+/// source byte (the power of two at or below 4, at least 64 bits in all; 256 MiB for a 512 MiB
+/// source), so that for a string absent from the source about one lookup in four to eight
+/// answers "maybe" (fewer on sources with repeated strings).
 struct Grams {
     bits: Vec<u64>,
     shift: u32,
@@ -70,7 +71,8 @@ struct Grams {
 
 impl Grams {
     fn new(src: &[u8]) -> Grams {
-        let nbits = (src.len() * 4).next_power_of_two().max(64);
+        let want = src.len().saturating_mul(4).max(64);
+        let nbits = 1usize << want.ilog2();
         let mut g = Grams {
             bits: vec![0u64; nbits / 64],
             shift: 64 - nbits.trailing_zeros(),
