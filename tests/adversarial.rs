@@ -1236,11 +1236,12 @@ fn every_flip_of_an_exe_refs_patch_is_refused() {
         }
     }
     eprintln!("adversarial: exe.bdp: {refused} refused, {same} flips with identical output");
-    // Almost every change must be refused (3,881 of 4,046 cases for the 478-byte vector): the
-    // flips that leave the output identical are the few bits the format leaves free.
+    // Almost every change must be refused (3,881 of 4,046 cases, 95.9%, for the 478-byte
+    // vector; the earlier 494-byte one asked for over 4,000 of 4,190, 95.5%): the flips that
+    // leave the output identical are the few bits the format leaves free.
     let cases = patch.len() + (patch.len() - 32) * 8;
     assert!(
-        refused as usize * 100 >= cases * 90,
+        refused as usize * 100 >= cases * 95,
         "only {refused} of {cases} cases refused"
     );
 }
