@@ -179,6 +179,32 @@ const X86_TRIGGER: [bool; 256] = {
     }
     t
 };
+/// The index of the first byte at or after `from` in `b` that is an [`X86_TRIGGER`], or
+/// `b.len()`. Eight bytes at a time: a byte of a word is flagged by the usual zero-byte test
+/// of the word XOR the pattern, which may also flag bytes above a true zero (a borrow) but
+/// never below one, so the lowest flag of any of the four tests is the first trigger.
+fn next_trigger(b: &[u8], from: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let mut i = from;
+    while i + 8 <= b.len() {
+        let x = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let m = zero(x ^ (0xE8 * LO))
+            | zero(x ^ (0xE9 * LO))
+            | zero(x ^ (0x0F * LO))
+            | zero((x & (0xC7 * LO)) ^ (0x05 * LO));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    b[i.min(b.len())..]
+        .iter()
+        .position(|&c| X86_TRIGGER[c as usize])
+        .map_or(b.len(), |k| i + k)
+}
+
 /// `X86_START[b]`: whether an instruction that [`x86_ref`] recognises can begin with byte `b`
 /// (a branch, a 0F escape, a prefix, a REX byte or a one-byte opcode of [`X86_OP`]).
 const X86_START: [bool; 256] = {
@@ -272,11 +298,30 @@ impl Refs {
         Some(o.wrapping_add(r.delta as u64))
     }
 
+    /// [`Refs::lookup`] that first tries the breakpoint interval `*hint` (pointer tables,
+    /// repeated constants and nearby calls often land in the same interval as the previous
+    /// reference) and leaves the interval it used there. Same answer for any hint.
+    fn lookup_near(&self, o: u64, hint: &mut usize) -> Option<u64> {
+        let h = *hint;
+        let i = match self.map.get(h) {
+            Some(r) if r.old <= o && self.map.get(h + 1).is_none_or(|n| o < n.old) => h + 1,
+            _ => self.map.partition_point(|r| r.old <= o),
+        };
+        let r = self.map.get(i.checked_sub(1)?)?;
+        *hint = i - 1;
+        Some(o.wrapping_add(r.delta as u64))
+    }
+
     /// Where the OLD address `v` went in NEW: through the file when a load holds it, or, in a
     /// load's zero-filled tail, relative to the end of the same-numbered load of NEW.
     pub fn map_vaddr(&self, v: u64) -> Option<u64> {
+        self.map_vaddr_near(v, &mut 0)
+    }
+
+    /// [`Refs::map_vaddr`] through [`Refs::lookup_near`].
+    fn map_vaddr_near(&self, v: u64, hint: &mut usize) -> Option<u64> {
         if let Some(o) = find_vaddr(&self.old_loads, v) {
-            return find_off(&self.new_loads, self.lookup(o)?);
+            return find_off(&self.new_loads, self.lookup_near(o, hint)?);
         }
         let k = self.old_loads.iter().position(|s| {
             let end = s.vaddr.wrapping_add(s.filesz);
@@ -332,10 +377,7 @@ impl Refs {
             let q = scan.old.wrapping_add(p);
             if skip {
                 if trig < i {
-                    trig = buf[i..]
-                        .iter()
-                        .position(|&c| X86_TRIGGER[c as usize])
-                        .map_or(buf.len(), |k| i + k);
+                    trig = next_trigger(buf, i);
                 }
                 let mut to = trig.saturating_sub(4).max(i) as u64 + at;
                 if abs64 {
@@ -351,7 +393,7 @@ impl Refs {
             if self.kinds & REFS_ABS64 != 0 && q % 8 == 0 && b.len() >= 8 {
                 let v = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
                 if all || (lo..hi).contains(&v) {
-                    if let Some(w) = self.map_vaddr(v) {
+                    if let Some(w) = self.map_vaddr_near(v, &mut scan.hint) {
                         buf[i..i + 8].copy_from_slice(&w.to_le_bytes());
                         next = p + 8;
                         continue;
@@ -363,7 +405,8 @@ impl Refs {
                     let pred = (|| {
                         let src = find_off(&self.old_loads, q)?.wrapping_add(ie as u64);
                         let disp = rd32(b, oo);
-                        let t = self.map_vaddr(src.wrapping_add(disp as i64 as u64))?;
+                        let t = self
+                            .map_vaddr_near(src.wrapping_add(disp as i64 as u64), &mut scan.hint)?;
                         let dst = find_off(&self.new_loads, scan.new.wrapping_add(p))?
                             .wrapping_add(ie as u64);
                         i32::try_from(t.wrapping_sub(dst) as i64).ok()
@@ -381,7 +424,8 @@ impl Refs {
                     let pred = (|| {
                         let src = find_off(&self.old_loads, q)?;
                         let imm = (((insn << 6) as i32) >> 4) as i64;
-                        let t = self.map_vaddr(src.wrapping_add(imm as u64))?;
+                        let t =
+                            self.map_vaddr_near(src.wrapping_add(imm as u64), &mut scan.hint)?;
                         let dst = find_off(&self.new_loads, scan.new.wrapping_add(p))?;
                         let d = t.wrapping_sub(dst) as i64;
                         (d % 4 == 0 && (-(1 << 27)..(1 << 27)).contains(&d))
@@ -406,7 +450,7 @@ impl Refs {
                             << 1;
                         let lo = low.map_or(0, |(_, (v, _))| v);
                         let t_old = (src & !0xFFF).wrapping_add(imm as u64).wrapping_add(lo);
-                        let t = self.map_vaddr(t_old)?;
+                        let t = self.map_vaddr_near(t_old, &mut scan.hint)?;
                         let dst = find_off(&self.new_loads, scan.new.wrapping_add(p))?;
                         let pages = ((t & !0xFFF).wrapping_sub(dst & !0xFFF) as i64) >> 12;
                         if !(-(1 << 20)..(1 << 20)).contains(&pages) {
@@ -566,12 +610,19 @@ pub struct Scan {
     old: u64,
     new: u64,
     next: u64,
+    /// The breakpoint interval of the last reference (a hint only: any value is correct).
+    hint: usize,
 }
 
 impl Scan {
     /// The scan of a region that starts at `old` in the source and `new` in the file.
     pub fn new(old: u64, new: u64) -> Scan {
-        Scan { old, new, next: 0 }
+        Scan {
+            old,
+            new,
+            next: 0,
+            hint: 0,
+        }
     }
 }
 
@@ -889,6 +940,77 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lookup_with_any_hint_agrees_with_the_search() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for n in 0..12 {
+            let mut old = 0;
+            let map: Vec<Region> = (0..n)
+                .map(|k| {
+                    old += 1 + rnd() % 50;
+                    Region {
+                        old,
+                        delta: k as i64 * 7 - 20,
+                    }
+                })
+                .collect();
+            let r = Refs {
+                kinds: REFS_X86,
+                map,
+                ..Refs::default()
+            };
+            let mut hint = 0;
+            for _ in 0..2_000 {
+                let o = rnd() % (old + 60);
+                if rnd() % 4 == 0 {
+                    hint = (rnd() % 16) as usize;
+                }
+                assert_eq!(r.lookup_near(o, &mut hint), r.lookup(o), "{o} {:?}", r.map);
+            }
+        }
+    }
+
+    #[test]
+    fn trigger_search_agrees_with_the_table() {
+        // Every byte value at every position of a word and its neighbours, over backgrounds
+        // that provoke the zero-byte test's borrows (zeros, ones, pattern-adjacent values).
+        let plain = |b: &[u8], from: usize| {
+            (from..b.len())
+                .find(|&k| X86_TRIGGER[b[k] as usize])
+                .unwrap_or(b.len())
+        };
+        for bg in [0x00u8, 0x01, 0x04, 0x06, 0xE7, 0xEA, 0x0E, 0x10, 0x90] {
+            for t in 0..=255u8 {
+                for at in 0..19 {
+                    for len in [at + 1, 19, 24] {
+                        let mut b = vec![bg; len];
+                        b[at] = t;
+                        for from in [0, 1, 3, at.min(len - 1)] {
+                            assert_eq!(next_trigger(&b, from), plain(&b, from), "{b:02x?} {from}");
+                        }
+                    }
+                }
+            }
+        }
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let b: Vec<u8> = (0..(seed % 40) as usize)
+                .map(|k| [0u8, 1, 0xE8, 0x05, 0x90, 0x0F][(seed >> (k % 60)) as usize % 6])
+                .collect();
+            let from = (seed >> 40) as usize % (b.len() + 1);
+            assert_eq!(next_trigger(&b, from), plain(&b, from), "{b:02x?} {from}");
         }
     }
 
