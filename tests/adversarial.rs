@@ -1105,7 +1105,7 @@ fn old_parent_directory_replaced_by_a_link_is_not_followed() {
 fn golden(name: &str) -> Vec<u8> {
     fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("corpus/golden/v2.3")
+            .join("corpus/golden/v2.4")
             .join(name),
     )
     .unwrap()
@@ -1239,6 +1239,48 @@ fn every_flip_of_an_exe_refs_patch_is_refused() {
     // Almost every change must be refused (3,881 of 4,046 cases, 95.9%, for the 478-byte
     // vector; the earlier 494-byte one asked for over 4,000 of 4,190, 95.5%): the flips that
     // leave the output identical are the few bits the format leaves free.
+    let cases = patch.len() + (patch.len() - 32) * 8;
+    assert!(
+        refused as usize * 100 >= cases * 95,
+        "only {refused} of {cases} cases refused"
+    );
+}
+
+/// Every truncation and every single-bit flip (trailer recomputed) of the golden gzip patch,
+/// whose control stream starts with the two inflate recipes: refused with a clear error and
+/// nothing left behind (no scratch file either), or exactly NEW.
+#[test]
+fn every_flip_of_a_gzip_inflate_patch_is_refused() {
+    let (old, new) = crate::golden::gzip_inputs();
+    let patch = golden("gzip.bdp");
+    let s = Sandbox::file(&old);
+    let patcher = Patcher::new();
+    let (mut refused, mut same) = (0u32, 0u32);
+    for cut in 0..patch.len() {
+        s.reject(&patcher, &patch[..cut], &format!("gzip.bdp cut at {cut}"));
+        refused += 1;
+    }
+    for i in 0..patch.len() - 32 {
+        for bit in 0..8 {
+            let mut b = patch.clone();
+            b[i] ^= 1 << bit;
+            let b = reseal(b);
+            let case = format!("gzip.bdp byte {i} bit {bit}, resealed");
+            fs::write(s.p("p.bdp"), &b).unwrap();
+            match patcher.apply(&s.p("old"), &s.p("p.bdp"), &s.p("out")) {
+                Ok(_) => {
+                    assert_eq!(fs::read(s.p("out")).unwrap(), new, "{case}: wrong output");
+                    fs::remove_file(s.p("out")).unwrap();
+                    same += 1;
+                }
+                Err(_) => {
+                    s.reject(&patcher, &b, &case);
+                    refused += 1;
+                }
+            }
+        }
+    }
+    eprintln!("adversarial: gzip.bdp: {refused} refused, {same} flips with identical output");
     let cases = patch.len() + (patch.len() - 32) * 8;
     assert!(
         refused as usize * 100 >= cases * 95,

@@ -21,6 +21,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("dir_apply", bundelta_fuzz::dir_apply::run),
     ("roundtrip", bundelta_fuzz::roundtrip::run),
     ("refs", bundelta_fuzz::refs::run),
+    ("inflate", bundelta_fuzz::inflate::run),
 ];
 
 fn regressions(target: &str) -> Vec<PathBuf> {

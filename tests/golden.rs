@@ -1,7 +1,7 @@
-//! Golden vectors: the bytes of format 2.3 (what this build writes) are pinned by committed
-//! patches in corpus/golden/v2.3. Inputs are generated here deterministically; the test applies
+//! Golden vectors: the bytes of format 2.4 (what this build writes) are pinned by committed
+//! patches in corpus/golden/v2.4. Inputs are generated here deterministically; the test applies
 //! each committed patch to its generated OLD, and re-diffs to check the writer still produces
-//! the same bytes. The patches of formats 2.1 and 2.2 (corpus/golden/v2.1 and v2.2, made by
+//! the same bytes. The patches of formats 2.1 to 2.3 (corpus/golden/v2.1 to v2.3, made by
 //! earlier builds from the same inputs) must still apply.
 //! Regenerate (only for a deliberate format change) with `BUNDELTA_BLESS=1 cargo test golden`.
 
@@ -13,7 +13,7 @@ use bundelta::{DiffOptions, Patcher};
 use crate::util::*;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.3")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.4")
 }
 
 fn legacy_dir(minor: u8) -> PathBuf {
@@ -219,14 +219,60 @@ fn golden_exe_patch() {
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
 }
 
-/// Patches written by format 2.1 builds (absolute sizes, 4-bit base tags) and 2.2 builds
-/// (before reference prediction) still apply and verify: a reader takes every minor of its
-/// major.
+/// A gzip file whose new version changes a few lines: the patch uses the inflate transform
+/// (delta transform 2, header flag FLAG_INFLATE), so both recipes' encoding and the
+/// recompression are pinned. The member is made by zlib (level 9, as `gzip -9` and Python's
+/// gzip module by default), with a file name.
+#[test]
+fn golden_gzip_patch() {
+    let (old, new) = gzip_inputs();
+    let patch = DiffOptions::new().diff_bytes(&old, &new).unwrap();
+    let h = bundelta::format::Header::decode(&patch).unwrap();
+    assert_ne!(h.flags & bundelta::format::FLAG_INFLATE, 0);
+    check("gzip.bdp", &patch);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &golden_dir().join("gzip.bdp"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
+}
+
+/// OLD and NEW of the gzip vector.
+pub fn gzip_inputs() -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(0x6219);
+    let a = rng.text(30_000);
+    let b = rng.edit(&a, 4);
+    (
+        crate::inflate::gzip_member(&a, Some(9), 15, Some("notes.txt")),
+        crate::inflate::gzip_member(&b, Some(9), 15, Some("notes.txt")),
+    )
+}
+
+/// Patches written by format 2.1 builds (absolute sizes, 4-bit base tags), 2.2 builds
+/// (before reference prediction) and 2.3 builds (before the inflate transform) still apply
+/// and verify: a reader takes every minor of its major.
 #[test]
 fn golden_older_minors_still_apply() {
-    for minor in [1u8, 2] {
+    for minor in [1u8, 2, 3] {
         older_minor_applies(minor);
     }
+    // The 2.3 executable vector, with reference prediction.
+    let (old, new) = crate::exe::golden_exe_inputs();
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &legacy_dir(3).join("exe.bdp"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
 }
 
 fn older_minor_applies(minor: u8) {

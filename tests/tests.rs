@@ -17,6 +17,7 @@ mod exe;
 mod fs_handles;
 mod fuzz_replay;
 mod golden;
+mod inflate;
 #[cfg(feature = "cli")]
 mod inplace;
 mod multi_source;

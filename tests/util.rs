@@ -360,8 +360,10 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                         x += size;
                         extra[x - size..x].to_vec()
                     }
-                    FileOp::Delta { sources, .. } => {
-                        let src: Vec<u8> = if sources.is_empty() {
+                    FileOp::Delta {
+                        sources, transform, ..
+                    } => {
+                        let mut src: Vec<u8> = if sources.is_empty() {
                             old_data(&e.path)
                         } else {
                             sources
@@ -369,6 +371,16 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                                 .flat_map(|s| old_data(&m.old_files[*s as usize].path))
                                 .collect()
                         };
+                        // Transform 2 (FORMAT.md 4.3): expand the source whole, note the target
+                        // recipe, run the controls over the expansion, deflate again at the end.
+                        let mut recipe = None;
+                        let mut size = size;
+                        if *transform == format::TRANSFORM_INFLATE {
+                            let (exp, r) = naive_recipes(&mut c, &src);
+                            src = exp;
+                            size = r.iter().map(|s| s.0).sum::<u64>() as usize;
+                            recipe = Some(r);
+                        }
                         let mut o = Vec::new();
                         let mut pos = 0i64;
                         let mut block: Vec<(usize, usize, i64)> = Vec::new();
@@ -395,7 +407,10 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                         }
                         assert_eq!(o.len(), size);
                         assert!(block.is_empty(), "control block crosses a file end");
-                        o
+                        match recipe {
+                            None => o,
+                            Some(r) => naive_recompose(&o, &r),
+                        }
                     }
                     FileOp::CopyNew { entry } => match out.get(&m.entries[*entry as usize].path) {
                         Some(Item::File { data, .. }) => data.clone(),
@@ -413,6 +428,94 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
         c.is_empty() && d == diff.len() && x == extra.len(),
         "streams not consumed exactly"
     );
+    out
+}
+
+/// A target segment of transform 2 as the oracle keeps it: expanded length, and for a deflate
+/// segment its compressed length, level and window bits (memory level 8 and the default
+/// strategy only: what flate2 can make).
+type NaiveSeg = (u64, Option<(u64, u32, u8)>);
+
+/// Read both recipes of a transform-2 file and expand `src` by the first, whole.
+fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveSeg>) {
+    let mut exp = Vec::new();
+    let mut pos = 0usize;
+    for _ in 0..c.varint().unwrap() {
+        match c.varint().unwrap() {
+            0 => {
+                let n = c.varint().unwrap() as usize;
+                exp.extend_from_slice(&src[pos..pos + n]);
+                pos += n;
+            }
+            1 => {
+                let comp = c.varint().unwrap() as usize;
+                let plain = c.varint().unwrap() as usize;
+                let p = miniz_oxide::inflate::decompress_to_vec(&src[pos..pos + comp]).unwrap();
+                assert_eq!(p.len(), plain);
+                exp.extend_from_slice(&p);
+                pos += comp;
+            }
+            k => panic!("source segment kind {k}"),
+        }
+    }
+    assert_eq!(pos, src.len());
+    let mut segs = Vec::new();
+    for _ in 0..c.varint().unwrap() {
+        match c.varint().unwrap() {
+            0 => segs.push((c.varint().unwrap(), None)),
+            1 => {
+                let plain = c.varint().unwrap();
+                let comp = c.varint().unwrap();
+                let (level, wbits, mem, strategy) = (
+                    c.varint().unwrap() as u32,
+                    c.varint().unwrap() as u8,
+                    c.varint().unwrap(),
+                    c.varint().unwrap(),
+                );
+                assert_eq!((mem, strategy), (8, 0), "the oracle deflates with flate2");
+                segs.push((plain, Some((comp, level, wbits))));
+            }
+            k => panic!("target segment kind {k}"),
+        }
+    }
+    (exp, segs)
+}
+
+/// Raw deflate of `plain` by zlib (through flate2) at `level` with a `2^wbits` window, memory
+/// level 8, default strategy, in one call.
+pub fn zlib_deflate(plain: &[u8], level: u32, wbits: u8) -> Vec<u8> {
+    let mut c =
+        flate2::Compress::new_with_window_bits(flate2::Compression::new(level), false, wbits);
+    let mut out = Vec::with_capacity(plain.len() + plain.len() / 100 + 1024);
+    loop {
+        let done = c.total_in() as usize;
+        let st = c
+            .compress_vec(&plain[done..], &mut out, flate2::FlushCompress::Finish)
+            .unwrap();
+        if st == flate2::Status::StreamEnd {
+            return out;
+        }
+        out.reserve(out.capacity().max(4096));
+    }
+}
+
+/// Build a transform-2 file from its expanded form.
+fn naive_recompose(exp: &[u8], segs: &[NaiveSeg]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for &(n, d) in segs {
+        let part = &exp[at..at + n as usize];
+        at += n as usize;
+        match d {
+            None => out.extend_from_slice(part),
+            Some((comp, level, wbits)) => {
+                let z = zlib_deflate(part, level, wbits);
+                assert_eq!(z.len() as u64, comp);
+                out.extend_from_slice(&z);
+            }
+        }
+    }
+    assert_eq!(at, exp.len());
     out
 }
 

@@ -10,6 +10,8 @@
 //! - [`refs`]: reference-prediction parameters decoded from raw varints; predicting block by
 //!   block (the applier) equals predicting a region whole (the diff).
 //! - [`roundtrip`]: diff then apply restores NEW exactly.
+//! - [`inflate`]: a single-file patch around hostile inflate recipes and controls (delta
+//!   transform 2); never panic, never leave the scratch file of the expanded source.
 //!
 //! Scratch directories live under `/dev/shm` when it exists (the applier fsyncs every file).
 
@@ -24,6 +26,7 @@ pub mod apply_untrusted;
 pub mod dir_apply;
 pub mod header_manifest;
 pub mod heap;
+pub mod inflate;
 pub mod refs;
 pub mod roundtrip;
 

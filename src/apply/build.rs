@@ -90,8 +90,16 @@ impl Patch {
         progress: Option<&ProgressFn>,
         hook: Option<&HookFn>,
     ) -> Result<ApplyReport> {
-        let run =
-            |streams: Streams<'_>| self.build_with(streams, old, stage, base, link, progress, hook);
+        // Expanded sources of transform-2 files go beside the staging location, never in it;
+        // a dry run has none and uses the temporary directory.
+        let scratch = stage
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let run = |mut streams: Streams<'_>| {
+            streams.scratch = scratch.clone();
+            self.build_with(streams, old, stage, base, link, progress, hook)
+        };
         if self.parallel_streams() {
             std::thread::scope(|scope| run(Streams::open(self, Some(scope))?))
         } else {

@@ -13,6 +13,9 @@
 //!               + 512 KiB                               (I/O buffers)
 //!               + 513 KiB                               (one executable's region map, only
 //!                                                        with FLAG_EXE_REFS: REFS_MEMORY)
+//!               + 912 KiB                               (one inflate recipe, an inflater and a
+//!                                                        deflater, only with FLAG_INFLATE:
+//!                                                        INFLATE_MEMORY_TOTAL)
 //! ```
 //!
 //! where a decoder needs `2^window_log + 512 KiB` for zstd and LZMA2, `4.5 MiB` for bzip2 and
@@ -90,8 +93,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    Hash, Header, ListEntry, ListKind, Manifest, FLAG_DIFF_RUNS, FLAG_EXE_REFS, REFS_MEMORY,
-    ZERO_RUN_BLOCK,
+    Hash, Header, ListEntry, ListKind, Manifest, FLAG_DIFF_RUNS, FLAG_EXE_REFS, FLAG_INFLATE,
+    INFLATE_MEMORY_TOTAL, REFS_MEMORY, ZERO_RUN_BLOCK,
 };
 use crate::readat::ReadAt;
 
@@ -151,9 +154,15 @@ pub fn memory_needed(h: &Header) -> u64 {
     } else {
         0
     };
+    let inflate = if h.flags & FLAG_INFLATE != 0 {
+        INFLATE_MEMORY_TOTAL
+    } else {
+        0
+    };
     crate::format::manifest_memory(h)
         .saturating_add(decoders)
         .saturating_add(refs)
+        .saturating_add(inflate)
         .saturating_add(runs)
         .saturating_add(512 << 10)
 }

@@ -6,9 +6,11 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codec::decode::{expect_end, need_varint, read_full, read_retry, DiffSource, Stream};
+use crate::codec::zlib::{Deflater, Inflater};
 use crate::error::{Error, Result};
 use crate::format::{
-    Control, Refs, Scan, CODEC_RAW, FLAG_DIFF_RUNS, LOOK_AHEAD, MAX_CONTROL_BLOCK, TRANSFORM_REFS,
+    read_old_count, read_old_seg, Control, NewRecipe, NewSeg, OldSeg, Refs, Scan, CODEC_RAW,
+    FLAG_DIFF_RUNS, LOOK_AHEAD, MAX_CONTROL_BLOCK, TRANSFORM_INFLATE, TRANSFORM_REFS,
 };
 use crate::readat::{read_at_most, Section};
 use crate::tree::IO_BUF;
@@ -25,6 +27,8 @@ pub(crate) struct Streams<'a> {
     /// The current control block and how many of its controls were used.
     block: Vec<Control>,
     used: usize,
+    /// Where transform-2 files put the expanded form of their source (see [`Scratch`]).
+    pub(super) scratch: PathBuf,
 }
 
 impl<'a> Streams<'a> {
@@ -62,6 +66,7 @@ impl<'a> Streams<'a> {
             dbuf: vec![0u8; IO_BUF],
             block: Vec::new(),
             used: 0,
+            scratch: std::env::temp_dir(),
         })
     }
 
@@ -224,6 +229,9 @@ pub(crate) fn apply_delta(
     const C: &str = "control stream";
     // OLD's bytes past a block, for a reference that starts in it.
     const LOOK: usize = LOOK_AHEAD;
+    if transform == TRANSFORM_INFLATE {
+        return apply_inflate(st, src, size, out);
+    }
     let refs = match transform {
         TRANSFORM_REFS => {
             if st.used != st.block.len() {
@@ -315,4 +323,340 @@ pub(crate) fn apply_delta(
         ));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transform 2: inflate (FORMAT.md section 4.3)
+
+/// A file that holds the expanded form of one source while its target is made: created beside
+/// the staging location (never in it), unlinked at once where the platform allows, so no
+/// other process can open it by name, and removed on drop elsewhere.
+struct Scratch {
+    file: File,
+    path: Option<PathBuf>,
+}
+
+impl Scratch {
+    fn create(dir: &Path) -> Result<Scratch> {
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = dir.join(format!(
+            ".bundelta-inflate-{}-{nanos:08x}-{n}",
+            std::process::id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "create scratch file", e))?;
+        let keep = if cfg!(unix) {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, "unlink scratch file", e))?;
+            None
+        } else {
+            Some(path)
+        };
+        Ok(Scratch { file, path: keep })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Rebuild a transform-2 file: expand its source by the source recipe into a [`Scratch`]
+/// file, read the target recipe, then run the controls over the expanded source into a
+/// [`Recomposer`] that deflates the target's streams again.
+fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Write) -> Result<()> {
+    const C: &str = "control stream";
+    if st.used != st.block.len() {
+        return Err(Error::corrupt(C, "a control block runs into the next file"));
+    }
+    let scratch = Scratch::create(&st.scratch)?;
+    let shown = PathBuf::from("(expanded source)");
+    let mut w = std::io::BufWriter::with_capacity(IO_BUF, &scratch.file);
+    let n = read_old_count(&mut || need_varint(&mut st.ctrl, C))?;
+    let (mut pos, mut expanded) = (0u64, 0u64);
+    let put_err = |e: std::io::Error| Error::io(&shown, "write", e);
+    for _ in 0..n {
+        let seg = read_old_seg(&mut || need_varint(&mut st.ctrl, C))?;
+        let (len, plain) = match seg {
+            OldSeg::Raw(n) => (n, n),
+            OldSeg::Deflate { comp, plain } => (comp, plain),
+        };
+        if pos.checked_add(len).is_none_or(|e| e > src.len) {
+            return Err(Error::corrupt(
+                C,
+                format!(
+                    "a source segment of {len} bytes at {pos}, past the {}-byte source",
+                    src.len
+                ),
+            ));
+        }
+        match seg {
+            OldSeg::Raw(_) => {
+                let mut left = len;
+                while left > 0 {
+                    let k = left.min(IO_BUF as u64) as usize;
+                    src.read_exact_at(&mut st.obuf[..k], pos + (len - left))?;
+                    w.write_all(&st.obuf[..k]).map_err(put_err)?;
+                    left -= k as u64;
+                }
+            }
+            OldSeg::Deflate { comp, .. } => {
+                let mut inf = Inflater::new();
+                let mut left = comp;
+                let mut made = 0u64;
+                let mut fault: Option<Error> = None;
+                while left > 0 && !inf.done() {
+                    let k = left.min(IO_BUF as u64) as usize;
+                    src.read_exact_at(&mut st.obuf[..k], pos + (comp - left))?;
+                    let used = inf
+                        .feed(&st.obuf[..k], &mut |b| {
+                            made += b.len() as u64;
+                            if made > plain {
+                                return false;
+                            }
+                            match w.write_all(b) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    fault = Some(put_err(e));
+                                    false
+                                }
+                            }
+                        })
+                        .map_err(|why| {
+                            fault.take().unwrap_or_else(|| {
+                                Error::corrupt(
+                                    C,
+                                    format!(
+                                        "the deflate stream at source offset {pos}: {}",
+                                        if made > plain {
+                                            format!("inflates past its {plain} bytes")
+                                        } else {
+                                            why.to_string()
+                                        }
+                                    ),
+                                )
+                            })
+                        })?;
+                    left -= used as u64;
+                    if used < k && !inf.done() {
+                        break;
+                    }
+                }
+                if !inf.done() || left != 0 || made != plain {
+                    return Err(Error::corrupt(
+                        C,
+                        format!(
+                            "the deflate stream at source offset {pos} is not {comp} bytes that \
+                             inflate to {plain}"
+                        ),
+                    ));
+                }
+            }
+        }
+        pos += len;
+        expanded = expanded
+            .checked_add(plain)
+            .ok_or_else(|| Error::corrupt(C, "expanded source length overflows"))?;
+    }
+    if pos != src.len {
+        return Err(Error::corrupt(
+            C,
+            format!(
+                "the source recipe covers {pos} of the source's {} bytes",
+                src.len
+            ),
+        ));
+    }
+    w.flush().map_err(put_err)?;
+    drop(w);
+    let recipe = NewRecipe::read(&mut || need_varint(&mut st.ctrl, C), size)?;
+    let file = scratch
+        .file
+        .try_clone()
+        .map_err(|e| Error::io(&shown, "open", e))?;
+    let exp = Source::new(vec![(file, expanded, shown)])?;
+    let mut rec = Recomposer {
+        segs: &recipe.segs,
+        at: 0,
+        left: 0,
+        made: 0,
+        deflater: None,
+        out,
+        fault: None,
+    };
+    let r = apply_delta(st, &exp, recipe.expanded, 0, &mut rec).and_then(|()| rec.finish());
+    match (r, rec.fault.take()) {
+        (_, Some(f)) => Err(f),
+        (r, None) => r,
+    }
+}
+
+/// The writer a transform-2 file's expanded bytes go to: raw segments pass through, deflate
+/// segments are compressed again with their parameters and must come out at their stated
+/// length.
+struct Recomposer<'a, 'o> {
+    segs: &'a [NewSeg],
+    /// Index of the current segment.
+    at: usize,
+    /// Expanded bytes the current segment still takes (0: not started).
+    left: u64,
+    /// Compressed bytes the current deflate segment has made.
+    made: u64,
+    deflater: Option<Deflater>,
+    out: &'o mut dyn Write,
+    /// Why writing stopped, when the cause is the patch rather than the output.
+    fault: Option<Error>,
+}
+
+impl Recomposer<'_, '_> {
+    fn fail(&mut self, e: Error) -> std::io::Error {
+        self.fault = Some(e);
+        std::io::Error::other("the target recipe failed")
+    }
+
+    /// Deflate `data` (or end the stream) into `out`, counting against `comp`.
+    fn deflate(&mut self, data: Option<&[u8]>, comp: u64) -> std::io::Result<()> {
+        let mut io_err = None;
+        let mut made = self.made;
+        let out = &mut *self.out;
+        let d = self
+            .deflater
+            .as_mut()
+            .expect("a deflate segment has its deflater");
+        let mut put = |b: &[u8]| {
+            made += b.len() as u64;
+            if made > comp {
+                return false;
+            }
+            match out.write_all(b) {
+                Ok(()) => true,
+                Err(e) => {
+                    io_err = Some(e);
+                    false
+                }
+            }
+        };
+        let ok = match data {
+            Some(b) => d.push(b, &mut put),
+            None => d.finish(&mut put),
+        };
+        self.made = made;
+        if let Some(e) = io_err {
+            return Err(e);
+        }
+        if !ok {
+            let at = self.at;
+            return Err(self.fail(Error::corrupt(
+                "control stream",
+                format!("target segment {at} does not deflate to its {comp} bytes"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// End the current segment.
+    fn close(&mut self) -> std::io::Result<()> {
+        if let Some(NewSeg::Deflate { comp, .. }) = self.segs.get(self.at).copied() {
+            self.deflate(None, comp)?;
+            self.deflater = None;
+            if self.made != comp {
+                let (at, made) = (self.at, self.made);
+                return Err(self.fail(Error::corrupt(
+                    "control stream",
+                    format!("target segment {at} deflates to {made} bytes, not {comp}"),
+                )));
+            }
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    /// Start the segment at `self.at` (the caller knows there is one).
+    fn open(&mut self) -> std::io::Result<()> {
+        match self.segs[self.at] {
+            NewSeg::Raw(n) => self.left = n,
+            NewSeg::Deflate { plain, params, .. } => {
+                let Some(d) = Deflater::new(params) else {
+                    return Err(self.fail(Error::LimitExceeded {
+                        what: "deflate memory",
+                        needed: crate::codec::zlib::DEFLATE_MEMORY + 1,
+                        limit: crate::codec::zlib::DEFLATE_MEMORY,
+                    }));
+                };
+                self.deflater = Some(d);
+                self.made = 0;
+                self.left = plain;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close every segment left (all must be complete: the controls made exactly the expanded
+    /// length the recipe takes, so only empty deflate segments can remain).
+    fn finish(&mut self) -> Result<()> {
+        let mut step = || -> std::io::Result<()> {
+            while self.at < self.segs.len() {
+                if self.deflater.is_none() {
+                    self.open()?;
+                }
+                if self.left > 0 {
+                    return Err(std::io::Error::other("short"));
+                }
+                self.close()?;
+            }
+            Ok(())
+        };
+        match step() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fault.take().unwrap_or_else(|| {
+                if e.to_string() == "short" {
+                    Error::corrupt("control stream", "the target recipe is not used up")
+                } else {
+                    Error::io(Path::new(OUTPUT), "write", e)
+                }
+            })),
+        }
+    }
+}
+
+impl Write for Recomposer<'_, '_> {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            if self.at >= self.segs.len() {
+                return Err(self.fail(Error::corrupt(
+                    "control stream",
+                    "the controls make more than the target recipe takes",
+                )));
+            }
+            if self.left == 0 && self.deflater.is_none() {
+                self.open()?;
+            }
+            let k = (self.left.min(buf.len() as u64)) as usize;
+            match self.segs[self.at] {
+                NewSeg::Raw(_) => self.out.write_all(&buf[..k])?,
+                NewSeg::Deflate { comp, .. } => self.deflate(Some(&buf[..k]), comp)?,
+            }
+            buf = &buf[k..];
+            self.left -= k as u64;
+            if self.left == 0 {
+                self.close()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }

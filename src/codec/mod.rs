@@ -6,3 +6,4 @@
 pub(crate) mod decode;
 #[cfg(feature = "diff")]
 pub(crate) mod encode;
+pub(crate) mod zlib;

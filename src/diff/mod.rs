@@ -15,6 +15,7 @@
 //! its own). Results are gathered in order, so the patch bytes never depend on the thread count.
 
 mod cover;
+mod inflate;
 mod matcher;
 mod refs;
 mod similar;
@@ -31,11 +32,11 @@ use rayon::prelude::*;
 use crate::codec::encode::{compress_bzip2, compress_lzma, compress_zstd, zero_runs, Model};
 use crate::error::{Error, Result};
 use crate::format::{
-    listing_tag, put_controls, BaseTags, Control, Entry, EntryKind, FileOp, Hash, Header,
-    ListEntry, Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD, FLAG_BASE_TAGS,
-    FLAG_DIFF_RUNS, FLAG_DIRECTORY, FLAG_EXE_REFS, FLAG_MANIFEST_LZMA, FLAG_RELATIVE_SIZES,
-    FLAG_SIGNED, MAX_TAG_BITS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, REFS_ABS64, TRANSFORM_REFS,
-    VERSION_MINOR,
+    listing_tag, put_controls, put_new, put_old, BaseTags, Control, Entry, EntryKind, FileOp, Hash,
+    Header, ListEntry, Manifest, OldFile, CODEC_BZIP2, CODEC_LZMA2, CODEC_RAW, CODEC_ZSTD,
+    FLAG_BASE_TAGS, FLAG_DIFF_RUNS, FLAG_DIRECTORY, FLAG_EXE_REFS, FLAG_INFLATE,
+    FLAG_MANIFEST_LZMA, FLAG_RELATIVE_SIZES, FLAG_SIGNED, MAX_TAG_BITS, MAX_WINDOW_LOG,
+    MIN_WINDOW_LOG, REFS_ABS64, TRANSFORM_INFLATE, TRANSFORM_REFS, VERSION_MINOR,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
 
@@ -107,6 +108,7 @@ pub struct DiffOptions {
     codec: Codec,
     base_tags: Option<u8>,
     exe_refs: bool,
+    inflate: bool,
     signing_key: Option<[u8; 32]>,
     progress: Option<Arc<DiffProgressFn>>,
 }
@@ -164,6 +166,7 @@ impl DiffOptions {
             codec: Codec::Lzma,
             base_tags: None,
             exe_refs: true,
+            inflate: true,
             signing_key: None,
             progress: None,
         }
@@ -232,6 +235,20 @@ impl DiffOptions {
     /// CPU.
     pub fn exe_refs(&mut self, on: bool) -> &mut DiffOptions {
         self.exe_refs = on;
+        self
+    }
+
+    /// Diff gzip files (`.gz`, `.tgz`, multi-member too) between their inflated contents, and
+    /// deflate the new file's streams again on apply with the stock-zlib parameters that made
+    /// them (found by trial; a stream no parameters reproduce stays as it is). Default: on.
+    /// Kept per file only when the estimated patch is smaller. Costs, per gzip file pair, the
+    /// inflating, the parameter search (a few compressions of each stream's first block, one
+    /// whole compression when found) and a second diff over the larger expanded forms; the
+    /// applier needs [`crate::format::INFLATE_MEMORY_TOTAL`] (912 KiB) more memory, disk
+    /// space for the inflated old file beside the output, and the CPU of one zlib
+    /// compression of the new file's contents.
+    pub fn inflate(&mut self, on: bool) -> &mut DiffOptions {
+        self.inflate = on;
         self
     }
 
@@ -765,19 +782,24 @@ impl DiffOptions {
         // FLAG_MANIFEST_LZMA), or stored as it is when neither shrinks it.
         // Header flag bit 6 when some file uses reference prediction (both the final header
         // and the probe that checks the relative manifest need it).
-        let exe_refs = if m.entries.iter().any(|e| {
-            matches!(
-                e.kind,
-                EntryKind::File {
-                    op: FileOp::Delta {
-                        transform: TRANSFORM_REFS,
+        let uses = |t: u8| {
+            m.entries.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    EntryKind::File {
+                        op: FileOp::Delta { transform, .. },
                         ..
-                    },
-                    ..
-                }
-            )
-        }) {
+                    } if transform == t
+                )
+            })
+        };
+        // Header flag bit 7 likewise for the inflate transform.
+        let exe_refs = if uses(TRANSFORM_REFS) {
             FLAG_EXE_REFS
+        } else {
+            0
+        } | if uses(TRANSFORM_INFLATE) {
+            FLAG_INFLATE
         } else {
             0
         };
@@ -1017,12 +1039,44 @@ impl DiffOptions {
                 (delta, est_delta, multi) = (d, e, true);
             }
         }
+        // Gzip files: the delta between the inflated contents, when it is estimated smaller
+        // (the recipes included).
+        if let Some(x) = self.inflate_delta(source, new) {
+            let e = est(&x.ctrl) + est(&x.diff) + est(&x.extra);
+            if e < est_delta {
+                (delta, est_delta, multi, transform) = (x, e, false, TRANSFORM_INFLATE);
+            }
+        }
         let est_whole = est(new).min(new.len());
         if est_delta < est_whole {
             Encoded::Delta(delta, transform, multi)
         } else {
             Encoded::Add(new.to_vec())
         }
+    }
+
+    /// The streams of `new` as a transform-2 delta from `source` (both gzip files, with a
+    /// stream of `new` that stock zlib reproduces), recipes first in the controls.
+    fn inflate_delta(&self, source: &[u8], new: &[u8]) -> Option<Solid> {
+        if !self.inflate {
+            return None;
+        }
+        let (fo, fnew) = rayon::join(
+            || inflate::gzip_streams(source),
+            || inflate::gzip_streams(new),
+        );
+        let (fo, fnew) = (fo?, fnew?);
+        let n = inflate::expand_new(new, &fnew);
+        if n.inflated == 0 {
+            return None;
+        }
+        let o = inflate::expand_old(source, &fo);
+        let (d, _) = self.file_delta(&Ctx::quiet(), &o.bytes, &n.bytes);
+        let mut ctrl = Vec::new();
+        put_old(&mut ctrl, &o.segs);
+        put_new(&mut ctrl, &n.segs);
+        ctrl.extend_from_slice(&d.ctrl);
+        Some(Solid { ctrl, ..d })
     }
 
     /// Scan `new` against `source` in parallel chunks and join the chunks' controls into one

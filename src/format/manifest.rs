@@ -7,7 +7,8 @@ use super::paths::{case_clash, common_prefix, read_prefixed};
 use super::varint::put_str;
 use super::{
     put_svarint, put_varint, validate_path, BaseTags, Budget, Hash, Header, ListEntry, Reader,
-    FLAG_EXE_REFS, MAX_DELTA_SOURCES, MAX_PATH_LEN, TRANSFORM_REFS,
+    FLAG_EXE_REFS, FLAG_INFLATE, MAX_DELTA_SOURCES, MAX_PATH_LEN, TRANSFORM_INFLATE,
+    TRANSFORM_REFS,
 };
 use crate::error::{Error, Result};
 
@@ -35,7 +36,9 @@ pub enum FileOp {
         base_size: u64,
         /// How the diff stream was made: 0 = `new - old`; [`TRANSFORM_REFS`] (minor 3, with
         /// header flag [`super::FLAG_EXE_REFS`], at most one source) = `new - predicted`, the
-        /// references of executable code predicted from the file's region map (section 4.3).
+        /// references of executable code predicted from the file's region map (section 4.2);
+        /// [`super::TRANSFORM_INFLATE`] (minor 4, with header flag [`super::FLAG_INFLATE`], at
+        /// most one source) = between the expanded forms of deflate containers (section 4.3).
         transform: u8,
     },
     /// The content of an earlier file entry of NEW (format 2.2): a file the new version holds
@@ -342,21 +345,23 @@ impl Manifest {
         let dir = header.is_directory();
         for e in &self.entries {
             if let EntryKind::File {
-                op:
-                    FileOp::Delta {
-                        sources,
-                        transform: TRANSFORM_REFS,
-                        ..
-                    },
+                op: FileOp::Delta {
+                    sources, transform, ..
+                },
                 ..
             } = &e.kind
             {
-                if header.flags & FLAG_EXE_REFS == 0 || sources.len() > 1 {
+                let (flag, name) = match *transform {
+                    TRANSFORM_REFS => (FLAG_EXE_REFS, "reference prediction"),
+                    TRANSFORM_INFLATE => (FLAG_INFLATE, "the inflate transform"),
+                    _ => continue,
+                };
+                if header.flags & flag == 0 || sources.len() > 1 {
                     return Err(Error::corrupt(
                         "manifest",
                         format!(
-                            "{:?}: reference prediction without the header flag, or over \
-                             more than one source",
+                            "{:?}: {name} without its header flag, or over more than one \
+                             source",
                             e.path
                         ),
                     ));
@@ -686,7 +691,7 @@ pub(super) fn read_body(
                         (false, _) => 0,
                     };
                     let transform = r.u8()?;
-                    if transform > TRANSFORM_REFS {
+                    if transform > TRANSFORM_INFLATE {
                         return Err(Error::Unsupported {
                             what: "delta transform",
                             value: transform.into(),

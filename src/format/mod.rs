@@ -51,6 +51,7 @@
 mod budget;
 mod control;
 mod header;
+mod inflate;
 mod manifest;
 mod paths;
 mod refs;
@@ -61,6 +62,10 @@ mod varint;
 pub use budget::{manifest_memory, Budget, MANIFEST_MEMORY_FACTOR};
 pub use control::{put_controls, Control, MAX_CONTROL_BLOCK};
 pub use header::Header;
+pub use inflate::{
+    put_new, put_old, read_old_count, read_old_seg, NewRecipe, NewSeg, OldSeg,
+    INFLATE_MEMORY_TOTAL, MAX_RATIO, MAX_SEGMENTS, TRANSFORM_INFLATE,
+};
 pub use manifest::{Entry, EntryKind, FileOp, Manifest, OldFile, FORM_FULL, FORM_RELATIVE};
 pub(crate) use paths::case_clash;
 pub use paths::validate_path;
@@ -78,7 +83,7 @@ pub const MAGIC: [u8; 4] = *b"BDLT";
 pub const VERSION_MAJOR: u8 = 2;
 /// Minor format version written by this build. Readers accept any minor of their major:
 /// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
-pub const VERSION_MINOR: u8 = 3;
+pub const VERSION_MINOR: u8 = 4;
 /// Smallest possible header (every varint one byte).
 pub const MIN_HEADER_LEN: usize = 17;
 /// Largest possible header: magic, versions, a 5-byte flags varint, window log, codecs and six
@@ -107,11 +112,17 @@ pub const FLAG_BASE_TAGS: u32 = 16;
 /// release of a 2,277-file tree: 10,896 -> 9,764 bytes. Readers of minor 1 refuse the flag.
 pub const FLAG_RELATIVE_SIZES: u32 = 32;
 /// Header flag (minor 3): some modify entries use delta transform [`TRANSFORM_REFS`]
-/// (reference prediction for executables, FORMAT.md section 4.3); the applier sets aside
+/// (reference prediction for executables, FORMAT.md section 4.2); the applier sets aside
 /// [`REFS_MEMORY`] for one file's parameters. Readers of minor 2 refuse the flag.
 pub const FLAG_EXE_REFS: u32 = 64;
+/// Header flag (minor 4): some modify entries use delta transform [`TRANSFORM_INFLATE`]
+/// (diffing deflate containers in expanded form, FORMAT.md section 4.3); the applier sets
+/// aside [`INFLATE_MEMORY_TOTAL`] for one file's recipe and codecs. Readers of minor 3 refuse
+/// the flag.
+pub const FLAG_INFLATE: u32 = 128;
 /// Every flag this version defines.
 pub const KNOWN_FLAGS: u32 = FLAG_EXE_REFS
+    | FLAG_INFLATE
     | FLAG_DIRECTORY
     | FLAG_MANIFEST_LZMA
     | FLAG_SIGNED

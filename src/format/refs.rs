@@ -1,4 +1,4 @@
-//! Reference prediction for executables: delta transform 1 (FORMAT.md section 4.3).
+//! Reference prediction for executables: delta transform 1 (FORMAT.md section 4.2).
 //!
 //! # Why
 //!
@@ -512,7 +512,7 @@ impl Refs {
         buf
     }
 
-    /// Append the parameters (FORMAT.md section 4.3).
+    /// Append the parameters (FORMAT.md section 4.2).
     pub fn encode(&self, out: &mut Vec<u8>) {
         put_varint(out, u64::from(self.kinds));
         for loads in [&self.old_loads, &self.new_loads] {

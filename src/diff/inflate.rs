@@ -1,0 +1,366 @@
+//! The diff side of transform 2 (FORMAT.md section 4.3): finding the deflate streams of a gzip
+//! file, inflating them, and finding the stock-zlib parameters that make each one again.
+//!
+//! Only the writer parses containers: the applier follows the recipes, so a new container
+//! format is a change here, not in the format. Every stream found is inflated for matching
+//! (the source's whatever made them); only a stream that stock zlib reproduces exactly is
+//! inflated in the target, the others stay as they are.
+
+use crate::codec::zlib::{inflate_prefix, DeflateParams, Deflater};
+use crate::format::{NewSeg, OldSeg, MAX_SEGMENTS};
+
+/// Largest expanded form the diff makes of one file (both sides are held in memory).
+const MAX_EXPANDED: u64 = 1 << 30;
+
+/// Parameters tried for each stream, most likely first: zlib's default level and level 9 (the
+/// gzip header's XFL byte moves the one it names to the front), the other levels, then memory
+/// level 9, the filtered, Huffman-only and RLE strategies, and every level with each smaller
+/// window: 79 in all. A wrong candidate mostly differs in the first block zlib writes, so it
+/// costs about one block's compression.
+fn candidates(hint: Option<u8>) -> Vec<DeflateParams> {
+    let d = DeflateParams::DEFAULT;
+    let mut v = Vec::new();
+    let mut add = |p: DeflateParams| {
+        if !v.contains(&p) {
+            v.push(p);
+        }
+    };
+    if let Some(l) = hint {
+        add(DeflateParams { level: l, ..d });
+    }
+    for level in [6, 9, 1, 5, 4, 3, 2, 7, 8] {
+        add(DeflateParams { level, ..d });
+    }
+    for level in [9, 6, 1, 5, 4, 3, 2, 7, 8] {
+        add(DeflateParams {
+            level,
+            mem_level: 9,
+            ..d
+        });
+    }
+    for strategy in [1, 2, 3] {
+        for level in [6, 9] {
+            add(DeflateParams {
+                level,
+                strategy,
+                ..d
+            });
+        }
+    }
+    for window_bits in (9..15).rev() {
+        for level in [6, 9, 1, 5, 4, 3, 2, 7, 8] {
+            add(DeflateParams {
+                level,
+                window_bits,
+                ..d
+            });
+        }
+    }
+    add(DeflateParams { level: 0, ..d });
+    v
+}
+
+/// Whether deflating `plain` with `p` gives exactly `comp`, stopping at the first byte that
+/// differs.
+fn reproduces(plain: &[u8], comp: &[u8], p: DeflateParams) -> bool {
+    let Some(mut d) = Deflater::new(p) else {
+        return false;
+    };
+    let mut at = 0usize;
+    let mut check = |b: &[u8]| {
+        let ok = comp.get(at..at + b.len()) == Some(b);
+        at += b.len();
+        ok
+    };
+    d.push(plain, &mut check) && d.finish(&mut check) && at == comp.len()
+}
+
+/// The parameters that make `comp` from `plain`, if any candidate does.
+pub(crate) fn find_params(plain: &[u8], comp: &[u8], hint: Option<u8>) -> Option<DeflateParams> {
+    candidates(hint)
+        .into_iter()
+        .find(|&p| reproduces(plain, comp, p))
+}
+
+/// One deflate stream found in a file.
+pub(crate) struct Found {
+    /// Offset of its first byte.
+    pub off: usize,
+    /// Its compressed length.
+    pub comp: usize,
+    /// What it inflates to.
+    pub plain: Vec<u8>,
+    /// The level its container names (gzip XFL: 2 = best, 4 = fastest), if any.
+    pub hint: Option<u8>,
+}
+
+/// The deflate stream of the gzip member at `pos` (whose flags are `flg`): its offset, what
+/// it inflates to (at most `max_out` bytes) and its compressed length.
+fn member(data: &[u8], pos: usize, flg: u8, max_out: u64) -> Option<(usize, Vec<u8>, u64)> {
+    let mut p = pos + 10;
+    if flg & 4 != 0 {
+        let x = data.get(p..p + 2)?;
+        p += 2 + u16::from_le_bytes([x[0], x[1]]) as usize;
+    }
+    for bit in [8u8, 16] {
+        if flg & bit != 0 {
+            p += data.get(p..)?.iter().position(|&c| c == 0)? + 1;
+        }
+    }
+    if flg & 2 != 0 {
+        p += 2;
+    }
+    let (plain, comp) = inflate_prefix(data.get(p..)?, max_out)?;
+    Some((p, plain, comp))
+}
+
+/// The deflate streams of a gzip file (every member; bytes after the last member are left
+/// alone), or `None` when `data` does not start with a gzip member whose stream inflates.
+pub(crate) fn gzip_streams(data: &[u8]) -> Option<Vec<Found>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    let mut total = 0u64;
+    while out.len() < MAX_SEGMENTS / 2 {
+        let Some(h) = data.get(pos..pos + 10) else {
+            break;
+        };
+        if h[0] != 0x1F || h[1] != 0x8B || h[2] != 8 || h[3] & 0xE0 != 0 {
+            break;
+        }
+        let flg = h[3];
+        let hint = match h[8] {
+            2 => Some(9),
+            4 => Some(1),
+            _ => None,
+        };
+        let Some((p, plain, comp)) = member(data, pos, flg, MAX_EXPANDED.saturating_sub(total))
+        else {
+            break;
+        };
+        let body = &data[p..];
+        let comp = comp as usize;
+        // The member's trailer (CRC-32 and size) must follow.
+        if body.len() < comp + 8 {
+            return (!out.is_empty()).then_some(out);
+        }
+        total += plain.len() as u64;
+        out.push(Found {
+            off: p,
+            comp,
+            plain,
+            hint,
+        });
+        pos = p + comp + 8;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The expanded form of a file and the recipe that goes with it.
+pub(crate) struct Expanded<S> {
+    pub bytes: Vec<u8>,
+    pub segs: Vec<S>,
+    /// Deflate streams of the file, and how many of them the recipe inflates.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub streams: usize,
+    pub inflated: usize,
+}
+
+/// Cut `data` around `found` into raw gaps and streams, inflating the streams `keep` accepts.
+fn expand<S>(
+    data: &[u8],
+    found: &[Found],
+    mut keep: impl FnMut(&Found) -> Option<S>,
+    raw: impl Fn(u64) -> S,
+) -> Expanded<S> {
+    let mut bytes = Vec::new();
+    let mut segs = Vec::new();
+    let mut inflated = 0;
+    let mut gap_from = 0usize;
+    for f in found {
+        if let Some(seg) = keep(f) {
+            if f.off > gap_from {
+                segs.push(raw((f.off - gap_from) as u64));
+                bytes.extend_from_slice(&data[gap_from..f.off]);
+            }
+            segs.push(seg);
+            bytes.extend_from_slice(&f.plain);
+            gap_from = f.off + f.comp;
+            inflated += 1;
+        }
+    }
+    if data.len() > gap_from {
+        segs.push(raw((data.len() - gap_from) as u64));
+        bytes.extend_from_slice(&data[gap_from..]);
+    }
+    Expanded {
+        bytes,
+        segs,
+        streams: found.len(),
+        inflated,
+    }
+}
+
+/// The source's expanded form: every stream inflated.
+pub(crate) fn expand_old(data: &[u8], found: &[Found]) -> Expanded<OldSeg> {
+    expand(
+        data,
+        found,
+        |f| {
+            Some(OldSeg::Deflate {
+                comp: f.comp as u64,
+                plain: f.plain.len() as u64,
+            })
+        },
+        OldSeg::Raw,
+    )
+}
+
+/// The target's expanded form: the streams stock zlib reproduces inflated (their parameters
+/// found in parallel), the others as they are.
+pub(crate) fn expand_new(data: &[u8], found: &[Found]) -> Expanded<NewSeg> {
+    use rayon::prelude::*;
+    let params: Vec<Option<DeflateParams>> = found
+        .par_iter()
+        .map(|f| find_params(&f.plain, &data[f.off..f.off + f.comp], f.hint))
+        .collect();
+    let mut i = 0;
+    expand(
+        data,
+        found,
+        |f| {
+            let p = params[i];
+            i += 1;
+            p.map(|params| NewSeg::Deflate {
+                plain: f.plain.len() as u64,
+                comp: f.comp as u64,
+                params,
+            })
+        },
+        NewSeg::Raw,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::zlib::deflate;
+
+    pub(crate) fn gzip(plain: &[u8], p: DeflateParams, name: Option<&str>) -> Vec<u8> {
+        let mut g = vec![
+            0x1F,
+            0x8B,
+            8,
+            if name.is_some() { 8 } else { 0 },
+            1,
+            2,
+            3,
+            4,
+            0,
+            3,
+        ];
+        if let Some(n) = name {
+            g.extend_from_slice(n.as_bytes());
+            g.push(0);
+        }
+        g.extend_from_slice(&deflate(plain, p).unwrap());
+        g.extend_from_slice(&[9, 9, 9, 9]);
+        g.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+        g
+    }
+
+    fn text(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        let mut v = Vec::new();
+        while v.len() < n {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            v.extend_from_slice(format!("line {} of {}\n", s % 1000, s % 7).as_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn finds_the_parameters_of_every_member() {
+        let ps = [
+            DeflateParams::DEFAULT,
+            DeflateParams {
+                level: 9,
+                ..DeflateParams::DEFAULT
+            },
+            DeflateParams {
+                level: 2,
+                mem_level: 9,
+                ..DeflateParams::DEFAULT
+            },
+            DeflateParams {
+                window_bits: 12,
+                level: 9,
+                ..DeflateParams::DEFAULT
+            },
+        ];
+        let mut file = Vec::new();
+        let mut plains = Vec::new();
+        for (k, p) in ps.iter().enumerate() {
+            let t = text(40_000 + k * 30_000, k as u64 + 1);
+            file.extend_from_slice(&gzip(&t, *p, (k % 2 == 0).then_some("a.txt")));
+            plains.push(t);
+        }
+        file.extend_from_slice(b"trailing junk");
+        let found = gzip_streams(&file).unwrap();
+        assert_eq!(found.len(), 4);
+        for (f, t) in found.iter().zip(&plains) {
+            assert_eq!(&f.plain, t);
+        }
+        let e = expand_new(&file, &found);
+        assert_eq!(e.inflated, 4);
+        let got: Vec<_> = e
+            .segs
+            .iter()
+            .filter_map(|s| match s {
+                NewSeg::Deflate { params, .. } => Some(*params),
+                _ => None,
+            })
+            .collect();
+        // Equal output from different parameters is possible; what matters is that each
+        // found set makes the same bytes.
+        for ((g, p), t) in got.iter().zip(&ps).zip(&plains) {
+            assert_eq!(deflate(t, *g), deflate(t, *p));
+        }
+        let raw: u64 = e
+            .segs
+            .iter()
+            .map(|s| match s {
+                NewSeg::Raw(n) => *n,
+                NewSeg::Deflate { comp, .. } => *comp,
+            })
+            .sum();
+        assert_eq!(raw, file.len() as u64);
+        let o = expand_old(&file, &found);
+        assert_eq!(o.bytes, e.bytes);
+    }
+
+    #[test]
+    fn a_stream_zlib_does_not_make_stays_compressed() {
+        let t = text(100_000, 9);
+        // miniz_oxide's encoder makes different (valid) streams from stock zlib's.
+        let comp = miniz_oxide::deflate::compress_to_vec(&t, 7);
+        let mut file = vec![0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3];
+        file.extend_from_slice(&comp);
+        file.extend_from_slice(&[0; 8]);
+        let found = gzip_streams(&file).unwrap();
+        assert_eq!(found[0].plain, t);
+        let e = expand_new(&file, &found);
+        assert_eq!((e.streams, e.inflated), (1, 0));
+        assert_eq!(e.bytes, file);
+        assert_eq!(e.segs, vec![NewSeg::Raw(file.len() as u64)]);
+    }
+
+    #[test]
+    fn not_gzip_is_not_expanded() {
+        assert!(gzip_streams(b"plain text, not a gzip file").is_none());
+        assert!(gzip_streams(&[0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3, 0xFF, 0xFF]).is_none());
+        let g = gzip(&text(5000, 1), DeflateParams::DEFAULT, None);
+        assert!(gzip_streams(&g[..g.len() - 9]).is_none());
+    }
+}

@@ -1,0 +1,250 @@
+//! Transform 2, inflate: gzip files diffed between their inflated contents and deflated again
+//! on apply, bit-exact. The files are made here with zlib through flate2 (the same stock zlib
+//! as Python's gzip module and GNU gzip's settings), and with another encoder (miniz_oxide) whose
+//! streams zlib does not reproduce.
+
+use std::fs;
+
+use bundelta::format::{EntryKind, FileOp};
+use bundelta::format::{Header, FLAG_INFLATE, INFLATE_MEMORY_TOTAL, TRANSFORM_INFLATE};
+use bundelta::{DiffOptions, Patcher};
+
+use crate::util::*;
+
+/// One gzip member: header (with a file name when given), raw deflate of `plain` by zlib at
+/// `level` with a `2^wbits` window (or by miniz_oxide when `level` is `None`), CRC-32, size.
+pub fn gzip_member(plain: &[u8], level: Option<u32>, wbits: u8, name: Option<&str>) -> Vec<u8> {
+    let xfl = match level {
+        Some(9) => 2,
+        Some(1) => 4,
+        _ => 0,
+    };
+    let mut g = vec![
+        0x1F,
+        0x8B,
+        8,
+        if name.is_some() { 8 } else { 0 },
+        0,
+        0,
+        0,
+        0,
+        xfl,
+        3,
+    ];
+    if let Some(n) = name {
+        g.extend_from_slice(n.as_bytes());
+        g.push(0);
+    }
+    match level {
+        Some(l) => g.extend_from_slice(&zlib_deflate(plain, l, wbits)),
+        None => g.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(plain, 6)),
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(plain);
+    g.extend_from_slice(&crc.sum().to_le_bytes());
+    g.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+    g
+}
+
+fn transforms(old: &[u8], patch: &[u8]) -> Vec<u8> {
+    manifest_of(&file_tree(old), patch)
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::File {
+                op: FileOp::Delta { transform, .. },
+                ..
+            } => Some(*transform),
+            _ => None,
+        })
+        .collect()
+}
+
+fn roundtrip(old: &[u8], new: &[u8]) -> Vec<u8> {
+    let patch = DiffOptions::new().diff_bytes(old, new).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), old).unwrap();
+    fs::write(dir.path().join("p"), &patch).unwrap();
+    let report = Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &dir.path().join("p"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
+    assert_eq!(report.bytes, new.len() as u64);
+    // No scratch file is left beside the output.
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["old", "out", "p"]);
+    patch
+}
+
+fn pair(seed: u64, n: usize, edits: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(seed);
+    let old = rng.text(n);
+    let new = rng.edit(&old, edits);
+    (old, new)
+}
+
+#[test]
+fn gzip_pairs_at_every_level_apply_bit_exact_and_shrink() {
+    let (a, b) = pair(11, 300_000, 12);
+    for level in 1..=9 {
+        for wbits in [15, 11] {
+            let old = gzip_member(&a, Some(level), wbits, Some("data.txt"));
+            let new = gzip_member(&b, Some(level), wbits, Some("data.txt"));
+            let patch = roundtrip(&old, &new);
+            let h = Header::decode(&patch).unwrap();
+            assert_ne!(h.flags & FLAG_INFLATE, 0, "level {level} wbits {wbits}");
+            assert_eq!(transforms(&old, &patch), [TRANSFORM_INFLATE]);
+            assert_eq!(
+                bundelta::memory_needed(&h),
+                bundelta::memory_needed(&Header {
+                    flags: h.flags & !FLAG_INFLATE,
+                    ..h.clone()
+                }) + INFLATE_MEMORY_TOTAL
+            );
+            let plain = DiffOptions::new()
+                .inflate(false)
+                .diff_bytes(&old, &new)
+                .unwrap();
+            assert!(
+                patch.len() * 10 < plain.len(),
+                "level {level} wbits {wbits}: {} vs {} without the transform",
+                patch.len(),
+                plain.len()
+            );
+            // The naive applier agrees.
+            let t = naive_apply(&file_tree(&old), &patch);
+            assert_eq!(t, file_tree(&new));
+        }
+    }
+}
+
+#[test]
+fn multi_member_gzip_with_a_stream_zlib_cannot_make() {
+    let (a, b) = pair(12, 120_000, 5);
+    let (c, d) = pair(13, 90_000, 5);
+    let (e, f) = pair(14, 60_000, 3);
+    let mut old = gzip_member(&a, Some(6), 15, None);
+    old.extend(gzip_member(&c, None, 15, None));
+    old.extend(gzip_member(&e, Some(9), 15, Some("z")));
+    let mut new = gzip_member(&b, Some(6), 15, None);
+    new.extend(gzip_member(&d, None, 15, None));
+    new.extend(gzip_member(&f, Some(9), 15, Some("z")));
+    new.extend_from_slice(b"\0\0trailing bytes after the last member");
+    let patch = roundtrip(&old, &new);
+    assert_eq!(transforms(&old, &patch), [TRANSFORM_INFLATE]);
+    // The miniz member stays compressed: the patch is about its size, far below the whole.
+    let plain = DiffOptions::new()
+        .inflate(false)
+        .diff_bytes(&old, &new)
+        .unwrap();
+    assert!(
+        patch.len() < plain.len() / 2,
+        "{} vs {}",
+        patch.len(),
+        plain.len()
+    );
+    assert_eq!(naive_apply(&file_tree(&old), &patch), file_tree(&new));
+}
+
+#[test]
+fn not_taken_when_it_does_not_pay_or_does_not_apply() {
+    // Only miniz streams in NEW: nothing to inflate, a plain delta.
+    let (a, b) = pair(15, 80_000, 4);
+    let old = gzip_member(&a, None, 15, None);
+    let new = gzip_member(&b, None, 15, None);
+    assert_eq!(transforms(&old, &roundtrip(&old, &new)), [0]);
+    // A gzip file against a file that is not one: a plain delta (or an add).
+    let g = gzip_member(&b, Some(6), 15, None);
+    let p = roundtrip(&a, &g);
+    assert_eq!(Header::decode(&p).unwrap().flags & FLAG_INFLATE, 0);
+    // A truncated gzip file is not parsed.
+    let p = roundtrip(&g[..g.len() - 20], &g);
+    assert_eq!(Header::decode(&p).unwrap().flags & FLAG_INFLATE, 0);
+}
+
+#[test]
+fn gzip_files_in_a_directory_bundle() {
+    let (a, b) = pair(16, 200_000, 6);
+    let mut old = Tree::new();
+    old.insert("pkg".into(), Item::Dir);
+    old.insert(
+        "pkg/data.json.gz".into(),
+        Item::File {
+            data: gzip_member(&a, Some(9), 15, None),
+            exec: false,
+        },
+    );
+    old.insert(
+        "pkg/readme".into(),
+        Item::File {
+            data: b"hello".to_vec(),
+            exec: false,
+        },
+    );
+    let mut new = old.clone();
+    new.insert(
+        "pkg/data.json.gz".into(),
+        Item::File {
+            data: gzip_member(&b, Some(9), 15, None),
+            exec: false,
+        },
+    );
+    let (dir, patch) = write_case(&old, &new, None);
+    assert_ne!(Header::decode(&patch).unwrap().flags & FLAG_INFLATE, 0);
+    assert!(patch.len() < 2_000, "{}", patch.len());
+    fs::write(dir.path().join("p"), &patch).unwrap();
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &dir.path().join("p"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(read_tree(&dir.path().join("out")), new);
+    assert_eq!(naive_apply(&old, &patch), new);
+    // Nothing left beside the output.
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["new", "old", "out", "p", "p.bdp"]);
+}
+
+#[test]
+fn inflate_patches_are_deterministic_across_thread_counts() {
+    let (a, b) = pair(17, 400_000, 9);
+    let old = gzip_member(&a, Some(6), 15, None);
+    let new = gzip_member(&b, Some(6), 15, None);
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| DiffOptions::new().diff_bytes(&old, &new).unwrap());
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+        .install(|| DiffOptions::new().diff_bytes(&old, &new).unwrap());
+    assert_eq!(one, two);
+}
+
+fn file_tree(data: &[u8]) -> Tree {
+    let mut t = Tree::new();
+    t.insert(
+        String::new(),
+        Item::File {
+            data: data.to_vec(),
+            exec: false,
+        },
+    );
+    t
+}
