@@ -31,7 +31,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PAIRS_JSON = os.path.join(HERE, "pairs.json")
 DEFAULT_DATA = os.path.join(HERE, "data")
 STAMP = ".stamp"
-KINDS = ("js-bundle", "executable", "shared-lib", "hashed-dir", "package-tree", "large-file")
+KINDS = ("js-bundle", "executable", "shared-lib", "hashed-dir", "package-tree", "large-file",
+         "archive")
+ARCHIVE_EXTS = (".tgz", ".whl", ".deb", ".tar.gz")
 SOURCES = ("npm", "pypi", "deb")
 CLIENT_TIMEOUT = 3600  # seconds; the torch wheels are ~550 MB each
 
@@ -55,6 +57,9 @@ def load_pairs(path=PAIRS_JSON):
     for p in pairs:
         for key in ("name", "kind", "step", "source", "package", "old_version",
                     "new_version", "select"):
+            # A pair with "whole": true is the downloaded archives themselves.
+            if key == "select" and p.get("whole"):
+                continue
             if not p.get(key):
                 raise SystemExit(f"pairs.json: pair {p.get('name')!r} lacks {key!r}")
         if p["name"] in seen:
@@ -74,7 +79,11 @@ def archive_key(pair, side):
     version = pair[side + "_version"]
     key = [pair["source"], pair["package"], version]
     if pair["source"] == "pypi":
-        key += [pair.get("platform", "manylinux2014_x86_64"), pair.get("python_version", "3.11")]
+        if pair.get("dist") == "sdist":
+            key += ["sdist"]
+        else:
+            key += [pair.get("platform", "manylinux2014_x86_64"),
+                    pair.get("python_version", "3.11")]
     return tuple(key)
 
 
@@ -85,7 +94,7 @@ def cache_dir_for(cache_root, key):
 
 def stamp_for(pair):
     keys = ("source", "package", "old_version", "new_version", "old_sha256",
-            "new_sha256", "select", "platform", "python_version")
+            "new_sha256", "select", "platform", "python_version", "whole", "dist")
     return json.dumps({k: pair.get(k) for k in keys}, sort_keys=True)
 
 
@@ -173,6 +182,12 @@ def download(pair, side, dest_dir):
     src, pkg, ver = pair["source"], pair["package"], pair[side + "_version"]
     if src == "npm":
         run_client(["npm", "pack", f"{pkg}@{ver}", "--loglevel=error", "--ignore-scripts"], dest_dir)
+    elif src == "pypi" and pair.get("dist") == "sdist":
+        # The source distribution (a .tar.gz written by the project's build backend).
+        run_client(pip_command() + [
+            "download", "--no-deps", "--no-binary=:all:", "--no-cache-dir",
+            "--disable-pip-version-check", "--quiet",
+            f"{pkg}=={ver}", "-d", dest_dir], dest_dir)
     elif src == "pypi":
         run_client(pip_command() + [
             "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
@@ -193,7 +208,7 @@ def download(pair, side, dest_dir):
             run_client(["apt-get", "update", "-q"], dest_dir)
             run_client(cmd, dest_dir)
     files = [f for f in os.listdir(dest_dir) if not f.startswith(".")]
-    archives = [f for f in files if f.endswith((".tgz", ".whl", ".deb"))]
+    archives = [f for f in files if f.endswith(ARCHIVE_EXTS)]
     if len(archives) != 1:
         raise ClientError(f"expected exactly one archive from the client, got {files}")
     return os.path.join(dest_dir, archives[0])
@@ -207,7 +222,7 @@ def get_archive(pair, side, cache_root, pin):
     existing = []
     if os.path.isdir(cdir):
         existing = [os.path.join(cdir, f) for f in os.listdir(cdir)
-                    if f.endswith((".tgz", ".whl", ".deb"))]
+                    if f.endswith(ARCHIVE_EXTS)]
     if len(existing) == 1 and want and sha256_file(existing[0]) == want:
         return existing[0]
     shutil.rmtree(cdir, ignore_errors=True)
@@ -367,6 +382,11 @@ def fetch_pair(pair, data, cache_root, pin):
         kinds = []
         for side in ("old", "new"):
             archive = get_archive(pair, side, cache_root, pin)
+            if pair.get("whole"):
+                # The archive as it was published, not unpacked.
+                shutil.copyfile(archive, os.path.join(tmp, side))
+                kinds.append("file")
+                continue
             kinds.append(extract_selected(archive, select_path(pair, side),
                                           os.path.join(tmp, side), data))
         if kinds[0] != kinds[1]:

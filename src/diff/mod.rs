@@ -981,7 +981,11 @@ impl DiffOptions {
             ctx.advance(new.len() as u64);
             return Encoded::Add(new.to_vec());
         };
-        let (mut delta, ctrls) = self.file_delta(ctx, source, new);
+        // The inflated delta of gzip files (usually None: no gzip pair) beside the plain one.
+        let ((mut delta, ctrls), inflated) = rayon::join(
+            || self.file_delta(ctx, source, new),
+            || self.inflate_delta(source, new),
+        );
         let est = |d: &[u8]| {
             if d.is_empty() {
                 0
@@ -1041,7 +1045,7 @@ impl DiffOptions {
         }
         // Gzip files: the delta between the inflated contents, when it is estimated smaller
         // (the recipes included).
-        if let Some(x) = self.inflate_delta(source, new) {
+        if let Some(x) = inflated {
             let e = est(&x.ctrl) + est(&x.diff) + est(&x.extra);
             if e < est_delta {
                 (delta, est_delta, multi, transform) = (x, e, false, TRANSFORM_INFLATE);
@@ -1066,12 +1070,25 @@ impl DiffOptions {
             || inflate::gzip_streams(new),
         );
         let (fo, fnew) = (fo?, fnew?);
-        let n = inflate::expand_new(new, &fnew);
+        let o = inflate::expand_old(source, &fo);
+        // The parameter search (one core per stream) beside the delta to NEW with every
+        // stream inflated, which is NEW's expanded form when zlib reproduces them all (the
+        // common case for zlib-made files); otherwise the delta is made again.
+        let (n, all) = rayon::join(
+            || inflate::expand_new(new, &fnew),
+            || {
+                let full = inflate::expand_old(new, &fnew).bytes;
+                self.file_delta(&Ctx::quiet(), &o.bytes, &full).0
+            },
+        );
         if n.inflated == 0 {
             return None;
         }
-        let o = inflate::expand_old(source, &fo);
-        let (d, _) = self.file_delta(&Ctx::quiet(), &o.bytes, &n.bytes);
+        let d = if n.inflated == fnew.len() {
+            all
+        } else {
+            self.file_delta(&Ctx::quiet(), &o.bytes, &n.bytes).0
+        };
         let mut ctrl = Vec::new();
         put_old(&mut ctrl, &o.segs);
         put_new(&mut ctrl, &n.segs);
