@@ -94,8 +94,13 @@ def cache_dir_for(cache_root, key):
 
 def stamp_for(pair):
     keys = ("source", "package", "old_version", "new_version", "old_sha256",
-            "new_sha256", "select", "platform", "python_version", "whole", "dist")
-    return json.dumps({k: pair.get(k) for k in keys}, sort_keys=True)
+            "new_sha256", "select", "platform", "python_version")
+    stamp = {k: pair.get(k) for k in keys}
+    # Keys added later count only where a pair has them (older stamps stay valid).
+    for k in ("whole", "dist"):
+        if k in pair:
+            stamp[k] = pair[k]
+    return json.dumps(stamp, sort_keys=True)
 
 
 def select_path(pair, side):

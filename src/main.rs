@@ -125,11 +125,12 @@ struct DiffArgs {
     /// executables and shared libraries 1.5% to 62% smaller on the corpus.
     #[arg(long)]
     no_exe_refs: bool,
-    /// Do not diff gzip files (.gz, .tgz) between their inflated contents. By default a gzip
-    /// file is diffed inside, and its new version deflated again on apply with the stock-zlib
-    /// settings that made it (when some settings reproduce it exactly; streams made by other
-    /// encoders stay as they are), when that is smaller: a 1.2 MB gzip file with a one-line
-    /// change, 860,088 bytes of patch without this, 235 with it.
+    /// Do not diff gzip and zip files (.gz, .tgz, .whl, .jar...) between their inflated
+    /// contents. By default such a file is diffed inside, and its new version deflated again on
+    /// apply with the stock-zlib settings that made it (when some settings reproduce it
+    /// exactly; streams made by other encoders stay as they are), when that is smaller: a
+    /// Python source distribution's patch release, 4,624,908 bytes of patch without this,
+    /// 12,383 with it.
     #[arg(long)]
     no_inflate: bool,
     /// Overwrite PATCH if it exists.

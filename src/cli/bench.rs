@@ -51,7 +51,7 @@ Tools, with the settings that gave each its smallest patches on the corpus
 
   bundelta     bundelta diff OLD NEW -o PATCH / bundelta apply OLD PATCH -o OUT
   bsdiff       bsdiff OLD NEW PATCH / bspatch OLD OUT PATCH
-  xdelta3      xdelta3 -9 -S lzma -I 0 -B <power of 2 >= OLD> -e -s OLD NEW PATCH
+  xdelta3      xdelta3 -D -9 -S lzma -I 0 -B <power of 2 >= OLD> -e -s OLD NEW PATCH
   zstd-19      zstd -19 --long=N --patch-from=OLD NEW -o PATCH, N = ceil(log2(largest))
   zstd-3       the same at the fast level -3
   zstd-22      zstd --ultra -22 (only when named in --tools)

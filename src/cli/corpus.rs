@@ -102,7 +102,7 @@ impl Corpus {
 /// The stamp fetch.py writes: Python's `json.dumps({k: pair.get(k) for k in KEYS},
 /// sort_keys=True)`, byte for byte (", " and ": " separators, non-ASCII as \uXXXX).
 pub fn stamp_for(pair: &Value) -> String {
-    let mut keys = [
+    let mut keys = vec![
         "source",
         "package",
         "old_version",
@@ -113,6 +113,12 @@ pub fn stamp_for(pair: &Value) -> String {
         "platform",
         "python_version",
     ];
+    // Keys added later count only where a pair has them (older stamps stay valid).
+    for k in ["whole", "dist"] {
+        if pair.get(k).is_some() {
+            keys.push(k);
+        }
+    }
     keys.sort_unstable();
     let mut s = String::from("{");
     for (i, k) in keys.iter().enumerate() {

@@ -256,7 +256,9 @@ impl Tool {
             ]),
             Kind::Bsdiff => v([OsString::from("bsdiff"), o.into(), n.into(), p.into()]),
             Kind::Xdelta3 => cat(
-                v(["xdelta3", "-9", "-S", "lzma", "-I", "0", "-B"]),
+                // -D: no external decompression (by default xdelta3 gunzips .gz inputs and
+                // its decoder recompresses them, which does not give the same bytes back).
+                v(["xdelta3", "-D", "-9", "-S", "lzma", "-I", "0", "-B"]),
                 v([
                     OsString::from(next_pow2(s.old.max(1 << 20)).to_string()),
                     "-e".into(),
@@ -328,6 +330,8 @@ impl Tool {
             Kind::Bsdiff => v([OsString::from("bspatch"), o.into(), t.into(), p.into()]),
             Kind::Xdelta3 => v([
                 OsString::from("xdelta3"),
+                "-D".into(),
+                "-R".into(),
                 "-d".into(),
                 "-f".into(),
                 "-B".into(),

@@ -75,12 +75,34 @@ fn reproduces(plain: &[u8], comp: &[u8], p: DeflateParams) -> bool {
     d.push(plain, &mut check) && d.finish(&mut check) && at == comp.len()
 }
 
-/// The parameters that make `comp` from `plain`, if any candidate does.
-pub(crate) fn find_params(plain: &[u8], comp: &[u8], hint: Option<u8>) -> Option<DeflateParams> {
-    candidates(hint)
-        .into_iter()
+/// The parameters that make `comp` from `plain`: `first` tried first, then, when `all`, every
+/// candidate.
+fn find_params(
+    plain: &[u8],
+    comp: &[u8],
+    hint: Option<u8>,
+    first: &[DeflateParams],
+    all: bool,
+) -> Option<DeflateParams> {
+    let rest = if all { candidates(hint) } else { Vec::new() };
+    first
+        .iter()
+        .chain(rest.iter().filter(|p| !first.contains(p)))
+        .copied()
         .find(|&p| reproduces(plain, comp, p))
 }
+
+/// Most deflate streams one file's recipe holds: each takes a segment, and so may the bytes
+/// before it, and those after the last one.
+const MAX_STREAMS: usize = (MAX_SEGMENTS - 1) / 2;
+
+/// Streams searched with every candidate before the others: the largest ones.
+const LEARN_FROM: usize = 4;
+
+/// A stream that the parameters learned from the largest ones do not make is searched with
+/// every candidate only from this compressed size on (a zip of thousands of small entries
+/// that no zlib setting made would otherwise cost 79 compressions of each).
+const FULL_SEARCH_MIN: usize = 64 << 10;
 
 /// One deflate stream found in a file.
 pub(crate) struct Found {
@@ -120,7 +142,7 @@ pub(crate) fn gzip_streams(data: &[u8]) -> Option<Vec<Found>> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     let mut total = 0u64;
-    while out.len() < MAX_SEGMENTS / 2 {
+    while out.len() < MAX_STREAMS {
         let Some(h) = data.get(pos..pos + 10) else {
             break;
         };
@@ -215,13 +237,35 @@ pub(crate) fn expand_old(data: &[u8], found: &[Found]) -> Expanded<OldSeg> {
     )
 }
 
-/// The target's expanded form: the streams stock zlib reproduces inflated (their parameters
-/// found in parallel), the others as they are.
+/// The target's expanded form: the streams stock zlib reproduces inflated, the others as they
+/// are. The largest streams are searched with every candidate first (in parallel); every other
+/// stream tries what they used, then, when it is large, every candidate. Deterministic: each
+/// stream's result depends only on the file.
 pub(crate) fn expand_new(data: &[u8], found: &[Found]) -> Expanded<NewSeg> {
     use rayon::prelude::*;
+    let search = |f: &Found, first: &[DeflateParams], all: bool| {
+        find_params(&f.plain, &data[f.off..f.off + f.comp], f.hint, first, all)
+    };
+    let mut order: Vec<usize> = (0..found.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(found[i].comp), i));
+    order.truncate(LEARN_FROM);
+    let learned: Vec<(usize, Option<DeflateParams>)> = order
+        .par_iter()
+        .map(|&i| (i, search(&found[i], &[], true)))
+        .collect();
+    let mut known: Vec<DeflateParams> = Vec::new();
+    for p in learned.iter().filter_map(|l| l.1) {
+        if !known.contains(&p) {
+            known.push(p);
+        }
+    }
     let params: Vec<Option<DeflateParams>> = found
         .par_iter()
-        .map(|f| find_params(&f.plain, &data[f.off..f.off + f.comp], f.hint))
+        .enumerate()
+        .map(|(i, f)| match learned.iter().find(|l| l.0 == i) {
+            Some(l) => l.1,
+            None => search(f, &known, f.comp >= FULL_SEARCH_MIN),
+        })
         .collect();
     let mut i = 0;
     expand(
@@ -238,6 +282,107 @@ pub(crate) fn expand_new(data: &[u8], found: &[Found]) -> Expanded<NewSeg> {
         },
         NewSeg::Raw,
     )
+}
+
+/// The deflate entries of a zip file (wheel, jar, apk, docx...), by its central directory:
+/// each entry with method 8 whose data, found through its local header, lies before the
+/// central directory, inflates to exactly the size the directory gives and ends exactly at
+/// its compressed size. `None` when `data` is no zip file or has no such entry. Zip64
+/// archives are not read yet.
+pub(crate) fn zip_streams(data: &[u8]) -> Option<Vec<Found>> {
+    use rayon::prelude::*;
+    let u16_at = |p: usize| data.get(p..p + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |p: usize| {
+        data.get(p..p + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // The end of central directory record: the last one whose comment reaches no further
+    // than the file.
+    let low = data.len().saturating_sub(22 + 0xFFFF);
+    let eocd = (low..=data.len().checked_sub(22)?).rev().find(|&i| {
+        u32_at(i) == Some(0x0605_4B50)
+            && u16_at(i + 20).is_some_and(|c| i + 22 + c as usize <= data.len())
+    })?;
+    let count = u16_at(eocd + 10)? as usize;
+    let cd_size = u32_at(eocd + 12)? as usize;
+    let cd_off = u32_at(eocd + 16)? as usize;
+    if count == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_off == 0xFFFF_FFFF {
+        return None;
+    }
+    if cd_off.checked_add(cd_size)? > eocd {
+        return None;
+    }
+    // (local header offset, compressed size, plain size, level hint)
+    let mut entries = Vec::new();
+    let mut p = cd_off;
+    for _ in 0..count {
+        if u32_at(p)? != 0x0201_4B50 {
+            return None;
+        }
+        let flags = u16_at(p + 8)?;
+        let method = u16_at(p + 10)?;
+        let comp = u32_at(p + 20)? as usize;
+        let plain = u32_at(p + 24)? as u64;
+        let (n, e, c) = (
+            u16_at(p + 28)? as usize,
+            u16_at(p + 30)? as usize,
+            u16_at(p + 32)? as usize,
+        );
+        let local = u32_at(p + 42)? as usize;
+        if method == 8 && comp > 0 && comp != 0xFFFF_FFFF && flags & 1 == 0 {
+            let hint = match flags >> 1 & 3 {
+                1 => Some(9),
+                2 | 3 => Some(1),
+                _ => None,
+            };
+            entries.push((local, comp, plain, hint));
+        }
+        p += 46 + n + e + c;
+    }
+    entries.sort_unstable();
+    let mut total = 0u64;
+    let mut end = 0usize;
+    let mut spans = Vec::new();
+    for (local, comp, plain, hint) in entries {
+        if u32_at(local) != Some(0x0403_4B50) {
+            continue;
+        }
+        let (Some(n), Some(e)) = (u16_at(local + 26), u16_at(local + 28)) else {
+            continue;
+        };
+        let off = local + 30 + n as usize + e as usize;
+        if local < end || off.checked_add(comp).is_none_or(|x| x > cd_off) {
+            continue;
+        }
+        if total + plain > MAX_EXPANDED || spans.len() == MAX_STREAMS {
+            break;
+        }
+        total += plain;
+        end = off + comp;
+        spans.push((off, comp, plain, hint));
+    }
+    let out: Vec<Found> = spans
+        .par_iter()
+        .filter_map(|&(off, comp, plain, hint)| {
+            let (bytes, used) = inflate_prefix(&data[off..off + comp], plain)?;
+            (used as usize == comp && bytes.len() as u64 == plain).then_some(Found {
+                off,
+                comp,
+                plain: bytes,
+                hint,
+            })
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// The deflate streams of a gzip or zip file.
+pub(crate) fn streams(data: &[u8]) -> Option<Vec<Found>> {
+    if data.starts_with(&[0x1F, 0x8B]) {
+        gzip_streams(data)
+    } else {
+        zip_streams(data)
+    }
 }
 
 #[cfg(test)]

@@ -238,9 +238,10 @@ impl DiffOptions {
         self
     }
 
-    /// Diff gzip files (`.gz`, `.tgz`, multi-member too) between their inflated contents, and
-    /// deflate the new file's streams again on apply with the stock-zlib parameters that made
-    /// them (found by trial; a stream no parameters reproduce stays as it is). Default: on.
+    /// Diff gzip files (`.gz`, `.tgz`, multi-member too) and zip files (wheel, jar, apk...)
+    /// between their inflated contents, and deflate the new file's streams again on apply with
+    /// the stock-zlib parameters that made them (found by trial; a stream no parameters
+    /// reproduce stays as it is). Default: on.
     /// Kept per file only when the estimated patch is smaller. Costs, per gzip file pair, the
     /// inflating, the parameter search (a few compressions of each stream's first block, one
     /// whole compression when found) and a second diff over the larger expanded forms; the
@@ -1059,16 +1060,13 @@ impl DiffOptions {
         }
     }
 
-    /// The streams of `new` as a transform-2 delta from `source` (both gzip files, with a
-    /// stream of `new` that stock zlib reproduces), recipes first in the controls.
+    /// The streams of `new` as a transform-2 delta from `source` (both gzip or zip files,
+    /// with a stream of `new` that stock zlib reproduces), recipes first in the controls.
     fn inflate_delta(&self, source: &[u8], new: &[u8]) -> Option<Solid> {
         if !self.inflate {
             return None;
         }
-        let (fo, fnew) = rayon::join(
-            || inflate::gzip_streams(source),
-            || inflate::gzip_streams(new),
-        );
+        let (fo, fnew) = rayon::join(|| inflate::streams(source), || inflate::streams(new));
         let (fo, fnew) = (fo?, fnew?);
         let o = inflate::expand_old(source, &fo);
         // The parameter search (one core per stream) beside the delta to NEW with every
