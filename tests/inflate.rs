@@ -264,7 +264,11 @@ pub fn zip_file(entries: &[(&str, &[u8], Option<u32>)]) -> Vec<u8> {
         crc.update(data);
         let descriptor = method == 8 && k % 2 == 1;
         let flags: u16 = if descriptor { 8 } else { 0 };
-        let extra: &[u8] = if k == 0 { &[0xFE, 0xCA, 4, 0, 0, 0, 0, 0] } else { &[] };
+        let extra: &[u8] = if k == 0 {
+            &[0xFE, 0xCA, 4, 0, 0, 0, 0, 0]
+        } else {
+            &[]
+        };
         let local = z.len() as u32;
         let (lcrc, lc, lu) = if descriptor {
             (0, 0, 0)
@@ -325,7 +329,13 @@ fn zip_pairs_apply_bit_exact_and_shrink() {
     let edited: Vec<Vec<u8>> = texts
         .iter()
         .enumerate()
-        .map(|(k, t)| if k % 7 == 3 { rng.edit(t, 2) } else { t.clone() })
+        .map(|(k, t)| {
+            if k % 7 == 3 {
+                rng.edit(t, 2)
+            } else {
+                t.clone()
+            }
+        })
         .collect();
     let names: Vec<String> = (0..40).map(|k| format!("pkg/module_{k:02}.py")).collect();
     let level = |k: usize| match k % 10 {
@@ -341,7 +351,10 @@ fn zip_pairs_apply_bit_exact_and_shrink() {
     let (old, new) = (side(&texts), side(&edited));
     let patch = roundtrip(&old, &new);
     assert_eq!(transforms(&old, &patch), [TRANSFORM_INFLATE]);
-    let plain = DiffOptions::new().inflate(false).diff_bytes(&old, &new).unwrap();
+    let plain = DiffOptions::new()
+        .inflate(false)
+        .diff_bytes(&old, &new)
+        .unwrap();
     assert!(
         patch.len() * 4 < plain.len(),
         "{} vs {} without the transform",
