@@ -851,40 +851,20 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             matches!(&e.kind, EntryKind::File { op: FileOp::Delta { sources, .. }, .. } if sources.len() > 1)
         })
         .count();
-    // Modified files whose diff bytes are taken against predicted references (transform 1).
-    let exe_refs = m
-        .entries
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.kind,
-                EntryKind::File {
-                    op: FileOp::Delta {
-                        transform: bundelta::format::TRANSFORM_REFS,
-                        ..
-                    },
-                    ..
-                }
-            )
-        })
-        .count();
-    // Modified files diffed between their inflated forms (transform 2).
-    let inflated = m
-        .entries
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.kind,
-                EntryKind::File {
-                    op: FileOp::Delta {
-                        transform: bundelta::format::TRANSFORM_INFLATE,
-                        ..
-                    },
-                    ..
-                }
-            )
-        })
-        .count();
+    // Modified files made with delta transform `t`.
+    let with_transform = |t: u8| {
+        m.entries
+            .iter()
+            .filter(|e| {
+                matches!(&e.kind, EntryKind::File { op: FileOp::Delta { transform, .. }, .. }
+                    if *transform == t)
+            })
+            .count()
+    };
+    // Diff bytes taken against predicted references (transform 1); diffed between inflated
+    // forms (transform 2).
+    let exe_refs = with_transform(bundelta::format::TRANSFORM_REFS);
+    let inflated = with_transform(bundelta::format::TRANSFORM_INFLATE);
     let mem = bundelta::memory_needed(h);
     let codec = |c: u8| match c {
         bundelta::format::CODEC_ZSTD => "zstd",
