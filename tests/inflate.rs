@@ -109,19 +109,13 @@ fn gzip_pairs_at_every_level_apply_bit_exact_and_shrink() {
                     ..h.clone()
                 }) + INFLATE_MEMORY_TOTAL
             );
-            let plain = DiffOptions::new()
-                .inflate(false)
-                .diff_bytes(&old, &new)
-                .unwrap();
-            assert!(
-                patch.len() * 10 < plain.len(),
-                "level {level} wbits {wbits}: {} vs {} without the transform",
-                patch.len(),
-                plain.len()
+            shrinks_and_oracle_agrees(
+                &old,
+                &new,
+                &patch,
+                10,
+                &format!("level {level} wbits {wbits}"),
             );
-            // The naive applier agrees.
-            let t = naive_apply(&file_tree(&old), &patch);
-            assert_eq!(t, file_tree(&new));
         }
     }
 }
@@ -141,17 +135,7 @@ fn multi_member_gzip_with_a_stream_zlib_cannot_make() {
     let patch = roundtrip(&old, &new);
     assert_eq!(transforms(&old, &patch), [TRANSFORM_INFLATE]);
     // The miniz member stays compressed: the patch is about its size, far below the whole.
-    let plain = DiffOptions::new()
-        .inflate(false)
-        .diff_bytes(&old, &new)
-        .unwrap();
-    assert!(
-        patch.len() < plain.len() / 2,
-        "{} vs {}",
-        patch.len(),
-        plain.len()
-    );
-    assert_eq!(naive_apply(&file_tree(&old), &patch), file_tree(&new));
+    shrinks_and_oracle_agrees(&old, &new, &patch, 2, "multi-member");
 }
 
 #[test]
@@ -235,6 +219,26 @@ fn inflate_patches_are_deterministic_across_thread_counts() {
         .unwrap()
         .install(|| DiffOptions::new().diff_bytes(&old, &new).unwrap());
     assert_eq!(one, two);
+}
+
+/// `patch` (from `old` to `new`) is more than `factor` times smaller than the patch made
+/// without the transform, and the naive applier rebuilds `new` from it.
+fn shrinks_and_oracle_agrees(old: &[u8], new: &[u8], patch: &[u8], factor: usize, case: &str) {
+    let plain = DiffOptions::new()
+        .inflate(false)
+        .diff_bytes(old, new)
+        .unwrap();
+    assert!(
+        patch.len() < plain.len() / factor,
+        "{case}: {} vs {} without the transform",
+        patch.len(),
+        plain.len()
+    );
+    assert_eq!(
+        naive_apply(&file_tree(old), patch),
+        file_tree(new),
+        "{case}"
+    );
 }
 
 fn file_tree(data: &[u8]) -> Tree {
@@ -351,17 +355,7 @@ fn zip_pairs_apply_bit_exact_and_shrink() {
     let (old, new) = (side(&texts), side(&edited));
     let patch = roundtrip(&old, &new);
     assert_eq!(transforms(&old, &patch), [TRANSFORM_INFLATE]);
-    let plain = DiffOptions::new()
-        .inflate(false)
-        .diff_bytes(&old, &new)
-        .unwrap();
-    assert!(
-        patch.len() * 4 < plain.len(),
-        "{} vs {} without the transform",
-        patch.len(),
-        plain.len()
-    );
-    assert_eq!(naive_apply(&file_tree(&old), &patch), file_tree(&new));
+    shrinks_and_oracle_agrees(&old, &new, &patch, 4, "zip");
     // A change outside every stream is cheaper as a plain delta (no recipes to carry).
     let mut z = new.clone();
     let n = z.len();

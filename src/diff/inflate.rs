@@ -241,7 +241,13 @@ pub(crate) fn expand_old(data: &[u8], found: &[Found]) -> Expanded<OldSeg> {
 /// are. The largest streams are searched with every candidate first (in parallel); every other
 /// stream tries what they used, then, when it is large, every candidate. Deterministic: each
 /// stream's result depends only on the file.
+#[cfg(test)]
 pub(crate) fn expand_new(data: &[u8], found: &[Found]) -> Expanded<NewSeg> {
+    expand_new_with(data, found, &new_params(data, found))
+}
+
+/// The parameters that make each stream of `found` (see [`expand_new`]).
+pub(crate) fn new_params(data: &[u8], found: &[Found]) -> Vec<Option<DeflateParams>> {
     use rayon::prelude::*;
     let search = |f: &Found, first: &[DeflateParams], all: bool| {
         find_params(&f.plain, &data[f.off..f.off + f.comp], f.hint, first, all)
@@ -259,14 +265,22 @@ pub(crate) fn expand_new(data: &[u8], found: &[Found]) -> Expanded<NewSeg> {
             known.push(p);
         }
     }
-    let params: Vec<Option<DeflateParams>> = found
+    found
         .par_iter()
         .enumerate()
         .map(|(i, f)| match learned.iter().find(|l| l.0 == i) {
             Some(l) => l.1,
             None => search(f, &known, f.comp >= FULL_SEARCH_MIN),
         })
-        .collect();
+        .collect()
+}
+
+/// The target's expanded form with the parameters [`new_params`] found.
+pub(crate) fn expand_new_with(
+    data: &[u8],
+    found: &[Found],
+    params: &[Option<DeflateParams>],
+) -> Expanded<NewSeg> {
     let mut i = 0;
     expand(
         data,

@@ -242,7 +242,7 @@ impl DiffOptions {
     /// between their inflated contents, and deflate the new file's streams again on apply with
     /// the stock-zlib parameters that made them (found by trial; a stream no parameters
     /// reproduce stays as it is). Default: on.
-    /// Kept per file only when the estimated patch is smaller. Costs, per gzip file pair, the
+    /// Kept per file only when the estimated patch is smaller. Costs, per archive pair, the
     /// inflating, the parameter search (a few compressions of each stream's first block, one
     /// whole compression when found) and a second diff over the larger expanded forms; the
     /// applier needs [`crate::format::INFLATE_MEMORY_TOTAL`] (912 KiB) more memory, disk
@@ -795,7 +795,7 @@ impl DiffOptions {
             })
         };
         // Header flag bit 7 likewise for the inflate transform.
-        let exe_refs = if uses(TRANSFORM_REFS) {
+        let transform_flags = if uses(TRANSFORM_REFS) {
             FLAG_EXE_REFS
         } else {
             0
@@ -834,7 +834,7 @@ impl DiffOptions {
                         minor: VERSION_MINOR,
                         flags: FLAG_DIRECTORY
                             | FLAG_RELATIVE_SIZES
-                            | exe_refs
+                            | transform_flags
                             | if rel_tagged { FLAG_BASE_TAGS } else { 0 },
                         window_log: self.window_log,
                         codecs: [CODEC_RAW; 3],
@@ -874,7 +874,7 @@ impl DiffOptions {
                 }
                 | if streams[1].2 { FLAG_DIFF_RUNS } else { 0 }
                 | if tagged { FLAG_BASE_TAGS } else { 0 }
-                | exe_refs,
+                | transform_flags,
             window_log: self.window_log,
             codecs: [streams[0].0, streams[1].0, streams[2].0],
             manifest_len: mz.len() as u64,
@@ -1072,13 +1072,16 @@ impl DiffOptions {
         // The parameter search (one core per stream) beside the delta to NEW with every
         // stream inflated, which is NEW's expanded form when zlib reproduces them all (the
         // common case for zlib-made files); otherwise the delta is made again.
-        let (n, all) = rayon::join(
-            || inflate::expand_new(new, &fnew),
+        // NEW's expanded form is built after the full one is dropped, so that only one is held
+        // at a time.
+        let (params, all) = rayon::join(
+            || inflate::new_params(new, &fnew),
             || {
                 let full = inflate::expand_old(new, &fnew).bytes;
                 self.file_delta(&Ctx::quiet(), &o.bytes, &full).0
             },
         );
+        let n = inflate::expand_new_with(new, &fnew, &params);
         if n.inflated == 0 {
             return None;
         }
