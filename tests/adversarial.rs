@@ -1105,7 +1105,7 @@ fn old_parent_directory_replaced_by_a_link_is_not_followed() {
 fn golden(name: &str) -> Vec<u8> {
     fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("corpus/golden/v2.4")
+            .join("corpus/golden/v2.5")
             .join(name),
     )
     .unwrap()
@@ -1258,6 +1258,19 @@ fn every_flip_of_an_exe_refs_patch_is_refused() {
 fn every_flip_of_a_gzip_inflate_patch_is_refused() {
     let (old, new) = crate::golden::gzip_inputs();
     let (refused, _, cases) = flip_every_bit("gzip.bdp", &old, &new);
+    assert!(
+        refused * 100 >= cases * 95,
+        "only {refused} of {cases} cases refused"
+    );
+}
+
+/// The golden token patch, whose recipes carry token segments and whose controls make a
+/// deflate stream's structure: every flip is refused or, if it is accepted, the output is
+/// still NEW (the structure is checked value by value, the result by its digest).
+#[test]
+fn every_flip_of_a_token_patch_is_refused() {
+    let (old, new) = crate::golden::tokens_inputs();
+    let (refused, _, cases) = flip_every_bit("tokens.bdp", &old, &new);
     assert!(
         refused * 100 >= cases * 95,
         "only {refused} of {cases} cases refused"

@@ -22,6 +22,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("roundtrip", bundelta_fuzz::roundtrip::run),
     ("refs", bundelta_fuzz::refs::run),
     ("inflate", bundelta_fuzz::inflate::run),
+    ("tokens", bundelta_fuzz::tokens::run),
 ];
 
 fn regressions(target: &str) -> Vec<PathBuf> {

@@ -1,7 +1,7 @@
-//! Golden vectors: the bytes of format 2.4 (what this build writes) are pinned by committed
-//! patches in corpus/golden/v2.4. Inputs are generated here deterministically; the test applies
+//! Golden vectors: the bytes of format 2.5 (what this build writes) are pinned by committed
+//! patches in corpus/golden/v2.5. Inputs are generated here deterministically; the test applies
 //! each committed patch to its generated OLD, and re-diffs to check the writer still produces
-//! the same bytes. The patches of formats 2.1 to 2.3 (corpus/golden/v2.1 to v2.3, made by
+//! the same bytes. The patches of formats 2.1 to 2.4 (corpus/golden/v2.1 to v2.4, made by
 //! earlier builds from the same inputs) must still apply.
 //! Regenerate (only for a deliberate format change) with `BUNDELTA_BLESS=1 cargo test golden`.
 
@@ -13,7 +13,7 @@ use bundelta::{DiffOptions, Patcher};
 use crate::util::*;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.4")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.5")
 }
 
 fn legacy_dir(minor: u8) -> PathBuf {
@@ -242,6 +242,50 @@ fn golden_gzip_patch() {
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
 }
 
+/// A gzip file made by another encoder (miniz_oxide, whose streams no zlib setting makes):
+/// the patch rebuilds its stream from its token structure (section 4.3.1), so the structure's
+/// encoding, both recipes' token segments and the encoder are pinned.
+#[test]
+fn golden_tokens_patch() {
+    let (old, new) = tokens_inputs();
+    let patch = DiffOptions::new().diff_bytes(&old, &new).unwrap();
+    check("tokens.bdp", &patch);
+    assert_eq!(naive_apply(&one_file(&old), &patch), one_file(&new));
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &golden_dir().join("tokens.bdp"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
+}
+
+fn one_file(data: &[u8]) -> Tree {
+    let mut t = Tree::new();
+    t.insert(
+        String::new(),
+        Item::File {
+            data: data.to_vec(),
+            exec: false,
+        },
+    );
+    t
+}
+
+/// OLD and NEW of the token vector: gzip members deflated by miniz_oxide.
+pub fn tokens_inputs() -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(0x70c5);
+    let a = rng.text(30_000);
+    let b = rng.edit(&a, 4);
+    (
+        crate::inflate::gzip_member(&a, None, 15, Some("notes.txt")),
+        crate::inflate::gzip_member(&b, None, 15, Some("notes.txt")),
+    )
+}
+
 /// OLD and NEW of the gzip vector.
 pub fn gzip_inputs() -> (Vec<u8>, Vec<u8>) {
     let mut rng = Rng(0x6219);
@@ -254,13 +298,25 @@ pub fn gzip_inputs() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Patches written by format 2.1 builds (absolute sizes, 4-bit base tags), 2.2 builds
-/// (before reference prediction) and 2.3 builds (before the inflate transform) still apply
-/// and verify: a reader takes every minor of its major.
+/// (before reference prediction), 2.3 builds (before the inflate transform) and 2.4 builds
+/// (before token structures) still apply and verify: a reader takes every minor of its major.
 #[test]
 fn golden_older_minors_still_apply() {
-    for minor in [1u8, 2, 3] {
+    for minor in [1u8, 2, 3, 4] {
         older_minor_applies(minor);
     }
+    // The 2.4 gzip vector, with the inflate transform.
+    let (old, new) = gzip_inputs();
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("old"), &old).unwrap();
+    Patcher::new()
+        .apply(
+            &dir.path().join("old"),
+            &legacy_dir(4).join("gzip.bdp"),
+            &dir.path().join("out"),
+        )
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
     // The 2.3 executable vector, with reference prediction.
     let (old, new) = crate::exe::golden_exe_inputs();
     let dir = tempfile::tempdir().unwrap();

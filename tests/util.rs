@@ -378,7 +378,7 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
                         if *transform == format::TRANSFORM_INFLATE {
                             let (exp, r) = naive_recipes(&mut c, &src);
                             src = exp;
-                            size = r.iter().map(|s| s.0).sum::<u64>() as usize;
+                            size = r.iter().map(NaiveSeg::expanded).sum::<u64>() as usize;
                             recipe = Some(r);
                         }
                         let mut o = Vec::new();
@@ -431,10 +431,26 @@ pub fn naive_apply(old: &Tree, patch: &[u8]) -> Tree {
     out
 }
 
-/// A target segment of transform 2 as the oracle keeps it: expanded length, and for a deflate
-/// segment its compressed length, level and window bits (memory level 8 and the default
-/// strategy only: what flate2 can make).
-type NaiveSeg = (u64, Option<(u64, u32, u8)>);
+/// A target segment of transform 2 as the oracle keeps it.
+#[derive(Clone, Copy)]
+enum NaiveSeg {
+    /// Expanded bytes as they are.
+    Raw(u64),
+    /// Plain length, compressed length, level and window bits (memory level 8 and the default
+    /// strategy only: what flate2 can make).
+    Zlib(u64, u64, u32, u8),
+    /// Structure, plain and compressed lengths.
+    Tokens(u64, u64, u64),
+}
+
+impl NaiveSeg {
+    fn expanded(&self) -> u64 {
+        match *self {
+            NaiveSeg::Raw(n) | NaiveSeg::Zlib(n, ..) => n,
+            NaiveSeg::Tokens(s, p, _) => s + p,
+        }
+    }
+}
 
 /// Read both recipes of a transform-2 file and expand `src` by the first, whole.
 fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveSeg>) {
@@ -455,6 +471,16 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
                 exp.extend_from_slice(&p);
                 pos += comp;
             }
+            2 => {
+                let comp = c.varint().unwrap() as usize;
+                let plain = c.varint().unwrap() as usize;
+                let structure = c.varint().unwrap() as usize;
+                let (s, p) = naive_tokens::parse(&src[pos..pos + comp]);
+                assert_eq!((s.len(), p.len()), (structure, plain));
+                exp.extend_from_slice(&s);
+                exp.extend_from_slice(&p);
+                pos += comp;
+            }
             k => panic!("source segment kind {k}"),
         }
     }
@@ -462,7 +488,7 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
     let mut segs = Vec::new();
     for _ in 0..c.varint().unwrap() {
         match c.varint().unwrap() {
-            0 => segs.push((c.varint().unwrap(), None)),
+            0 => segs.push(NaiveSeg::Raw(c.varint().unwrap())),
             1 => {
                 let plain = c.varint().unwrap();
                 let comp = c.varint().unwrap();
@@ -473,7 +499,13 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
                     c.varint().unwrap(),
                 );
                 assert_eq!((mem, strategy), (8, 0), "the oracle deflates with flate2");
-                segs.push((plain, Some((comp, level, wbits))));
+                segs.push(NaiveSeg::Zlib(plain, comp, level, wbits));
+            }
+            2 => {
+                let structure = c.varint().unwrap();
+                let plain = c.varint().unwrap();
+                let comp = c.varint().unwrap();
+                segs.push(NaiveSeg::Tokens(structure, plain, comp));
             }
             k => panic!("target segment kind {k}"),
         }
@@ -503,12 +535,19 @@ pub fn zlib_deflate(plain: &[u8], level: u32, wbits: u8) -> Vec<u8> {
 fn naive_recompose(exp: &[u8], segs: &[NaiveSeg]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut at = 0usize;
-    for &(n, d) in segs {
+    for seg in segs {
+        let n = seg.expanded();
         let part = &exp[at..at + n as usize];
         at += n as usize;
-        match d {
-            None => out.extend_from_slice(part),
-            Some((comp, level, wbits)) => {
+        match *seg {
+            NaiveSeg::Raw(_) => out.extend_from_slice(part),
+            NaiveSeg::Tokens(structure, _, comp) => {
+                let (s, p) = part.split_at(structure as usize);
+                let z = naive_tokens::encode(s, p);
+                assert_eq!(z.len() as u64, comp);
+                out.extend_from_slice(&z);
+            }
+            NaiveSeg::Zlib(_, comp, level, wbits) => {
                 let z = zlib_deflate(part, level, wbits);
                 assert_eq!(z.len() as u64, comp);
                 out.extend_from_slice(&z);
@@ -667,4 +706,323 @@ pub fn write_case(old: &Tree, new: &Tree, bits: Option<u8>) -> (tempfile::TempDi
         .unwrap();
     fs::write(dir.path().join("p.bdp"), &patch).unwrap();
     (dir, patch)
+}
+
+/// The oracle's deflate token structure (FORMAT.md section 4.3.1), written apart from the
+/// applier's: bit by bit over whole buffers, codes looked up in maps.
+pub mod naive_tokens {
+    use std::collections::HashMap;
+
+    const LB: [u32; 29] = [
+        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
+        131, 163, 195, 227, 258,
+    ];
+    const LX: [u32; 29] = [
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
+    ];
+    const DB: [u32; 30] = [
+        1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+        2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
+    ];
+    const DX: [u32; 30] = [
+        0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12,
+        13, 13,
+    ];
+    const ORDER: [usize; 19] = [
+        16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+    ];
+
+    /// Canonical code of each symbol with a length: (length, code read most significant first).
+    fn codes(lens: &[u32]) -> HashMap<usize, (u32, u32)> {
+        let mut m = HashMap::new();
+        let mut code = 0u32;
+        for len in 1..=15 {
+            for (s, &l) in lens.iter().enumerate() {
+                if l == len {
+                    m.insert(s, (len, code));
+                    code += 1;
+                }
+            }
+            code <<= 1;
+        }
+        m
+    }
+
+    fn fixed() -> (Vec<u32>, Vec<u32>) {
+        let mut l = vec![8; 144];
+        l.extend(vec![9; 112]);
+        l.extend(vec![7; 24]);
+        l.extend(vec![8; 8]);
+        (l, vec![5; 30])
+    }
+
+    struct In<'a> {
+        b: &'a [u8],
+        pos: usize,
+    }
+
+    impl In<'_> {
+        fn bit(&mut self) -> u32 {
+            let v = (self.b[self.pos / 8] >> (self.pos % 8)) & 1;
+            self.pos += 1;
+            v as u32
+        }
+        fn bits(&mut self, n: u32) -> u32 {
+            (0..n).map(|i| self.bit() << i).sum()
+        }
+        fn sym(&mut self, rev: &HashMap<(u32, u32), usize>) -> usize {
+            let mut code = 0;
+            for len in 1..=15 {
+                code = code << 1 | self.bit();
+                if let Some(&s) = rev.get(&(len, code)) {
+                    return s;
+                }
+            }
+            panic!("no such code")
+        }
+    }
+
+    fn rev(lens: &[u32]) -> HashMap<(u32, u32), usize> {
+        codes(lens).into_iter().map(|(s, c)| (c, s)).collect()
+    }
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Structure and plain bytes of a whole raw deflate stream.
+    pub fn parse(b: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut r = In { b, pos: 0 };
+        let (mut s, mut p) = (Vec::new(), Vec::new());
+        loop {
+            let fin = r.bit();
+            let ty = r.bits(2);
+            s.push((fin | ty << 1) as u8);
+            let (ll, dl) = match ty {
+                0 => {
+                    let k = (8 - r.pos % 8) % 8;
+                    s.push(r.bits(k as u32) as u8);
+                    let len = r.bits(16);
+                    assert_eq!(r.bits(16), !len & 0xFFFF);
+                    s.extend_from_slice(&(len as u16).to_le_bytes());
+                    p.extend_from_slice(&b[r.pos / 8..r.pos / 8 + len as usize]);
+                    r.pos += 8 * len as usize;
+                    if fin == 1 {
+                        break;
+                    }
+                    continue;
+                }
+                1 => fixed(),
+                _ => {
+                    let (hl, hd, hc) = (r.bits(5), r.bits(5), r.bits(4));
+                    s.extend_from_slice(&[hl as u8, hd as u8, hc as u8]);
+                    let mut cl = vec![0u32; 19];
+                    for &i in &ORDER[..hc as usize + 4] {
+                        cl[i] = r.bits(3);
+                        s.push(cl[i] as u8);
+                    }
+                    let crev = rev(&cl);
+                    let total = (hl + 258 + hd) as usize;
+                    let mut lens: Vec<u32> = Vec::new();
+                    while lens.len() < total {
+                        let sym = r.sym(&crev);
+                        s.push(sym as u8);
+                        match sym {
+                            0..=15 => lens.push(sym as u32),
+                            16 => {
+                                let x = r.bits(2);
+                                s.push(x as u8);
+                                let last = *lens.last().unwrap();
+                                lens.extend(vec![last; 3 + x as usize]);
+                            }
+                            17 => {
+                                let x = r.bits(3);
+                                s.push(x as u8);
+                                lens.extend(vec![0; 3 + x as usize]);
+                            }
+                            _ => {
+                                let x = r.bits(7);
+                                s.push(x as u8);
+                                lens.extend(vec![0; 11 + x as usize]);
+                            }
+                        }
+                    }
+                    let d = lens.split_off(hl as usize + 257);
+                    (lens, d)
+                }
+            };
+            let (lr, dr) = (rev(&ll), rev(&dl));
+            let mut run = 0u64;
+            loop {
+                let sym = r.sym(&lr);
+                if sym < 256 {
+                    p.push(sym as u8);
+                    run += 1;
+                } else if sym == 256 {
+                    varint(&mut s, run * 2 + 1);
+                    break;
+                } else {
+                    let len = LB[sym - 257] + r.bits(LX[sym - 257]);
+                    let dc = r.sym(&dr);
+                    let dist = DB[dc] + r.bits(DX[dc]);
+                    varint(&mut s, run * 2);
+                    s.push((len - 3) as u8);
+                    varint(&mut s, u64::from(dist) - 1);
+                    run = 0;
+                    for _ in 0..len {
+                        p.push(p[p.len() - dist as usize]);
+                    }
+                }
+            }
+            if fin == 1 {
+                break;
+            }
+        }
+        let k = (8 - r.pos % 8) % 8;
+        s.push(r.bits(k as u32) as u8);
+        (s, p)
+    }
+
+    struct Out {
+        bits: Vec<u32>,
+    }
+
+    impl Out {
+        fn put(&mut self, v: u32, n: u32) {
+            for i in 0..n {
+                self.bits.push(v >> i & 1);
+            }
+        }
+        fn code(&mut self, c: &HashMap<usize, (u32, u32)>, s: usize) {
+            let (len, code) = c[&s];
+            for i in (0..len).rev() {
+                self.bits.push(code >> i & 1);
+            }
+        }
+    }
+
+    /// The stream a structure and its plain bytes make.
+    pub fn encode(s: &[u8], p: &[u8]) -> Vec<u8> {
+        let mut o = Out { bits: Vec::new() };
+        let (mut i, mut at) = (0usize, 0usize);
+        let mut next = || {
+            i += 1;
+            s[i - 1]
+        };
+        loop {
+            let h = next();
+            o.put(u32::from(h), 3);
+            let (ll, dl) = match h >> 1 {
+                0 => {
+                    let k = (8 - o.bits.len() % 8) % 8;
+                    o.put(u32::from(next()), k as u32);
+                    let len = u32::from(u16::from_le_bytes([next(), next()]));
+                    o.put(len, 16);
+                    o.put(!len & 0xFFFF, 16);
+                    for &b in &p[at..at + len as usize] {
+                        o.put(b.into(), 8);
+                    }
+                    at += len as usize;
+                    if h & 1 == 1 {
+                        break;
+                    }
+                    continue;
+                }
+                1 => fixed(),
+                _ => {
+                    let (hl, hd, hc) = (next(), next(), next());
+                    o.put(hl.into(), 5);
+                    o.put(hd.into(), 5);
+                    o.put(hc.into(), 4);
+                    let mut cl = vec![0u32; 19];
+                    for &k in &ORDER[..hc as usize + 4] {
+                        cl[k] = next().into();
+                        o.put(cl[k], 3);
+                    }
+                    let cc = codes(&cl);
+                    let total = hl as usize + 258 + hd as usize;
+                    let mut lens: Vec<u32> = Vec::new();
+                    while lens.len() < total {
+                        let sym = next() as usize;
+                        o.code(&cc, sym);
+                        match sym {
+                            0..=15 => lens.push(sym as u32),
+                            16 => {
+                                let x = next();
+                                o.put(x.into(), 2);
+                                let last = *lens.last().unwrap();
+                                lens.extend(vec![last; 3 + x as usize]);
+                            }
+                            17 => {
+                                let x = next();
+                                o.put(x.into(), 3);
+                                lens.extend(vec![0; 3 + x as usize]);
+                            }
+                            _ => {
+                                let x = next();
+                                o.put(x.into(), 7);
+                                lens.extend(vec![0; 11 + x as usize]);
+                            }
+                        }
+                    }
+                    let d = lens.split_off(hl as usize + 257);
+                    (lens, d)
+                }
+            };
+            let (lc, dc) = (codes(&ll), codes(&dl));
+            loop {
+                let mut v = 0u64;
+                let mut sh = 0;
+                loop {
+                    let b = next();
+                    v |= u64::from(b & 0x7F) << sh;
+                    sh += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                for _ in 0..v / 2 {
+                    o.code(&lc, p[at].into());
+                    at += 1;
+                }
+                if v & 1 == 1 {
+                    o.code(&lc, 256);
+                    break;
+                }
+                let len = u32::from(next()) + 3;
+                let mut dist = 0u64;
+                let mut sh = 0;
+                loop {
+                    let b = next();
+                    dist |= u64::from(b & 0x7F) << sh;
+                    sh += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let dist = dist as u32 + 1;
+                let c = (0..29).rev().find(|&c| LB[c] <= len).unwrap();
+                o.code(&lc, 257 + c);
+                o.put(len - LB[c], LX[c]);
+                let d = (0..30).rev().find(|&c| DB[c] <= dist).unwrap();
+                o.code(&dc, d);
+                o.put(dist - DB[d], DX[d]);
+                at += len as usize;
+            }
+            if h & 1 == 1 {
+                break;
+            }
+        }
+        let k = (8 - o.bits.len() % 8) % 8;
+        o.put(u32::from(next()), k as u32);
+        assert_eq!((i, at), (s.len(), p.len()), "structure and plain used up");
+        o.bits
+            .chunks(8)
+            .map(|c| c.iter().enumerate().map(|(i, &b)| (b << i) as u8).sum())
+            .collect()
+    }
 }

@@ -12,6 +12,8 @@
 //! - [`roundtrip`]: diff then apply restores NEW exactly.
 //! - [`inflate`]: a single-file patch around hostile inflate recipes and controls (delta
 //!   transform 2); never panic, never leave the scratch file of the expanded source.
+//! - [`tokens`]: deflate token structures; a stream the parser accepts is made again exactly
+//!   by the encoder, and whatever the encoder accepts parses back to what it was given.
 //!
 //! Scratch directories live under `/dev/shm` when it exists (the applier fsyncs every file).
 
@@ -29,6 +31,7 @@ pub mod heap;
 pub mod inflate;
 pub mod refs;
 pub mod roundtrip;
+pub mod tokens;
 
 /// Heap and output limits every target applies with.
 pub const LIMIT: u64 = 16 << 20;

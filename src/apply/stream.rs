@@ -6,6 +6,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codec::decode::{expect_end, need_varint, read_full, read_retry, DiffSource, Stream};
+use crate::codec::tokens;
 use crate::codec::zlib::{Deflater, Inflater};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -387,10 +388,16 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
     let put_err = |e: std::io::Error| Error::io(&shown, "write", e);
     for _ in 0..n {
         let seg = read_old_seg(&mut || need_varint(&mut st.ctrl, C))?;
-        let (len, plain) = match seg {
-            OldSeg::Raw(n) => (n, n),
-            OldSeg::Deflate { comp, plain } => (comp, plain),
+        let (len, plain, made) = match seg {
+            OldSeg::Raw(n) => (n, n, Some(n)),
+            OldSeg::Deflate { comp, plain } => (comp, plain, Some(plain)),
+            OldSeg::Tokens {
+                comp,
+                plain,
+                structure,
+            } => (comp, plain, structure.checked_add(plain)),
         };
+        let made = made.ok_or_else(|| Error::corrupt(C, "expanded source length overflows"))?;
         if pos.checked_add(len).is_none_or(|e| e > src.len) {
             return Err(Error::corrupt(
                 C,
@@ -411,61 +418,68 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
                 }
             }
             OldSeg::Deflate { comp, .. } => {
-                let mut inf = Inflater::new();
-                let mut left = comp;
-                let mut made = 0u64;
-                let mut fault: Option<Error> = None;
-                while left > 0 && !inf.done() {
-                    let k = left.min(IO_BUF as u64) as usize;
-                    src.read_exact_at(&mut st.obuf[..k], pos + (comp - left))?;
-                    let used = inf
-                        .feed(&st.obuf[..k], &mut |b| {
-                            made += b.len() as u64;
-                            if made > plain {
-                                return false;
-                            }
-                            match w.write_all(b) {
-                                Ok(()) => true,
-                                Err(e) => {
-                                    fault = Some(put_err(e));
-                                    false
-                                }
-                            }
-                        })
-                        .map_err(|why| {
-                            fault.take().unwrap_or_else(|| {
-                                Error::corrupt(
-                                    C,
-                                    format!(
-                                        "the deflate stream at source offset {pos}: {}",
-                                        if made > plain {
-                                            format!("inflates past its {plain} bytes")
-                                        } else {
-                                            why.to_string()
-                                        }
-                                    ),
-                                )
-                            })
-                        })?;
-                    left -= used as u64;
-                    if used < k && !inf.done() {
-                        break;
+                inflate_into(&mut st.obuf, src, pos, comp, plain, &mut w)?
+            }
+            OldSeg::Tokens {
+                comp, structure, ..
+            } => {
+                // The structure first (section 4.3.1), then the plain bytes.
+                let mut input = SrcRange {
+                    src,
+                    pos,
+                    end: pos + comp,
+                    fault: None,
+                };
+                let mut wrote = 0u64;
+                let mut put_fault = None;
+                let r = tokens::parse(&mut input, comp, plain, &mut |b| {
+                    wrote += b.len() as u64;
+                    if wrote > structure {
+                        return Err(std::io::Error::other("structure too long"));
                     }
-                }
-                if !inf.done() || left != 0 || made != plain {
+                    w.write_all(b).inspect_err(|e| {
+                        put_fault = Some(std::io::Error::new(e.kind(), e.to_string()))
+                    })
+                });
+                let parsed = r.map_err(|f| {
+                    if let Some(e) = input.fault.take() {
+                        return e;
+                    }
+                    if let Some(e) = put_fault.take() {
+                        return put_err(e);
+                    }
+                    let why = match f {
+                        _ if wrote > structure => {
+                            format!("its structure is longer than {structure} bytes")
+                        }
+                        tokens::Fault::Bad(why) => why,
+                        tokens::Fault::Io(e) => e.to_string(),
+                    };
+                    Error::corrupt(
+                        C,
+                        format!("the deflate stream at source offset {pos}: {why}"),
+                    )
+                })?;
+                let want = tokens::Parsed {
+                    comp,
+                    plain,
+                    structure,
+                };
+                if parsed != want {
                     return Err(Error::corrupt(
                         C,
                         format!(
-                            "the deflate stream at source offset {pos} is not {comp} bytes that \
-                             inflate to {plain}"
+                            "the deflate stream at source offset {pos} is {parsed:?}, the \
+                             recipe says {want:?}"
                         ),
                     ));
                 }
+                inflate_into(&mut st.obuf, src, pos, comp, plain, &mut w)?;
             }
         }
         pos += len;
         expanded = expanded
-            .checked_add(plain)
+            .checked_add(made)
             .ok_or_else(|| Error::corrupt(C, "expanded source length overflows"))?;
     }
     if pos != src.len {
@@ -485,15 +499,8 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
         .try_clone()
         .map_err(|e| Error::io(&shown, "open", e))?;
     let exp = Source::new(vec![(file, expanded, shown)])?;
-    let mut rec = Recomposer {
-        segs: &recipe.segs,
-        at: 0,
-        left: 0,
-        made: 0,
-        deflater: None,
-        out,
-        fault: None,
-    };
+    let dir = st.scratch.clone();
+    let mut rec = Recomposer::new(&recipe.segs, &dir, out);
     let r = apply_delta(st, &exp, recipe.expanded, 0, &mut rec).and_then(|()| rec.finish());
     match (r, rec.fault.take()) {
         (_, Some(f)) => Err(f),
@@ -501,24 +508,144 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
     }
 }
 
+/// A range of the source as a reader (its read errors are kept in `fault`).
+struct SrcRange<'s> {
+    src: &'s Source,
+    pos: u64,
+    end: u64,
+    fault: Option<Error>,
+}
+
+impl Read for SrcRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if k == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = self.src.read_exact_at(&mut buf[..k], self.pos) {
+            self.fault = Some(e);
+            return Err(std::io::Error::other("source read failed"));
+        }
+        self.pos += k as u64;
+        Ok(k)
+    }
+}
+
+/// Inflate the `comp`-byte deflate stream at source offset `pos` into `w`: exactly `plain`
+/// bytes.
+fn inflate_into(
+    obuf: &mut [u8],
+    src: &Source,
+    pos: u64,
+    comp: u64,
+    plain: u64,
+    w: &mut dyn Write,
+) -> Result<()> {
+    const C: &str = "control stream";
+    let shown = Path::new("(expanded source)");
+    let mut inf = Inflater::new();
+    let mut left = comp;
+    let mut made = 0u64;
+    let mut fault: Option<Error> = None;
+    while left > 0 && !inf.done() {
+        let k = left.min(IO_BUF as u64) as usize;
+        src.read_exact_at(&mut obuf[..k], pos + (comp - left))?;
+        let used = inf
+            .feed(&obuf[..k], &mut |b| {
+                made += b.len() as u64;
+                if made > plain {
+                    return false;
+                }
+                match w.write_all(b) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        fault = Some(Error::io(shown, "write", e));
+                        false
+                    }
+                }
+            })
+            .map_err(|why| {
+                fault.take().unwrap_or_else(|| {
+                    Error::corrupt(
+                        C,
+                        format!(
+                            "the deflate stream at source offset {pos}: {}",
+                            if made > plain {
+                                format!("inflates past its {plain} bytes")
+                            } else {
+                                why.to_string()
+                            }
+                        ),
+                    )
+                })
+            })?;
+        left -= used as u64;
+        if used < k && !inf.done() {
+            break;
+        }
+    }
+    if !inf.done() || left != 0 || made != plain {
+        return Err(Error::corrupt(
+            C,
+            format!(
+                "the deflate stream at source offset {pos} is not {comp} bytes that inflate to \
+                 {plain}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The writer a transform-2 file's expanded bytes go to: raw segments pass through, deflate
-/// segments are compressed again with their parameters and must come out at their stated
-/// length.
+/// segments are compressed again with their parameters, token segments (section 4.3.1) have
+/// their structure stored in a second [`Scratch`] file and are then encoded from it and their
+/// plain bytes; every stream must come out at its stated length.
 struct Recomposer<'a, 'o> {
     segs: &'a [NewSeg],
     /// Index of the current segment.
     at: usize,
-    /// Expanded bytes the current segment still takes (0: not started).
+    /// Whether the current segment was opened.
+    open: bool,
+    /// Expanded plain (or raw) bytes the current segment still takes.
     left: u64,
-    /// Compressed bytes the current deflate segment has made.
+    /// Structure bytes the current token segment still takes (before its plain bytes).
+    s_left: u64,
+    /// Compressed bytes the current deflate or token segment has made.
     made: u64,
     deflater: Option<Deflater>,
+    /// Token segments: where their structure is kept, the writer filling it, the encoder
+    /// reading it back.
+    scratch_dir: &'a Path,
+    structure: Option<Scratch>,
+    s_out: Option<std::io::BufWriter<File>>,
+    encoder: Option<tokens::Encoder<BufReader<std::io::Take<File>>>>,
     out: &'o mut dyn Write,
     /// Why writing stopped, when the cause is the patch rather than the output.
     fault: Option<Error>,
 }
 
-impl Recomposer<'_, '_> {
+/// Buffers of the token structure's writer and reader.
+const STRUCTURE_BUF: usize = 16 << 10;
+
+impl<'a, 'o> Recomposer<'a, 'o> {
+    fn new(segs: &'a [NewSeg], scratch_dir: &'a Path, out: &'o mut dyn Write) -> Self {
+        Recomposer {
+            segs,
+            at: 0,
+            open: false,
+            left: 0,
+            s_left: 0,
+            made: 0,
+            deflater: None,
+            scratch_dir,
+            structure: None,
+            s_out: None,
+            encoder: None,
+            out,
+            fault: None,
+        }
+    }
+
     fn fail(&mut self, e: Error) -> std::io::Error {
         self.fault = Some(e);
         std::io::Error::other("the target recipe failed")
@@ -564,25 +691,121 @@ impl Recomposer<'_, '_> {
         Ok(())
     }
 
-    /// End the current segment.
-    fn close(&mut self) -> std::io::Result<()> {
-        if let Some(NewSeg::Deflate { comp, .. }) = self.segs.get(self.at).copied() {
-            self.deflate(None, comp)?;
-            self.deflater = None;
-            if self.made != comp {
-                let (at, made) = (self.at, self.made);
-                return Err(self.fail(Error::corrupt(
+    /// The structure of the current token segment is stored: read it back into an encoder.
+    fn start_encoder(&mut self, structure: u64) -> std::io::Result<()> {
+        use std::io::Seek;
+        let shown = Path::new("(token structure)");
+        let r = (|| -> Result<_> {
+            if let Some(mut w) = self.s_out.take() {
+                w.flush().map_err(|e| Error::io(shown, "write", e))?;
+            }
+            let s = self
+                .structure
+                .as_ref()
+                .expect("opened with its scratch file");
+            let mut f = s
+                .file
+                .try_clone()
+                .map_err(|e| Error::io(shown, "open", e))?;
+            f.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| Error::io(shown, "seek", e))?;
+            Ok(f)
+        })();
+        match r {
+            Ok(f) => {
+                let rd = BufReader::with_capacity(STRUCTURE_BUF, f.take(structure));
+                self.encoder = Some(tokens::Encoder::new(rd, structure));
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Encode `data` (or end the stream) into `out`, counting against `comp`.
+    fn encode(&mut self, data: Option<&[u8]>, comp: u64) -> std::io::Result<()> {
+        let mut out_err = None;
+        let mut over = false;
+        let mut made = self.made;
+        let out = &mut *self.out;
+        let e = self
+            .encoder
+            .as_mut()
+            .expect("a token segment has its encoder");
+        let mut put = |b: &[u8]| -> std::io::Result<()> {
+            made += b.len() as u64;
+            if made > comp {
+                over = true;
+                return Err(std::io::Error::other("over"));
+            }
+            out.write_all(b).inspect_err(|er| {
+                out_err = Some(std::io::Error::new(er.kind(), er.to_string()));
+            })
+        };
+        let r = match data {
+            Some(b) => e.push(b, &mut put),
+            None => e.finish(&mut put).and_then(|n| {
+                if n == comp {
+                    Ok(())
+                } else {
+                    Err(tokens::Fault::Bad(format!("it encodes to {n} bytes")))
+                }
+            }),
+        };
+        self.made = made;
+        let at = self.at;
+        match r {
+            Ok(()) => Ok(()),
+            Err(_) if out_err.is_some() => Err(out_err.take().expect("checked")),
+            Err(f) => {
+                let why = match f {
+                    _ if over => format!("it encodes to more than its {comp} bytes"),
+                    tokens::Fault::Bad(why) => why,
+                    tokens::Fault::Io(e) => {
+                        return Err(self.fail(Error::io(Path::new("(token structure)"), "read", e)))
+                    }
+                };
+                Err(self.fail(Error::corrupt(
                     "control stream",
-                    format!("target segment {at} deflates to {made} bytes, not {comp}"),
-                )));
+                    format!("target token segment {at}: {why}"),
+                )))
             }
         }
+    }
+
+    /// End the current segment.
+    fn close(&mut self) -> std::io::Result<()> {
+        match self.segs.get(self.at).copied() {
+            Some(NewSeg::Deflate { comp, .. }) => {
+                self.deflate(None, comp)?;
+                self.deflater = None;
+                if self.made != comp {
+                    let (at, made) = (self.at, self.made);
+                    return Err(self.fail(Error::corrupt(
+                        "control stream",
+                        format!("target segment {at} deflates to {made} bytes, not {comp}"),
+                    )));
+                }
+            }
+            Some(NewSeg::Tokens {
+                structure, comp, ..
+            }) => {
+                if self.encoder.is_none() {
+                    self.start_encoder(structure)?;
+                }
+                self.encode(None, comp)?;
+                self.encoder = None;
+            }
+            _ => {}
+        }
         self.at += 1;
+        self.open = false;
         Ok(())
     }
 
     /// Start the segment at `self.at` (the caller knows there is one).
     fn open(&mut self) -> std::io::Result<()> {
+        self.made = 0;
+        self.s_left = 0;
         match self.segs[self.at] {
             NewSeg::Raw(n) => self.left = n,
             NewSeg::Deflate { plain, params, .. } => {
@@ -594,37 +817,63 @@ impl Recomposer<'_, '_> {
                     }));
                 };
                 self.deflater = Some(d);
-                self.made = 0;
+                self.left = plain;
+            }
+            NewSeg::Tokens {
+                structure, plain, ..
+            } => {
+                use std::io::Seek;
+                let shown = Path::new("(token structure)");
+                let r = (|| -> Result<std::io::BufWriter<File>> {
+                    if self.structure.is_none() {
+                        self.structure = Some(Scratch::create(self.scratch_dir)?);
+                    }
+                    let s = self.structure.as_ref().expect("just made");
+                    let mut f = s
+                        .file
+                        .try_clone()
+                        .map_err(|e| Error::io(shown, "open", e))?;
+                    f.seek(std::io::SeekFrom::Start(0))
+                        .map_err(|e| Error::io(shown, "seek", e))?;
+                    Ok(std::io::BufWriter::with_capacity(STRUCTURE_BUF, f))
+                })();
+                match r {
+                    Ok(w) => self.s_out = Some(w),
+                    Err(e) => return Err(self.fail(e)),
+                }
+                self.s_left = structure;
                 self.left = plain;
             }
         }
+        self.open = true;
         Ok(())
     }
 
     /// Close every segment left (all must be complete: the controls made exactly the expanded
-    /// length the recipe takes, so only empty deflate segments can remain).
+    /// length the recipe takes, so only segments of no expanded bytes can remain).
     fn finish(&mut self) -> Result<()> {
-        let mut step = || -> std::io::Result<()> {
+        let r = (|| -> std::io::Result<bool> {
             while self.at < self.segs.len() {
-                if self.deflater.is_none() {
+                if !self.open {
                     self.open()?;
                 }
-                if self.left > 0 {
-                    return Err(std::io::Error::other("short"));
+                if self.left > 0 || self.s_left > 0 {
+                    return Ok(false);
                 }
                 self.close()?;
             }
-            Ok(())
-        };
-        match step() {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fault.take().unwrap_or_else(|| {
-                if e.to_string() == "short" {
-                    Error::corrupt("control stream", "the target recipe is not used up")
-                } else {
-                    Error::io(Path::new(OUTPUT), "write", e)
-                }
-            })),
+            Ok(true)
+        })();
+        match r {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::corrupt(
+                "control stream",
+                "the target recipe is not used up",
+            )),
+            Err(e) => Err(self
+                .fault
+                .take()
+                .unwrap_or_else(|| Error::io(Path::new(OUTPUT), "write", e))),
         }
     }
 }
@@ -639,17 +888,35 @@ impl Write for Recomposer<'_, '_> {
                     "the controls make more than the target recipe takes",
                 )));
             }
-            if self.left == 0 && self.deflater.is_none() {
+            if !self.open {
                 self.open()?;
             }
-            let k = (self.left.min(buf.len() as u64)) as usize;
-            match self.segs[self.at] {
-                NewSeg::Raw(_) => self.out.write_all(&buf[..k])?,
-                NewSeg::Deflate { comp, .. } => self.deflate(Some(&buf[..k]), comp)?,
+            let seg = self.segs[self.at];
+            if self.s_left > 0 {
+                // A token segment's structure: stored until its plain bytes come.
+                let k = (self.s_left.min(buf.len() as u64)) as usize;
+                let w = self.s_out.as_mut().expect("opened with its writer");
+                if let Err(e) = w.write_all(&buf[..k]) {
+                    return Err(self.fail(Error::io(Path::new("(token structure)"), "write", e)));
+                }
+                buf = &buf[k..];
+                self.s_left -= k as u64;
+                if self.s_left == 0 {
+                    if let NewSeg::Tokens { structure, .. } = seg {
+                        self.start_encoder(structure)?;
+                    }
+                }
+            } else {
+                let k = (self.left.min(buf.len() as u64)) as usize;
+                match seg {
+                    NewSeg::Raw(_) => self.out.write_all(&buf[..k])?,
+                    NewSeg::Deflate { comp, .. } => self.deflate(Some(&buf[..k]), comp)?,
+                    NewSeg::Tokens { comp, .. } => self.encode(Some(&buf[..k]), comp)?,
+                }
+                buf = &buf[k..];
+                self.left -= k as u64;
             }
-            buf = &buf[k..];
-            self.left -= k as u64;
-            if self.left == 0 {
+            if self.left == 0 && self.s_left == 0 {
                 self.close()?;
             }
         }

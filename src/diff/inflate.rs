@@ -6,6 +6,7 @@
 //! (the source's whatever made them); only a stream that stock zlib reproduces exactly is
 //! inflated in the target, the others stay as they are.
 
+use crate::codec::tokens;
 use crate::codec::zlib::{inflate_prefix, DeflateParams, Deflater};
 use crate::format::{NewSeg, OldSeg, MAX_SEGMENTS};
 
@@ -184,14 +185,16 @@ pub(crate) struct Expanded<S> {
     /// Deflate streams of the file, and how many of them the recipe inflates.
     #[cfg_attr(not(test), allow(dead_code))]
     pub streams: usize,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub inflated: usize,
 }
 
-/// Cut `data` around `found` into raw gaps and streams, inflating the streams `keep` accepts.
-fn expand<S>(
+/// Cut `data` around `found` into raw gaps and streams, inflating the streams `keep` accepts
+/// (after the structure it gives for them, if any).
+fn expand<'f, S>(
     data: &[u8],
     found: &[Found],
-    mut keep: impl FnMut(&Found) -> Option<S>,
+    mut keep: impl FnMut(&Found) -> Option<(S, Option<&'f [u8]>)>,
     raw: impl Fn(u64) -> S,
 ) -> Expanded<S> {
     let mut bytes = Vec::new();
@@ -199,12 +202,15 @@ fn expand<S>(
     let mut inflated = 0;
     let mut gap_from = 0usize;
     for f in found {
-        if let Some(seg) = keep(f) {
+        if let Some((seg, structure)) = keep(f) {
             if f.off > gap_from {
                 segs.push(raw((f.off - gap_from) as u64));
                 bytes.extend_from_slice(&data[gap_from..f.off]);
             }
             segs.push(seg);
+            if let Some(s) = structure {
+                bytes.extend_from_slice(s);
+            }
             bytes.extend_from_slice(&f.plain);
             gap_from = f.off + f.comp;
             inflated += 1;
@@ -222,19 +228,68 @@ fn expand<S>(
     }
 }
 
-/// The source's expanded form: every stream inflated.
-pub(crate) fn expand_old(data: &[u8], found: &[Found]) -> Expanded<OldSeg> {
+/// The source's expanded form: every stream inflated, after its token structure when
+/// `structures` holds one for it (see [`structures`]).
+pub(crate) fn expand_old(
+    data: &[u8],
+    found: &[Found],
+    structures: Option<&[Option<Vec<u8>>]>,
+) -> Expanded<OldSeg> {
+    let mut i = 0;
     expand(
         data,
         found,
         |f| {
-            Some(OldSeg::Deflate {
-                comp: f.comp as u64,
-                plain: f.plain.len() as u64,
+            let s = structures.and_then(|v| v[i].as_deref());
+            i += 1;
+            let (comp, plain) = (f.comp as u64, f.plain.len() as u64);
+            Some(match s {
+                None => (OldSeg::Deflate { comp, plain }, None),
+                Some(s) => (
+                    OldSeg::Tokens {
+                        comp,
+                        plain,
+                        structure: s.len() as u64,
+                    },
+                    Some(s),
+                ),
             })
         },
         OldSeg::Raw,
     )
+}
+
+/// The token structure (section 4.3.1) of each stream that has one the applier makes the
+/// same stream from again (checked here by encoding it).
+pub(crate) fn structures(
+    data: &[u8],
+    found: &[Found],
+    only: Option<&[bool]>,
+) -> Vec<Option<Vec<u8>>> {
+    use rayon::prelude::*;
+    found
+        .par_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if only.is_some_and(|o| !o[i]) {
+                return None;
+            }
+            let comp = &data[f.off..f.off + f.comp];
+            let (s, p) = tokens::structure_of(comp, f.plain.len() as u64).ok()?;
+            let exact = p.comp == f.comp as u64
+                && p.plain == f.plain.len() as u64
+                && tokens::encode(&s, &f.plain).is_ok_and(|c| c == comp);
+            exact.then_some(s)
+        })
+        .collect()
+}
+
+/// How the applier makes one stream of the target again.
+pub(crate) enum Method {
+    /// Deflate its plain bytes with stock zlib and these parameters.
+    Zlib(DeflateParams),
+    /// Encode it from this token structure and its plain bytes.
+    Tokens(Vec<u8>),
 }
 
 /// The target's expanded form: the streams stock zlib reproduces inflated, the others as they
@@ -243,7 +298,11 @@ pub(crate) fn expand_old(data: &[u8], found: &[Found]) -> Expanded<OldSeg> {
 /// stream's result depends only on the file.
 #[cfg(test)]
 pub(crate) fn expand_new(data: &[u8], found: &[Found]) -> Expanded<NewSeg> {
-    expand_new_with(data, found, &new_params(data, found))
+    let m: Vec<_> = new_params(data, found)
+        .into_iter()
+        .map(|p| p.map(Method::Zlib))
+        .collect();
+    expand_new_with(data, found, &m)
 }
 
 /// The parameters that make each stream of `found` (see [`expand_new`]).
@@ -275,23 +334,37 @@ pub(crate) fn new_params(data: &[u8], found: &[Found]) -> Vec<Option<DeflatePara
         .collect()
 }
 
-/// The target's expanded form with the parameters [`new_params`] found.
+/// The target's expanded form by the method chosen for each stream (`None`: kept as it is).
 pub(crate) fn expand_new_with(
     data: &[u8],
     found: &[Found],
-    params: &[Option<DeflateParams>],
+    methods: &[Option<Method>],
 ) -> Expanded<NewSeg> {
     let mut i = 0;
     expand(
         data,
         found,
         |f| {
-            let p = params[i];
+            let m = methods[i].as_ref();
             i += 1;
-            p.map(|params| NewSeg::Deflate {
-                plain: f.plain.len() as u64,
-                comp: f.comp as u64,
-                params,
+            let (plain, comp) = (f.plain.len() as u64, f.comp as u64);
+            m.map(|m| match m {
+                Method::Zlib(params) => (
+                    NewSeg::Deflate {
+                        plain,
+                        comp,
+                        params: *params,
+                    },
+                    None,
+                ),
+                Method::Tokens(s) => (
+                    NewSeg::Tokens {
+                        structure: s.len() as u64,
+                        plain,
+                        comp,
+                    },
+                    Some(s.as_slice()),
+                ),
             })
         },
         NewSeg::Raw,
@@ -491,11 +564,11 @@ mod tests {
             .iter()
             .map(|s| match s {
                 NewSeg::Raw(n) => *n,
-                NewSeg::Deflate { comp, .. } => *comp,
+                NewSeg::Deflate { comp, .. } | NewSeg::Tokens { comp, .. } => *comp,
             })
             .sum();
         assert_eq!(raw, file.len() as u64);
-        let o = expand_old(&file, &found);
+        let o = expand_old(&file, &found, None);
         assert_eq!(o.bytes, e.bytes);
     }
 

@@ -39,6 +39,7 @@ use crate::format::{
     MIN_WINDOW_LOG, REFS_ABS64, TRANSFORM_INFLATE, TRANSFORM_REFS, VERSION_MINOR,
 };
 use crate::tree::{self, hash_file, NodeKind, TreeDigest};
+use inflate::Method;
 
 /// Default zstd level for every stream.
 pub const DEFAULT_LEVEL: i32 = 19;
@@ -240,14 +241,14 @@ impl DiffOptions {
 
     /// Diff gzip files (`.gz`, `.tgz`, multi-member too) and zip files (wheel, jar, apk...)
     /// between their inflated contents, and deflate the new file's streams again on apply with
-    /// the stock-zlib parameters that made them (found by trial; a stream no parameters
-    /// reproduce stays as it is). Default: on.
+    /// the stock-zlib parameters that made them (found by trial), or, for a stream no
+    /// parameters reproduce, from its token structure (FORMAT.md 4.3.1). Default: on.
     /// Kept per file only when the estimated patch is smaller. Costs, per archive pair, the
     /// inflating, the parameter search (a few compressions of each stream's first block, one
     /// whole compression when found) and a second diff over the larger expanded forms; the
-    /// applier needs [`crate::format::INFLATE_MEMORY_TOTAL`] (912 KiB) more memory, disk
-    /// space for the inflated old file beside the output, and the CPU of one zlib
-    /// compression of the new file's contents.
+    /// applier needs [`crate::format::INFLATE_MEMORY_TOTAL`] (1,040 KiB) more memory, disk
+    /// space for the inflated old file beside the output (and for a token structure), and
+    /// the CPU of one zlib compression (or token encoding) of the new file's contents.
     pub fn inflate(&mut self, on: bool) -> &mut DiffOptions {
         self.inflate = on;
         self
@@ -1068,35 +1069,55 @@ impl DiffOptions {
         }
         let (fo, fnew) = rayon::join(|| inflate::streams(source), || inflate::streams(new));
         let (fo, fnew) = (fo?, fnew?);
-        let o = inflate::expand_old(source, &fo);
         // The parameter search (one core per stream) beside the delta to NEW with every
         // stream inflated, which is NEW's expanded form when zlib reproduces them all (the
         // common case for zlib-made files); otherwise the delta is made again.
         // NEW's expanded form is built after the full one is dropped, so that only one is held
         // at a time.
-        let (params, all) = rayon::join(
+        let (params, (o, all)) = rayon::join(
             || inflate::new_params(new, &fnew),
             || {
-                let full = inflate::expand_old(new, &fnew).bytes;
-                self.file_delta(&Ctx::quiet(), &o.bytes, &full).0
+                let o = inflate::expand_old(source, &fo, None);
+                let full = inflate::expand_old(new, &fnew, None).bytes;
+                let d = self.file_delta(&Ctx::quiet(), &o.bytes, &full).0;
+                (o, d)
             },
         );
-        let n = inflate::expand_new_with(new, &fnew, &params);
-        if n.inflated == 0 {
+        if params.iter().all(Option::is_some) {
+            let m: Vec<_> = params.into_iter().map(|p| p.map(Method::Zlib)).collect();
+            let n = inflate::expand_new_with(new, &fnew, &m);
+            return Some(recipe_delta(&o.segs, &n.segs, all));
+        }
+        drop(all);
+        // Streams no zlib setting makes are encoded from their token structure, diffed
+        // against the structure of the source's streams.
+        let missing: Vec<bool> = params.iter().map(Option::is_none).collect();
+        let (mut ns, os) = rayon::join(
+            || inflate::structures(new, &fnew, Some(&missing)),
+            || inflate::structures(source, &fo, None),
+        );
+        let m: Vec<_> = params
+            .iter()
+            .zip(ns.iter_mut())
+            .map(|(p, s)| match p {
+                Some(p) => Some(Method::Zlib(*p)),
+                None => s.take().map(Method::Tokens),
+            })
+            .collect();
+        let tokens = m.iter().any(|m| matches!(m, Some(Method::Tokens(_))));
+        if !tokens && params.iter().all(Option::is_none) {
             return None;
         }
-        let d = if n.inflated == fnew.len() {
-            all
+        let o = if tokens {
+            inflate::expand_old(source, &fo, Some(&os))
         } else {
-            self.file_delta(&Ctx::quiet(), &o.bytes, &n.bytes).0
+            o
         };
-        let mut ctrl = Vec::new();
-        put_old(&mut ctrl, &o.segs);
-        put_new(&mut ctrl, &n.segs);
-        ctrl.extend_from_slice(&d.ctrl);
-        Some(Solid { ctrl, ..d })
+        let n = inflate::expand_new_with(new, &fnew, &m);
+        drop(m);
+        let d = self.file_delta(&Ctx::quiet(), &o.bytes, &n.bytes).0;
+        Some(recipe_delta(&o.segs, &n.segs, d))
     }
-
     /// Scan `new` against `source` in parallel chunks and join the chunks' controls into one
     /// control list for the file (see [`join_controls`]).
     fn file_delta(&self, ctx: &Ctx<'_>, source: &[u8], new: &[u8]) -> (Solid, Vec<Control>) {
@@ -1282,6 +1303,15 @@ impl<'a> Ctx<'a> {
             p(d.min(self.total), self.total);
         }
     }
+}
+
+/// A transform-2 delta: both recipes first in the controls, then the delta's own.
+fn recipe_delta(old: &[crate::format::OldSeg], new: &[crate::format::NewSeg], d: Solid) -> Solid {
+    let mut ctrl = Vec::new();
+    put_old(&mut ctrl, old);
+    put_new(&mut ctrl, new);
+    ctrl.extend_from_slice(&d.ctrl);
+    Solid { ctrl, ..d }
 }
 
 #[cfg(test)]

@@ -22,14 +22,15 @@ pub const TRANSFORM_INFLATE: u8 = 2;
 pub const MAX_SEGMENTS: usize = 1 << 14;
 
 /// Bytes of memory one held target segment takes.
-pub const INFLATE_RECIPE_BYTES: u64 = 24;
+pub const INFLATE_RECIPE_BYTES: u64 = 32;
 
 /// Largest ratio of plain to compressed bytes deflate can reach is 1032:1 (a 258-byte match
 /// per 2 bits, and the block overhead): a source segment that claims more is corrupt.
 pub const MAX_RATIO: u64 = 1032;
 
 /// Heap the applier sets aside with header flag [`super::FLAG_INFLATE`]: one held target
-/// recipe, one inflater, one deflater with its input piece and output buffer.
+/// recipe, one inflater, one deflater with its input piece and output buffer (or, instead of
+/// the deflater, a token encoder with its buffers, which takes less).
 pub const INFLATE_MEMORY_TOTAL: u64 = MAX_SEGMENTS as u64 * INFLATE_RECIPE_BYTES
     + INFLATE_MEMORY
     + DEFLATE_MEMORY
@@ -48,6 +49,17 @@ pub enum OldSeg {
         /// Plain bytes.
         plain: u64,
     },
+    /// A raw deflate stream of `comp` bytes whose token structure (section 4.3.1) takes
+    /// `structure` bytes and which inflates to `plain` bytes: expanded as its structure, then
+    /// its plain bytes (minor 5).
+    Tokens {
+        /// Compressed bytes.
+        comp: u64,
+        /// Plain bytes.
+        plain: u64,
+        /// Structure bytes.
+        structure: u64,
+    },
 }
 
 /// A piece of the target, made from its expanded form.
@@ -64,7 +76,22 @@ pub enum NewSeg {
         /// zlib parameters.
         params: DeflateParams,
     },
+    /// `structure` expanded bytes, the token structure of a deflate stream (section 4.3.1),
+    /// then `plain` expanded bytes: encoded together into exactly `comp` bytes (minor 5).
+    Tokens {
+        /// Structure bytes taken from the expanded form.
+        structure: u64,
+        /// Plain bytes taken from the expanded form.
+        plain: u64,
+        /// Compressed bytes written.
+        comp: u64,
+    },
 }
+
+/// Most structure bytes per compressed byte: a structure item is at most 14 bytes and codes
+/// at least one bit; a stored block's 3 structure bytes stand for at least 5 compressed ones,
+/// and a dynamic header's symbols take at least one bit each.
+pub const MAX_STRUCTURE_RATIO: u64 = 8 * 14;
 
 const C: &str = "control stream";
 
@@ -86,6 +113,22 @@ fn nonzero(v: u64, what: &str) -> Result<u64> {
     Ok(v)
 }
 
+/// Refuse a token segment whose plain or structure length no `comp`-byte stream has.
+fn bounds(comp: u64, plain: u64, structure: u64) -> Result<()> {
+    if plain > comp.saturating_mul(MAX_RATIO)
+        || structure > comp.saturating_mul(MAX_STRUCTURE_RATIO)
+    {
+        return Err(Error::corrupt(
+            C,
+            format!(
+                "a {comp}-byte deflate stream said to hold {plain} plain and {structure} \
+                 structure bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Read one source segment (the caller reads the count with [`read_old_count`]).
 pub fn read_old_seg(next: &mut impl FnMut() -> Result<u64>) -> Result<OldSeg> {
     match next()? {
@@ -100,6 +143,17 @@ pub fn read_old_seg(next: &mut impl FnMut() -> Result<u64>) -> Result<OldSeg> {
                 ));
             }
             Ok(OldSeg::Deflate { comp, plain })
+        }
+        2 => {
+            let comp = nonzero(next()?, "token")?;
+            let plain = next()?;
+            let structure = next()?;
+            bounds(comp, plain, structure)?;
+            Ok(OldSeg::Tokens {
+                comp,
+                plain,
+                structure,
+            })
         }
         k => Err(Error::Unsupported {
             what: "source segment kind",
@@ -169,6 +223,17 @@ impl NewRecipe {
                         params,
                     }
                 }
+                2 => {
+                    let structure = next()?;
+                    let plain = next()?;
+                    let comp = nonzero(next()?, "token")?;
+                    bounds(comp, plain, structure)?;
+                    NewSeg::Tokens {
+                        structure,
+                        plain,
+                        comp,
+                    }
+                }
                 k => {
                     return Err(Error::Unsupported {
                         what: "target segment kind",
@@ -179,6 +244,11 @@ impl NewRecipe {
             let (e, m) = match seg {
                 NewSeg::Raw(n) => (n, n),
                 NewSeg::Deflate { plain, comp, .. } => (plain, comp),
+                NewSeg::Tokens {
+                    structure,
+                    plain,
+                    comp,
+                } => (structure.checked_add(plain).ok_or_else(over)?, comp),
             };
             expanded = expanded.checked_add(e).ok_or_else(over)?;
             made = made.checked_add(m).ok_or_else(over)?;
@@ -213,6 +283,15 @@ pub fn put_old(out: &mut Vec<u8>, segs: &[OldSeg]) {
                 put_varint(out, comp);
                 put_varint(out, plain);
             }
+            OldSeg::Tokens {
+                comp,
+                plain,
+                structure,
+            } => {
+                for v in [2, comp, plain, structure] {
+                    put_varint(out, v);
+                }
+            }
         }
     }
 }
@@ -244,6 +323,15 @@ pub fn put_new(out: &mut Vec<u8>, segs: &[NewSeg]) {
                     put_varint(out, v.into());
                 }
             }
+            NewSeg::Tokens {
+                structure,
+                plain,
+                comp,
+            } => {
+                for v in [2, structure, plain, comp] {
+                    put_varint(out, v);
+                }
+            }
         }
     }
 }
@@ -267,6 +355,11 @@ mod tests {
                 plain: 5000,
             },
             OldSeg::Raw(8),
+            OldSeg::Tokens {
+                comp: 50,
+                plain: 900,
+                structure: 300,
+            },
         ];
         let mut b = Vec::new();
         put_old(&mut b, &old);
@@ -283,22 +376,31 @@ mod tests {
                 params: DeflateParams::DEFAULT,
             },
             NewSeg::Raw(8),
+            NewSeg::Tokens {
+                structure: 300,
+                plain: 900,
+                comp: 50,
+            },
         ];
         let mut b = Vec::new();
         put_new(&mut b, &new);
-        let r = NewRecipe::read(&mut reader(&b), 138).unwrap();
-        assert_eq!((r.segs, r.expanded, r.size), (new.clone(), 6018, 138));
-        assert!(NewRecipe::read(&mut reader(&b), 139).is_err());
+        let r = NewRecipe::read(&mut reader(&b), 188).unwrap();
+        assert_eq!((r.segs, r.expanded, r.size), (new.clone(), 7218, 188));
+        assert!(NewRecipe::read(&mut reader(&b), 189).is_err());
+        assert!(std::mem::size_of::<NewSeg>() as u64 <= INFLATE_RECIPE_BYTES);
     }
 
     #[test]
     fn bad_recipes_are_refused() {
-        let bad_old: [&[u64]; 5] = [
+        let bad_old: [&[u64]; 8] = [
             &[0],
             &[(MAX_SEGMENTS + 1) as u64],
             &[1, 0, 0],
             &[1, 1, 0, 5],
             &[1, 1, 10, 10 * MAX_RATIO + 1],
+            &[1, 2, 0, 5, 5],
+            &[1, 2, 10, 10 * MAX_RATIO + 1, 5],
+            &[1, 2, 10, 5, 10 * MAX_STRUCTURE_RATIO + 1],
         ];
         for v in bad_old {
             let mut b = Vec::new();
@@ -309,7 +411,9 @@ mod tests {
             let r = read_old_count(&mut next).and_then(|_| read_old_seg(&mut next));
             assert!(r.is_err(), "{v:?}");
         }
-        let bad_new: [&[u64]; 6] = [
+        let bad_new: [&[u64]; 8] = [
+            &[1, 2, 5, 5, 0],
+            &[1, 2, 10 * MAX_STRUCTURE_RATIO + 1, 5, 10],
             &[1, 0, 0],
             &[1, 2, 5],
             &[1, 1, 10, 0, 6, 15, 8, 0],

@@ -77,13 +77,19 @@ pub use relative::{listing_digest, ListEntry, ListKind, RelativePrefix, Relative
 pub use tags::{listing_tag, BaseTags};
 pub use varint::{put_svarint, put_varint, varint_len, Reader};
 
+/// The token structure of deflate streams (FORMAT.md section 4.3.1): the parser, the encoder
+/// and their errors, for tools and fuzz targets that check one against the other.
+pub mod tokens {
+    pub use crate::codec::tokens::{parse, Encoder, Fault, Parsed, ENCODER_MEMORY};
+}
+
 /// The four bytes every patch starts with.
 pub const MAGIC: [u8; 4] = *b"BDLT";
 /// Major format version written by this build. A reader refuses any other major version.
 pub const VERSION_MAJOR: u8 = 2;
 /// Minor format version written by this build. Readers accept any minor of their major:
 /// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
-pub const VERSION_MINOR: u8 = 4;
+pub const VERSION_MINOR: u8 = 5;
 /// Smallest possible header (every varint one byte).
 pub const MIN_HEADER_LEN: usize = 17;
 /// Largest possible header: magic, versions, a 5-byte flags varint, window log, codecs and six
