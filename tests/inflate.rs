@@ -174,6 +174,56 @@ fn streams_no_zlib_setting_makes_are_rebuilt_from_their_tokens() {
     );
 }
 
+/// Raw deflate by zlib at `level` with a sync flush every `every` input bytes (as streaming
+/// writers and some gzip tools make: an empty stored block after each flush). No parameter
+/// search reproduces it; its blocks' code tables are zlib's, so the token structure stores
+/// them predicted.
+fn zlib_with_flushes(plain: &[u8], level: u32, every: usize) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(level), false);
+    let mut out = Vec::with_capacity(plain.len() + 1024);
+    for (k, piece) in plain.chunks(every).enumerate() {
+        let last = (k + 1) * every >= plain.len();
+        let flush = if last {
+            flate2::FlushCompress::Finish
+        } else {
+            flate2::FlushCompress::Sync
+        };
+        let start = c.total_in() as usize;
+        loop {
+            out.reserve(64 << 10);
+            let done = c.total_in() as usize - start;
+            let st = c.compress_vec(&piece[done..], &mut out, flush).unwrap();
+            if st == flate2::Status::StreamEnd
+                || (!last
+                    && c.total_in() as usize - start == piece.len()
+                    && out.capacity() > out.len())
+            {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn zlib_streams_with_flushes_are_rebuilt_with_predicted_tables() {
+    let (a, b) = pair(31, 400_000, 6);
+    let g = |t: &[u8]| {
+        let mut z = vec![0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3];
+        z.extend_from_slice(&zlib_with_flushes(t, 6, 50_000));
+        z.extend_from_slice(&[0; 8]);
+        z
+    };
+    let (old, new) = (g(&a), g(&b));
+    assert_eq!(
+        miniz_oxide::inflate::decompress_to_vec(&new[10..new.len() - 8]).unwrap(),
+        b
+    );
+    let patch = roundtrip(&old, &new);
+    assert_eq!(transforms(&old, &patch), [TRANSFORM_INFLATE]);
+    shrinks_and_oracle_agrees(&old, &new, &patch, 10, "zlib with sync flushes");
+}
+
 #[test]
 fn not_taken_when_it_does_not_pay_or_does_not_apply() {
     let (a, b) = pair(15, 80_000, 4);

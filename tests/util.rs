@@ -713,6 +713,10 @@ pub fn write_case(old: &Tree, new: &Tree, bits: Option<u8>) -> (tempfile::TempDi
 pub mod naive_tokens {
     use std::collections::HashMap;
 
+    use bundelta::format::tokens::{
+        zlib_header, D_CODES, L_CODES, MAX_PREDICTED_ITEMS, MAX_PREDICTED_LITERALS,
+    };
+
     const LB: [u32; 29] = [
         3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
         131, 163, 195, 227, 258,
@@ -798,6 +802,7 @@ pub mod naive_tokens {
     pub fn parse(b: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let mut r = In { b, pos: 0 };
         let (mut s, mut p) = (Vec::new(), Vec::new());
+        let mut dynamic = None;
         loop {
             let fin = r.bit();
             let ty = r.bits(2);
@@ -818,6 +823,8 @@ pub mod naive_tokens {
                 }
                 1 => fixed(),
                 _ => {
+                    let head_at = s.len() - 1;
+                    let header_from = s.len();
                     let (hl, hd, hc) = (r.bits(5), r.bits(5), r.bits(4));
                     s.extend_from_slice(&[hl as u8, hd as u8, hc as u8]);
                     let mut cl = vec![0u32; 19];
@@ -852,23 +859,32 @@ pub mod naive_tokens {
                         }
                     }
                     let d = lens.split_off(hl as usize + 257);
+                    dynamic = Some((head_at, header_from, s.len()));
                     (lens, d)
                 }
             };
             let (lr, dr) = (rev(&ll), rev(&dl));
             let mut run = 0u64;
+            let mut lit = [0u32; L_CODES];
+            let mut dis = [0u32; D_CODES];
+            let mut literals = 0u64;
             loop {
                 let sym = r.sym(&lr);
                 if sym < 256 {
                     p.push(sym as u8);
                     run += 1;
+                    lit[sym] += 1;
+                    literals += 1;
                 } else if sym == 256 {
                     varint(&mut s, run * 2 + 1);
+                    lit[256] = 1;
                     break;
                 } else {
                     let len = LB[sym - 257] + r.bits(LX[sym - 257]);
                     let dc = r.sym(&dr);
                     let dist = DB[dc] + r.bits(DX[dc]);
+                    lit[sym] += 1;
+                    dis[dc] += 1;
                     varint(&mut s, run * 2);
                     s.push((len - 3) as u8);
                     varint(&mut s, u64::from(dist) - 1);
@@ -876,6 +892,17 @@ pub mod naive_tokens {
                     for _ in 0..len {
                         p.push(p[p.len() - dist as usize]);
                     }
+                }
+            }
+            // A dynamic block whose header is zlib's for its counts is stored without it
+            // (section 4.3.1), when its items and literals are within the encoder's bounds.
+            if let Some((head_at, from, to)) = dynamic.take() {
+                if s.len() - to <= MAX_PREDICTED_ITEMS
+                    && literals <= MAX_PREDICTED_LITERALS
+                    && zlib_header(&lit, &dis).as_deref() == Some(&s[from..to])
+                {
+                    s.drain(from..to);
+                    s[head_at] |= 6;
                 }
             }
             if fin == 1 {
@@ -905,17 +932,31 @@ pub mod naive_tokens {
         }
     }
 
+    fn read_varint(s: &[u8], mut i: usize) -> (u64, usize) {
+        let (mut v, mut sh) = (0u64, 0);
+        loop {
+            let b = s[i];
+            i += 1;
+            v |= u64::from(b & 0x7F) << sh;
+            sh += 7;
+            if b & 0x80 == 0 {
+                return (v, i);
+            }
+        }
+    }
+
     /// The stream a structure and its plain bytes make.
     pub fn encode(s: &[u8], p: &[u8]) -> Vec<u8> {
         let mut o = Out { bits: Vec::new() };
-        let (mut i, mut at) = (0usize, 0usize);
-        let mut next = || {
-            i += 1;
-            s[i - 1]
+        let i = std::cell::Cell::new(0usize);
+        let mut at = 0usize;
+        let next = || {
+            i.set(i.get() + 1);
+            s[i.get() - 1]
         };
         loop {
             let h = next();
-            o.put(u32::from(h), 3);
+            o.put(u32::from(h.min(h & 1 | 4)), 3);
             let (ll, dl) = match h >> 1 {
                 0 => {
                     let k = (8 - o.bits.len() % 8) % 8;
@@ -933,7 +974,43 @@ pub mod naive_tokens {
                     continue;
                 }
                 1 => fixed(),
-                _ => {
+                t => {
+                    // A predicted block (3): its header is zlib's for the counts of its
+                    // items, which follow, and of its literals, the next plain bytes.
+                    let predicted: Vec<u8> = if t == 3 {
+                        let (mut lit, mut dis) = ([0u32; L_CODES], [0u32; D_CODES]);
+                        lit[256] = 1;
+                        let (mut j, mut q) = (i.get(), at);
+                        loop {
+                            let (v, k) = read_varint(s, j);
+                            j = k;
+                            for &b in &p[q..q + (v / 2) as usize] {
+                                lit[usize::from(b)] += 1;
+                            }
+                            q += (v / 2) as usize;
+                            if v & 1 == 1 {
+                                break;
+                            }
+                            let len = u32::from(s[j]) + 3;
+                            let (d, k) = read_varint(s, j + 1);
+                            j = k;
+                            lit[257 + (0..29).rev().find(|&c| LB[c] <= len).unwrap()] += 1;
+                            dis[(0..30).rev().find(|&c| DB[c] <= d as u32 + 1).unwrap()] += 1;
+                            q += len as usize;
+                        }
+                        zlib_header(&lit, &dis).expect("zlib sends this header")
+                    } else {
+                        Vec::new()
+                    };
+                    let mut hp = 0usize;
+                    let mut next = || {
+                        if t == 3 {
+                            hp += 1;
+                            predicted[hp - 1]
+                        } else {
+                            next()
+                        }
+                    };
                     let (hl, hd, hc) = (next(), next(), next());
                     o.put(hl.into(), 5);
                     o.put(hd.into(), 5);
@@ -1019,7 +1096,11 @@ pub mod naive_tokens {
         }
         let k = (8 - o.bits.len() % 8) % 8;
         o.put(u32::from(next()), k as u32);
-        assert_eq!((i, at), (s.len(), p.len()), "structure and plain used up");
+        assert_eq!(
+            (i.get(), at),
+            (s.len(), p.len()),
+            "structure and plain used up"
+        );
         o.bits
             .chunks(8)
             .map(|c| c.iter().enumerate().map(|(i, &b)| (b << i) as u8).sum())

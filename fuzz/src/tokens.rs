@@ -45,7 +45,11 @@ pub fn run(data: &[u8]) {
         let c = &tail[..comp as usize];
         let p = miniz_oxide::inflate::decompress_to_vec(c).expect("a parsed stream inflates");
         assert_eq!(p.len() as u64, plain);
-        assert_eq!(encode(&s, &p).as_deref(), Some(c), "the stream is made again exactly");
+        assert_eq!(
+            encode(&s, &p).as_deref(),
+            Some(c),
+            "the stream is made again exactly"
+        );
     }
     let cut = split.min(tail.len());
     let (s, p) = tail.split_at(cut);

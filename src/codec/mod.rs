@@ -7,4 +7,5 @@ pub(crate) mod decode;
 #[cfg(feature = "diff")]
 pub(crate) mod encode;
 pub(crate) mod tokens;
+pub(crate) mod trees;
 pub(crate) mod zlib;

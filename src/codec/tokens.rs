@@ -18,15 +18,19 @@
 //! structure and the plain bytes (the applier runs it on the *target*: its structure comes
 //! from the patch, so every value is checked, and the file it makes is checked by its digest
 //! before it is used). Neither needs the plain bytes of a match: the encoder holds only the
-//! code tables (about 1 KiB) and its buffers, the parser its bit reader.
+//! code tables (about 1 KiB) and its buffers (and, for a predicted block, its items and
+//! literals until the header can be sent), the parser its bit reader and one block's
+//! structure.
 //!
 //! The structure of one stream, in the order of its blocks (all varints unsigned LEB128):
 //!
 //! ```text
-//! block   = head:u8 (BFINAL | BTYPE << 1; BTYPE 0, 1 or 2) body
+//! block   = head:u8 (BFINAL | BTYPE << 1; BTYPE 0, 1, 2, or 3: dynamic, header predicted)
+//!           body
 //! stored  : pad:u8 (the bits up to the next byte boundary, as a number) len:u16le
 //!           (len plain bytes follow in the plain part)
 //! fixed   : items
+//! predicted: items (the header is zlib's for the block's counts: see super::trees)
 //! dynamic : hlit:u8 (0..=29) hdist:u8 (0..=29) hclen:u8 (0..=15)
 //!           (hclen + 4) code-length-code lengths:u8 (0..=7)
 //!           code-length symbols:u8 (0..=18), each 16, 17, 18 followed by its extra bits:u8
@@ -238,6 +242,18 @@ pub struct Parsed {
 /// Structure bytes are handed on in pieces of about this size.
 const PIECE: usize = 16 << 10;
 
+/// Most structure bytes of a predicted block's items (the encoder holds them while it counts
+/// the block's symbols): 192 KiB, over 39,000 items at most 5 bytes each; a zlib block has at
+/// most 32,767 symbols.
+pub const MAX_PREDICTED_ITEMS: usize = 192 << 10;
+
+/// Most literals of a predicted block (the encoder holds them until the header is sent).
+pub const MAX_PREDICTED_LITERALS: u64 = 64 << 10;
+
+/// The parser holds a block's structure until the block ends (to store it without its header
+/// when that header is predicted), unless it passes this many bytes.
+const HOLD: usize = MAX_PREDICTED_ITEMS + (4 << 10);
+
 /// Read the raw deflate stream at the start of `input` (at most `max_comp` bytes of it, and
 /// at most `max_plain` plain bytes), passing its structure to `out` in pieces. The stream must
 /// be one that [`Encoder`] makes again exactly: a length of 258 coded as 227 + 31 and a
@@ -263,7 +279,7 @@ pub fn parse(
     let mut structure = 0u64;
     let mut plain = 0u64;
     let mut flush = |s: &mut Vec<u8>, all: bool| -> R<()> {
-        if s.len() >= PIECE || (all && !s.is_empty()) {
+        if s.len() >= if all { 1 } else { PIECE } {
             out(s).map_err(Fault::Io)?;
             structure += s.len() as u64;
             s.clear();
@@ -275,6 +291,9 @@ pub fn parse(
     loop {
         let fin = b.bits(1)?;
         let ty = b.bits(2)?;
+        // Blocks start with the buffer empty (it is flushed at every block's end, and within a
+        // block only past HOLD bytes).
+        flush(&mut s, true)?;
         s.push((fin | ty << 1) as u8);
         match ty {
             0 => {
@@ -293,10 +312,12 @@ pub fn parse(
                 plain += u64::from(len);
             }
             1 => {
+                let mut counts = Counts::new();
                 items(
                     &mut b,
                     &mut s,
                     &mut flush,
+                    &mut counts,
                     &fixed[..288],
                     &fixed[288..],
                     &mut plain,
@@ -309,6 +330,7 @@ pub fn parse(
                 if hlit > 29 || hdist > 29 {
                     return bad("too many length or distance codes");
                 }
+                let header_from = s.len();
                 s.extend_from_slice(&[hlit as u8, hdist as u8, hclen as u8]);
                 let mut cl = [0u8; 19];
                 for &i in &CL_ORDER[..hclen as usize + 4] {
@@ -357,14 +379,25 @@ pub fn parse(
                 let (ll, dl) = (&lens[..nlit], &lens[nlit..total]);
                 check_lengths(ll, false)?;
                 check_lengths(dl, false)?;
-                items(&mut b, &mut s, &mut flush, ll, dl, &mut plain)?;
+                let header_to = s.len();
+                let mut counts = Counts::new();
+                items(&mut b, &mut s, &mut flush, &mut counts, ll, dl, &mut plain)?;
+                // The block is still whole in the buffer (the head at 0) unless it was flushed.
+                if !counts.flushed
+                    && s.len() - header_to <= MAX_PREDICTED_ITEMS
+                    && counts.literals <= MAX_PREDICTED_LITERALS
+                    && super::trees::zlib_header(&counts.lit, &counts.dist).as_deref()
+                        == Some(&s[header_from..header_to])
+                {
+                    s.drain(header_from..header_to);
+                    s[0] = (fin | 3 << 1) as u8;
+                }
             }
             _ => return bad("a block of the reserved type 3"),
         }
         if plain > max_plain {
             return bad(format!("inflates past {max_plain} bytes"));
         }
-        flush(&mut s, false)?;
         if fin == 1 {
             break;
         }
@@ -379,11 +412,32 @@ pub fn parse(
     })
 }
 
+/// A block's symbol counts (as zlib's `trees.c` counts them: the end code once), its
+/// literals, and whether its structure was flushed before its end.
+struct Counts {
+    lit: [u32; super::trees::L_CODES],
+    dist: [u32; super::trees::D_CODES],
+    literals: u64,
+    flushed: bool,
+}
+
+impl Counts {
+    fn new() -> Counts {
+        Counts {
+            lit: [0; super::trees::L_CODES],
+            dist: [0; super::trees::D_CODES],
+            literals: 0,
+            flushed: false,
+        }
+    }
+}
+
 /// The items of one fixed or dynamic block, through its end code.
 fn items(
     b: &mut Bits<'_>,
     s: &mut Vec<u8>,
     flush: &mut dyn FnMut(&mut Vec<u8>, bool) -> R<()>,
+    counts: &mut Counts,
     ll: &[u8],
     dl: &[u8],
     plain: &mut u64,
@@ -396,10 +450,13 @@ fn items(
         if sym < 256 {
             run += 1;
             *plain += 1;
+            counts.lit[sym] = counts.lit[sym].saturating_add(1);
+            counts.literals += 1;
             continue;
         }
         if sym == 256 {
             put_varint(s, run << 1 | 1);
+            counts.lit[256] = 1;
             return Ok(());
         }
         let c = sym - 257;
@@ -419,12 +476,17 @@ fn items(
         if dist > *plain {
             return bad("a distance too far back");
         }
+        counts.lit[sym] = counts.lit[sym].saturating_add(1);
+        counts.dist[d] = counts.dist[d].saturating_add(1);
         put_varint(s, run << 1);
         s.push((len - 3) as u8);
         put_varint(s, dist - 1);
         run = 0;
         *plain += u64::from(len);
-        flush(s, false)?;
+        if s.len() >= HOLD {
+            flush(s, true)?;
+            counts.flushed = true;
+        }
     }
 }
 
@@ -477,6 +539,13 @@ enum State {
     Item,
     Lits(u64, Then),
     Skip(u16),
+    /// A predicted block's plain bytes are being taken: its items (held in `blk`) from offset
+    /// `at`, literals still to take in the current one, and what follows them.
+    Gather(usize, u64, Then),
+    /// ... the bytes of a match still to skip, before the item at `at`.
+    GSkip(usize, u16),
+    /// ... the item at `at` is next.
+    GLoad(usize),
     Done,
 }
 
@@ -496,11 +565,22 @@ pub struct Encoder<S: Read> {
     buf: Vec<u8>,
     /// Compressed bytes made.
     made: u64,
+    /// A predicted block: its items, its literals, its symbol counts.
+    blk: Vec<u8>,
+    lits: Vec<u8>,
+    lit_count: Box<[u32; super::trees::L_CODES]>,
+    dist_count: Box<[u32; super::trees::D_CODES]>,
 }
 
-/// Heap of one [`Encoder`]: its code tables and output buffer (the structure reader's buffer
-/// is the caller's).
-pub const ENCODER_MEMORY: u64 = 2 * 1024 + (32 << 10) + 64;
+/// Heap of one [`Encoder`]: its code tables, output buffer, and a predicted block's items,
+/// literals and symbol counts (the structure reader's buffer is the caller's).
+pub const ENCODER_MEMORY: u64 = 2 * 1024
+    + (32 << 10)
+    + MAX_PREDICTED_ITEMS as u64
+    + 16
+    + MAX_PREDICTED_LITERALS
+    + 4 * (super::trees::L_CODES + super::trees::D_CODES) as u64
+    + 64;
 
 // A token segment is made in the memory set aside for a zlib deflater and its input piece
 // (never both at once), with 32 KiB for the structure's reader and writer.
@@ -521,7 +601,114 @@ impl<S: Read> Encoder<S> {
             n: 0,
             buf: Vec::with_capacity(32 << 10),
             made: 0,
+            blk: Vec::new(),
+            lits: Vec::new(),
+            lit_count: Box::new([0; super::trees::L_CODES]),
+            dist_count: Box::new([0; super::trees::D_CODES]),
         }
+    }
+
+    /// Read a predicted block's items (through its end item) into `blk`, counting its
+    /// symbols.
+    fn read_block(&mut self) -> R<()> {
+        if self.blk.capacity() == 0 {
+            self.blk.reserve_exact(MAX_PREDICTED_ITEMS + 16);
+            self.lits.reserve_exact(MAX_PREDICTED_LITERALS as usize);
+        }
+        self.blk.clear();
+        self.lits.clear();
+        self.lit_count.fill(0);
+        self.dist_count.fill(0);
+        self.lit_count[256] = 1;
+        let mut literals = 0u64;
+        loop {
+            let v = self.varint()?;
+            crate::format::put_varint(&mut self.blk, v);
+            literals = literals.saturating_add(v >> 1);
+            if literals > MAX_PREDICTED_LITERALS {
+                return bad("a predicted block of too many literals");
+            }
+            if v & 1 == 1 {
+                return Ok(());
+            }
+            let len = self.byte()?;
+            let d = self.varint()?;
+            if d >= 32768 {
+                return bad(format!("a distance above 32768 ({d} + 1)"));
+            }
+            self.blk.push(len);
+            crate::format::put_varint(&mut self.blk, d);
+            if self.blk.len() > MAX_PREDICTED_ITEMS {
+                return bad("a predicted block of too many items");
+            }
+            self.lit_count[257 + len_code(u16::from(len) + 3)] += 1;
+            self.dist_count[dist_code(d as u16 + 1)] += 1;
+        }
+    }
+
+    /// The item of `blk` at `at`: where the next starts, its literals, what follows them.
+    fn item_at(&self, at: usize) -> (usize, u64, Then) {
+        let b = &self.blk;
+        let varint = |mut i: usize| {
+            let (mut v, mut sh) = (0u64, 0);
+            loop {
+                let x = b[i];
+                i += 1;
+                v |= u64::from(x & 0x7F) << sh;
+                sh += 7;
+                if x & 0x80 == 0 {
+                    return (v, i);
+                }
+            }
+        };
+        // `blk` holds only items read_block wrote: whole, canonical, in range.
+        let (v, i) = varint(at);
+        if v & 1 == 1 {
+            return (i, v >> 1, Then::End);
+        }
+        let len = u16::from(b[i]) + 3;
+        let (d, j) = varint(i + 1);
+        (j, v >> 1, Then::Match(len, d as u16 + 1))
+    }
+
+    /// Every plain byte of the predicted block is in: send its header, as zlib's trees.c
+    /// makes it from the block's counts, then its symbols.
+    fn send_predicted(&mut self, out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> R<()> {
+        let Some(h) = super::trees::zlib_header(&self.lit_count, &self.dist_count) else {
+            return bad("a predicted block whose header zlib cannot send");
+        };
+        self.dynamic(Some(&h), out)?;
+        let (mut at, mut li) = (0usize, 0usize);
+        loop {
+            let (next, run, then) = self.item_at(at);
+            at = next;
+            for k in li..li + run as usize {
+                let b = self.lits[k];
+                self.sym(Table::Lit, b.into(), out)?;
+            }
+            li += run as usize;
+            match then {
+                Then::End => {
+                    self.sym(Table::Lit, 256, out)?;
+                    return self.end_block(out);
+                }
+                Then::Match(len, dist) => self.send_match(len, dist, out)?,
+            }
+        }
+    }
+
+    fn send_match(
+        &mut self,
+        len: u16,
+        dist: u16,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> R<()> {
+        let c = len_code(len);
+        self.sym(Table::Lit, 257 + c, out)?;
+        self.put((len - LEN_BASE[c]).into(), LEN_EXTRA[c].into(), out)?;
+        let d = dist_code(dist);
+        self.sym(Table::Dist, d, out)?;
+        self.put((dist - DIST_BASE[d]).into(), DIST_EXTRA[d].into(), out)
     }
 
     fn byte(&mut self) -> R<u8> {
@@ -607,10 +794,27 @@ impl<S: Read> Encoder<S> {
         self.put(v.into(), k, out)
     }
 
-    fn dynamic(&mut self, out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> R<()> {
-        let hlit = self.byte()?;
-        let hdist = self.byte()?;
-        let hclen = self.byte()?;
+    /// A dynamic block's header, from the structure or (predicted) from `hdr`.
+    fn dynamic(
+        &mut self,
+        hdr: Option<&[u8]>,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> R<()> {
+        let mut i = 0usize;
+        let mut next = |e: &mut Self| -> R<u8> {
+            match hdr {
+                None => e.byte(),
+                Some(h) => {
+                    i += 1;
+                    h.get(i - 1)
+                        .copied()
+                        .map_or_else(|| bad("a predicted header ends early"), Ok)
+                }
+            }
+        };
+        let hlit = next(self)?;
+        let hdist = next(self)?;
+        let hclen = next(self)?;
         if hlit > 29 || hdist > 29 || hclen > 15 {
             return bad("a dynamic block header out of range");
         }
@@ -619,7 +823,7 @@ impl<S: Read> Encoder<S> {
         self.put(hclen.into(), 4, out)?;
         let mut cl = [0u8; 19];
         for &i in &CL_ORDER[..hclen as usize + 4] {
-            let l = self.byte()?;
+            let l = next(self)?;
             if l > 7 {
                 return bad("a code-length code length above 7");
             }
@@ -633,7 +837,7 @@ impl<S: Read> Encoder<S> {
         let mut lens = [0u8; 320];
         let mut n = 0;
         while n < total {
-            let sym = self.byte()? as usize;
+            let sym = next(self)? as usize;
             if sym > 18 || ce.len[sym] == 0 {
                 return bad("a code-length symbol without a code");
             }
@@ -646,7 +850,7 @@ impl<S: Read> Encoder<S> {
                         17 => (3, 3),
                         _ => (7, 11),
                     };
-                    let x = self.byte()?;
+                    let x = next(self)?;
                     if u32::from(x) >> k != 0 {
                         return bad("a repeat count out of range");
                     }
@@ -691,11 +895,12 @@ impl<S: Read> Encoder<S> {
                 State::Head => {
                     let h = self.byte()?;
                     let ty = h >> 1;
-                    if h > 5 {
+                    if h > 7 {
                         return bad(format!("a block head of {h}"));
                     }
                     self.fin = h & 1 == 1;
-                    self.put(h.into(), 3, out)?;
+                    // A predicted block (BTYPE 3 in the structure) is a dynamic one.
+                    self.put(u32::from(h.min(h & 1 | 4)), 3, out)?;
                     match ty {
                         0 => {
                             self.pad(out)?;
@@ -710,11 +915,42 @@ impl<S: Read> Encoder<S> {
                             *self.dist = Encode::new(&f[288..]);
                             self.state = State::Item;
                         }
-                        _ => {
-                            self.dynamic(out)?;
+                        2 => {
+                            self.dynamic(None, out)?;
                             self.state = State::Item;
                         }
+                        _ => {
+                            self.read_block()?;
+                            self.state = State::GLoad(0);
+                        }
                     }
+                }
+                State::GLoad(at) => {
+                    let (next, run, then) = self.item_at(at);
+                    self.state = State::Gather(next, run, then);
+                }
+                State::Gather(_, 0, Then::End) => self.send_predicted(out)?,
+                State::Gather(at, 0, Then::Match(len, _)) => self.state = State::GSkip(at, len),
+                State::Gather(at, run, then) => {
+                    if p.is_empty() {
+                        return Ok(());
+                    }
+                    let k = (run.min(p.len() as u64)) as usize;
+                    for &b in &p[..k] {
+                        self.lit_count[usize::from(b)] += 1;
+                    }
+                    self.lits.extend_from_slice(&p[..k]);
+                    p = &p[k..];
+                    self.state = State::Gather(at, run - k as u64, then);
+                }
+                State::GSkip(at, 0) => self.state = State::GLoad(at),
+                State::GSkip(at, left) => {
+                    if p.is_empty() {
+                        return Ok(());
+                    }
+                    let k = usize::from(left).min(p.len());
+                    p = &p[k..];
+                    self.state = State::GSkip(at, left - k as u16);
                 }
                 State::Stored(0) => self.end_block(out)?,
                 State::Stored(left) => {
@@ -749,12 +985,7 @@ impl<S: Read> Encoder<S> {
                     self.end_block(out)?;
                 }
                 State::Lits(0, Then::Match(len, dist)) => {
-                    let c = len_code(len);
-                    self.sym(Table::Lit, 257 + c, out)?;
-                    self.put((len - LEN_BASE[c]).into(), LEN_EXTRA[c].into(), out)?;
-                    let d = dist_code(dist);
-                    self.sym(Table::Dist, d, out)?;
-                    self.put((dist - DIST_BASE[d]).into(), DIST_EXTRA[d].into(), out)?;
+                    self.send_match(len, dist, out)?;
                     self.state = State::Skip(len);
                 }
                 State::Lits(n, then) => {
@@ -890,6 +1121,88 @@ mod tests {
         let c = miniz_oxide::deflate::compress_to_vec(b"hello hello hello", 6);
         assert_eq!(structure_of(&c, 100).unwrap().0[0] >> 1, 1);
         round_trip(&c, b"hello hello hello");
+    }
+
+    /// Block kinds of a structure: stored, fixed, dynamic with its header, predicted.
+    fn kinds(s: &[u8]) -> [usize; 4] {
+        let mut k = [0usize; 4];
+        let mut i = 0;
+        let varint = |i: &mut usize| {
+            let mut v = 0u64;
+            let mut sh = 0;
+            loop {
+                let b = s[*i];
+                *i += 1;
+                v |= u64::from(b & 0x7F) << sh;
+                sh += 7;
+                if b & 0x80 == 0 {
+                    return v;
+                }
+            }
+        };
+        loop {
+            let h = s[i];
+            i += 1;
+            k[usize::from(h >> 1)] += 1;
+            match h >> 1 {
+                0 => i += 3,
+                t => {
+                    if t == 2 {
+                        let (hl, hd, hc) = (s[i] as usize, s[i + 1] as usize, s[i + 2] as usize);
+                        i += 3 + hc + 4;
+                        let mut n = 0;
+                        while n < hl + 258 + hd {
+                            let sym = s[i];
+                            i += 1;
+                            n += match sym {
+                                0..=15 => 1,
+                                16 | 17 => 3 + usize::from(s[i]),
+                                _ => 11 + usize::from(s[i]),
+                            };
+                            if sym >= 16 {
+                                i += 1;
+                            }
+                        }
+                    }
+                    loop {
+                        let v = varint(&mut i);
+                        if v & 1 == 1 {
+                            break;
+                        }
+                        i += 1;
+                        varint(&mut i);
+                    }
+                }
+            }
+            if h & 1 == 1 {
+                return k;
+            }
+        }
+    }
+
+    #[test]
+    fn zlib_headers_are_predicted() {
+        // Every dynamic block stock zlib writes, at every level and memory level, is stored
+        // without its header: trees.rs makes the same one from the block's counts.
+        let t = text(400_000, 11);
+        for level in 1..=9 {
+            for mem_level in [1, 8, 9] {
+                let p = crate::codec::zlib::DeflateParams {
+                    level,
+                    mem_level,
+                    ..crate::codec::zlib::DeflateParams::DEFAULT
+                };
+                let c = crate::codec::zlib::deflate(&t, p).unwrap();
+                let s = round_trip(&c, &t);
+                let k = kinds(&s);
+                assert_eq!(k[2], 0, "level {level} mem {mem_level}: {k:?}");
+                assert!(k[3] > 0, "level {level} mem {mem_level}: {k:?}");
+            }
+        }
+        // miniz builds its tables otherwise: its headers are kept.
+        let c = miniz_oxide::deflate::compress_to_vec(&t, 6);
+        let k = kinds(&round_trip(&c, &t));
+        assert!(k[2] > 0, "{k:?}");
     }
 
     #[test]

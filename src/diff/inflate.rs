@@ -64,16 +64,44 @@ fn candidates(hint: Option<u8>) -> Vec<DeflateParams> {
 /// Whether deflating `plain` with `p` gives exactly `comp`, stopping at the first byte that
 /// differs.
 fn reproduces(plain: &[u8], comp: &[u8], p: DeflateParams) -> bool {
+    reproduces_prefix(plain, comp, p, usize::MAX)
+}
+
+/// Whether deflating `plain` with `p` gives `comp`, checked up to `upto` compressed bytes (the
+/// whole stream when it is shorter).
+fn reproduces_prefix(plain: &[u8], comp: &[u8], p: DeflateParams, upto: usize) -> bool {
     let Some(mut d) = Deflater::new(p) else {
         return false;
     };
     let mut at = 0usize;
+    let mut differs = false;
     let mut check = |b: &[u8]| {
-        let ok = comp.get(at..at + b.len()) == Some(b);
+        let k = b.len().min(upto.saturating_sub(at));
+        differs |= comp.get(at..at + k) != Some(&b[..k]);
         at += b.len();
-        ok
+        !differs && at < upto
     };
-    d.push(plain, &mut check) && d.finish(&mut check) && at == comp.len()
+    let whole = d.push(plain, &mut check) && d.finish(&mut check) && at == comp.len();
+    whole || (!differs && at >= upto && comp.len() >= upto)
+}
+
+/// Compressed bytes [`likely_zlib`] checks.
+const PROBE: usize = 64 << 10;
+
+/// Whether the largest stream of `found` starts as some zlib parameter set makes it (its first
+/// 64 KiB of compressed bytes): the cheap guess, before the full search, of whether the file's
+/// streams are zlib's or another encoder's. A wrong guess costs time, never size.
+pub(crate) fn likely_zlib(data: &[u8], found: &[Found]) -> bool {
+    let Some(f) = found
+        .iter()
+        .max_by_key(|f| (f.comp, std::cmp::Reverse(f.off)))
+    else {
+        return false;
+    };
+    let comp = &data[f.off..f.off + f.comp];
+    candidates(f.hint)
+        .into_iter()
+        .any(|p| reproduces_prefix(&f.plain, comp, p, PROBE))
 }
 
 /// The parameters that make `comp` from `plain`: `first` tried first, then, when `all`, every

@@ -1069,33 +1069,54 @@ impl DiffOptions {
         }
         let (fo, fnew) = rayon::join(|| inflate::streams(source), || inflate::streams(new));
         let (fo, fnew) = (fo?, fnew?);
-        // The parameter search (one core per stream) beside the delta to NEW with every
-        // stream inflated, which is NEW's expanded form when zlib reproduces them all (the
-        // common case for zlib-made files); otherwise the delta is made again.
-        // NEW's expanded form is built after the full one is dropped, so that only one is held
-        // at a time.
-        let (params, (o, all)) = rayon::join(
-            || inflate::new_params(new, &fnew),
-            || {
-                let o = inflate::expand_old(source, &fo, None);
-                let full = inflate::expand_old(new, &fnew, None).bytes;
-                let d = self.file_delta(&Ctx::quiet(), &o.bytes, &full).0;
-                (o, d)
-            },
-        );
-        if params.iter().all(Option::is_some) {
-            let m: Vec<_> = params.into_iter().map(|p| p.map(Method::Zlib)).collect();
-            let n = inflate::expand_new_with(new, &fnew, &m);
-            return Some(recipe_delta(&o.segs, &n.segs, all));
-        }
-        drop(all);
+        // When NEW's largest stream starts as zlib makes it, the parameter search (one core per
+        // stream) runs beside the delta to NEW with every stream inflated, which is NEW's
+        // expanded form when zlib reproduces them all (the common case for zlib-made files);
+        // otherwise the delta is made again. NEW's expanded form is built after the full one
+        // is dropped, so that only one is held at a time.
+        let zlib = inflate::likely_zlib(new, &fnew);
+        let (params, mut structures) = if zlib {
+            let (params, (o, all)) = rayon::join(
+                || inflate::new_params(new, &fnew),
+                || {
+                    let o = inflate::expand_old(source, &fo, None);
+                    let full = inflate::expand_old(new, &fnew, None).bytes;
+                    let d = self.file_delta(&Ctx::quiet(), &o.bytes, &full).0;
+                    (o, d)
+                },
+            );
+            if params.iter().all(Option::is_some) {
+                let m: Vec<_> = params.into_iter().map(|p| p.map(Method::Zlib)).collect();
+                let n = inflate::expand_new_with(new, &fnew, &m);
+                return Some(recipe_delta(&o.segs, &n.segs, all));
+            }
+            (params, None)
+        } else {
+            // Another encoder's streams, most likely: the structures (both sides) beside the
+            // parameter search, then one delta.
+            let (params, s) = rayon::join(
+                || inflate::new_params(new, &fnew),
+                || {
+                    rayon::join(
+                        || inflate::structures(new, &fnew, None),
+                        || inflate::structures(source, &fo, None),
+                    )
+                },
+            );
+            (params, Some(s))
+        };
         // Streams no zlib setting makes are encoded from their token structure, diffed
         // against the structure of the source's streams.
-        let missing: Vec<bool> = params.iter().map(Option::is_none).collect();
-        let (mut ns, os) = rayon::join(
-            || inflate::structures(new, &fnew, Some(&missing)),
-            || inflate::structures(source, &fo, None),
-        );
+        let (mut ns, os) = match structures.take() {
+            Some(s) => s,
+            None => {
+                let missing: Vec<bool> = params.iter().map(Option::is_none).collect();
+                rayon::join(
+                    || inflate::structures(new, &fnew, Some(&missing)),
+                    || inflate::structures(source, &fo, None),
+                )
+            }
+        };
         let m: Vec<_> = params
             .iter()
             .zip(ns.iter_mut())
@@ -1108,11 +1129,7 @@ impl DiffOptions {
         if !tokens && params.iter().all(Option::is_none) {
             return None;
         }
-        let o = if tokens {
-            inflate::expand_old(source, &fo, Some(&os))
-        } else {
-            o
-        };
+        let o = inflate::expand_old(source, &fo, tokens.then_some(&os[..]));
         let n = inflate::expand_new_with(new, &fnew, &m);
         drop(m);
         let d = self.file_delta(&Ctx::quiet(), &o.bytes, &n.bytes).0;

@@ -80,7 +80,10 @@ pub use varint::{put_svarint, put_varint, varint_len, Reader};
 /// The token structure of deflate streams (FORMAT.md section 4.3.1): the parser, the encoder
 /// and their errors, for tools and fuzz targets that check one against the other.
 pub mod tokens {
-    pub use crate::codec::tokens::{parse, Encoder, Fault, Parsed, ENCODER_MEMORY};
+    pub use crate::codec::tokens::{
+        parse, Encoder, Fault, Parsed, ENCODER_MEMORY, MAX_PREDICTED_ITEMS, MAX_PREDICTED_LITERALS,
+    };
+    pub use crate::codec::trees::{zlib_header, D_CODES, L_CODES};
 }
 
 /// The four bytes every patch starts with.
