@@ -981,7 +981,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     if inflated > 0 {
         writeln!(
             out,
-            "  ({inflated} of the modified files diffed inflated and deflated again by zlib)"
+            "  ({inflated} of the modified files diffed inflated, their streams made again)"
         )?;
     }
     if a.list {

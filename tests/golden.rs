@@ -242,21 +242,40 @@ fn golden_gzip_patch() {
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
 }
 
-/// A gzip file made by another encoder (miniz_oxide, whose streams no zlib setting makes):
-/// the patch rebuilds its stream from its token structure (section 4.3.1), so the structure's
-/// encoding, both recipes' token segments and the encoder are pinned.
+/// A gzip file that zlib wrote with a sync flush every 20,000 bytes (no parameter set makes it
+/// again): the patch rebuilds its stream from its token structure (section 4.3.1), with
+/// predicted blocks and the empty stored blocks of the flushes, so the structure's encoding,
+/// both recipes' token segments, the prediction and the encoder are pinned.
 #[test]
 fn golden_tokens_patch() {
     let (old, new) = tokens_inputs();
-    let patch = DiffOptions::new().diff_bytes(&old, &new).unwrap();
-    check("tokens.bdp", &patch);
-    assert_eq!(naive_apply(&one_file(&old), &patch), one_file(&new));
+    golden_pair("tokens.bdp", &old, &new);
+}
+
+/// A gzip file that miniz_oxide wrote (level 6, as Rust's `flate2` and `zip` crates do): the
+/// patch makes its stream again with miniz (target segment kind 3).
+#[test]
+fn golden_miniz_patch() {
+    let mut rng = Rng(0x3172);
+    let a = rng.text(30_000);
+    let b = rng.edit(&a, 4);
+    let old = crate::inflate::gzip_member(&a, None, 15, Some("notes.txt"));
+    let new = crate::inflate::gzip_member(&b, None, 15, Some("notes.txt"));
+    golden_pair("miniz.bdp", &old, &new);
+}
+
+/// Pin `name` as the patch from `old` to `new`, and check that it applies (and that the
+/// oracle agrees).
+fn golden_pair(name: &str, old: &[u8], new: &[u8]) {
+    let patch = DiffOptions::new().diff_bytes(old, new).unwrap();
+    check(name, &patch);
+    assert_eq!(naive_apply(&one_file(old), &patch), one_file(new));
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("old"), &old).unwrap();
+    fs::write(dir.path().join("old"), old).unwrap();
     Patcher::new()
         .apply(
             &dir.path().join("old"),
-            &golden_dir().join("tokens.bdp"),
+            &golden_dir().join(name),
             &dir.path().join("out"),
         )
         .unwrap();
@@ -275,15 +294,19 @@ fn one_file(data: &[u8]) -> Tree {
     t
 }
 
-/// OLD and NEW of the token vector: gzip members deflated by miniz_oxide.
+/// OLD and NEW of the token vector: gzip members that zlib (level 6) wrote with a sync flush
+/// every 20,000 bytes.
 pub fn tokens_inputs() -> (Vec<u8>, Vec<u8>) {
     let mut rng = Rng(0x70c5);
-    let a = rng.text(30_000);
+    let a = rng.text(50_000);
     let b = rng.edit(&a, 4);
-    (
-        crate::inflate::gzip_member(&a, None, 15, Some("notes.txt")),
-        crate::inflate::gzip_member(&b, None, 15, Some("notes.txt")),
-    )
+    let g = |t: &[u8]| {
+        let mut z = vec![0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3];
+        z.extend_from_slice(&crate::inflate::zlib_with_flushes(t, 6, 20_000));
+        z.extend_from_slice(&[0; 8]);
+        z
+    };
+    (g(&a), g(&b))
 }
 
 /// OLD and NEW of the gzip vector.

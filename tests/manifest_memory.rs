@@ -909,3 +909,59 @@ fn measure_real_path_sets() {
         }
     }
 }
+
+/// The Rust-heap encoders of the inflate transform's target streams stay within what the
+/// applier sets aside for a deflater: miniz (MINIZ_MEMORY) and the token encoder
+/// (ENCODER_MEMORY, with a predicted block at its bounds).
+#[test]
+fn target_stream_encoders_stay_within_their_memory() {
+    use bundelta::format::tokens::{
+        parse, Encoder, MinizDeflater, ENCODER_MEMORY, MAX_PREDICTED_ITEMS, MINIZ_MEMORY,
+    };
+    let _g = lock();
+    let mut rng = Rng(0xe0c);
+    let plain = rng.text(3 << 20);
+    for level in 0..=10u8 {
+        let (comp, peak) = peak_of(|| {
+            let mut d = MinizDeflater::new(level).unwrap();
+            let mut n = 0usize;
+            let mut put = |b: &[u8]| {
+                n += b.len();
+                true
+            };
+            assert!(d.push(&plain, &mut put) && d.finish(&mut put));
+            n
+        });
+        assert!(comp > 0);
+        assert!(peak <= MINIZ_MEMORY, "miniz level {level}: {peak} bytes");
+        eprintln!("miniz level {level}: peak {peak} bytes of {MINIZ_MEMORY}");
+    }
+    // A zlib stream (level 9, memory level 8: blocks of up to 16,383 symbols), all predicted.
+    let mut c = flate2::Compress::new(flate2::Compression::new(9), false);
+    let mut comp = Vec::with_capacity(2 << 20);
+    c.compress_vec(&plain, &mut comp, flate2::FlushCompress::Finish)
+        .unwrap();
+    let mut s = Vec::new();
+    let mut input = &comp[..];
+    parse(&mut input, comp.len() as u64, u64::MAX, &mut |b| {
+        s.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    let (made, peak) = peak_of(|| {
+        let mut e = Encoder::new(&s[..], s.len() as u64);
+        let mut n = 0u64;
+        let mut put = |b: &[u8]| {
+            n += b.len() as u64;
+            Ok(())
+        };
+        for piece in plain.chunks(100_000) {
+            e.push(piece, &mut put).unwrap();
+        }
+        e.finish(&mut put).unwrap()
+    });
+    assert_eq!(made, comp.len() as u64);
+    assert!(peak <= ENCODER_MEMORY, "token encoder: {peak} bytes");
+    assert!(ENCODER_MEMORY >= MAX_PREDICTED_ITEMS as u64);
+    eprintln!("token encoder: peak {peak} bytes of {ENCODER_MEMORY}");
+}

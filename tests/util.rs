@@ -441,12 +441,14 @@ enum NaiveSeg {
     Zlib(u64, u64, u32, u8),
     /// Structure, plain and compressed lengths.
     Tokens(u64, u64, u64),
+    /// Plain length, compressed length, miniz level.
+    Miniz(u64, u64, u8),
 }
 
 impl NaiveSeg {
     fn expanded(&self) -> u64 {
         match *self {
-            NaiveSeg::Raw(n) | NaiveSeg::Zlib(n, ..) => n,
+            NaiveSeg::Raw(n) | NaiveSeg::Zlib(n, ..) | NaiveSeg::Miniz(n, ..) => n,
             NaiveSeg::Tokens(s, p, _) => s + p,
         }
     }
@@ -507,6 +509,12 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
                 let comp = c.varint().unwrap();
                 segs.push(NaiveSeg::Tokens(structure, plain, comp));
             }
+            3 => {
+                let plain = c.varint().unwrap();
+                let comp = c.varint().unwrap();
+                let level = c.varint().unwrap() as u8;
+                segs.push(NaiveSeg::Miniz(plain, comp, level));
+            }
             k => panic!("target segment kind {k}"),
         }
     }
@@ -531,6 +539,41 @@ pub fn zlib_deflate(plain: &[u8], level: u32, wbits: u8) -> Vec<u8> {
     }
 }
 
+/// miniz_oxide at `level`, raw deflate, its input given in pieces of 65,536 bytes (FORMAT.md
+/// 4.3), through miniz's own streaming call.
+fn miniz_in_pieces(plain: &[u8], level: u8) -> Vec<u8> {
+    use miniz_oxide::deflate::core::{
+        compress, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush, TDEFLStatus,
+    };
+    let mut c = CompressorOxide::new(create_comp_flags_from_zip_params(level.into(), 0, 0));
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let pieces: Vec<&[u8]> = if plain.is_empty() {
+        vec![&[]]
+    } else {
+        plain.chunks(65_536).collect()
+    };
+    for (k, piece) in pieces.iter().enumerate() {
+        let last = k + 1 == pieces.len();
+        let flush = if last {
+            TDEFLFlush::Finish
+        } else {
+            TDEFLFlush::None
+        };
+        let mut rest: &[u8] = piece;
+        loop {
+            let (st, used, made) = compress(&mut c, rest, &mut buf, flush);
+            out.extend_from_slice(&buf[..made]);
+            rest = &rest[used..];
+            if st == TDEFLStatus::Done || (!last && rest.is_empty() && made < buf.len()) {
+                break;
+            }
+            assert_eq!(st, TDEFLStatus::Okay);
+        }
+    }
+    out
+}
+
 /// Build a transform-2 file from its expanded form.
 fn naive_recompose(exp: &[u8], segs: &[NaiveSeg]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -544,6 +587,11 @@ fn naive_recompose(exp: &[u8], segs: &[NaiveSeg]) -> Vec<u8> {
             NaiveSeg::Tokens(structure, _, comp) => {
                 let (s, p) = part.split_at(structure as usize);
                 let z = naive_tokens::encode(s, p);
+                assert_eq!(z.len() as u64, comp);
+                out.extend_from_slice(&z);
+            }
+            NaiveSeg::Miniz(_, comp, level) => {
+                let z = miniz_in_pieces(part, level);
                 assert_eq!(z.len() as u64, comp);
                 out.extend_from_slice(&z);
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::decode::{expect_end, need_varint, read_full, read_retry, DiffSource, Stream};
 use crate::codec::tokens;
-use crate::codec::zlib::{Deflater, Inflater};
+use crate::codec::zlib::{Deflater, Inflater, MinizDeflater, Recompress};
 use crate::error::{Error, Result};
 use crate::format::{
     read_old_count, read_old_seg, Control, NewRecipe, NewSeg, OldSeg, Refs, Scan, CODEC_RAW,
@@ -612,7 +612,7 @@ struct Recomposer<'a, 'o> {
     s_left: u64,
     /// Compressed bytes the current deflate or token segment has made.
     made: u64,
-    deflater: Option<Deflater>,
+    deflater: Option<Recompress>,
     /// Token segments: where their structure is kept, the writer filling it, the encoder
     /// reading it back.
     scratch_dir: &'a Path,
@@ -775,7 +775,7 @@ impl<'a, 'o> Recomposer<'a, 'o> {
     /// End the current segment.
     fn close(&mut self) -> std::io::Result<()> {
         match self.segs.get(self.at).copied() {
-            Some(NewSeg::Deflate { comp, .. }) => {
+            Some(NewSeg::Deflate { comp, .. } | NewSeg::Miniz { comp, .. }) => {
                 self.deflate(None, comp)?;
                 self.deflater = None;
                 if self.made != comp {
@@ -816,7 +816,17 @@ impl<'a, 'o> Recomposer<'a, 'o> {
                         limit: crate::codec::zlib::DEFLATE_MEMORY,
                     }));
                 };
-                self.deflater = Some(d);
+                self.deflater = Some(Recompress::Zlib(d));
+                self.left = plain;
+            }
+            NewSeg::Miniz { plain, level, .. } => {
+                let Some(d) = MinizDeflater::new(level) else {
+                    return Err(self.fail(Error::Unsupported {
+                        what: "miniz level",
+                        value: level.into(),
+                    }));
+                };
+                self.deflater = Some(Recompress::Miniz(d));
                 self.left = plain;
             }
             NewSeg::Tokens {
@@ -910,7 +920,9 @@ impl Write for Recomposer<'_, '_> {
                 let k = (self.left.min(buf.len() as u64)) as usize;
                 match seg {
                     NewSeg::Raw(_) => self.out.write_all(&buf[..k])?,
-                    NewSeg::Deflate { comp, .. } => self.deflate(Some(&buf[..k]), comp)?,
+                    NewSeg::Deflate { comp, .. } | NewSeg::Miniz { comp, .. } => {
+                        self.deflate(Some(&buf[..k]), comp)?
+                    }
                     NewSeg::Tokens { comp, .. } => self.encode(Some(&buf[..k]), comp)?,
                 }
                 buf = &buf[k..];

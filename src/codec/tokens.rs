@@ -572,10 +572,15 @@ pub struct Encoder<S: Read> {
     dist_count: Box<[u32; super::trees::D_CODES]>,
 }
 
+/// Bytes of the encoder's output buffer (never grown: drained when 8 bytes from full).
+const OUT_BUF: usize = 32 << 10;
+
 /// Heap of one [`Encoder`]: its code tables, output buffer, and a predicted block's items,
-/// literals and symbol counts (the structure reader's buffer is the caller's).
+/// literals and symbol counts, and the trees zlib's header is built with (16 KiB; the
+/// structure reader's buffer is the caller's). 302 KiB measured in `tests/manifest_memory.rs`.
 pub const ENCODER_MEMORY: u64 = 2 * 1024
-    + (32 << 10)
+    + (16 << 10)
+    + OUT_BUF as u64
     + MAX_PREDICTED_ITEMS as u64
     + 16
     + MAX_PREDICTED_LITERALS
@@ -599,7 +604,7 @@ impl<S: Read> Encoder<S> {
             dist: Box::new(Encode::new(&[])),
             acc: 0,
             n: 0,
-            buf: Vec::with_capacity(32 << 10),
+            buf: Vec::with_capacity(OUT_BUF),
             made: 0,
             blk: Vec::new(),
             lits: Vec::new(),
@@ -752,7 +757,8 @@ impl<S: Read> Encoder<S> {
             self.acc >>= 8;
             self.n -= 8;
         }
-        if self.buf.len() >= 32 << 10 {
+        // Drained before it can grow: a put adds at most 5 bytes.
+        if self.buf.len() >= OUT_BUF - 8 {
             self.drain(out)?;
         }
         Ok(())
@@ -957,10 +963,11 @@ impl<S: Read> Encoder<S> {
                     if p.is_empty() {
                         return Ok(());
                     }
-                    let k = (left as usize).min(p.len());
+                    let room = OUT_BUF - 8 - self.buf.len();
+                    let k = (left as usize).min(p.len()).min(room);
                     // Byte-aligned here: the pad before the lengths made it so.
                     self.buf.extend_from_slice(&p[..k]);
-                    if self.buf.len() >= 32 << 10 {
+                    if self.buf.len() >= OUT_BUF - 8 {
                         self.drain(out)?;
                     }
                     p = &p[k..];

@@ -351,6 +351,134 @@ pub fn deflate(plain: &[u8], p: DeflateParams) -> Option<Vec<u8>> {
     (d.push(plain, &mut put) && d.finish(&mut put)).then_some(out)
 }
 
+/// Most miniz level: 10 is its "uber" level (more probes than 9).
+pub const MINIZ_MAX_LEVEL: u8 = 10;
+
+/// Heap of one [`MinizDeflater`]: miniz_oxide's compressor (its LZ code buffer of 64 KiB, an
+/// output buffer of 83.2 KiB, a 32 KiB dictionary with 64 KiB each of hash heads and chain
+/// links, and its Huffman tables), its 64 KiB input piece and 16 KiB output piece (392 KiB
+/// measured at every level in `tests/manifest_memory.rs`).
+pub const MINIZ_MEMORY: u64 = 400 << 10;
+
+// A miniz segment is made in the memory set aside for a zlib deflater and its input piece.
+const _: () = assert!(MINIZ_MEMORY <= DEFLATE_MEMORY + FEED as u64);
+
+/// A raw deflate encoder that makes what miniz_oxide 0.9 makes at a level (0..=10) with its
+/// default strategy, the encoder behind Rust's `flate2` and `zip` crates by default (so behind
+/// most wheels that maturin writes). Input is handed over in [`FEED`] pieces, as to
+/// [`Deflater`]: at every level but 1 (miniz's fast path) the output is what one call over
+/// the whole input makes; the diff side checks each stream it uses this for.
+pub struct MinizDeflater {
+    c: Box<miniz_oxide::deflate::core::CompressorOxide>,
+    buf: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl MinizDeflater {
+    /// A new stream, or `None` for a level above [`MINIZ_MAX_LEVEL`].
+    pub fn new(level: u8) -> Option<MinizDeflater> {
+        use miniz_oxide::deflate::core::{create_comp_flags_from_zip_params, CompressorOxide};
+        if level > MINIZ_MAX_LEVEL {
+            return None;
+        }
+        let flags = create_comp_flags_from_zip_params(level.into(), 0, 0);
+        Some(MinizDeflater {
+            c: Box::new(CompressorOxide::new(flags)),
+            buf: vec![0u8; 16 << 10],
+            pending: Vec::with_capacity(FEED),
+        })
+    }
+
+    /// Add `input`, passing output to `out` as it is made; `out` returning `false` stops.
+    /// Returns whether it went on.
+    pub fn push(&mut self, mut input: &[u8], out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        while !input.is_empty() {
+            let k = (FEED - self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..k]);
+            input = &input[k..];
+            if self.pending.len() == FEED {
+                let piece = std::mem::take(&mut self.pending);
+                let ok = self.run(&piece, false, out);
+                self.pending = piece;
+                self.pending.clear();
+                if !ok {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// End the stream (see [`MinizDeflater::push`]).
+    pub fn finish(&mut self, out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        let piece = std::mem::take(&mut self.pending);
+        self.run(&piece, true, out)
+    }
+
+    fn run(&mut self, input: &[u8], finish: bool, out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        use miniz_oxide::deflate::core::{compress, TDEFLFlush, TDEFLStatus};
+        let flush = if finish {
+            TDEFLFlush::Finish
+        } else {
+            TDEFLFlush::None
+        };
+        let mut rest = input;
+        loop {
+            let (st, used, made) = compress(&mut self.c, rest, &mut self.buf, flush);
+            rest = rest.get(used..).unwrap_or_default();
+            if made > 0 && !out(&self.buf[..made]) {
+                return false;
+            }
+            match st {
+                TDEFLStatus::Done => return finish,
+                TDEFLStatus::Okay => {}
+                _ => return false,
+            }
+            if rest.is_empty() && !finish && made < self.buf.len() {
+                return true;
+            }
+        }
+    }
+}
+
+/// One of the encoders a target stream is made again with.
+pub enum Recompress {
+    /// Stock zlib.
+    Zlib(Deflater),
+    /// miniz_oxide.
+    Miniz(MinizDeflater),
+}
+
+impl Recompress {
+    /// See [`Deflater::push`].
+    pub fn push(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        match self {
+            Recompress::Zlib(d) => d.push(input, out),
+            Recompress::Miniz(d) => d.push(input, out),
+        }
+    }
+
+    /// See [`Deflater::finish`].
+    pub fn finish(&mut self, out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        match self {
+            Recompress::Zlib(d) => d.finish(out),
+            Recompress::Miniz(d) => d.finish(out),
+        }
+    }
+}
+
+/// miniz_oxide at `level` through [`MinizDeflater`], whole.
+#[cfg(all(test, feature = "diff"))]
+pub fn miniz_deflate(plain: &[u8], level: u8) -> Option<Vec<u8>> {
+    let mut d = MinizDeflater::new(level)?;
+    let mut out = Vec::new();
+    let mut put = |b: &[u8]| {
+        out.extend_from_slice(b);
+        true
+    };
+    (d.push(plain, &mut put) && d.finish(&mut put)).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,5 +592,35 @@ mod tests {
         ] {
             assert!(Deflater::new(p).is_none(), "{p:?}");
         }
+    }
+}
+
+#[cfg(all(test, feature = "diff"))]
+mod miniz_tests {
+    use super::*;
+
+    #[test]
+    fn miniz_in_pieces_makes_what_it_makes_whole() {
+        let mut s = 7u64;
+        let mut t = Vec::new();
+        while t.len() < 700_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            t.extend_from_slice(format!("entry {} of {}\n", s % 3000, s % 11).as_bytes());
+        }
+        let mut differ = Vec::new();
+        for level in 0..=MINIZ_MAX_LEVEL {
+            for n in [0, 1, 1000, 65_536, 65_537, t.len()] {
+                let whole = miniz_oxide::deflate::compress_to_vec(&t[..n], level);
+                if miniz_deflate(&t[..n], level).as_ref() != Some(&whole) {
+                    differ.push((level, n));
+                }
+            }
+        }
+        // Level 1 is miniz's fast path, whose blocks depend on how its input is split: a
+        // stream made in other pieces may not be made again (the diff checks each stream).
+        assert_eq!(differ, [(1, t.len())]);
+        assert!(MinizDeflater::new(11).is_none());
     }
 }

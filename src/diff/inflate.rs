@@ -7,23 +7,44 @@
 //! inflated in the target, the others stay as they are.
 
 use crate::codec::tokens;
-use crate::codec::zlib::{inflate_prefix, DeflateParams, Deflater};
+use crate::codec::zlib::{
+    inflate_prefix, DeflateParams, Deflater, MinizDeflater, Recompress, MINIZ_MAX_LEVEL,
+};
 use crate::format::{NewSeg, OldSeg, MAX_SEGMENTS};
 
 /// Largest expanded form the diff makes of one file (both sides are held in memory).
 const MAX_EXPANDED: u64 = 1 << 30;
 
-/// Parameters tried for each stream, most likely first: zlib's default level and level 9 (the
+/// An encoder setting that may make a stream again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Maker {
+    /// Stock zlib with these parameters.
+    Zlib(DeflateParams),
+    /// miniz_oxide at this level.
+    Miniz(u8),
+}
+
+impl Maker {
+    fn start(self) -> Option<Recompress> {
+        match self {
+            Maker::Zlib(p) => Deflater::new(p).map(Recompress::Zlib),
+            Maker::Miniz(l) => MinizDeflater::new(l).map(Recompress::Miniz),
+        }
+    }
+}
+
+/// Settings tried for each stream, most likely first: zlib's default level and level 9 (the
 /// gzip header's XFL byte moves the one it names to the front), the other levels, then memory
 /// level 9, the filtered, Huffman-only and RLE strategies, and every level with each smaller
-/// window: 79 in all. A wrong candidate mostly differs in the first block zlib writes, so it
-/// costs about one block's compression.
-fn candidates(hint: Option<u8>) -> Vec<DeflateParams> {
+/// window: 79 in all; then miniz_oxide's 11 levels (6, its and Rust's `flate2`'s default,
+/// first). A wrong candidate mostly differs in the first block it writes, so it costs about
+/// one block's compression.
+fn candidates(hint: Option<u8>) -> Vec<Maker> {
     let d = DeflateParams::DEFAULT;
     let mut v = Vec::new();
     let mut add = |p: DeflateParams| {
-        if !v.contains(&p) {
-            v.push(p);
+        if !v.contains(&Maker::Zlib(p)) {
+            v.push(Maker::Zlib(p));
         }
     };
     if let Some(l) = hint {
@@ -58,19 +79,23 @@ fn candidates(hint: Option<u8>) -> Vec<DeflateParams> {
         }
     }
     add(DeflateParams { level: 0, ..d });
+    for l in [6, 9, 10, 7, 8, 5, 4, 3, 2, 1, 0] {
+        debug_assert!(l <= MINIZ_MAX_LEVEL);
+        v.push(Maker::Miniz(l));
+    }
     v
 }
 
 /// Whether deflating `plain` with `p` gives exactly `comp`, stopping at the first byte that
 /// differs.
-fn reproduces(plain: &[u8], comp: &[u8], p: DeflateParams) -> bool {
+fn reproduces(plain: &[u8], comp: &[u8], p: Maker) -> bool {
     reproduces_prefix(plain, comp, p, usize::MAX)
 }
 
 /// Whether deflating `plain` with `p` gives `comp`, checked up to `upto` compressed bytes (the
 /// whole stream when it is shorter).
-fn reproduces_prefix(plain: &[u8], comp: &[u8], p: DeflateParams, upto: usize) -> bool {
-    let Some(mut d) = Deflater::new(p) else {
+fn reproduces_prefix(plain: &[u8], comp: &[u8], p: Maker, upto: usize) -> bool {
+    let Some(mut d) = p.start() else {
         return false;
     };
     let mut at = 0usize;
@@ -85,13 +110,14 @@ fn reproduces_prefix(plain: &[u8], comp: &[u8], p: DeflateParams, upto: usize) -
     whole || (!differs && at >= upto && comp.len() >= upto)
 }
 
-/// Compressed bytes [`likely_zlib`] checks.
+/// Compressed bytes [`likely_remade`] checks.
 const PROBE: usize = 64 << 10;
 
-/// Whether the largest stream of `found` starts as some zlib parameter set makes it (its first
-/// 64 KiB of compressed bytes): the cheap guess, before the full search, of whether the file's
-/// streams are zlib's or another encoder's. A wrong guess costs time, never size.
-pub(crate) fn likely_zlib(data: &[u8], found: &[Found]) -> bool {
+/// Whether the largest stream of `found` starts as some candidate setting (zlib or miniz) makes
+/// it (its first 64 KiB of compressed bytes): the cheap guess, before the full search, of
+/// whether the file's streams are made again by a setting or need token structures. A wrong
+/// guess costs time, never size.
+pub(crate) fn likely_remade(data: &[u8], found: &[Found]) -> bool {
     let Some(f) = found
         .iter()
         .max_by_key(|f| (f.comp, std::cmp::Reverse(f.off)))
@@ -110,9 +136,9 @@ fn find_params(
     plain: &[u8],
     comp: &[u8],
     hint: Option<u8>,
-    first: &[DeflateParams],
+    first: &[Maker],
     all: bool,
-) -> Option<DeflateParams> {
+) -> Option<Maker> {
     let rest = if all { candidates(hint) } else { Vec::new() };
     first
         .iter()
@@ -314,8 +340,8 @@ pub(crate) fn structures(
 
 /// How the applier makes one stream of the target again.
 pub(crate) enum Method {
-    /// Deflate its plain bytes with stock zlib and these parameters.
-    Zlib(DeflateParams),
+    /// Deflate its plain bytes with this encoder setting.
+    Make(Maker),
     /// Encode it from this token structure and its plain bytes.
     Tokens(Vec<u8>),
 }
@@ -328,25 +354,25 @@ pub(crate) enum Method {
 pub(crate) fn expand_new(data: &[u8], found: &[Found]) -> Expanded<NewSeg> {
     let m: Vec<_> = new_params(data, found)
         .into_iter()
-        .map(|p| p.map(Method::Zlib))
+        .map(|p| p.map(Method::Make))
         .collect();
     expand_new_with(data, found, &m)
 }
 
 /// The parameters that make each stream of `found` (see [`expand_new`]).
-pub(crate) fn new_params(data: &[u8], found: &[Found]) -> Vec<Option<DeflateParams>> {
+pub(crate) fn new_params(data: &[u8], found: &[Found]) -> Vec<Option<Maker>> {
     use rayon::prelude::*;
-    let search = |f: &Found, first: &[DeflateParams], all: bool| {
+    let search = |f: &Found, first: &[Maker], all: bool| {
         find_params(&f.plain, &data[f.off..f.off + f.comp], f.hint, first, all)
     };
     let mut order: Vec<usize> = (0..found.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(found[i].comp), i));
     order.truncate(LEARN_FROM);
-    let learned: Vec<(usize, Option<DeflateParams>)> = order
+    let learned: Vec<(usize, Option<Maker>)> = order
         .par_iter()
         .map(|&i| (i, search(&found[i], &[], true)))
         .collect();
-    let mut known: Vec<DeflateParams> = Vec::new();
+    let mut known: Vec<Maker> = Vec::new();
     for p in learned.iter().filter_map(|l| l.1) {
         if !known.contains(&p) {
             known.push(p);
@@ -377,11 +403,19 @@ pub(crate) fn expand_new_with(
             i += 1;
             let (plain, comp) = (f.plain.len() as u64, f.comp as u64);
             m.map(|m| match m {
-                Method::Zlib(params) => (
+                Method::Make(Maker::Zlib(params)) => (
                     NewSeg::Deflate {
                         plain,
                         comp,
                         params: *params,
+                    },
+                    None,
+                ),
+                Method::Make(Maker::Miniz(level)) => (
+                    NewSeg::Miniz {
+                        plain,
+                        comp,
+                        level: *level,
                     },
                     None,
                 ),
@@ -592,7 +626,9 @@ mod tests {
             .iter()
             .map(|s| match s {
                 NewSeg::Raw(n) => *n,
-                NewSeg::Deflate { comp, .. } | NewSeg::Tokens { comp, .. } => *comp,
+                NewSeg::Deflate { comp, .. }
+                | NewSeg::Tokens { comp, .. }
+                | NewSeg::Miniz { comp, .. } => *comp,
             })
             .sum();
         assert_eq!(raw, file.len() as u64);
@@ -601,10 +637,16 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_zlib_does_not_make_stays_compressed() {
+    fn a_stream_no_setting_makes_stays_compressed_and_miniz_streams_are_found() {
         let t = text(100_000, 9);
-        // miniz_oxide's encoder makes different (valid) streams from stock zlib's.
-        let comp = miniz_oxide::deflate::compress_to_vec(&t, 7);
+        // zlib with a sync flush halfway: no candidate setting makes it (the token structure,
+        // chosen later, does).
+        let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
+        let mut comp = Vec::with_capacity(200_000);
+        c.compress_vec(&t[..50_000], &mut comp, flate2::FlushCompress::Sync)
+            .unwrap();
+        c.compress_vec(&t[50_000..], &mut comp, flate2::FlushCompress::Finish)
+            .unwrap();
         let mut file = vec![0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3];
         file.extend_from_slice(&comp);
         file.extend_from_slice(&[0; 8]);
@@ -614,6 +656,21 @@ mod tests {
         assert_eq!((e.streams, e.inflated), (1, 0));
         assert_eq!(e.bytes, file);
         assert_eq!(e.segs, vec![NewSeg::Raw(file.len() as u64)]);
+        // miniz_oxide at level 7: made again by miniz.
+        let comp = miniz_oxide::deflate::compress_to_vec(&t, 7);
+        let mut file = vec![0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3];
+        file.extend_from_slice(&comp);
+        file.extend_from_slice(&[0; 8]);
+        let found = gzip_streams(&file).unwrap();
+        let e = expand_new(&file, &found);
+        assert_eq!(
+            e.segs[1],
+            NewSeg::Miniz {
+                plain: t.len() as u64,
+                comp: comp.len() as u64,
+                level: 7
+            }
+        );
     }
 
     #[test]

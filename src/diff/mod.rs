@@ -1069,13 +1069,13 @@ impl DiffOptions {
         }
         let (fo, fnew) = rayon::join(|| inflate::streams(source), || inflate::streams(new));
         let (fo, fnew) = (fo?, fnew?);
-        // When NEW's largest stream starts as zlib makes it, the parameter search (one core per
-        // stream) runs beside the delta to NEW with every stream inflated, which is NEW's
-        // expanded form when zlib reproduces them all (the common case for zlib-made files);
+        // When NEW's largest stream starts as a candidate setting (zlib or miniz) makes it, the
+        // parameter search (one core per stream) runs beside the delta to NEW with every stream
+        // inflated, which is NEW's expanded form when settings make them all (the common case);
         // otherwise the delta is made again. NEW's expanded form is built after the full one
         // is dropped, so that only one is held at a time.
-        let zlib = inflate::likely_zlib(new, &fnew);
-        let (params, mut structures) = if zlib {
+        let remade = inflate::likely_remade(new, &fnew);
+        let (params, mut structures) = if remade {
             let (params, (o, all)) = rayon::join(
                 || inflate::new_params(new, &fnew),
                 || {
@@ -1086,7 +1086,7 @@ impl DiffOptions {
                 },
             );
             if params.iter().all(Option::is_some) {
-                let m: Vec<_> = params.into_iter().map(|p| p.map(Method::Zlib)).collect();
+                let m: Vec<_> = params.into_iter().map(|p| p.map(Method::Make)).collect();
                 let n = inflate::expand_new_with(new, &fnew, &m);
                 return Some(recipe_delta(&o.segs, &n.segs, all));
             }
@@ -1121,7 +1121,7 @@ impl DiffOptions {
             .iter()
             .zip(ns.iter_mut())
             .map(|(p, s)| match p {
-                Some(p) => Some(Method::Zlib(*p)),
+                Some(p) => Some(Method::Make(*p)),
                 None => s.take().map(Method::Tokens),
             })
             .collect();

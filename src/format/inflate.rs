@@ -76,6 +76,16 @@ pub enum NewSeg {
         /// zlib parameters.
         params: DeflateParams,
     },
+    /// `plain` expanded bytes compressed by miniz_oxide at `level` into exactly `comp` bytes
+    /// (minor 5).
+    Miniz {
+        /// Plain bytes taken from the expanded form.
+        plain: u64,
+        /// Compressed bytes written.
+        comp: u64,
+        /// miniz level, 0..=10.
+        level: u8,
+    },
     /// `structure` expanded bytes, the token structure of a deflate stream (section 4.3.1),
     /// then `plain` expanded bytes: encoded together into exactly `comp` bytes (minor 5).
     Tokens {
@@ -234,6 +244,23 @@ impl NewRecipe {
                         comp,
                     }
                 }
+                3 => {
+                    let plain = next()?;
+                    let comp = nonzero(next()?, "miniz")?;
+                    bounds(comp, plain, 0)?;
+                    let level = next()?;
+                    if level > u64::from(crate::codec::zlib::MINIZ_MAX_LEVEL) {
+                        return Err(Error::Unsupported {
+                            what: "miniz level",
+                            value: level,
+                        });
+                    }
+                    NewSeg::Miniz {
+                        plain,
+                        comp,
+                        level: level as u8,
+                    }
+                }
                 k => {
                     return Err(Error::Unsupported {
                         what: "target segment kind",
@@ -243,7 +270,9 @@ impl NewRecipe {
             };
             let (e, m) = match seg {
                 NewSeg::Raw(n) => (n, n),
-                NewSeg::Deflate { plain, comp, .. } => (plain, comp),
+                NewSeg::Deflate { plain, comp, .. } | NewSeg::Miniz { plain, comp, .. } => {
+                    (plain, comp)
+                }
                 NewSeg::Tokens {
                     structure,
                     plain,
@@ -332,6 +361,11 @@ pub fn put_new(out: &mut Vec<u8>, segs: &[NewSeg]) {
                     put_varint(out, v);
                 }
             }
+            NewSeg::Miniz { plain, comp, level } => {
+                for v in [3, plain, comp, level.into()] {
+                    put_varint(out, v);
+                }
+            }
         }
     }
 }
@@ -381,12 +415,17 @@ mod tests {
                 plain: 900,
                 comp: 50,
             },
+            NewSeg::Miniz {
+                plain: 700,
+                comp: 70,
+                level: 10,
+            },
         ];
         let mut b = Vec::new();
         put_new(&mut b, &new);
-        let r = NewRecipe::read(&mut reader(&b), 188).unwrap();
-        assert_eq!((r.segs, r.expanded, r.size), (new.clone(), 7218, 188));
-        assert!(NewRecipe::read(&mut reader(&b), 189).is_err());
+        let r = NewRecipe::read(&mut reader(&b), 258).unwrap();
+        assert_eq!((r.segs, r.expanded, r.size), (new.clone(), 7918, 258));
+        assert!(NewRecipe::read(&mut reader(&b), 259).is_err());
         assert!(std::mem::size_of::<NewSeg>() as u64 <= INFLATE_RECIPE_BYTES);
     }
 
@@ -411,7 +450,10 @@ mod tests {
             let r = read_old_count(&mut next).and_then(|_| read_old_seg(&mut next));
             assert!(r.is_err(), "{v:?}");
         }
-        let bad_new: [&[u64]; 8] = [
+        let bad_new: [&[u64]; 11] = [
+            &[1, 3, 10, 0, 6],
+            &[1, 3, 10, 5, 11],
+            &[1, 3, 10 * MAX_RATIO + 1, 10, 6],
             &[1, 2, 5, 5, 0],
             &[1, 2, 10 * MAX_STRUCTURE_RATIO + 1, 5, 10],
             &[1, 0, 0],

@@ -78,12 +78,14 @@ pub use tags::{listing_tag, BaseTags};
 pub use varint::{put_svarint, put_varint, varint_len, Reader};
 
 /// The token structure of deflate streams (FORMAT.md section 4.3.1): the parser, the encoder
-/// and their errors, for tools and fuzz targets that check one against the other.
+/// and their errors, zlib's tables for predicted blocks, and the miniz encoder of target
+/// segment kind 3, for tools, tests and fuzz targets that check them.
 pub mod tokens {
     pub use crate::codec::tokens::{
         parse, Encoder, Fault, Parsed, ENCODER_MEMORY, MAX_PREDICTED_ITEMS, MAX_PREDICTED_LITERALS,
     };
     pub use crate::codec::trees::{zlib_header, D_CODES, L_CODES};
+    pub use crate::codec::zlib::{MinizDeflater, MINIZ_MAX_LEVEL, MINIZ_MEMORY};
 }
 
 /// The four bytes every patch starts with.
