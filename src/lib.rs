@@ -56,7 +56,7 @@ mod testutil;
 mod tree;
 
 pub use apply::{
-    listing_memory, memory_needed, ApplyReport, Patch, Patcher, ProgressFn, Unknown,
+    listing_memory, memory_needed, ApplyReport, Patch, Patcher, ProgressFn, Remade, Unknown,
     DEFAULT_MEMORY_LIMIT, LISTING_ENTRY_BYTES, PIPE_MEMORY,
 };
 #[doc(hidden)]

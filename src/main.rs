@@ -865,6 +865,31 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     // forms (transform 2).
     let exe_refs = with_transform(bundelta::format::TRANSFORM_REFS);
     let inflated = with_transform(bundelta::format::TRANSFORM_INFLATE);
+    // How those files' streams are made again: read from their recipes, at the head of their
+    // controls (the control stream is decoded for it; nothing else is).
+    let remade: std::collections::BTreeMap<usize, bundelta::Remade> = if inflated > 0 {
+        p.remade_streams()?
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    } else {
+        Default::default()
+    };
+    let remade_total = remade.values().fold([0u64; 3], |t, r| {
+        [t[0] + r.zlib, t[1] + r.miniz, t[2] + r.tokens]
+    });
+    let remade_text = |r: &bundelta::Remade| {
+        [
+            ("zlib", r.zlib),
+            ("miniz", r.miniz),
+            ("token structure", r.tokens),
+        ]
+        .iter()
+        .filter(|x| x.1 > 0)
+        .map(|(k, n)| format!("{n} by {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    };
     let mem = bundelta::memory_needed(h);
     let codec = |c: u8| match c {
         bundelta::format::CODEC_ZSTD => "zstd",
@@ -896,11 +921,20 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
             "base_tags": m.base_tags.len(), "base_tag_bits": m.base_tags.bits,
             "exe_refs": exe_refs, "multi_source": multi_source, "inflated": inflated,
+            "remade_streams": {"zlib": remade_total[0], "miniz": remade_total[1], "tokens": remade_total[2]},
         });
         if a.list {
             v["entries"] = rows
                 .iter()
-                .map(|(p, op, size, src)| json!({"path": p, "op": op, "size": size, "source": src}))
+                .enumerate()
+                .map(|(i, (p, op, size, src))| {
+                    let mut e = json!({"path": p, "op": op, "size": size, "source": src});
+                    if let Some(r) = remade.get(&i) {
+                        e["remade_streams"] =
+                            json!({"zlib": r.zlib, "miniz": r.miniz, "tokens": r.tokens});
+                    }
+                    e
+                })
                 .collect();
             v["deleted_paths"] = json!(m.deleted);
         }
@@ -979,21 +1013,31 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         )?;
     }
     if inflated > 0 {
+        let all = bundelta::Remade::default();
+        let mut total = all;
+        total.zlib = remade_total[0];
+        total.miniz = remade_total[1];
+        total.tokens = remade_total[2];
         writeln!(
             out,
-            "  ({inflated} of the modified files diffed inflated, their streams made again)"
+            "  ({inflated} of the modified files diffed inflated; deflate streams made again: {})",
+            remade_text(&total)
         )?;
     }
     if a.list {
         writeln!(out)?;
-        for (p, op, size, src) in &rows {
+        for (i, (p, op, size, src)) in rows.iter().enumerate() {
             let src = src
                 .as_deref()
                 .map(|s| format!(" <- {s}"))
                 .unwrap_or_default();
+            let how = remade
+                .get(&i)
+                .map(|r| format!("  (streams made again: {})", remade_text(r)))
+                .unwrap_or_default();
             writeln!(
                 out,
-                "{op:<9} {size:>12}  {}{src}",
+                "{op:<9} {size:>12}  {}{src}{how}",
                 if p.is_empty() { "(file)" } else { p }
             )?;
         }

@@ -135,6 +135,20 @@ pub fn run(data: &[u8]) {
             assert_only(&tmp, &["p.bdp"], "after failed serial apply");
         }
     }
+    // `info`'s walk over the recipes in the control stream: never a panic, and it reads
+    // through every patch that applied.
+    if let Ok(mut opened) = patcher.open(&p) {
+        if opened.manifest().is_none() {
+            let _ = opened.bind(old);
+        }
+        let walk = opened.remade_streams();
+        if result.is_ok() {
+            assert!(
+                matches!(walk, Ok(Some(_))),
+                "apply Ok but the recipe walk gave {walk:?}"
+            );
+        }
+    }
     assert_only(root.path(), &["tmp"], "scratch root");
     fx.check_untouched();
 

@@ -86,6 +86,7 @@ mod base;
 mod build;
 mod open;
 mod stream;
+pub use stream::Remade;
 mod write;
 
 use std::fs;

@@ -939,3 +939,87 @@ impl Write for Recomposer<'_, '_> {
         self.out.flush()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the inflate transform's recipes do, for `info`
+
+/// How many of one file's deflate streams a patch makes again by each method (FORMAT.md 4.3):
+/// deflated by stock zlib, by miniz, or encoded from a token structure. Streams the file
+/// keeps as they are do not show in its recipe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Remade {
+    /// Streams deflated again by stock zlib (target segment kind 1).
+    pub zlib: u64,
+    /// Streams deflated again by miniz_oxide (kind 3).
+    pub miniz: u64,
+    /// Streams encoded from their token structure (kind 2).
+    pub tokens: u64,
+}
+
+impl Patch {
+    /// For each modify entry that uses the inflate transform (by its index in the manifest),
+    /// how its streams are made again. Reads the control stream through (decoding it, not
+    /// OLD: nothing is applied), with every number checked as the applier checks it. `None`
+    /// while the manifest is relative and not yet bound to OLD ([`Patch::bind`]).
+    pub fn remade_streams(&self) -> Result<Option<Vec<(usize, Remade)>>> {
+        const C: &str = "control stream";
+        let Some(m) = self.manifest() else {
+            return Ok(None);
+        };
+        let mut st = Streams::open(self, None)?;
+        let mut out = Vec::new();
+        for (i, e) in m.entries.iter().enumerate() {
+            let crate::format::EntryKind::File {
+                size,
+                op: crate::format::FileOp::Delta { transform, .. },
+                ..
+            } = &e.kind
+            else {
+                continue;
+            };
+            let mut size = *size;
+            match *transform {
+                TRANSFORM_REFS => {
+                    // The source's length only bounds the breakpoints: not checked here.
+                    let ctrl = &mut st.ctrl;
+                    Refs::decode(|| need_varint(ctrl, C), u64::MAX)?;
+                }
+                TRANSFORM_INFLATE => {
+                    let n = read_old_count(&mut || need_varint(&mut st.ctrl, C))?;
+                    for _ in 0..n {
+                        read_old_seg(&mut || need_varint(&mut st.ctrl, C))?;
+                    }
+                    let r = NewRecipe::read(&mut || need_varint(&mut st.ctrl, C), size)?;
+                    let mut c = Remade::default();
+                    for s in &r.segs {
+                        match s {
+                            NewSeg::Deflate { .. } => c.zlib += 1,
+                            NewSeg::Miniz { .. } => c.miniz += 1,
+                            NewSeg::Tokens { .. } => c.tokens += 1,
+                            NewSeg::Raw(_) => {}
+                        }
+                    }
+                    out.push((i, c));
+                    size = r.expanded;
+                }
+                _ => {}
+            }
+            let mut produced = 0u64;
+            while produced < size {
+                let c = st.next_control()?;
+                produced = produced
+                    .checked_add(c.diff)
+                    .and_then(|p| p.checked_add(c.extra))
+                    .ok_or_else(|| Error::corrupt(C, "length overflow"))?;
+            }
+            if produced != size || st.used != st.block.len() {
+                return Err(Error::corrupt(
+                    C,
+                    format!("the controls of entry {i} do not end with its {size} bytes"),
+                ));
+            }
+        }
+        Ok(Some(out))
+    }
+}
