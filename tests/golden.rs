@@ -269,7 +269,10 @@ fn golden_miniz_patch() {
 fn golden_pair(name: &str, old: &[u8], new: &[u8]) {
     let patch = DiffOptions::new().diff_bytes(old, new).unwrap();
     check(name, &patch);
-    assert_eq!(naive_apply(&one_file(old), &patch), one_file(new));
+    assert_eq!(
+        naive_apply(&crate::inflate::file_tree(old), &patch),
+        crate::inflate::file_tree(new)
+    );
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("old"), old).unwrap();
     Patcher::new()
@@ -280,18 +283,6 @@ fn golden_pair(name: &str, old: &[u8], new: &[u8]) {
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
-}
-
-fn one_file(data: &[u8]) -> Tree {
-    let mut t = Tree::new();
-    t.insert(
-        String::new(),
-        Item::File {
-            data: data.to_vec(),
-            exec: false,
-        },
-    );
-    t
 }
 
 /// OLD and NEW of the token vector: gzip members that zlib (level 6) wrote with a sync flush

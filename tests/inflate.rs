@@ -323,7 +323,8 @@ fn shrinks_and_oracle_agrees(old: &[u8], new: &[u8], patch: &[u8], factor: usize
     );
 }
 
-fn file_tree(data: &[u8]) -> Tree {
+/// A single-file bundle of `data`.
+pub fn file_tree(data: &[u8]) -> Tree {
     let mut t = Tree::new();
     t.insert(
         String::new(),

@@ -9,3 +9,19 @@ pub(crate) mod encode;
 pub(crate) mod tokens;
 pub(crate) mod trees;
 pub(crate) mod zlib;
+
+/// Text of `n` bytes with repeats at every distance (xorshift-chosen words), for the codec
+/// tests.
+#[cfg(test)]
+pub(crate) fn sample_text(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    let mut v = Vec::new();
+    while v.len() < n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.extend_from_slice(format!("word {} and {}; ", s % 500, s % 13).as_bytes());
+    }
+    v.truncate(n);
+    v
+}

@@ -1084,18 +1084,7 @@ pub fn encode(structure: &[u8], plain: &[u8]) -> R<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn text(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed;
-        let mut v = Vec::new();
-        while v.len() < n {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            v.extend_from_slice(format!("word {} and {}; ", s % 500, s % 13).as_bytes());
-        }
-        v.truncate(n);
-        v
-    }
+    use crate::codec::sample_text as text;
 
     fn round_trip(comp: &[u8], plain: &[u8]) -> Vec<u8> {
         let (s, p) = structure_of(comp, u64::MAX).expect("parses");

@@ -114,6 +114,25 @@ unsafe extern "C" fn zfree(opaque: *mut c_void, address: *mut c_void) {
 /// parameters and the whole input.
 pub const FEED: usize = 64 << 10;
 
+/// Hand `input` to `run` in pieces of exactly [`FEED`] bytes, keeping the rest in `pending`
+/// for the next call (the last, shorter piece goes with the encoder's `finish`). Returns
+/// whether every `run` went on.
+fn in_pieces(pending: &mut Vec<u8>, mut input: &[u8], run: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+    while !input.is_empty() {
+        let k = (FEED - pending.len()).min(input.len());
+        pending.extend_from_slice(&input[..k]);
+        input = &input[k..];
+        if pending.len() == FEED {
+            let ok = run(pending);
+            pending.clear();
+            if !ok {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// A raw deflate encoder with fixed [`DeflateParams`]. Output goes to a callback as it is made;
 /// it depends only on the parameters and the whole input (see [`FEED`]).
 pub struct Deflater {
@@ -179,22 +198,11 @@ impl Deflater {
 
     /// Add `input` to the stream, passing output to `out` as zlib makes it; `out` returning
     /// `false` stops (the stream is then unusable). Returns whether it went on.
-    pub fn push(&mut self, mut input: &[u8], out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        while !input.is_empty() {
-            let k = (FEED - self.pending.len()).min(input.len());
-            self.pending.extend_from_slice(&input[..k]);
-            input = &input[k..];
-            if self.pending.len() == FEED {
-                let piece = std::mem::take(&mut self.pending);
-                let ok = self.run(&piece, false, out);
-                self.pending = piece;
-                self.pending.clear();
-                if !ok {
-                    return false;
-                }
-            }
-        }
-        true
+    pub fn push(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        let mut pending = std::mem::take(&mut self.pending);
+        let ok = in_pieces(&mut pending, input, &mut |p| self.run(p, false, out));
+        self.pending = pending;
+        ok
     }
 
     /// End the stream (see [`Deflater::push`]).
@@ -391,22 +399,11 @@ impl MinizDeflater {
 
     /// Add `input`, passing output to `out` as it is made; `out` returning `false` stops.
     /// Returns whether it went on.
-    pub fn push(&mut self, mut input: &[u8], out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        while !input.is_empty() {
-            let k = (FEED - self.pending.len()).min(input.len());
-            self.pending.extend_from_slice(&input[..k]);
-            input = &input[k..];
-            if self.pending.len() == FEED {
-                let piece = std::mem::take(&mut self.pending);
-                let ok = self.run(&piece, false, out);
-                self.pending = piece;
-                self.pending.clear();
-                if !ok {
-                    return false;
-                }
-            }
-        }
-        true
+    pub fn push(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        let mut pending = std::mem::take(&mut self.pending);
+        let ok = in_pieces(&mut pending, input, &mut |p| self.run(p, false, out));
+        self.pending = pending;
+        ok
     }
 
     /// End the stream (see [`MinizDeflater::push`]).
@@ -601,14 +598,7 @@ mod miniz_tests {
 
     #[test]
     fn miniz_in_pieces_makes_what_it_makes_whole() {
-        let mut s = 7u64;
-        let mut t = Vec::new();
-        while t.len() < 700_000 {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            t.extend_from_slice(format!("entry {} of {}\n", s % 3000, s % 11).as_bytes());
-        }
+        let t = crate::codec::sample_text(700_000, 7);
         let mut differ = Vec::new();
         for level in 0..=MINIZ_MAX_LEVEL {
             for n in [0, 1, 1000, 65_536, 65_537, t.len()] {
