@@ -878,17 +878,13 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     let remade_total = remade.values().fold([0u64; 3], |t, r| {
         [t[0] + r.zlib, t[1] + r.miniz, t[2] + r.tokens]
     });
-    let remade_text = |r: &bundelta::Remade| {
-        [
-            ("zlib", r.zlib),
-            ("miniz", r.miniz),
-            ("token structure", r.tokens),
-        ]
-        .iter()
-        .filter(|x| x.1 > 0)
-        .map(|(k, n)| format!("{n} by {k}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let remade_text = |r: [u64; 3]| {
+        [("zlib", r[0]), ("miniz", r[1]), ("token structure", r[2])]
+            .iter()
+            .filter(|x| x.1 > 0)
+            .map(|(k, n)| format!("{n} by {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mem = bundelta::memory_needed(h);
     let codec = |c: u8| match c {
@@ -1013,15 +1009,10 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         )?;
     }
     if inflated > 0 {
-        let all = bundelta::Remade::default();
-        let mut total = all;
-        total.zlib = remade_total[0];
-        total.miniz = remade_total[1];
-        total.tokens = remade_total[2];
         writeln!(
             out,
             "  ({inflated} of the modified files diffed inflated; deflate streams made again: {})",
-            remade_text(&total)
+            remade_text(remade_total)
         )?;
     }
     if a.list {
@@ -1033,7 +1024,10 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
                 .unwrap_or_default();
             let how = remade
                 .get(&i)
-                .map(|r| format!("  (streams made again: {})", remade_text(r)))
+                .map(|r| {
+                    let n = [r.zlib, r.miniz, r.tokens];
+                    format!("  (streams made again: {})", remade_text(n))
+                })
                 .unwrap_or_default();
             writeln!(
                 out,
