@@ -338,6 +338,24 @@ pub(crate) fn structures(
         .collect()
 }
 
+/// Which of the source's streams are worth a token structure when some target streams are
+/// encoded from theirs: those that no setting in `makers` (the ones that made target streams)
+/// starts the same way ([`PROBE`] bytes), most likely another encoder's, whose structures can
+/// match the target's. The structures of the others would only lengthen the expanded source
+/// (an APK's zlib-made `classes.dex`: 3.5 MB of structure, parsed, indexed and never matched).
+pub(crate) fn worth_structures(data: &[u8], found: &[Found], makers: &[Maker]) -> Vec<bool> {
+    use rayon::prelude::*;
+    found
+        .par_iter()
+        .map(|f| {
+            let comp = &data[f.off..f.off + f.comp];
+            !makers
+                .iter()
+                .any(|&p| reproduces_prefix(&f.plain, comp, p, PROBE))
+        })
+        .collect()
+}
+
 /// How the applier makes one stream of the target again.
 pub(crate) enum Method {
     /// Deflate its plain bytes with this encoder setting.
@@ -671,6 +689,33 @@ mod tests {
                 level: 7
             }
         );
+    }
+
+    #[test]
+    fn structures_are_worth_it_only_for_streams_the_target_settings_do_not_make() {
+        let t = text(100_000, 11);
+        // Three members: zlib level 6, miniz level 1 (its own fast path) and zlib 6 again.
+        let mut file = gzip(&t[..40_000], DeflateParams::DEFAULT, None);
+        file.extend_from_slice(&[0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3]);
+        file.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(
+            &t[40_000..70_000],
+            1,
+        ));
+        file.extend_from_slice(&[0; 8]);
+        file.extend_from_slice(&gzip(&t[70_000..], DeflateParams::DEFAULT, None));
+        let found = gzip_streams(&file).unwrap();
+        assert_eq!(found.len(), 3);
+        let zlib6 = Maker::Zlib(DeflateParams::DEFAULT);
+        assert_eq!(
+            worth_structures(&file, &found, &[zlib6]),
+            vec![false, true, false]
+        );
+        assert_eq!(
+            worth_structures(&file, &found, &[Maker::Miniz(1), zlib6]),
+            vec![false, false, false]
+        );
+        // No setting made any target stream: every structure may match.
+        assert_eq!(worth_structures(&file, &found, &[]), vec![true; 3]);
     }
 
     #[test]

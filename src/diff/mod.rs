@@ -1111,9 +1111,18 @@ impl DiffOptions {
             Some(s) => s,
             None => {
                 let missing: Vec<bool> = params.iter().map(Option::is_none).collect();
+                let mut makers: Vec<inflate::Maker> = Vec::new();
+                for &p in params.iter().flatten() {
+                    if !makers.contains(&p) {
+                        makers.push(p);
+                    }
+                }
                 rayon::join(
                     || inflate::structures(new, &fnew, Some(&missing)),
-                    || inflate::structures(source, &fo, None),
+                    || {
+                        let worth = inflate::worth_structures(source, &fo, &makers);
+                        inflate::structures(source, &fo, Some(&worth))
+                    },
                 )
             }
         };
