@@ -1,7 +1,7 @@
-//! Golden vectors: the bytes of format 2.5 (what this build writes) are pinned by committed
-//! patches in corpus/golden/v2.5. Inputs are generated here deterministically; the test applies
+//! Golden vectors: the bytes of format 2.6 (what this build writes) are pinned by committed
+//! patches in corpus/golden/v2.6. Inputs are generated here deterministically; the test applies
 //! each committed patch to its generated OLD, and re-diffs to check the writer still produces
-//! the same bytes. The patches of formats 2.1 to 2.4 (corpus/golden/v2.1 to v2.4, made by
+//! the same bytes. The patches of formats 2.1 to 2.5 (corpus/golden/v2.1 to v2.5, made by
 //! earlier builds from the same inputs) must still apply.
 //! Regenerate (only for a deliberate format change) with `BUNDELTA_BLESS=1 cargo test golden`.
 
@@ -13,7 +13,7 @@ use bundelta::{DiffOptions, Patcher};
 use crate::util::*;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.5")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/v2.6")
 }
 
 fn legacy_dir(minor: u8) -> PathBuf {
@@ -264,6 +264,39 @@ fn golden_miniz_patch() {
     golden_pair("miniz.bdp", &old, &new);
 }
 
+/// A zip file (zlib level 6 entries and a stored one) whose new version edits one entry and
+/// inserts another: the target recipe's unchanged headers and streams are copy runs of the
+/// source recipe's segments (kind 4, minor 6).
+#[test]
+fn golden_zip_patch() {
+    let (old, new) = zip_inputs();
+    golden_pair("zip.bdp", &old, &new);
+}
+
+/// OLD and NEW of the zip vector.
+pub fn zip_inputs() -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(0x21b6);
+    let texts: Vec<Vec<u8>> = (0..8).map(|k| rng.text(3_000 + k * 500)).collect();
+    let names: Vec<String> = (0..8).map(|k| format!("pkg/mod_{k}.py")).collect();
+    let entries = |t: &[Vec<u8>]| -> Vec<(String, Vec<u8>, Option<u32>)> {
+        (0..8)
+            .map(|k| (names[k].clone(), t[k].clone(), (k != 6).then_some(6)))
+            .collect()
+    };
+    let old = entries(&texts);
+    let mut new = old.clone();
+    new[2].1 = rng.edit(&texts[2], 3);
+    new.insert(5, ("pkg/added.py".into(), rng.text(2_500), Some(6)));
+    let zip = |e: &[(String, Vec<u8>, Option<u32>)]| {
+        let v: Vec<(&str, &[u8], Option<u32>)> = e
+            .iter()
+            .map(|(n, t, l)| (n.as_str(), t.as_slice(), *l))
+            .collect();
+        crate::inflate::zip_file(&v)
+    };
+    (zip(&old), zip(&new))
+}
+
 /// Pin `name` as the patch from `old` to `new`, and check that it applies (and that the
 /// oracle agrees).
 fn golden_pair(name: &str, old: &[u8], new: &[u8]) {
@@ -312,11 +345,12 @@ pub fn gzip_inputs() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Patches written by format 2.1 builds (absolute sizes, 4-bit base tags), 2.2 builds
-/// (before reference prediction), 2.3 builds (before the inflate transform) and 2.4 builds
-/// (before token structures) still apply and verify: a reader takes every minor of its major.
+/// (before reference prediction), 2.3 builds (before the inflate transform), 2.4 builds
+/// (before token structures) and 2.5 builds (before copy runs) still apply and verify: a
+/// reader takes every minor of its major.
 #[test]
 fn golden_older_minors_still_apply() {
-    for minor in [1u8, 2, 3, 4] {
+    for minor in [1u8, 2, 3, 4, 5] {
         older_minor_applies(minor);
     }
     // The 2.4 gzip vector, with the inflate transform.

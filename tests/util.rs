@@ -458,12 +458,18 @@ impl NaiveSeg {
 fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveSeg>) {
     let mut exp = Vec::new();
     let mut pos = 0usize;
+    // Each source segment's (raw length, or compressed and plain lengths of a stream).
+    let mut shapes: Vec<(u64, Option<u64>)> = Vec::new();
     for _ in 0..c.varint().unwrap() {
-        match c.varint().unwrap() {
+        let (kind, at) = (c.varint().unwrap(), pos);
+        let len0 = exp.len();
+        match kind {
             0 => {
                 let n = c.varint().unwrap() as usize;
                 exp.extend_from_slice(&src[pos..pos + n]);
                 pos += n;
+                shapes.push((n as u64, None));
+                continue;
             }
             1 => {
                 let comp = c.varint().unwrap() as usize;
@@ -482,26 +488,53 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
                 exp.extend_from_slice(&s);
                 exp.extend_from_slice(&p);
                 pos += comp;
+                // Its plain length (its expansion less the structure), for copy runs.
+                shapes.push(((pos - at) as u64, Some(p.len() as u64)));
+                continue;
             }
             k => panic!("source segment kind {k}"),
         }
+        shapes.push(((pos - at) as u64, Some((exp.len() - len0) as u64)));
     }
     assert_eq!(pos, src.len());
     let mut segs = Vec::new();
+    let zlib = |c: &mut format::Reader<'_>| {
+        let (level, wbits, mem, strategy) = (
+            c.varint().unwrap() as u32,
+            c.varint().unwrap() as u8,
+            c.varint().unwrap(),
+            c.varint().unwrap(),
+        );
+        assert_eq!((mem, strategy), (8, 0), "the oracle deflates with flate2");
+        (level, wbits)
+    };
     for _ in 0..c.varint().unwrap() {
         match c.varint().unwrap() {
             0 => segs.push(NaiveSeg::Raw(c.varint().unwrap())),
             1 => {
                 let plain = c.varint().unwrap();
                 let comp = c.varint().unwrap();
-                let (level, wbits, mem, strategy) = (
-                    c.varint().unwrap() as u32,
-                    c.varint().unwrap() as u8,
-                    c.varint().unwrap(),
-                    c.varint().unwrap(),
-                );
-                assert_eq!((mem, strategy), (8, 0), "the oracle deflates with flate2");
+                let (level, wbits) = zlib(c);
                 segs.push(NaiveSeg::Zlib(plain, comp, level, wbits));
+            }
+            4 => {
+                // A copy run (minor 6): the source's segments from..from+count again.
+                let from = c.varint().unwrap() as usize;
+                let count = c.varint().unwrap() as usize;
+                let maker_kind = c.varint().unwrap();
+                let (zl, miniz) = match maker_kind {
+                    1 => (Some(zlib(c)), None),
+                    3 => (None, Some(c.varint().unwrap() as u8)),
+                    k => panic!("copy run maker kind {k}"),
+                };
+                for &(len, plain) in &shapes[from..from + count] {
+                    segs.push(match (plain, zl, miniz) {
+                        (None, ..) => NaiveSeg::Raw(len),
+                        (Some(p), Some((level, wbits)), _) => NaiveSeg::Zlib(p, len, level, wbits),
+                        (Some(p), None, Some(level)) => NaiveSeg::Miniz(p, len, level),
+                        _ => unreachable!(),
+                    });
+                }
             }
             2 => {
                 let structure = c.varint().unwrap();

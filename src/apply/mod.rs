@@ -13,9 +13,10 @@
 //!               + 512 KiB                               (I/O buffers)
 //!               + 513 KiB                               (one executable's region map, only
 //!                                                        with FLAG_EXE_REFS: REFS_MEMORY)
-//!               + 1,040 KiB                             (one inflate recipe, an inflater and a
-//!                                                        deflater or token encoder, only with
-//!                                                        FLAG_INFLATE: INFLATE_MEMORY_TOTAL)
+//!               + 1,552 KiB                             (one file's two inflate recipes, an
+//!                                                        inflater and a deflater or token
+//!                                                        encoder, only with FLAG_INFLATE:
+//!                                                        INFLATE_MEMORY_TOTAL)
 //! ```
 //!
 //! where a decoder needs `2^window_log + 512 KiB` for zstd and LZMA2, `4.5 MiB` for bzip2 and

@@ -386,8 +386,12 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
     let n = read_old_count(&mut || need_varint(&mut st.ctrl, C))?;
     let (mut pos, mut expanded) = (0u64, 0u64);
     let put_err = |e: std::io::Error| Error::io(&shown, "write", e);
+    // Held for the target recipe's copy runs: at most MAX_SEGMENTS, set aside in
+    // INFLATE_MEMORY_TOTAL.
+    let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         let seg = read_old_seg(&mut || need_varint(&mut st.ctrl, C))?;
+        held.push(seg);
         let (len, plain, made) = match seg {
             OldSeg::Raw(n) => (n, n, Some(n)),
             OldSeg::Deflate { comp, plain } => (comp, plain, Some(plain)),
@@ -493,7 +497,8 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
     }
     w.flush().map_err(put_err)?;
     drop(w);
-    let recipe = NewRecipe::read(&mut || need_varint(&mut st.ctrl, C), size)?;
+    let recipe = NewRecipe::read(&mut || need_varint(&mut st.ctrl, C), size, &held)?;
+    drop(held);
     let file = scratch
         .file
         .try_clone()
@@ -987,10 +992,11 @@ impl Patch {
                 }
                 TRANSFORM_INFLATE => {
                     let n = read_old_count(&mut || need_varint(&mut st.ctrl, C))?;
+                    let mut held = Vec::with_capacity(n);
                     for _ in 0..n {
-                        read_old_seg(&mut || need_varint(&mut st.ctrl, C))?;
+                        held.push(read_old_seg(&mut || need_varint(&mut st.ctrl, C))?);
                     }
-                    let r = NewRecipe::read(&mut || need_varint(&mut st.ctrl, C), size)?;
+                    let r = NewRecipe::read(&mut || need_varint(&mut st.ctrl, C), size, &held)?;
                     let mut c = Remade::default();
                     for s in &r.segs {
                         match s {

@@ -246,7 +246,7 @@ impl DiffOptions {
     /// Kept per file only when the estimated patch is smaller. Costs, per archive pair, the
     /// inflating, the parameter search (a few compressions of each stream's first block, one
     /// whole compression when found) and a second diff over the larger expanded forms; the
-    /// applier needs [`crate::format::INFLATE_MEMORY_TOTAL`] (1,040 KiB) more memory, disk
+    /// applier needs [`crate::format::INFLATE_MEMORY_TOTAL`] (1,552 KiB) more memory, disk
     /// space for the inflated old file beside the output (and for a token structure), and
     /// the CPU of one zlib compression (or token encoding) of the new file's contents.
     pub fn inflate(&mut self, on: bool) -> &mut DiffOptions {
@@ -1335,7 +1335,7 @@ impl<'a> Ctx<'a> {
 fn recipe_delta(old: &[crate::format::OldSeg], new: &[crate::format::NewSeg], d: Solid) -> Solid {
     let mut ctrl = Vec::new();
     put_old(&mut ctrl, old);
-    put_new(&mut ctrl, new);
+    put_new(&mut ctrl, new, old);
     ctrl.extend_from_slice(&d.ctrl);
     Solid { ctrl, ..d }
 }

@@ -28,10 +28,17 @@ pub const INFLATE_RECIPE_BYTES: u64 = 32;
 /// per 2 bits, and the block overhead): a source segment that claims more is corrupt.
 pub const MAX_RATIO: u64 = 1032;
 
+/// Bytes of memory one held source segment takes: the source recipe is held while the
+/// target recipe, whose copy runs (kind 4, minor 6) name source segments, is read.
+pub const INFLATE_SOURCE_BYTES: u64 = 32;
+const _: () = assert!(std::mem::size_of::<OldSeg>() as u64 <= INFLATE_SOURCE_BYTES);
+
 /// Heap the applier sets aside with header flag [`super::FLAG_INFLATE`]: one held target
-/// recipe, one inflater, one deflater with its input piece and output buffer (or, instead of
-/// the deflater, a token encoder with its buffers, which takes less).
+/// recipe and, while it is read, the source recipe (minor 6), one inflater, one deflater with
+/// its input piece and output buffer (or, instead of the deflater, a token encoder with its
+/// buffers, which takes less).
 pub const INFLATE_MEMORY_TOTAL: u64 = MAX_SEGMENTS as u64 * INFLATE_RECIPE_BYTES
+    + MAX_SEGMENTS as u64 * INFLATE_SOURCE_BYTES
     + INFLATE_MEMORY
     + DEFLATE_MEMORY
     + FEED as u64
@@ -139,6 +146,48 @@ fn bounds(comp: u64, plain: u64, structure: u64) -> Result<()> {
     Ok(())
 }
 
+/// zlib's four parameters of a deflate segment or copy run.
+fn read_params(next: &mut impl FnMut() -> Result<u64>) -> Result<DeflateParams> {
+    let mut field = |what: &'static str| -> Result<u8> {
+        let v = next()?;
+        u8::try_from(v).map_err(|_| Error::Unsupported { what, value: v })
+    };
+    let params = DeflateParams {
+        level: field("deflate level")?,
+        window_bits: field("deflate window")?,
+        mem_level: field("deflate memory level")?,
+        strategy: field("deflate strategy")?,
+    };
+    if !params.valid() {
+        return Err(Error::Unsupported {
+            what: "deflate parameters",
+            value: u64::from_le_bytes([
+                params.level,
+                params.window_bits,
+                params.mem_level,
+                params.strategy,
+                0,
+                0,
+                0,
+                0,
+            ]),
+        });
+    }
+    Ok(params)
+}
+
+/// The level of a miniz segment or copy run.
+fn read_miniz_level(next: &mut impl FnMut() -> Result<u64>) -> Result<u8> {
+    let level = next()?;
+    if level > u64::from(crate::codec::zlib::MINIZ_MAX_LEVEL) {
+        return Err(Error::Unsupported {
+            what: "miniz level",
+            value: level,
+        });
+    }
+    Ok(level as u8)
+}
+
 /// Read one source segment (the caller reads the count with [`read_old_count`]).
 pub fn read_old_seg(next: &mut impl FnMut() -> Result<u64>) -> Result<OldSeg> {
     match next()? {
@@ -189,48 +238,51 @@ pub struct NewRecipe {
 }
 
 impl NewRecipe {
-    /// Read a target recipe, checking that it makes a file of `size` bytes.
-    pub fn read(next: &mut impl FnMut() -> Result<u64>, size: u64) -> Result<NewRecipe> {
+    /// Read a target recipe, checking that it makes a file of `size` bytes. `source` is the
+    /// file's source recipe, whose segments copy runs (kind 4, minor 6) name.
+    pub fn read(
+        next: &mut impl FnMut() -> Result<u64>,
+        size: u64,
+        source: &[OldSeg],
+    ) -> Result<NewRecipe> {
         let n = count(next, "target")?;
         // Bounded by MAX_SEGMENTS (the memory set aside for it), not by the patch.
-        let mut segs = Vec::with_capacity(n);
+        let mut segs: Vec<NewSeg> = Vec::with_capacity(n);
         let (mut expanded, mut made) = (0u64, 0u64);
         let over = || Error::corrupt(C, "target recipe lengths overflow");
+        let mut add = |segs: &mut Vec<NewSeg>, seg: NewSeg| -> Result<()> {
+            if segs.len() == MAX_SEGMENTS {
+                return Err(Error::corrupt(
+                    C,
+                    format!("a target recipe of more than {MAX_SEGMENTS} segments"),
+                ));
+            }
+            let (e, m) = match seg {
+                NewSeg::Raw(n) => (n, n),
+                NewSeg::Deflate { plain, comp, .. } | NewSeg::Miniz { plain, comp, .. } => {
+                    (plain, comp)
+                }
+                NewSeg::Tokens {
+                    structure,
+                    plain,
+                    comp,
+                } => (structure.checked_add(plain).ok_or_else(over)?, comp),
+            };
+            expanded = expanded.checked_add(e).ok_or_else(over)?;
+            made = made.checked_add(m).ok_or_else(over)?;
+            segs.push(seg);
+            Ok(())
+        };
         for _ in 0..n {
             let seg = match next()? {
                 0 => NewSeg::Raw(nonzero(next()?, "raw")?),
                 1 => {
                     let plain = next()?;
                     let comp = nonzero(next()?, "deflate")?;
-                    let mut field = |what: &'static str| -> Result<u8> {
-                        let v = next()?;
-                        u8::try_from(v).map_err(|_| Error::Unsupported { what, value: v })
-                    };
-                    let params = DeflateParams {
-                        level: field("deflate level")?,
-                        window_bits: field("deflate window")?,
-                        mem_level: field("deflate memory level")?,
-                        strategy: field("deflate strategy")?,
-                    };
-                    if !params.valid() {
-                        return Err(Error::Unsupported {
-                            what: "deflate parameters",
-                            value: u64::from_le_bytes([
-                                params.level,
-                                params.window_bits,
-                                params.mem_level,
-                                params.strategy,
-                                0,
-                                0,
-                                0,
-                                0,
-                            ]),
-                        });
-                    }
                     NewSeg::Deflate {
                         plain,
                         comp,
-                        params,
+                        params: read_params(next)?,
                     }
                 }
                 2 => {
@@ -248,18 +300,56 @@ impl NewRecipe {
                     let plain = next()?;
                     let comp = nonzero(next()?, "miniz")?;
                     bounds(comp, plain, 0)?;
-                    let level = next()?;
-                    if level > u64::from(crate::codec::zlib::MINIZ_MAX_LEVEL) {
-                        return Err(Error::Unsupported {
-                            what: "miniz level",
-                            value: level,
-                        });
-                    }
                     NewSeg::Miniz {
                         plain,
                         comp,
-                        level: level as u8,
+                        level: read_miniz_level(next)?,
                     }
+                }
+                4 => {
+                    // A copy run: `count` segments shaped as the source's from `from`, each
+                    // stream made by one maker.
+                    let from = next()?;
+                    let count = next()?;
+                    let Some(end) = from
+                        .checked_add(count)
+                        .filter(|&e| count >= 1 && e <= source.len() as u64)
+                    else {
+                        return Err(Error::corrupt(
+                            C,
+                            format!(
+                                "a copy run of {count} segments from source segment {from} \
+                                 (the source has {})",
+                                source.len()
+                            ),
+                        ));
+                    };
+                    let maker = match next()? {
+                        1 => Maker::Zlib(read_params(next)?),
+                        3 => Maker::Miniz(read_miniz_level(next)?),
+                        k => {
+                            return Err(Error::Unsupported {
+                                what: "copy run maker kind",
+                                value: k,
+                            })
+                        }
+                    };
+                    for s in &source[from as usize..end as usize] {
+                        let seg = match *s {
+                            OldSeg::Raw(n) => NewSeg::Raw(n),
+                            OldSeg::Deflate { comp, plain }
+                            | OldSeg::Tokens { comp, plain, .. } => match maker {
+                                Maker::Zlib(params) => NewSeg::Deflate {
+                                    plain,
+                                    comp,
+                                    params,
+                                },
+                                Maker::Miniz(level) => NewSeg::Miniz { plain, comp, level },
+                            },
+                        };
+                        add(&mut segs, seg)?;
+                    }
+                    continue;
                 }
                 k => {
                     return Err(Error::Unsupported {
@@ -268,20 +358,7 @@ impl NewRecipe {
                     })
                 }
             };
-            let (e, m) = match seg {
-                NewSeg::Raw(n) => (n, n),
-                NewSeg::Deflate { plain, comp, .. } | NewSeg::Miniz { plain, comp, .. } => {
-                    (plain, comp)
-                }
-                NewSeg::Tokens {
-                    structure,
-                    plain,
-                    comp,
-                } => (structure.checked_add(plain).ok_or_else(over)?, comp),
-            };
-            expanded = expanded.checked_add(e).ok_or_else(over)?;
-            made = made.checked_add(m).ok_or_else(over)?;
-            segs.push(seg);
+            add(&mut segs, seg)?;
         }
         if made != size {
             return Err(Error::corrupt(
@@ -295,6 +372,13 @@ impl NewRecipe {
             size,
         })
     }
+}
+
+/// The encoder of a copy run's streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Maker {
+    Zlib(DeflateParams),
+    Miniz(u8),
 }
 
 /// Write a source recipe (the encoder's side of [`read_old_seg`]).
@@ -325,32 +409,111 @@ pub fn put_old(out: &mut Vec<u8>, segs: &[OldSeg]) {
     }
 }
 
-/// Write a target recipe (the encoder's side of [`NewRecipe::read`]).
-pub fn put_new(out: &mut Vec<u8>, segs: &[NewSeg]) {
+/// What a target segment must match in the source to join a copy run, and its maker.
+fn shape(seg: &NewSeg) -> Option<((bool, u64, u64), Option<Maker>)> {
+    match *seg {
+        NewSeg::Raw(n) => Some(((false, n, 0), None)),
+        NewSeg::Deflate {
+            plain,
+            comp,
+            params,
+        } => Some(((true, comp, plain), Some(Maker::Zlib(params)))),
+        NewSeg::Miniz { plain, comp, level } => {
+            Some(((true, comp, plain), Some(Maker::Miniz(level))))
+        }
+        NewSeg::Tokens { .. } => None,
+    }
+}
+
+fn old_shape(seg: &OldSeg) -> (bool, u64, u64) {
+    match *seg {
+        OldSeg::Raw(n) => (false, n, 0),
+        OldSeg::Deflate { comp, plain } | OldSeg::Tokens { comp, plain, .. } => (true, comp, plain),
+    }
+}
+
+/// Write a target recipe (the encoder's side of [`NewRecipe::read`]), as copy runs of
+/// `source`'s segments where two or more in a row have the same lengths (an archive's
+/// unchanged entries: their headers and streams), one maker for the run's streams.
+pub fn put_new(out: &mut Vec<u8>, segs: &[NewSeg], source: &[OldSeg]) {
     use super::put_varint;
-    put_varint(out, segs.len() as u64);
-    for s in segs {
-        match *s {
+    use std::collections::HashMap;
+    // Where each shape occurs in the source, in order.
+    let mut at: HashMap<(bool, u64, u64), Vec<usize>> = HashMap::new();
+    for (j, s) in source.iter().enumerate() {
+        at.entry(old_shape(s)).or_default().push(j);
+    }
+    // The run that starts with target segment `i` at source segment `j`: its length and maker.
+    let run_at = |i: usize, j: usize| -> (usize, Option<Maker>) {
+        let (mut len, mut maker) = (0, None);
+        while let (Some(n), Some(o)) = (segs.get(i + len), source.get(j + len)) {
+            match shape(n) {
+                Some((k, m))
+                    if old_shape(o) == k && (m.is_none() || maker.is_none() || m == maker) =>
+                {
+                    maker = maker.or(m);
+                    len += 1;
+                }
+                _ => break,
+            }
+        }
+        (len, maker)
+    };
+    let mut items: Vec<u8> = Vec::new();
+    let mut n_items = 0u64;
+    let (mut i, mut next_src) = (0, 0);
+    while i < segs.len() {
+        // Where to start: the first four fitting places from where the last run ended, and
+        // the first in the source; the longest run (the first on a tie), if two or more long.
+        let start = shape(&segs[i]).and_then(|(k, _)| {
+            let v = at.get(&k)?;
+            let after = v.partition_point(|&j| j < next_src);
+            v[after..v.len().min(after + 4)]
+                .iter()
+                .chain(v.first())
+                .map(|&j| (j, run_at(i, j)))
+                .fold(
+                    None,
+                    |best: Option<(usize, (usize, Option<Maker>))>, c| match best {
+                        Some(b) if b.1 .0 >= c.1 .0 => Some(b),
+                        _ => Some(c),
+                    },
+                )
+                .filter(|(_, (len, _))| *len >= 2)
+        });
+        n_items += 1;
+        if let Some((j, (len, maker))) = start {
+            for v in [4, j as u64, len as u64] {
+                put_varint(&mut items, v);
+            }
+            match maker.unwrap_or(Maker::Zlib(DeflateParams::DEFAULT)) {
+                Maker::Zlib(p) => {
+                    put_varint(&mut items, 1);
+                    put_params(&mut items, p);
+                }
+                Maker::Miniz(level) => {
+                    put_varint(&mut items, 3);
+                    put_varint(&mut items, level.into());
+                }
+            }
+            i += len;
+            next_src = j + len;
+            continue;
+        }
+        match segs[i] {
             NewSeg::Raw(n) => {
-                put_varint(out, 0);
-                put_varint(out, n);
+                put_varint(&mut items, 0);
+                put_varint(&mut items, n);
             }
             NewSeg::Deflate {
                 plain,
                 comp,
                 params,
             } => {
-                put_varint(out, 1);
-                put_varint(out, plain);
-                put_varint(out, comp);
-                for v in [
-                    params.level,
-                    params.window_bits,
-                    params.mem_level,
-                    params.strategy,
-                ] {
-                    put_varint(out, v.into());
-                }
+                put_varint(&mut items, 1);
+                put_varint(&mut items, plain);
+                put_varint(&mut items, comp);
+                put_params(&mut items, params);
             }
             NewSeg::Tokens {
                 structure,
@@ -358,15 +521,24 @@ pub fn put_new(out: &mut Vec<u8>, segs: &[NewSeg]) {
                 comp,
             } => {
                 for v in [2, structure, plain, comp] {
-                    put_varint(out, v);
+                    put_varint(&mut items, v);
                 }
             }
             NewSeg::Miniz { plain, comp, level } => {
                 for v in [3, plain, comp, level.into()] {
-                    put_varint(out, v);
+                    put_varint(&mut items, v);
                 }
             }
         }
+        i += 1;
+    }
+    put_varint(out, n_items);
+    out.extend_from_slice(&items);
+}
+
+fn put_params(out: &mut Vec<u8>, p: DeflateParams) {
+    for v in [p.level, p.window_bits, p.mem_level, p.strategy] {
+        super::put_varint(out, v.into());
     }
 }
 
@@ -422,11 +594,122 @@ mod tests {
             },
         ];
         let mut b = Vec::new();
-        put_new(&mut b, &new);
-        let r = NewRecipe::read(&mut reader(&b), 258).unwrap();
+        put_new(&mut b, &new, &old);
+        // No two segments in a row have the source's lengths: written one by one.
+        assert_eq!(b[0], 5);
+        let r = NewRecipe::read(&mut reader(&b), 258, &old).unwrap();
         assert_eq!((r.segs, r.expanded, r.size), (new.clone(), 7918, 258));
-        assert!(NewRecipe::read(&mut reader(&b), 259).is_err());
+        assert!(NewRecipe::read(&mut reader(&b), 259, &old).is_err());
         assert!(std::mem::size_of::<NewSeg>() as u64 <= INFLATE_RECIPE_BYTES);
+    }
+
+    /// An archive's unchanged entries: runs of the source's segments, one maker each.
+    #[test]
+    fn copy_runs_round_trip() {
+        let d = |comp, plain| OldSeg::Deflate { comp, plain };
+        let t = |comp, plain| OldSeg::Tokens {
+            comp,
+            plain,
+            structure: 7,
+        };
+        let old = [
+            OldSeg::Raw(40),
+            d(100, 300),
+            OldSeg::Raw(41),
+            t(200, 700),
+            OldSeg::Raw(40),
+            d(100, 300),
+            OldSeg::Raw(500),
+        ];
+        let z = |plain, comp| NewSeg::Deflate {
+            plain,
+            comp,
+            params: DeflateParams::DEFAULT,
+        };
+        let z9 = |plain, comp| NewSeg::Deflate {
+            plain,
+            comp,
+            params: DeflateParams {
+                level: 9,
+                ..DeflateParams::DEFAULT
+            },
+        };
+        let m = |plain, comp| NewSeg::Miniz {
+            plain,
+            comp,
+            level: 6,
+        };
+        let cases: Vec<(Vec<NewSeg>, u64)> = vec![
+            // The whole source again, one setting: one run.
+            (
+                vec![
+                    NewSeg::Raw(40),
+                    z(300, 100),
+                    NewSeg::Raw(41),
+                    z(700, 200),
+                    NewSeg::Raw(40),
+                    z(300, 100),
+                    NewSeg::Raw(500),
+                ],
+                1,
+            ),
+            // A new entry in the middle; the run after it starts where the first ended.
+            (
+                vec![
+                    NewSeg::Raw(40),
+                    z(300, 100),
+                    NewSeg::Raw(33),
+                    z(50, 20),
+                    NewSeg::Raw(41),
+                    z(700, 200),
+                    NewSeg::Raw(500),
+                ],
+                5,
+            ),
+            // Two settings: the run stops where the maker changes.
+            (
+                vec![
+                    NewSeg::Raw(40),
+                    z(300, 100),
+                    NewSeg::Raw(41),
+                    z9(700, 200),
+                    NewSeg::Raw(40),
+                    m(300, 100),
+                    NewSeg::Raw(500),
+                ],
+                3,
+            ),
+            // The longer of two runs that start alike: the source's second entry and its tail.
+            (vec![NewSeg::Raw(40), m(300, 100), NewSeg::Raw(500)], 1),
+            // The second entry first: a run from the source's third segment, then a run from
+            // its first (found from the start) for the last two.
+            (
+                vec![
+                    NewSeg::Raw(41),
+                    z(700, 200),
+                    NewSeg::Raw(40),
+                    z(300, 100),
+                    NewSeg::Raw(40),
+                    z(300, 100),
+                ],
+                2,
+            ),
+        ];
+        for (new, items) in cases {
+            let mut b = Vec::new();
+            put_new(&mut b, &new, &old);
+            assert_eq!(u64::from(b[0]), items, "{new:?}");
+            let size = new
+                .iter()
+                .map(|s| match *s {
+                    NewSeg::Raw(n) => n,
+                    NewSeg::Deflate { comp, .. } | NewSeg::Miniz { comp, .. } => comp,
+                    NewSeg::Tokens { comp, .. } => comp,
+                })
+                .sum();
+            let r = NewRecipe::read(&mut reader(&b), size, &old).unwrap();
+            assert_eq!(r.segs, new);
+        }
     }
 
     #[test]
@@ -468,7 +751,44 @@ mod tests {
             for &x in v {
                 crate::format::put_varint(&mut b, x);
             }
-            assert!(NewRecipe::read(&mut reader(&b), 5).is_err(), "{v:?}");
+            assert!(NewRecipe::read(&mut reader(&b), 5, &[]).is_err(), "{v:?}");
         }
+        // Copy runs: past the source, empty, overflowing, an unknown maker, bad settings,
+        // more segments than a recipe holds.
+        let source = [OldSeg::Raw(5), OldSeg::Deflate { comp: 5, plain: 9 }];
+        let bad_runs: [&[u64]; 7] = [
+            &[1, 4, 1, 2, 1, 6, 15, 8, 0],
+            &[1, 4, 0, 0, 1, 6, 15, 8, 0],
+            &[1, 4, u64::MAX, 2, 1, 6, 15, 8, 0],
+            &[1, 4, 0, 2, 2, 6, 15, 8, 0],
+            &[1, 4, 0, 2, 1, 6, 15, 10, 0],
+            &[1, 4, 0, 2, 3, 11],
+            &[1, 4, 0, 1, 3, 6],
+        ];
+        for v in bad_runs {
+            let mut b = Vec::new();
+            for &x in v {
+                crate::format::put_varint(&mut b, x);
+            }
+            assert!(
+                NewRecipe::read(&mut reader(&b), 10, &source).is_err(),
+                "{v:?}"
+            );
+        }
+        // The good run they spoil.
+        let mut b = Vec::new();
+        for x in [1, 4, 0, 2, 3, 6] {
+            crate::format::put_varint(&mut b, x);
+        }
+        let r = NewRecipe::read(&mut reader(&b), 10, &source).unwrap();
+        assert_eq!(r.expanded, 14);
+        // Runs that would hold more than MAX_SEGMENTS segments in all.
+        let big = vec![OldSeg::Raw(1); MAX_SEGMENTS];
+        let mut b = Vec::new();
+        for x in [2, 4, 0, MAX_SEGMENTS as u64, 3, 6, 4, 0, 1, 3, 6] {
+            crate::format::put_varint(&mut b, x);
+        }
+        let e = NewRecipe::read(&mut reader(&b), MAX_SEGMENTS as u64 + 1, &big).unwrap_err();
+        assert!(e.to_string().contains("more than 16384 segments"), "{e}");
     }
 }

@@ -94,7 +94,7 @@ pub const MAGIC: [u8; 4] = *b"BDLT";
 pub const VERSION_MAJOR: u8 = 2;
 /// Minor format version written by this build. Readers accept any minor of their major:
 /// a minor bump only adds values (codecs, transforms, ops) that older readers refuse by value.
-pub const VERSION_MINOR: u8 = 5;
+pub const VERSION_MINOR: u8 = 6;
 /// Smallest possible header (every varint one byte).
 pub const MIN_HEADER_LEN: usize = 17;
 /// Largest possible header: magic, versions, a 5-byte flags varint, window log, codecs and six
