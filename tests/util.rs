@@ -479,6 +479,26 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
                 exp.extend_from_slice(&p);
                 pos += comp;
             }
+            3 => {
+                // Lengths found by inflating (minor 6): zlib's inflate says where it ended.
+                let mut d = flate2::Decompress::new(false);
+                let mut p = Vec::with_capacity(1 << 16);
+                loop {
+                    let st = d
+                        .decompress_vec(
+                            &src[pos + d.total_in() as usize..],
+                            &mut p,
+                            flate2::FlushDecompress::None,
+                        )
+                        .unwrap();
+                    if st == flate2::Status::StreamEnd {
+                        break;
+                    }
+                    p.reserve(p.capacity());
+                }
+                exp.extend_from_slice(&p);
+                pos += d.total_in() as usize;
+            }
             2 => {
                 let comp = c.varint().unwrap() as usize;
                 let plain = c.varint().unwrap() as usize;
@@ -508,7 +528,12 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
         assert_eq!((mem, strategy), (8, 0), "the oracle deflates with flate2");
         (level, wbits)
     };
-    for _ in 0..c.varint().unwrap() {
+    // A count of 0 introduces the stated expanded length (minor 6), checked at the end.
+    let (stated, n) = match c.varint().unwrap() {
+        0 => (Some(c.varint().unwrap()), c.varint().unwrap()),
+        n => (None, n),
+    };
+    for _ in 0..n {
         match c.varint().unwrap() {
             0 => segs.push(NaiveSeg::Raw(c.varint().unwrap())),
             1 => {
@@ -550,6 +575,9 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
             }
             k => panic!("target segment kind {k}"),
         }
+    }
+    if let Some(e) = stated {
+        assert_eq!(e, segs.iter().map(NaiveSeg::expanded).sum::<u64>());
     }
     (exp, segs)
 }

@@ -391,8 +391,20 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         let seg = read_old_seg(&mut || need_varint(&mut st.ctrl, C))?;
+        if seg == OldSeg::Inflate {
+            // Kind 3: inflate it to learn its lengths, at most to the source's end.
+            let room = src.len.saturating_sub(pos);
+            let (comp, plain) = inflate_found(&mut st.obuf, src, pos, room, &mut w)?;
+            expanded = expanded
+                .checked_add(plain)
+                .ok_or_else(|| Error::corrupt(C, "expanded source length overflows"))?;
+            pos += comp;
+            held.push(OldSeg::Deflate { comp, plain });
+            continue;
+        }
         held.push(seg);
         let (len, plain, made) = match seg {
+            OldSeg::Inflate => unreachable!("inflated above"),
             OldSeg::Raw(n) => (n, n, Some(n)),
             OldSeg::Deflate { comp, plain } => (comp, plain, Some(plain)),
             OldSeg::Tokens {
@@ -424,6 +436,7 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
             OldSeg::Deflate { comp, .. } => {
                 inflate_into(&mut st.obuf, src, pos, comp, plain, &mut w)?
             }
+            OldSeg::Inflate => unreachable!("inflated above"),
             OldSeg::Tokens {
                 comp, structure, ..
             } => {
@@ -499,6 +512,12 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
     drop(w);
     let recipe = NewRecipe::read(&mut || need_varint(&mut st.ctrl, C), size, &held)?;
     drop(held);
+    if !recipe.known {
+        return Err(Error::corrupt(
+            C,
+            "a target segment's lengths are not known",
+        ));
+    }
     let file = scratch
         .file
         .try_clone()
@@ -536,8 +555,8 @@ impl Read for SrcRange<'_> {
     }
 }
 
-/// Inflate the `comp`-byte deflate stream at source offset `pos` into `w`: exactly `plain`
-/// bytes.
+/// Inflate the raw deflate stream of exactly `comp` bytes at `pos` of `src` into `w`; it must
+/// inflate to exactly `plain` bytes.
 fn inflate_into(
     obuf: &mut [u8],
     src: &Source,
@@ -546,6 +565,52 @@ fn inflate_into(
     plain: u64,
     w: &mut dyn Write,
 ) -> Result<()> {
+    const C: &str = "control stream";
+    let (c, p) = inflate_at(obuf, src, pos, comp, plain, w)?;
+    if c != comp || p != plain {
+        return Err(Error::corrupt(
+            C,
+            format!(
+                "the deflate stream at source offset {pos} is not {comp} bytes that inflate to \
+                 {plain}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Inflate the raw deflate stream at `pos` of `src` (source kind 3), which must end within
+/// `room` bytes and inflate to at most [`crate::format::MAX_RATIO`] times its length, into
+/// `w`: its compressed and plain lengths.
+fn inflate_found(
+    obuf: &mut [u8],
+    src: &Source,
+    pos: u64,
+    room: u64,
+    w: &mut dyn Write,
+) -> Result<(u64, u64)> {
+    const C: &str = "control stream";
+    let most = room.saturating_mul(crate::format::MAX_RATIO);
+    let (comp, plain) = inflate_at(obuf, src, pos, room, most, w)?;
+    if plain > comp.saturating_mul(crate::format::MAX_RATIO) {
+        return Err(Error::corrupt(
+            C,
+            format!("the {comp}-byte deflate stream at source offset {pos} inflates to {plain}"),
+        ));
+    }
+    Ok((comp, plain))
+}
+
+/// Inflate the raw deflate stream at `pos` of `src`, which must end (with its final block)
+/// within `comp` bytes and inflate to at most `plain`, into `w`: the bytes it took and made.
+fn inflate_at(
+    obuf: &mut [u8],
+    src: &Source,
+    pos: u64,
+    comp: u64,
+    plain: u64,
+    w: &mut dyn Write,
+) -> Result<(u64, u64)> {
     const C: &str = "control stream";
     let shown = Path::new("(expanded source)");
     let mut inf = Inflater::new();
@@ -576,7 +641,7 @@ fn inflate_into(
                         format!(
                             "the deflate stream at source offset {pos}: {}",
                             if made > plain {
-                                format!("inflates past its {plain} bytes")
+                                format!("inflates past {plain} bytes")
                             } else {
                                 why.to_string()
                             }
@@ -589,16 +654,13 @@ fn inflate_into(
             break;
         }
     }
-    if !inf.done() || left != 0 || made != plain {
+    if !inf.done() {
         return Err(Error::corrupt(
             C,
-            format!(
-                "the deflate stream at source offset {pos} is not {comp} bytes that inflate to \
-                 {plain}"
-            ),
+            format!("the deflate stream at source offset {pos} does not end within {comp} bytes"),
         ));
     }
-    Ok(())
+    Ok((comp - left, made))
 }
 
 /// The writer a transform-2 file's expanded bytes go to: raw segments pass through, deflate

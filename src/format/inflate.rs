@@ -1,7 +1,8 @@
 //! Transform 2, *inflate* (minor 4, FORMAT.md section 4.3): a `modify` whose source and target
-//! are deflate containers (gzip members today) is diffed between their *expanded* forms, where
-//! every deflate stream stands as the bytes it inflates to, and the target is deflated again
-//! on apply with the stock-zlib parameters that made it.
+//! are deflate containers (gzip and zip files) is diffed between their *expanded* forms, where
+//! every deflate stream stands as the bytes it inflates to, and the target's streams are
+//! made again on apply by the encoder setting that made them (stock zlib, miniz_oxide) or
+//! from their token structure (minor 5).
 //!
 //! Why: one changed line re-encodes a whole deflate stream after it, so two compressed files
 //! share almost no bytes even when their contents do (a patch of 91% of an npm tarball where
@@ -9,7 +10,10 @@
 //!
 //! This module holds the two *recipes* that a transform-2 file's controls start with: how to
 //! expand the source ([`OldSeg`]) and how to build the target from its expanded form
-//! ([`NewSeg`]), with every number checked as it is read.
+//! ([`NewSeg`]), with every number checked as it is read. Since minor 6 they cost little for
+//! an archive of many entries: the source's streams are found by inflating them (kind 3), and
+//! the target's unchanged entries are copy runs of the source's segments (kind 4), so that a
+//! jar of 7,053 streams needs no lengths for the ones that did not change.
 
 use crate::codec::zlib::{DeflateParams, DEFLATE_MEMORY, FEED, INFLATE_MEMORY};
 use crate::error::{Error, Result};
@@ -47,6 +51,12 @@ pub const INFLATE_MEMORY_TOTAL: u64 = MAX_SEGMENTS as u64 * INFLATE_RECIPE_BYTES
 /// A piece of the source as it is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OldSeg {
+    /// A raw deflate stream whose lengths the reader learns by inflating it (kind 3, minor 6):
+    /// it ends with its final block, rounded up to a byte, within the source, and inflates to
+    /// at most [`MAX_RATIO`] times its length. An applier holds it, once inflated, as the
+    /// [`OldSeg::Deflate`] it found; a writer gives [`put_old`] that [`OldSeg::Deflate`], and
+    /// [`put_old`] writes this kind for it.
+    Inflate,
     /// `len` bytes that stand for themselves in the expanded form.
     Raw(u64),
     /// A raw deflate stream of `comp` bytes that inflates to exactly `plain` bytes.
@@ -214,6 +224,7 @@ pub fn read_old_seg(next: &mut impl FnMut() -> Result<u64>) -> Result<OldSeg> {
                 structure,
             })
         }
+        3 => Ok(OldSeg::Inflate),
         k => Err(Error::Unsupported {
             what: "source segment kind",
             value: k,
@@ -235,22 +246,33 @@ pub struct NewRecipe {
     pub expanded: u64,
     /// Sum of raw and compressed lengths: the file's size.
     pub size: u64,
+    /// Whether every segment's lengths are known: `false` only when a copy run names a
+    /// source stream not inflated yet ([`OldSeg::Inflate`]: a reader that walks the control
+    /// stream without the source), whose segments then have lengths 0 and whose `expanded`
+    /// is the recipe's stated one.
+    pub known: bool,
 }
 
 impl NewRecipe {
-    /// Read a target recipe, checking that it makes a file of `size` bytes. `source` is the
+    /// Read a target recipe, checking that it makes a file of `size` bytes and that the
+    /// expanded length it states, if any, is the one its segments take. `source` is the
     /// file's source recipe, whose segments copy runs (kind 4, minor 6) name.
     pub fn read(
         next: &mut impl FnMut() -> Result<u64>,
         size: u64,
         source: &[OldSeg],
     ) -> Result<NewRecipe> {
-        let n = count(next, "target")?;
+        // A count of 0 (which minor 5 refuses) introduces the stated expanded length (minor 6).
+        let (stated, n) = match next()? {
+            0 => (Some(next()?), count(next, "target")?),
+            n => (None, count(&mut || Ok(n), "target")?),
+        };
+        let mut known = true;
         // Bounded by MAX_SEGMENTS (the memory set aside for it), not by the patch.
         let mut segs: Vec<NewSeg> = Vec::with_capacity(n);
         let (mut expanded, mut made) = (0u64, 0u64);
         let over = || Error::corrupt(C, "target recipe lengths overflow");
-        let mut add = |segs: &mut Vec<NewSeg>, seg: NewSeg| -> Result<()> {
+        let mut add = |segs: &mut Vec<NewSeg>, seg: NewSeg, lengths: bool| -> Result<()> {
             if segs.len() == MAX_SEGMENTS {
                 return Err(Error::corrupt(
                     C,
@@ -268,8 +290,10 @@ impl NewRecipe {
                     comp,
                 } => (structure.checked_add(plain).ok_or_else(over)?, comp),
             };
-            expanded = expanded.checked_add(e).ok_or_else(over)?;
-            made = made.checked_add(m).ok_or_else(over)?;
+            if lengths {
+                expanded = expanded.checked_add(e).ok_or_else(over)?;
+                made = made.checked_add(m).ok_or_else(over)?;
+            }
             segs.push(seg);
             Ok(())
         };
@@ -335,19 +359,22 @@ impl NewRecipe {
                         }
                     };
                     for s in &source[from as usize..end as usize] {
-                        let seg = match *s {
-                            OldSeg::Raw(n) => NewSeg::Raw(n),
-                            OldSeg::Deflate { comp, plain }
-                            | OldSeg::Tokens { comp, plain, .. } => match maker {
-                                Maker::Zlib(params) => NewSeg::Deflate {
-                                    plain,
-                                    comp,
-                                    params,
-                                },
-                                Maker::Miniz(level) => NewSeg::Miniz { plain, comp, level },
+                        let stream = |comp, plain| match maker {
+                            Maker::Zlib(params) => NewSeg::Deflate {
+                                plain,
+                                comp,
+                                params,
                             },
+                            Maker::Miniz(level) => NewSeg::Miniz { plain, comp, level },
                         };
-                        add(&mut segs, seg)?;
+                        let (seg, lengths) = match *s {
+                            OldSeg::Raw(n) => (NewSeg::Raw(n), true),
+                            OldSeg::Deflate { comp, plain }
+                            | OldSeg::Tokens { comp, plain, .. } => (stream(comp, plain), true),
+                            OldSeg::Inflate => (stream(0, 0), false),
+                        };
+                        known &= lengths;
+                        add(&mut segs, seg, lengths)?;
                     }
                     continue;
                 }
@@ -358,18 +385,38 @@ impl NewRecipe {
                     })
                 }
             };
-            add(&mut segs, seg)?;
+            add(&mut segs, seg, true)?;
         }
-        if made != size {
+        if !known {
+            // Only the expanded length it states can be checked: the applier, which inflates
+            // the source first, checks the rest.
+            let Some(e) = stated else {
+                return Err(Error::corrupt(
+                    C,
+                    "a copy run names a source stream not inflated, and the target recipe \
+                     states no expanded length",
+                ));
+            };
+            expanded = e;
+        } else if made != size {
             return Err(Error::corrupt(
                 C,
                 format!("target recipe makes {made} bytes, the file has {size}"),
+            ));
+        } else if stated.is_some_and(|e| e != expanded) {
+            return Err(Error::corrupt(
+                C,
+                format!(
+                    "the target recipe states {} expanded bytes, its segments take {expanded}",
+                    stated.unwrap_or(0)
+                ),
             ));
         }
         Ok(NewRecipe {
             segs,
             expanded,
             size,
+            known,
         })
     }
 }
@@ -381,7 +428,10 @@ enum Maker {
     Miniz(u8),
 }
 
-/// Write a source recipe (the encoder's side of [`read_old_seg`]).
+/// Write a source recipe (the encoder's side of [`read_old_seg`]). Every
+/// [`OldSeg::Deflate`] is written as kind 3 (its lengths are found again by inflating it), so
+/// a writer gives only streams that end with their final block exactly where their `comp`
+/// says.
 pub fn put_old(out: &mut Vec<u8>, segs: &[OldSeg]) {
     use super::put_varint;
     put_varint(out, segs.len() as u64);
@@ -391,11 +441,8 @@ pub fn put_old(out: &mut Vec<u8>, segs: &[OldSeg]) {
                 put_varint(out, 0);
                 put_varint(out, n);
             }
-            OldSeg::Deflate { comp, plain } => {
-                put_varint(out, 1);
-                put_varint(out, comp);
-                put_varint(out, plain);
-            }
+            // The stream's lengths are found again by inflating it (kind 3).
+            OldSeg::Deflate { .. } | OldSeg::Inflate => put_varint(out, 3),
             OldSeg::Tokens {
                 comp,
                 plain,
@@ -429,6 +476,8 @@ fn old_shape(seg: &OldSeg) -> (bool, u64, u64) {
     match *seg {
         OldSeg::Raw(n) => (false, n, 0),
         OldSeg::Deflate { comp, plain } | OldSeg::Tokens { comp, plain, .. } => (true, comp, plain),
+        // A writer knows its streams' lengths: never matched.
+        OldSeg::Inflate => (true, u64::MAX, u64::MAX),
     }
 }
 
@@ -532,6 +581,19 @@ pub fn put_new(out: &mut Vec<u8>, segs: &[NewSeg], source: &[OldSeg]) {
         }
         i += 1;
     }
+    // The expanded length first (a reader without the source cannot add it up).
+    let expanded: u64 = segs
+        .iter()
+        .map(|s| match *s {
+            NewSeg::Raw(n) => n,
+            NewSeg::Deflate { plain, .. } | NewSeg::Miniz { plain, .. } => plain,
+            NewSeg::Tokens {
+                structure, plain, ..
+            } => structure + plain,
+        })
+        .sum();
+    put_varint(out, 0);
+    put_varint(out, expanded);
     put_varint(out, n_items);
     out.extend_from_slice(&items);
 }
@@ -572,7 +634,11 @@ mod tests {
         let mut next = reader(&b);
         let n = read_old_count(&mut next).unwrap();
         let back: Vec<_> = (0..n).map(|_| read_old_seg(&mut next).unwrap()).collect();
-        assert_eq!(back, old);
+        // A stream's lengths are found again by inflating it (kind 3): the reader learns
+        // them from the source, not from the recipe.
+        let mut want = old.to_vec();
+        want[1] = OldSeg::Inflate;
+        assert_eq!(back, want);
 
         let new = vec![
             NewSeg::Raw(10),
@@ -595,11 +661,24 @@ mod tests {
         ];
         let mut b = Vec::new();
         put_new(&mut b, &new, &old);
-        // No two segments in a row have the source's lengths: written one by one.
-        assert_eq!(b[0], 5);
+        // The stated expanded length, then five items: no two segments in a row have the
+        // source's lengths, so they are written one by one.
+        let mut next = reader(&b);
+        assert_eq!(
+            (next().unwrap(), next().unwrap(), next().unwrap()),
+            (0, 7918, 5)
+        );
         let r = NewRecipe::read(&mut reader(&b), 258, &old).unwrap();
-        assert_eq!((r.segs, r.expanded, r.size), (new.clone(), 7918, 258));
+        assert_eq!(
+            (r.segs, r.expanded, r.size, r.known),
+            (new.clone(), 7918, 258, true)
+        );
         assert!(NewRecipe::read(&mut reader(&b), 259, &old).is_err());
+        // A stated length the segments do not take is refused.
+        let mut wrong = vec![0];
+        crate::format::put_varint(&mut wrong, 7919);
+        wrong.extend_from_slice(&b[3..]);
+        assert!(NewRecipe::read(&mut reader(&wrong), 258, &old).is_err());
         assert!(std::mem::size_of::<NewSeg>() as u64 <= INFLATE_RECIPE_BYTES);
     }
 
@@ -698,7 +777,9 @@ mod tests {
         for (new, items) in cases {
             let mut b = Vec::new();
             put_new(&mut b, &new, &old);
-            assert_eq!(u64::from(b[0]), items, "{new:?}");
+            let mut next = reader(&b);
+            let (_, _) = (next().unwrap(), next().unwrap());
+            assert_eq!(next().unwrap(), items, "{new:?}");
             let size = new
                 .iter()
                 .map(|s| match *s {
@@ -709,7 +790,25 @@ mod tests {
                 .sum();
             let r = NewRecipe::read(&mut reader(&b), size, &old).unwrap();
             assert_eq!(r.segs, new);
+            // A reader that has not inflated the source's streams (kind 3) knows the
+            // expanded length the recipe states, not the runs' lengths.
+            let unknown: Vec<OldSeg> = old
+                .iter()
+                .map(|s| match s {
+                    OldSeg::Deflate { .. } => OldSeg::Inflate,
+                    s => *s,
+                })
+                .collect();
+            let r2 = NewRecipe::read(&mut reader(&b), 0, &unknown).unwrap();
+            assert_eq!(r2.expanded, r.expanded);
         }
+        // Without a stated length, a run over streams not inflated is refused.
+        let mut b = Vec::new();
+        for x in [1, 4, 0, 2, 1, 6, 15, 8, 0] {
+            crate::format::put_varint(&mut b, x);
+        }
+        let unknown = [OldSeg::Raw(40), OldSeg::Inflate];
+        assert!(NewRecipe::read(&mut reader(&b), 0, &unknown).is_err());
     }
 
     #[test]
