@@ -13,7 +13,7 @@
 #   roundtrip        [window][split u16][old][edit script]
 #   dir_apply        a few flag combinations (codecs, frame splits, control blocks) followed by
 #                    deterministic pseudo-random bytes
-# The golden patches (corpus/golden/v2.1, v2.2 and v2.3) are added to apply_untrusted as they are.
+# The golden patches (corpus/golden/v2.1 to v2.6) are added to apply_untrusted as they are.
 # Needs: cargo, python3, awk, coreutils.
 set -euo pipefail
 
@@ -86,7 +86,7 @@ for p in "$PATCHES"/*.bdp; do
     rm -rf "$WORK/out"
     "$BIN" apply -q "$old" "$p" -o "$WORK/out"
 done
-for v in v2.1 v2.2 v2.3; do
+for v in v2.1 v2.2 v2.3 v2.4 v2.5 v2.6; do
     for f in "$ROOT"/corpus/golden/$v/*.bdp; do
         [ -e "$f" ] && cp "$f" "$PATCHES/golden-$v-$(basename "$f")"
     done
