@@ -279,6 +279,12 @@ impl NewRecipe {
                     format!("a target recipe of more than {MAX_SEGMENTS} segments"),
                 ));
             }
+            if segs.len() == segs.capacity() {
+                // Runs grow the list past its item count: never past MAX_SEGMENTS, the
+                // memory set aside (a doubling could take it to twice that).
+                let more = segs.capacity().max(1).min(MAX_SEGMENTS - segs.len());
+                segs.reserve_exact(more);
+            }
             let (e, m) = match seg {
                 NewSeg::Raw(n) => (n, n),
                 NewSeg::Deflate { plain, comp, .. } | NewSeg::Miniz { plain, comp, .. } => {
@@ -889,5 +895,18 @@ mod tests {
         }
         let e = NewRecipe::read(&mut reader(&b), MAX_SEGMENTS as u64 + 1, &big).unwrap_err();
         assert!(e.to_string().contains("more than 16384 segments"), "{e}");
+        // 10,000 items of which a run fills the recipe to MAX_SEGMENTS: the list never takes
+        // more room than the memory set aside for it.
+        let mut b = Vec::new();
+        let run = (MAX_SEGMENTS - 9_999) as u64;
+        for x in [10_000, 4, 0, run, 3, 6] {
+            crate::format::put_varint(&mut b, x);
+        }
+        for _ in 0..9_999 {
+            b.extend_from_slice(&[0, 1]);
+        }
+        let r = NewRecipe::read(&mut reader(&b), MAX_SEGMENTS as u64, &big).unwrap();
+        assert_eq!(r.segs.len(), MAX_SEGMENTS);
+        assert!(r.segs.capacity() <= MAX_SEGMENTS, "{}", r.segs.capacity());
     }
 }
