@@ -479,6 +479,19 @@ fn naive_recipes(c: &mut format::Reader<'_>, src: &[u8]) -> (Vec<u8>, Vec<NaiveS
                 exp.extend_from_slice(&p);
                 pos += comp;
             }
+            4 => {
+                // Raw bytes, then a zip local header whose length its bytes give (minor 6).
+                let before = c.varint().unwrap() as usize;
+                let h = &src[pos + before..];
+                assert_eq!(&h[..4], b"PK\x03\x04");
+                let len = 30
+                    + u16::from_le_bytes([h[26], h[27]]) as usize
+                    + u16::from_le_bytes([h[28], h[29]]) as usize;
+                exp.extend_from_slice(&src[pos..pos + before + len]);
+                pos += before + len;
+                shapes.push(((before + len) as u64, None));
+                continue;
+            }
             3 => {
                 // Lengths found by inflating (minor 6): zlib's inflate says where it ended.
                 let mut d = flate2::Decompress::new(false);

@@ -402,9 +402,20 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
             held.push(OldSeg::Deflate { comp, plain });
             continue;
         }
+        if let OldSeg::Header { before, .. } = seg {
+            // Kind 4: raw bytes, then a zip local header whose length its own bytes give.
+            let len = zip_header_end(src, pos, before)?;
+            copy_raw(&mut st.obuf, src, pos, len, &mut w)?;
+            expanded = expanded
+                .checked_add(len)
+                .ok_or_else(|| Error::corrupt(C, "expanded source length overflows"))?;
+            pos += len;
+            held.push(OldSeg::Raw(len));
+            continue;
+        }
         held.push(seg);
         let (len, plain, made) = match seg {
-            OldSeg::Inflate => unreachable!("inflated above"),
+            OldSeg::Inflate | OldSeg::Header { .. } => unreachable!("resolved above"),
             OldSeg::Raw(n) => (n, n, Some(n)),
             OldSeg::Deflate { comp, plain } => (comp, plain, Some(plain)),
             OldSeg::Tokens {
@@ -424,19 +435,11 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
             ));
         }
         match seg {
-            OldSeg::Raw(_) => {
-                let mut left = len;
-                while left > 0 {
-                    let k = left.min(IO_BUF as u64) as usize;
-                    src.read_exact_at(&mut st.obuf[..k], pos + (len - left))?;
-                    w.write_all(&st.obuf[..k]).map_err(put_err)?;
-                    left -= k as u64;
-                }
-            }
+            OldSeg::Raw(_) => copy_raw(&mut st.obuf, src, pos, len, &mut w)?,
             OldSeg::Deflate { comp, .. } => {
                 inflate_into(&mut st.obuf, src, pos, comp, plain, &mut w)?
             }
-            OldSeg::Inflate => unreachable!("inflated above"),
+            OldSeg::Inflate | OldSeg::Header { .. } => unreachable!("resolved above"),
             OldSeg::Tokens {
                 comp, structure, ..
             } => {
@@ -553,6 +556,57 @@ impl Read for SrcRange<'_> {
         self.pos += k as u64;
         Ok(k)
     }
+}
+
+/// Copy `len` bytes at `pos` of `src` into `w` as they are.
+fn copy_raw(obuf: &mut [u8], src: &Source, pos: u64, len: u64, w: &mut dyn Write) -> Result<()> {
+    let shown = Path::new("(expanded source)");
+    let mut left = len;
+    while left > 0 {
+        let k = left.min(IO_BUF as u64) as usize;
+        src.read_exact_at(&mut obuf[..k], pos + (len - left))?;
+        w.write_all(&obuf[..k])
+            .map_err(|e| Error::io(shown, "write", e))?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// The length of a source segment of kind 4 at `pos`: `before` bytes, then the zip local
+/// file header there (its signature checked, its length `30 + name + extra` read from it),
+/// all within the source.
+fn zip_header_end(src: &Source, pos: u64, before: u64) -> Result<u64> {
+    const C: &str = "control stream";
+    let at = pos
+        .checked_add(before)
+        .filter(|&a| a.checked_add(30).is_some_and(|e| e <= src.len));
+    let Some(at) = at else {
+        return Err(Error::corrupt(
+            C,
+            format!(
+                "a zip header {before} bytes after source offset {pos}, past the {}-byte source",
+                src.len
+            ),
+        ));
+    };
+    let mut h = [0u8; 30];
+    src.read_exact_at(&mut h, at)?;
+    if h[..4] != [0x50, 0x4B, 3, 4] {
+        return Err(Error::corrupt(
+            C,
+            format!("no zip local header at source offset {at}"),
+        ));
+    }
+    let len = 30
+        + u64::from(u16::from_le_bytes([h[26], h[27]]))
+        + u64::from(u16::from_le_bytes([h[28], h[29]]));
+    if at + len > src.len {
+        return Err(Error::corrupt(
+            C,
+            format!("the zip local header at source offset {at} runs past the source"),
+        ));
+    }
+    Ok(before + len)
 }
 
 /// Inflate the raw deflate stream of exactly `comp` bytes at `pos` of `src` into `w`; it must

@@ -313,6 +313,57 @@ pub(crate) fn expand_old(
     )
 }
 
+/// The source recipe as written: a raw segment just before a stream that ends with a zip local
+/// file header (signature, then `30 + name + extra` bytes up to the stream) becomes a header
+/// segment (kind 4), whose length the applier reads from the header itself, so that the
+/// recipe of an archive of many entries carries no header lengths (the bytes before the
+/// header, such as a 16-byte data descriptor, are one small repeated number).
+pub(crate) fn mark_headers(data: &[u8], segs: &[OldSeg]) -> Vec<OldSeg> {
+    let mut out = Vec::with_capacity(segs.len());
+    let mut at = 0usize;
+    for (i, seg) in segs.iter().enumerate() {
+        let len = match *seg {
+            OldSeg::Raw(n) => n,
+            OldSeg::Deflate { comp, .. } | OldSeg::Tokens { comp, .. } => comp,
+            OldSeg::Inflate | OldSeg::Header { .. } => unreachable!("a writer's segments"),
+        } as usize;
+        let stream_next = matches!(
+            segs.get(i + 1),
+            Some(OldSeg::Deflate { .. } | OldSeg::Tokens { .. })
+        );
+        let header = match *seg {
+            OldSeg::Raw(_) if stream_next => header_before(&data[at..at + len]),
+            _ => None,
+        };
+        out.push(match header {
+            Some(h) => OldSeg::Header {
+                before: (len - h) as u64,
+                header: h as u64,
+            },
+            None => *seg,
+        });
+        at += len;
+    }
+    out
+}
+
+/// The length of the zip local file header that `gap` ends with, if it ends with one.
+fn header_before(gap: &[u8]) -> Option<usize> {
+    const SIG: [u8; 4] = [0x50, 0x4B, 3, 4];
+    // A header takes 30 to 30 + 2 x 65,535 bytes; its signature is the last one at a
+    // distance from the end that its two lengths explain.
+    let lowest = gap.len().saturating_sub(30 + 2 * 0xFFFF);
+    (lowest..gap.len().saturating_sub(29)).rev().find_map(|h| {
+        let b = &gap[h..];
+        (b[..4] == SIG
+            && 30
+                + usize::from(u16::from_le_bytes([b[26], b[27]]))
+                + usize::from(u16::from_le_bytes([b[28], b[29]]))
+                == b.len())
+        .then_some(b.len())
+    })
+}
+
 /// The token structure (section 4.3.1) of each stream that has one the applier makes the
 /// same stream from again (checked here by encoding it).
 pub(crate) fn structures(
@@ -716,6 +767,56 @@ mod tests {
         );
         // No setting made any target stream: every structure may match.
         assert_eq!(worth_structures(&file, &found, &[]), vec![true; 3]);
+    }
+
+    #[test]
+    fn zip_headers_before_streams_are_marked() {
+        let header = |name: &str, extra: usize| {
+            let mut h = vec![0x50, 0x4B, 3, 4];
+            h.resize(26, 0);
+            h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            h.extend_from_slice(&(extra as u16).to_le_bytes());
+            h.extend_from_slice(name.as_bytes());
+            h.resize(h.len() + extra, 7);
+            h
+        };
+        let h1 = header("a.py", 0);
+        let h2 = header("pkg/b.py", 9);
+        // [h1][stream 10][descriptor 16 + h2][stream 5][trailer 20], and a gap that is no
+        // header before the last stream.
+        let mut data = h1.clone();
+        data.extend_from_slice(&[1; 10]);
+        data.extend_from_slice(&[2; 16]);
+        data.extend_from_slice(&h2);
+        data.extend_from_slice(&[3; 5]);
+        data.extend_from_slice(b"PK\x03\x04 not a header");
+        data.extend_from_slice(&[4; 6]);
+        let d = |comp| OldSeg::Deflate { comp, plain: 99 };
+        let segs = [
+            OldSeg::Raw(h1.len() as u64),
+            d(10),
+            OldSeg::Raw(16 + h2.len() as u64),
+            d(5),
+            OldSeg::Raw(20),
+            d(6),
+        ];
+        assert_eq!(
+            mark_headers(&data, &segs),
+            [
+                OldSeg::Header {
+                    before: 0,
+                    header: h1.len() as u64
+                },
+                d(10),
+                OldSeg::Header {
+                    before: 16,
+                    header: h2.len() as u64
+                },
+                d(5),
+                OldSeg::Raw(20),
+                d(6),
+            ]
+        );
     }
 
     #[test]

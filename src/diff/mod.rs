@@ -1088,7 +1088,7 @@ impl DiffOptions {
             if params.iter().all(Option::is_some) {
                 let m: Vec<_> = params.into_iter().map(|p| p.map(Method::Make)).collect();
                 let n = inflate::expand_new_with(new, &fnew, &m);
-                return Some(recipe_delta(&o.segs, &n.segs, all));
+                return Some(recipe_delta(source, &o.segs, &n.segs, all));
             }
             (params, None)
         } else {
@@ -1142,7 +1142,7 @@ impl DiffOptions {
         let n = inflate::expand_new_with(new, &fnew, &m);
         drop(m);
         let d = self.file_delta(&Ctx::quiet(), &o.bytes, &n.bytes).0;
-        Some(recipe_delta(&o.segs, &n.segs, d))
+        Some(recipe_delta(source, &o.segs, &n.segs, d))
     }
     /// Scan `new` against `source` in parallel chunks and join the chunks' controls into one
     /// control list for the file (see [`join_controls`]).
@@ -1332,10 +1332,16 @@ impl<'a> Ctx<'a> {
 }
 
 /// A transform-2 delta: both recipes first in the controls, then the delta's own.
-fn recipe_delta(old: &[crate::format::OldSeg], new: &[crate::format::NewSeg], d: Solid) -> Solid {
+fn recipe_delta(
+    source: &[u8],
+    old: &[crate::format::OldSeg],
+    new: &[crate::format::NewSeg],
+    d: Solid,
+) -> Solid {
+    let old = inflate::mark_headers(source, old);
     let mut ctrl = Vec::new();
-    put_old(&mut ctrl, old);
-    put_new(&mut ctrl, new, old);
+    put_old(&mut ctrl, &old);
+    put_new(&mut ctrl, new, &old);
     ctrl.extend_from_slice(&d.ctrl);
     Solid { ctrl, ..d }
 }

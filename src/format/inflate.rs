@@ -57,6 +57,17 @@ pub enum OldSeg {
     /// [`OldSeg::Deflate`] it found; a writer gives [`put_old`] that [`OldSeg::Deflate`], and
     /// [`put_old`] writes this kind for it.
     Inflate,
+    /// `before` bytes as they are, then a zip local file header (kind 4, minor 6), whose
+    /// length `header` the reader learns from its bytes: `30 + name length + extra length`
+    /// (the little-endian `u16`s at its offsets 26 and 28), after its signature `50 4B 03 04`.
+    /// Expanded as they are. A writer gives the header's length, a reader 0 until it has read
+    /// it; an applier holds it, once read, as the [`OldSeg::Raw`] of `before + header` bytes.
+    Header {
+        /// Bytes before the header (a data descriptor, a stored entry...).
+        before: u64,
+        /// The header's length.
+        header: u64,
+    },
     /// `len` bytes that stand for themselves in the expanded form.
     Raw(u64),
     /// A raw deflate stream of `comp` bytes that inflates to exactly `plain` bytes.
@@ -225,6 +236,10 @@ pub fn read_old_seg(next: &mut impl FnMut() -> Result<u64>) -> Result<OldSeg> {
             })
         }
         3 => Ok(OldSeg::Inflate),
+        4 => Ok(OldSeg::Header {
+            before: next()?,
+            header: 0,
+        }),
         k => Err(Error::Unsupported {
             what: "source segment kind",
             value: k,
@@ -375,6 +390,8 @@ impl NewRecipe {
                         };
                         let (seg, lengths) = match *s {
                             OldSeg::Raw(n) => (NewSeg::Raw(n), true),
+                            // Not read yet: a raw segment of unknown length.
+                            OldSeg::Header { .. } => (NewSeg::Raw(0), false),
                             OldSeg::Deflate { comp, plain }
                             | OldSeg::Tokens { comp, plain, .. } => (stream(comp, plain), true),
                             OldSeg::Inflate => (stream(0, 0), false),
@@ -449,6 +466,11 @@ pub fn put_old(out: &mut Vec<u8>, segs: &[OldSeg]) {
             }
             // The stream's lengths are found again by inflating it (kind 3).
             OldSeg::Deflate { .. } | OldSeg::Inflate => put_varint(out, 3),
+            // The header's length is read from the source (kind 4).
+            OldSeg::Header { before, .. } => {
+                put_varint(out, 4);
+                put_varint(out, before);
+            }
             OldSeg::Tokens {
                 comp,
                 plain,
@@ -484,6 +506,7 @@ fn old_shape(seg: &OldSeg) -> (bool, u64, u64) {
         OldSeg::Deflate { comp, plain } | OldSeg::Tokens { comp, plain, .. } => (true, comp, plain),
         // A writer knows its streams' lengths: never matched.
         OldSeg::Inflate => (true, u64::MAX, u64::MAX),
+        OldSeg::Header { before, header } => (false, before.saturating_add(header), 0),
     }
 }
 
@@ -640,11 +663,29 @@ mod tests {
         let mut next = reader(&b);
         let n = read_old_count(&mut next).unwrap();
         let back: Vec<_> = (0..n).map(|_| read_old_seg(&mut next).unwrap()).collect();
-        // A stream's lengths are found again by inflating it (kind 3): the reader learns
-        // them from the source, not from the recipe.
+        // A stream's lengths are found again by inflating it (kind 3), a zip header's by
+        // reading it (kind 4): the reader learns them from the source, not from the recipe.
         let mut want = old.to_vec();
         want[1] = OldSeg::Inflate;
         assert_eq!(back, want);
+        let mut b = Vec::new();
+        put_old(
+            &mut b,
+            &[OldSeg::Header {
+                before: 16,
+                header: 75,
+            }],
+        );
+        assert_eq!(b, [1, 4, 16]);
+        let mut next = reader(&b);
+        read_old_count(&mut next).unwrap();
+        assert_eq!(
+            read_old_seg(&mut next).unwrap(),
+            OldSeg::Header {
+                before: 16,
+                header: 0
+            }
+        );
 
         let new = vec![
             NewSeg::Raw(10),
