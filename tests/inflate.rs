@@ -445,3 +445,41 @@ fn zip_pairs_apply_bit_exact_and_shrink() {
     z[n - 3] ^= 1; // a comment byte: still a zip
     assert_eq!(transforms(&new, &roundtrip(&new, &z)), [0]);
 }
+
+#[test]
+fn zips_stored_in_a_zip_are_diffed_inside() {
+    // A Spring Boot style jar: the libraries' jars stored (method 0) in the outer one, with
+    // their own entries deflated.
+    let mut rng = Rng(0x5b00);
+    let texts: Vec<Vec<u8>> = (0..6).map(|k| rng.text(12_000 + k * 2_000)).collect();
+    let mut edited = texts.clone();
+    edited[1] = rng.edit(&texts[1], 2);
+    edited[4] = rng.edit(&texts[4], 1);
+    let inner = |t: &[Vec<u8>], from: usize| {
+        let names: Vec<String> = (from..from + 3)
+            .map(|k| format!("lib/C{k}.class"))
+            .collect();
+        let e: Vec<(&str, &[u8], Option<u32>)> = (0..3)
+            .map(|k| (names[k].as_str(), t[from + k].as_slice(), Some(6)))
+            .collect();
+        zip_file(&e)
+    };
+    let side = |t: &[Vec<u8>]| {
+        let (a, b) = (inner(t, 0), inner(t, 3));
+        zip_file(&[
+            (
+                "META-INF/MANIFEST.MF",
+                b"Manifest-Version: 1.0\n".as_slice(),
+                Some(6),
+            ),
+            ("BOOT-INF/lib/a.jar", a.as_slice(), None),
+            ("BOOT-INF/lib/b.jar", b.as_slice(), None),
+        ])
+    };
+    let (old, new) = (side(&texts), side(&edited));
+    let patch = roundtrip(&old, &new);
+    assert_eq!(transforms(&old, &patch), [TRANSFORM_INFLATE]);
+    // Only the inner streams changed: without reading inside the stored jars, their
+    // compressed bytes would be the whole delta.
+    shrinks_and_oracle_agrees(&old, &new, &patch, 4, "stored jars");
+}

@@ -507,8 +507,29 @@ pub(crate) fn expand_new_with(
 /// central directory, inflates to exactly the size the directory gives and ends exactly at
 /// its compressed size. `None` when `data` is no zip file or has no such entry. Zip64
 /// archives are not read yet.
-pub(crate) fn zip_streams(data: &[u8]) -> Option<Vec<Found>> {
-    use rayon::prelude::*;
+pub(crate) fn zip_entries(data: &[u8]) -> Option<Vec<Entry>> {
+    let mut out = Vec::new();
+    entries_into(data, 0, NESTED, &mut 0, &mut out)?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// Zip files stored (method 0) in a zip file are read too, to this depth: a Spring Boot jar
+/// stores its libraries' jars, and their deflate streams lie in the outer file as they are.
+/// (A zip deflated inside a zip is a stream within a stream, which the format does not
+/// describe: it is diffed as the outer stream's plain bytes.)
+const NESTED: u32 = 2;
+
+/// The deflate entries of the zip file `data` (which lies at `base` in the file), and those
+/// of the zip files stored in it down to `depth` more levels, appended to `out` in file order
+/// while `total` (the plain bytes of `out`) stays within [`MAX_EXPANDED`]. `None` when `data`
+/// is no zip file.
+fn entries_into(
+    data: &[u8],
+    base: usize,
+    depth: u32,
+    total: &mut u64,
+    out: &mut Vec<Entry>,
+) -> Option<()> {
     let u16_at = |p: usize| data.get(p..p + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |p: usize| {
         data.get(p..p + 4)
@@ -530,7 +551,7 @@ pub(crate) fn zip_streams(data: &[u8]) -> Option<Vec<Found>> {
     if cd_off.checked_add(cd_size)? > eocd {
         return None;
     }
-    // (local header offset, compressed size, plain size, level hint)
+    // (local header offset, compressed size, plain size, level hint, stored)
     let mut entries = Vec::new();
     let mut p = cd_off;
     for _ in 0..count {
@@ -553,15 +574,15 @@ pub(crate) fn zip_streams(data: &[u8]) -> Option<Vec<Found>> {
                 2 | 3 => Some(1),
                 _ => None,
             };
-            entries.push((local, comp, plain, hint));
+            entries.push((local, comp, plain, hint, false));
+        } else if method == 0 && depth > 0 && comp as u64 == plain && comp >= 52 {
+            entries.push((local, comp, plain, None, true));
         }
         p += 46 + n + e + c;
     }
     entries.sort_unstable();
-    let mut total = 0u64;
     let mut end = 0usize;
-    let mut spans = Vec::new();
-    for (local, comp, plain, hint) in entries {
+    for (local, comp, plain, hint, stored) in entries {
         if u32_at(local) != Some(0x0403_4B50) {
             continue;
         }
@@ -572,34 +593,104 @@ pub(crate) fn zip_streams(data: &[u8]) -> Option<Vec<Found>> {
         if local < end || off.checked_add(comp).is_none_or(|x| x > cd_off) {
             continue;
         }
-        if total + plain > MAX_EXPANDED || spans.len() == MAX_STREAMS {
+        end = off + comp;
+        if stored {
+            let inner = &data[off..off + comp];
+            if inner.starts_with(&[0x50, 0x4B, 3, 4]) {
+                entries_into(inner, base + off, depth - 1, total, out);
+            }
+            continue;
+        }
+        if *total + plain > MAX_EXPANDED || out.len() == MAX_STREAMS {
             break;
         }
-        total += plain;
-        end = off + comp;
-        spans.push((off, comp, plain, hint));
+        *total += plain;
+        out.push(Entry {
+            off: base + off,
+            comp,
+            plain,
+            hint,
+        });
     }
-    let out: Vec<Found> = spans
-        .par_iter()
-        .filter_map(|&(off, comp, plain, hint)| {
-            let (bytes, used) = inflate_prefix(&data[off..off + comp], plain)?;
-            (used as usize == comp && bytes.len() as u64 == plain).then_some(Found {
-                off,
-                comp,
+    Some(())
+}
+
+/// A deflate entry of a zip file, before it is inflated.
+pub(crate) struct Entry {
+    off: usize,
+    comp: usize,
+    plain: u64,
+    hint: Option<u8>,
+}
+
+/// The entries that inflate to exactly their stated size, ending exactly at their compressed
+/// size.
+fn inflate_entries(data: &[u8], entries: Vec<Entry>) -> Vec<Found> {
+    use rayon::prelude::*;
+    entries
+        .into_par_iter()
+        .filter_map(|e| {
+            let (bytes, used) = inflate_prefix(&data[e.off..e.off + e.comp], e.plain)?;
+            (used as usize == e.comp && bytes.len() as u64 == e.plain).then_some(Found {
+                off: e.off,
+                comp: e.comp,
                 plain: bytes,
-                hint,
+                hint: e.hint,
             })
         })
+        .collect()
+}
+
+/// The deflate streams of `old` and of `new` (gzip or zip files; `None` unless both have
+/// some), without those whose compressed bytes the other file holds as a stream too. An entry
+/// an update leaves alone keeps its compressed bytes: left deflated on both sides, it is one
+/// long match of raw bytes for the delta, and costs no inflating, no parameter search, no
+/// index of its plain bytes and no recipe segment. Measured on the jar pair (7,015 entries,
+/// 25 changed): diff 3.9 s -> 1.6 s, patch 53,631 -> 52,522 bytes; APK pair 1.31 s -> 0.38 s,
+/// 2,028 -> 1,396 bytes.
+pub(crate) fn stream_pair(old: &[u8], new: &[u8]) -> Option<(Vec<Found>, Vec<Found>)> {
+    let gzip = |d: &[u8]| d.starts_with(&[0x1F, 0x8B]);
+    let (fo, fnew) = if !gzip(old) && !gzip(new) {
+        let (a, b) = rayon::join(|| zip_entries(old), || zip_entries(new));
+        let (a, b) = unshared(old, a?, new, b?, |e| e.off..e.off + e.comp);
+        rayon::join(|| inflate_entries(old, a), || inflate_entries(new, b))
+    } else {
+        let (a, b) = rayon::join(|| streams(old), || streams(new));
+        unshared(old, a?, new, b?, |f| f.off..f.off + f.comp)
+    };
+    (!fnew.is_empty()).then_some((fo, fnew))
+}
+
+/// `a` (items of `old`) and `b` (of `new`) without the items whose bytes (`at`) the other side
+/// has too.
+fn unshared<T>(
+    old: &[u8],
+    a: Vec<T>,
+    new: &[u8],
+    b: Vec<T>,
+    at: impl Fn(&T) -> std::ops::Range<usize>,
+) -> (Vec<T>, Vec<T>) {
+    use std::collections::HashSet;
+    let olds: HashSet<&[u8]> = a.iter().map(|x| &old[at(x)]).collect();
+    let news: HashSet<&[u8]> = b.iter().map(|x| &new[at(x)]).collect();
+    let a = a
+        .into_iter()
+        .filter(|x| !news.contains(&old[at(x)]))
         .collect();
-    (!out.is_empty()).then_some(out)
+    let b = b
+        .into_iter()
+        .filter(|x| !olds.contains(&new[at(x)]))
+        .collect();
+    (a, b)
 }
 
 /// The deflate streams of a gzip or zip file.
-pub(crate) fn streams(data: &[u8]) -> Option<Vec<Found>> {
+fn streams(data: &[u8]) -> Option<Vec<Found>> {
     if data.starts_with(&[0x1F, 0x8B]) {
         gzip_streams(data)
     } else {
-        zip_streams(data)
+        let out = inflate_entries(data, zip_entries(data)?);
+        (!out.is_empty()).then_some(out)
     }
 }
 

@@ -1067,8 +1067,7 @@ impl DiffOptions {
         if !self.inflate {
             return None;
         }
-        let (fo, fnew) = rayon::join(|| inflate::streams(source), || inflate::streams(new));
-        let (fo, fnew) = (fo?, fnew?);
+        let (fo, fnew) = inflate::stream_pair(source, new)?;
         // When NEW's largest stream starts as a candidate setting (zlib or miniz) makes it, the
         // parameter search (one core per stream) runs beside the delta to NEW with every stream
         // inflated, which is NEW's expanded form when settings make them all (the common case);
