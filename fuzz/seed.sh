@@ -164,6 +164,11 @@ for f1 in '\x8b' '\x8f' '\xab' '\xcb' '\x9b' '\x0b' '\x83'; do
     i=$((i + 1))
 done
 
-for t in apply_untrusted header_manifest roundtrip dir_apply; do
+# archive: [split u16 LE][old][new], a zip pair (deflated entries, a zip stored inside) and a
+# two-member gzip pair, as committed in regressions/archive.
+mkdir -p "$CORPUS/archive"
+cp "$FUZZ"/regressions/archive/* "$CORPUS/archive/"
+
+for t in apply_untrusted header_manifest roundtrip dir_apply archive; do
     echo "$t: $(find "$CORPUS/$t" -type f | wc -l) seeds"
 done

@@ -23,6 +23,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("refs", bundelta_fuzz::refs::run),
     ("inflate", bundelta_fuzz::inflate::run),
     ("tokens", bundelta_fuzz::tokens::run),
+    ("archive", bundelta_fuzz::archive::run),
 ];
 
 fn regressions(target: &str) -> Vec<PathBuf> {

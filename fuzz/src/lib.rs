@@ -12,6 +12,8 @@
 //! - [`roundtrip`]: diff then apply restores NEW exactly.
 //! - [`inflate`]: a single-file patch around hostile inflate recipes and controls (delta
 //!   transform 2); never panic, never leave the scratch file of the expanded source.
+//! - [`archive`]: the diff's zip and gzip readers on hostile archives; diff then apply gives
+//!   NEW back exactly.
 //! - [`tokens`]: deflate token structures; a stream the parser accepts is made again exactly
 //!   by the encoder, and whatever the encoder accepts parses back to what it was given.
 //!
@@ -25,6 +27,7 @@ use std::sync::OnceLock;
 use bundelta::format::Hash;
 
 pub mod apply_untrusted;
+pub mod archive;
 pub mod dir_apply;
 pub mod header_manifest;
 pub mod heap;
