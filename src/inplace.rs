@@ -687,8 +687,9 @@ impl OutStage {
         check_fresh(&stage)?;
         let j = Journal {
             kind: Kind::Out,
-            patch: Some(patch.checksum()),
-            patch_path: Some(absolute(patch.path())),
+            // A patch read from a stream has neither a file nor, yet, a checksum.
+            patch: (!patch.is_streamed()).then(|| patch.checksum()),
+            patch_path: (!patch.is_streamed()).then(|| absolute(patch.path())),
             stage: stage.clone(),
             aside: side_path(out, &format!("old-{token}"))?,
             commit: Commit::Exchange,

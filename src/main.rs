@@ -179,7 +179,8 @@ struct PubkeyArg {
 struct ApplyArgs {
     /// The old version (with --in-place: the file or directory to update).
     old: PathBuf,
-    /// The patch (not with --rollback).
+    /// The patch (not with --rollback); `-` reads it from standard input, once, front to back
+    /// (its checksum and signature are then checked at the end, before the output appears).
     #[arg(required_unless_present = "rollback")]
     patch: Option<PathBuf>,
     /// Where to build the new version (must not exist).
@@ -244,7 +245,7 @@ impl From<UnknownArg> for bundelta::Unknown {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// The patch.
+    /// The patch; `-` reads it from standard input.
     patch: PathBuf,
     /// Also check that this old version satisfies the patch (rebuilds every file, writes nothing).
     #[arg(long, value_name = "OLD")]
@@ -380,6 +381,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How errors name a patch read from standard input.
+const STDIN_NAME: &str = "(standard input)";
+
+/// A usage error: printed as clap prints its own, exit code 2.
+fn usage_error(msg: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, msg)
+        .exit()
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -616,6 +628,13 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let patch = a.patch.expect("clap requires PATCH without --rollback");
+    let stdin = patch.as_os_str() == "-";
+    if a.in_place && stdin {
+        usage_error(
+            "--in-place needs the patch as a file (its journal names the patch before the first \
+             write): save it first, or apply it to a new location with -o OUT",
+        );
+    }
     if a.in_place {
         let r = p.apply_in_place(&a.old, &patch)?;
         if let Some(pb) = pb {
@@ -654,7 +673,12 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let out = a.output.expect("clap requires -o without --in-place");
-    let r = p.apply(&a.old, &patch, &out)?;
+    let r = if stdin {
+        let patch = p.open_reader(std::io::stdin(), STDIN_NAME)?;
+        p.apply_patch(&a.old, patch, &out)?
+    } else {
+        p.apply(&a.old, &patch, &out)?
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -680,10 +704,20 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "verifying");
     let mut p = patcher(a.memory_limit, a.strict_memory, &a.key, &pb)?;
     p.unknown(a.unknown.into()).parallel(!a.serial);
-    let r = p.verify(&a.patch, a.old.as_deref())?;
+    let r = if a.patch.as_os_str() == "-" {
+        let patch = p.open_reader(std::io::stdin(), STDIN_NAME)?;
+        p.verify_patch(patch, a.old.as_deref())?
+    } else {
+        p.verify(&a.patch, a.old.as_deref())?
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
+    let name = if a.patch.as_os_str() == "-" {
+        Path::new(STDIN_NAME)
+    } else {
+        a.patch.as_path()
+    };
     if a.common.json {
         println!(
             "{}",
@@ -694,14 +728,14 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         match r {
             Some(r) => eprintln!(
                 "{}: ok; {} satisfies it ({} files, {} rebuilt and verified)",
-                a.patch.display(),
+                name.display(),
                 a.old.as_deref().unwrap_or(Path::new("")).display(),
                 r.files,
                 human(r.bytes)
             ),
             None => eprintln!(
                 "{}: ok (checksum, header and manifest valid)",
-                a.patch.display()
+                name.display()
             ),
         }
     }

@@ -452,3 +452,52 @@ fn info_shows_how_archive_streams_are_made_again() {
         .unwrap();
     assert_eq!(e["remade_streams"]["tokens"], 1);
 }
+
+/// `-` as the patch reads it from standard input (apply and verify); `--in-place -` is a
+/// usage error (exit 2) that says what to do.
+#[test]
+fn the_patch_from_standard_input() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut rng = Rng(0x57d1);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let old = rng.text(50_000);
+    fs::write(p("old"), &old).unwrap();
+    fs::write(p("new"), rng.edit(&old, 3)).unwrap();
+    assert!(
+        bundelta(&["diff", &p("old"), &p("new"), "-o", &p("p.bdp"), "-q"])
+            .status
+            .success()
+    );
+    let patch = fs::read(p("p.bdp")).unwrap();
+    let piped = |args: &[&str], input: &[u8]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bundelta"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        c.wait_with_output().unwrap()
+    };
+    let out = piped(&["apply", &p("old"), "-", "-o", &p("out")], &patch);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(p("out")).unwrap(), fs::read(p("new")).unwrap());
+    let out = piped(&["verify", "-", "--old", &p("old")], &patch);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(standard input): ok"));
+    // Damaged at the end: refused, naming standard input, nothing at OUT.
+    let mut bad = patch.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let out = piped(&["apply", &p("old"), "-", "-o", &p("out2")], &bad);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!dir.path().join("out2").exists());
+    let out = piped(&["apply", "--in-place", &p("old"), "-"], &patch);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the patch as a file"));
+    assert_eq!(fs::read(p("old")).unwrap(), old);
+}

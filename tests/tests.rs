@@ -22,4 +22,5 @@ mod inflate;
 mod inplace;
 mod multi_source;
 mod roundtrip;
+mod streamed;
 mod unknown;

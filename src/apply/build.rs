@@ -327,6 +327,10 @@ impl Patch {
             }
         }
         streams.finish()?;
+        // A patch read from a stream: its checksum and signature, now that it is all read.
+        if let Some(s) = &self.streamed {
+            s.finish()?;
+        }
         let d = if dir_bundle {
             digest.finish()
         } else {

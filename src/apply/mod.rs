@@ -87,6 +87,7 @@ mod base;
 mod build;
 mod open;
 mod stream;
+mod streamed;
 pub use stream::Remade;
 mod write;
 
@@ -358,7 +359,55 @@ impl Patcher {
     /// `out` appears only once every file and the bundle digest matched; on error nothing is
     /// left at `out` and `old` is untouched.
     pub fn apply(&self, old: &Path, patch: &Path, out: &Path) -> Result<ApplyReport> {
-        let mut p = self.open(patch)?;
+        self.apply_patch(old, self.open(patch)?, out)
+    }
+
+    /// Open a patch read once, front to back, from `patch` (a pipe, a socket, an HTTP body),
+    /// with no temporary file: what precedes the extra stream (header, manifest, control and
+    /// diff streams, compressed) is held in memory and charged to [`Patcher::memory_limit`]
+    /// with [`memory_needed`]; the rest is read as the apply consumes it. `name` is how
+    /// errors call the patch.
+    ///
+    /// The checksum and the signature are checked when the whole patch has been read, which
+    /// [`Patcher::apply_patch`] and [`Patcher::verify_patch`] do before they commit or report
+    /// anything: a damaged or forged patch leaves nothing behind, but is refused at the end
+    /// rather than before the first file. A patch whose header says it is unsigned is
+    /// refused here when [`Patcher::require_signature`] is set.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// let dir = tempfile::tempdir()?;
+    /// let (old, out) = (dir.path().join("old"), dir.path().join("out"));
+    /// std::fs::write(&old, b"the quick brown fox jumps over the lazy dog")?;
+    /// let new = b"the quick brown cat jumps over the lazy dog!";
+    /// let patch = bundelta::DiffOptions::new().diff_bytes(&std::fs::read(&old)?, new)?;
+    /// // Any reader: here bytes in memory; a TcpStream or an HTTP body work the same way.
+    /// let patcher = bundelta::Patcher::new();
+    /// let p = patcher.open_reader(std::io::Cursor::new(patch), "patch from the network")?;
+    /// patcher.apply_patch(&old, p, &out)?;
+    /// assert_eq!(std::fs::read(&out)?, new);
+    /// # }
+    /// # Ok(()) }
+    /// ```
+    pub fn open_reader(
+        &self,
+        patch: impl std::io::Read + Send + 'static,
+        name: impl AsRef<Path>,
+    ) -> Result<Patch> {
+        let mut p = streamed::Streamed::open(
+            Box::new(patch),
+            name.as_ref(),
+            self.memory_limit,
+            self.output_limit,
+            self.public_key.as_ref(),
+        )?;
+        p.parallel = self.parallel;
+        Ok(p)
+    }
+
+    /// [`Patcher::apply`] of an opened patch ([`Patcher::open`], [`Patcher::open_reader`]).
+    pub fn apply_patch(&self, old: &Path, mut p: Patch, out: &Path) -> Result<ApplyReport> {
         let old_path = old;
         let old = &p.open_old(old_path)?;
         p.bind_checked(old, self.unknown)?;
@@ -423,14 +472,16 @@ impl Patcher {
         Ok(p)
     }
 
-    /// [`Patcher::verify`] of an opened patch.
-    pub(crate) fn verify_patch(
-        &self,
-        mut p: Patch,
-        old: Option<&Path>,
-    ) -> Result<Option<ApplyReport>> {
+    /// [`Patcher::verify`] of an opened patch. Without `old`, a patch read from a stream is
+    /// read to its end and its checksum (and signature) checked.
+    pub fn verify_patch(&self, mut p: Patch, old: Option<&Path>) -> Result<Option<ApplyReport>> {
         match old {
-            None => Ok(None),
+            None => {
+                if let Some(s) = &p.streamed {
+                    s.finish()?;
+                }
+                Ok(None)
+            }
             Some(old_path) => {
                 let old = &p.open_old(old_path)?;
                 p.bind_checked(old, self.unknown)?;
@@ -474,6 +525,9 @@ pub struct Patch {
     listing_bytes: u64,
     /// Whether the streams may be decoded on threads of their own ([`Patcher::parallel`]).
     parallel: bool,
+    /// For a patch read from a stream ([`Patcher::open_reader`]): its reader's side, whose
+    /// checksum and signature are checked when the apply has consumed it.
+    streamed: Option<std::sync::Arc<streamed::Streamed>>,
 }
 
 impl Patch {

@@ -150,6 +150,28 @@ impl Patch {
                 None => return Err(Error::Unsigned),
             }
         }
+        Patch::checked(
+            src,
+            path,
+            header,
+            mbytes,
+            trailer,
+            memory_limit,
+            output_limit,
+        )
+    }
+
+    /// The limits, then the manifest decoded from `mbytes` (bytes read once and hashed).
+    pub(super) fn checked(
+        src: Box<dyn ReadAt + Send + Sync>,
+        path: &Path,
+        header: Header,
+        mbytes: Vec<u8>,
+        checksum: Hash,
+        memory_limit: u64,
+        output_limit: u64,
+    ) -> Result<Patch> {
+        let need = memory_needed(&header);
         if need > memory_limit {
             return Err(Error::LimitExceeded {
                 what: "apply memory",
@@ -212,11 +234,12 @@ impl Patch {
             manifest,
             relative,
             new_digest,
-            checksum: trailer,
+            checksum,
             unknown: Vec::new(),
             memory_limit,
             listing_bytes: 0,
             parallel: true,
+            streamed: None,
         })
     }
 
@@ -227,8 +250,18 @@ impl Patch {
 
     /// The patch's identity: its whole-patch blake3 checksum (the trailer, verified on open).
     /// An in-place journal records it, so that only the same patch finishes an interrupted run.
+    /// For a patch read from a stream ([`Patcher::open_reader`](super::Patcher::open_reader)),
+    /// zero until the apply has read and checked the whole patch.
     pub fn checksum(&self) -> Hash {
-        self.checksum
+        match &self.streamed {
+            Some(s) => s.checksum().unwrap_or([0; 32]),
+            None => self.checksum,
+        }
+    }
+
+    /// Whether the patch is read from a stream rather than from a file.
+    pub fn is_streamed(&self) -> bool {
+        self.streamed.is_some()
     }
 
     pub(super) fn m(&self) -> &Manifest {
