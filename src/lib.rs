@@ -68,6 +68,7 @@ pub use diff::{
 };
 pub use error::{Error, Result};
 pub use inplace::{rollback_in_place, InPlaceOutcome, InPlaceReport, RollbackOutcome};
+pub use readat::ReadAt;
 pub use sign::{
     decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, fingerprint,
     public_key, sign_patch, SIGNATURE_DOMAIN,

@@ -6,11 +6,44 @@
 use std::fs::File;
 use std::io::{self, Read};
 
-/// Positioned reads at explicit offsets, with no shared cursor: a patch (a file, or bytes in
-/// memory) or an old file.
-pub(crate) trait ReadAt {
-    /// Read up to `buf.len()` bytes at `pos`; `Ok(0)` at or past the end.
+/// Positioned reads at explicit offsets, with no shared cursor: how the applier reads an old
+/// file given as something other than a path ([`crate::Patcher::apply_to_writer`]: a file, bytes
+/// in memory, a platform's asset reader, a C callback).
+///
+/// Implemented for [`File`] (`pread`; on platforms without it, seek then read), byte slices
+/// and vectors, and through `&T`, `Box<T>` and `Arc<T>`.
+///
+/// ```
+/// use bundelta::ReadAt;
+/// let old: &[u8] = b"0123456789";
+/// let mut buf = [0u8; 4];
+/// assert_eq!(old.read_at(&mut buf, 3)?, 4);
+/// assert_eq!(&buf, b"3456");
+/// assert_eq!(old.read_at(&mut buf, 10)?, 0); // at the end
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub trait ReadAt {
+    /// Read up to `buf.len()` bytes at `pos` into `buf`; the number read, `Ok(0)` only at or
+    /// past the end. Fewer bytes than asked are fine (the applier asks again).
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        (**self).read_at(buf, pos)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        (**self).read_at(buf, pos)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        (**self).read_at(buf, pos)
+    }
 }
 
 impl ReadAt for File {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bundelta::format::Header;
-use bundelta::{DiffOptions, Error, Patcher};
+use bundelta::{DiffOptions, Error, Patcher, ReadAt};
 
 use crate::util::*;
 
@@ -218,4 +218,108 @@ fn a_patch_from_a_socket() {
         .unwrap();
     server.join().unwrap();
     assert_eq!(read_tree(&out), new_tree);
+}
+
+/// OLD read through `ReadAt` that serves `first` for the first full pass (the base check)
+/// and `then` afterwards.
+struct Changing {
+    first: Vec<u8>,
+    then: Vec<u8>,
+    passes: std::sync::atomic::AtomicUsize,
+}
+
+impl ReadAt for Changing {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let src = if self.passes.load(Ordering::SeqCst) == 0 {
+            &self.first
+        } else {
+            &self.then
+        };
+        let k = src.as_slice().read_at(buf, pos)?;
+        if k == 0 {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(k)
+    }
+}
+
+#[test]
+fn single_file_patches_into_any_writer() {
+    let mut rng = Rng(0x57ee);
+    let old = rng.text(80_000);
+    let new = rng.edit(&old, 6);
+    // A zip pair too (transform 2: the expanded source goes to a scratch file).
+    let texts: Vec<Vec<u8>> = (0..4).map(|k| rng.text(9_000 + k * 1_000)).collect();
+    let zip = |t: &[Vec<u8>]| {
+        let names: Vec<String> = (0..4).map(|k| format!("m{k}.py")).collect();
+        let e: Vec<(&str, &[u8], Option<u32>)> = (0..4)
+            .map(|k| (names[k].as_str(), t[k].as_slice(), Some(6)))
+            .collect();
+        crate::inflate::zip_file(&e)
+    };
+    let mut edited = texts.clone();
+    edited[2] = rng.edit(&texts[2], 2);
+    let (zold, znew) = (zip(&texts), zip(&edited));
+    let dir = tempfile::tempdir().unwrap();
+    let patcher = Patcher::new();
+    for (o, n) in [
+        (&old, &new),
+        (&zold, &znew),
+        (&old, &old),        // unchanged
+        (&Vec::new(), &new), // from nothing: all added
+    ] {
+        let patch = DiffOptions::new().diff_bytes(o, n).unwrap();
+        fs::write(dir.path().join("p"), &patch).unwrap();
+        fs::write(dir.path().join("old"), o).unwrap();
+        // OLD as bytes, patch as a file; OLD as a file, patch from a reader.
+        let mut out = Vec::new();
+        let p = patcher.open(&dir.path().join("p")).unwrap();
+        let r = patcher.apply_to_writer(&o.as_slice(), p, &mut out).unwrap();
+        assert_eq!(&out, n);
+        assert_eq!(r.digest, *blake3::hash(n).as_bytes());
+        let f = fs::File::open(dir.path().join("old")).unwrap();
+        let (t, _) = trickle(&patch, 11);
+        let p = patcher.open_reader(t, "p").unwrap();
+        let mut out = Vec::new();
+        patcher.apply_to_writer(&f, p, &mut out).unwrap();
+        assert_eq!(&out, n);
+    }
+    // The wrong OLD: refused before a byte is written.
+    let patch = DiffOptions::new().diff_bytes(&old, &new).unwrap();
+    let mut wrong = old.clone();
+    wrong[100] ^= 1;
+    let mut out = Vec::new();
+    let (t, _) = trickle(&patch, 64);
+    let r = patcher.apply_to_writer(
+        &wrong.as_slice(),
+        patcher.open_reader(t, "p").unwrap(),
+        &mut out,
+    );
+    assert!(matches!(r, Err(Error::WrongBase { .. })), "{r:?}");
+    assert!(out.is_empty());
+    // OLD that changes after its base check: the output fails the final digest.
+    let mut then = old.clone();
+    then[40_000] ^= 0x20;
+    let changing = Changing {
+        first: old.clone(),
+        then,
+        passes: Default::default(),
+    };
+    let (t, _) = trickle(&patch, 64);
+    let r = patcher.apply_to_writer(
+        &changing,
+        patcher.open_reader(t, "p").unwrap(),
+        &mut Vec::new(),
+    );
+    assert!(matches!(r, Err(Error::OutputMismatch { .. })), "{r:?}");
+    // A directory patch makes a tree: refused.
+    let (old_tree, new_tree, _) = lib_trees(4, false);
+    let (_d, tree_patch) = write_case(&old_tree, &new_tree, None);
+    let (t, _) = trickle(&tree_patch, 64);
+    let r = patcher.apply_to_writer(
+        &old.as_slice(),
+        patcher.open_reader(t, "p").unwrap(),
+        &mut Vec::new(),
+    );
+    assert!(r.is_err());
 }

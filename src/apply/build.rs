@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{EntryKind, FileOp, Hash, ListKind};
+use crate::readat::ReadAt;
 use crate::sys::{self, FileId, Opened, Writer};
 use crate::tree::TreeDigest;
 
@@ -414,11 +415,11 @@ impl Patch {
                 let mut parts = Vec::with_capacity(sources.len().max(1));
                 if sources.is_empty() {
                     let (o, n) = own()?;
-                    parts.push((o.file, n, old.display(path)));
+                    parts.push((Box::new(o.file) as Box<dyn ReadAt>, n, old.display(path)));
                 }
                 for &s in sources {
                     let (o, n, p) = table(s)?;
-                    parts.push((o.file, n, old.display(p)));
+                    parts.push((Box::new(o.file), n, old.display(p)));
                 }
                 let src = Source::new(parts)?;
                 apply_delta(streams, &src, size, *transform, out)

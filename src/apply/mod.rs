@@ -86,6 +86,7 @@
 mod base;
 mod build;
 mod open;
+mod single;
 mod stream;
 mod streamed;
 pub use stream::Remade;

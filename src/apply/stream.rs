@@ -13,7 +13,7 @@ use crate::format::{
     read_old_count, read_old_seg, Control, NewRecipe, NewSeg, OldSeg, Refs, Scan, CODEC_RAW,
     FLAG_DIFF_RUNS, LOOK_AHEAD, MAX_CONTROL_BLOCK, TRANSFORM_INFLATE, TRANSFORM_REFS,
 };
-use crate::readat::{read_at_most, Section};
+use crate::readat::{read_at_most, ReadAt, Section};
 use crate::tree::IO_BUF;
 
 use super::{Patch, OUTPUT, PIPE_CHUNK};
@@ -115,7 +115,7 @@ impl<'a> Streams<'a> {
     /// Copy the first `size` bytes of the open old file `f` (named `p` in messages) to `out`.
     pub(super) fn copy_file(
         &mut self,
-        f: &File,
+        f: &dyn ReadAt,
         p: &Path,
         size: u64,
         out: &mut dyn Write,
@@ -154,7 +154,13 @@ fn copy_exact_stream(
 
 /// Copy the first `size` bytes of the open old file `f` (named `p` in messages) to `out`
 /// through `buf`.
-fn copy_file(f: &File, p: &Path, size: u64, out: &mut dyn Write, buf: &mut [u8]) -> Result<()> {
+fn copy_file(
+    f: &dyn ReadAt,
+    p: &Path,
+    size: u64,
+    out: &mut dyn Write,
+    buf: &mut [u8],
+) -> Result<()> {
     let mut r = Section::new(f, 0, size);
     let mut left = size;
     while left > 0 {
@@ -173,13 +179,13 @@ fn copy_file(f: &File, p: &Path, size: u64, out: &mut dyn Write, buf: &mut [u8])
 }
 
 /// Old files concatenated into one virtual source.
-pub(crate) struct Source {
-    parts: Vec<(File, u64, u64, PathBuf)>, // (file, start, len, path)
+pub(crate) struct Source<'a> {
+    parts: Vec<(Box<dyn ReadAt + 'a>, u64, u64, PathBuf)>, // (file, start, len, path)
     len: u64,
 }
 
-impl Source {
-    pub(super) fn new(files: Vec<(File, u64, PathBuf)>) -> Result<Source> {
+impl<'a> Source<'a> {
+    pub(super) fn new(files: Vec<(Box<dyn ReadAt + 'a>, u64, PathBuf)>) -> Result<Source<'a>> {
         let mut parts = Vec::with_capacity(files.len());
         let mut start = 0u64;
         for (f, len, p) in files {
@@ -203,7 +209,7 @@ impl Source {
                 .ok_or_else(|| Error::corrupt("delta stream", "source offset out of range"))?;
             let off = at - start;
             let k = ((len - off) as usize).min(buf.len() - done);
-            let got = read_at_most(f, &mut buf[done..done + k], off)
+            let got = read_at_most(&**f, &mut buf[done..done + k], off)
                 .map_err(|e| Error::io(p, "read", e))?;
             if got != k {
                 return Err(Error::wrong_base(
@@ -222,7 +228,7 @@ impl Source {
 /// ([`TRANSFORM_REFS`], whose parameters precede the controls).
 pub(crate) fn apply_delta(
     st: &mut Streams<'_>,
-    src: &Source,
+    src: &Source<'_>,
     size: u64,
     transform: u8,
     out: &mut dyn Write,
@@ -375,7 +381,12 @@ impl Drop for Scratch {
 /// Rebuild a transform-2 file: expand its source by the source recipe into a [`Scratch`]
 /// file, read the target recipe, then run the controls over the expanded source into a
 /// [`Recomposer`] that deflates the target's streams again.
-fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Write) -> Result<()> {
+fn apply_inflate(
+    st: &mut Streams<'_>,
+    src: &Source<'_>,
+    size: u64,
+    out: &mut dyn Write,
+) -> Result<()> {
     const C: &str = "control stream";
     if st.used != st.block.len() {
         return Err(Error::corrupt(C, "a control block runs into the next file"));
@@ -525,7 +536,7 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
         .file
         .try_clone()
         .map_err(|e| Error::io(&shown, "open", e))?;
-    let exp = Source::new(vec![(file, expanded, shown)])?;
+    let exp = Source::new(vec![(Box::new(file), expanded, shown)])?;
     let dir = st.scratch.clone();
     let mut rec = Recomposer::new(&recipe.segs, &dir, out);
     let r = apply_delta(st, &exp, recipe.expanded, 0, &mut rec).and_then(|()| rec.finish());
@@ -537,7 +548,7 @@ fn apply_inflate(st: &mut Streams<'_>, src: &Source, size: u64, out: &mut dyn Wr
 
 /// A range of the source as a reader (its read errors are kept in `fault`).
 struct SrcRange<'s> {
-    src: &'s Source,
+    src: &'s Source<'s>,
     pos: u64,
     end: u64,
     fault: Option<Error>,
@@ -559,7 +570,13 @@ impl Read for SrcRange<'_> {
 }
 
 /// Copy `len` bytes at `pos` of `src` into `w` as they are.
-fn copy_raw(obuf: &mut [u8], src: &Source, pos: u64, len: u64, w: &mut dyn Write) -> Result<()> {
+fn copy_raw(
+    obuf: &mut [u8],
+    src: &Source<'_>,
+    pos: u64,
+    len: u64,
+    w: &mut dyn Write,
+) -> Result<()> {
     let shown = Path::new("(expanded source)");
     let mut left = len;
     while left > 0 {
@@ -575,7 +592,7 @@ fn copy_raw(obuf: &mut [u8], src: &Source, pos: u64, len: u64, w: &mut dyn Write
 /// The length of a source segment of kind 4 at `pos`: `before` bytes, then the zip local
 /// file header there (its signature checked, its length `30 + name + extra` read from it),
 /// all within the source.
-fn zip_header_end(src: &Source, pos: u64, before: u64) -> Result<u64> {
+fn zip_header_end(src: &Source<'_>, pos: u64, before: u64) -> Result<u64> {
     const C: &str = "control stream";
     let at = pos
         .checked_add(before)
@@ -613,7 +630,7 @@ fn zip_header_end(src: &Source, pos: u64, before: u64) -> Result<u64> {
 /// inflate to exactly `plain` bytes.
 fn inflate_into(
     obuf: &mut [u8],
-    src: &Source,
+    src: &Source<'_>,
     pos: u64,
     comp: u64,
     plain: u64,
@@ -638,7 +655,7 @@ fn inflate_into(
 /// `w`: its compressed and plain lengths.
 fn inflate_found(
     obuf: &mut [u8],
-    src: &Source,
+    src: &Source<'_>,
     pos: u64,
     room: u64,
     w: &mut dyn Write,
@@ -659,7 +676,7 @@ fn inflate_found(
 /// within `comp` bytes and inflate to at most `plain`, into `w`: the bytes it took and made.
 fn inflate_at(
     obuf: &mut [u8],
-    src: &Source,
+    src: &Source<'_>,
     pos: u64,
     comp: u64,
     plain: u64,

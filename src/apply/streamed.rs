@@ -245,7 +245,7 @@ impl Streamed {
     }
 }
 
-impl ReadAt for Arc<Streamed> {
+impl ReadAt for Streamed {
     /// Held bytes at any offset; past them, only the next byte the reader gives (the extra
     /// stream is read once, in order), and never the signature or the trailer.
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
