@@ -55,7 +55,10 @@
 //! A patch is untrusted. Before anything is created: the whole-patch blake3 trailer is checked
 //! (and the signature, when one is required) in one pass that reads the header and the
 //! manifest into memory, where they stay: they are never read from the patch file again, so a
-//! process that rewrites the file after the check changes nothing that was verified. The
+//! process that rewrites the file after the check changes nothing that was verified. A patch
+//! read once from a stream ([`Patcher::open_reader`]) cannot be checked before it is read: its
+//! trailer and signature are checked when the rebuild has consumed it, still before anything
+//! is committed (see `streamed.rs`). The
 //! manifest is decoded from those bytes with every number bounded, every path validated, and
 //! every old file the patch relies on is hashed and compared. Output is written into a fresh
 //! staging location next to the destination; every file is hashed as it is written and

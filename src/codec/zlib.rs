@@ -373,8 +373,8 @@ const _: () = assert!(MINIZ_MEMORY <= DEFLATE_MEMORY + FEED as u64);
 
 /// A raw deflate encoder that makes what miniz_oxide 0.9 makes at a level (0..=10) with its
 /// default strategy, the encoder behind Rust's `flate2` and `zip` crates by default (so behind
-/// most wheels that maturin writes). Input is handed over in [`FEED`] pieces, as to
-/// [`Deflater`]: at every level but 1 (miniz's fast path) the output is what one call over
+/// most wheels that maturin writes). Input is handed over in `FEED` pieces, as to
+/// `Deflater`: at every level but 1 (miniz's fast path) the output is what one call over
 /// the whole input makes; the diff side checks each stream it uses this for.
 pub struct MinizDeflater {
     c: Box<miniz_oxide::deflate::core::CompressorOxide>,

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const TRANSFORM_INFLATE: u8 = 2;
 
 /// Most segments in one recipe. A target recipe is held in memory while its file is made:
-/// [`INFLATE_RECIPE_BYTES`] per segment. Writers keep further deflate streams as they are.
+/// `INFLATE_RECIPE_BYTES` per segment. Writers keep further deflate streams as they are.
 pub const MAX_SEGMENTS: usize = 1 << 14;
 
 /// Bytes of memory one held target segment takes.
