@@ -47,6 +47,14 @@ pub enum Error {
         /// The value found in the patch.
         value: u64,
     },
+    /// The patch needs a decoder or transform this applier was built without (a cargo
+    /// feature left out of a small client build).
+    NotBuiltIn {
+        /// What the patch uses ("LZMA2 streams", "archive patches (delta transform 2)", ...).
+        what: &'static str,
+        /// The cargo feature that provides it.
+        feature: &'static str,
+    },
     /// Applying (or reading) the patch would exceed a limit set by the caller.
     LimitExceeded {
         /// Which limit.
@@ -174,6 +182,11 @@ impl fmt::Display for Error {
             Error::Unsupported { what, value } => write!(
                 f,
                 "unsupported {what} {value}: this patch needs a newer bundelta"
+            ),
+            Error::NotBuiltIn { what, feature } => write!(
+                f,
+                "this patch uses {what}, which this applier was built without (cargo feature \
+                 `{feature}`): apply it with a build that has it, or make the patch without it"
             ),
             Error::LimitExceeded {
                 what,

@@ -501,3 +501,65 @@ fn the_patch_from_standard_input() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs the patch as a file"));
     assert_eq!(fs::read(p("old")).unwrap(), old);
 }
+
+/// `bundelta-apply`, the applier alone: applies from a file and from standard input,
+/// `--serial`, exit 2 on usage errors, 1 with one line on a refused patch.
+#[test]
+fn the_apply_only_binary() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let apply = env!("CARGO_BIN_EXE_bundelta-apply");
+    let mut rng = Rng(0xa991);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let old = rng.text(30_000);
+    let new = rng.edit(&old, 2);
+    fs::write(p("old"), &old).unwrap();
+    fs::write(p("new"), &new).unwrap();
+    assert!(
+        bundelta(&["diff", &p("old"), &p("new"), "-o", &p("p.bdp"), "-q"])
+            .status
+            .success()
+    );
+    let run = |args: &[&str]| Command::new(apply).args(args).output().unwrap();
+    let out = run(&[&p("old"), &p("p.bdp"), "-o", &p("out1"), "--serial"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(p("out1")).unwrap(), new);
+    let mut c = Command::new(apply)
+        .args([&p("old"), "-", "-o", &p("out2"), "-q"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(&fs::read(p("p.bdp")).unwrap())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    assert_eq!(fs::read(p("out2")).unwrap(), new);
+    for bad in [
+        vec![p("old"), p("p.bdp")],
+        vec![p("old"), p("p.bdp"), "-o".into()],
+        vec![p("old"), p("p.bdp"), "-o".into(), p("x"), "--bogus".into()],
+        vec!["--in-place".into(), p("old"), "-".into()],
+        vec![
+            p("old"),
+            p("p.bdp"),
+            "-o".into(),
+            p("x"),
+            "--memory-limit".into(),
+            "12Q".into(),
+        ],
+    ] {
+        let args: Vec<&str> = bad.iter().map(String::as_str).collect();
+        assert_eq!(run(&args).status.code(), Some(2), "{bad:?}");
+    }
+    // The wrong OLD: exit 1, one line naming the reason, nothing at OUT.
+    let out = run(&[&p("new"), &p("p.bdp"), "-o", &p("out3")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!dir.path().join("out3").exists());
+}

@@ -135,7 +135,7 @@ fn status_of(e: &Error) -> BdStatus {
         Error::Io { .. } => BdStatus::Io,
         Error::Corrupt { .. } => BdStatus::Corrupt,
         Error::Checksum { .. } => BdStatus::Checksum,
-        Error::Unsupported { .. } => BdStatus::Unsupported,
+        Error::Unsupported { .. } | Error::NotBuiltIn { .. } => BdStatus::Unsupported,
         Error::LimitExceeded { .. } => BdStatus::Limit,
         Error::WrongBase { .. } => BdStatus::WrongBase,
         Error::OutputMismatch { .. } => BdStatus::OutputMismatch,

@@ -3,7 +3,9 @@
 //! the diff stream's zero-run coding. Each is the inverse of the encoder of the same name in
 //! [`super::encode`] (feature `diff`); the round-trip tests there check it.
 
-use std::io::{self, BufRead, BufReader, Read};
+#[cfg(feature = "lzma")]
+use std::io::BufRead;
+use std::io::{self, BufReader, Read};
 use std::sync::mpsc::{sync_channel, Receiver};
 
 use crate::error::{Error, Result};
@@ -250,7 +252,9 @@ fn add(buf: &mut [u8], d: &[u8]) {
 pub(crate) enum Stream<'a> {
     Raw(Section<'a>),
     Zstd(Box<Dec<'a>>),
+    #[cfg(feature = "lzma")]
     Lzma(Box<MultiLzma<'a>>),
+    #[cfg(feature = "bzip2")]
     Bzip2(Box<bzip2::bufread::MultiBzDecoder<BufReader<Section<'a>>>>),
     Piped(Box<Piped>),
 }
@@ -283,11 +287,13 @@ impl Read for Piped {
 
 /// Decoder for one or more concatenated raw LZMA2 streams: when one ends, the next starts on
 /// the bytes left in the same buffer. The dictionary is fixed by the header, never by the data.
+#[cfg(feature = "lzma")]
 pub(crate) struct MultiLzma<'a> {
     dec: Option<liblzma::bufread::XzDecoder<BufReader<Section<'a>>>>,
     dict: u32,
 }
 
+#[cfg(feature = "lzma")]
 fn lzma_decoder(dict: u32) -> io::Result<liblzma::stream::Stream> {
     let mut opts = liblzma::stream::LzmaOptions::new_preset(6).map_err(io::Error::other)?;
     opts.dict_size(dict);
@@ -296,6 +302,7 @@ fn lzma_decoder(dict: u32) -> io::Result<liblzma::stream::Stream> {
     liblzma::stream::Stream::new_raw_decoder(&f).map_err(io::Error::other)
 }
 
+#[cfg(feature = "lzma")]
 impl Read for MultiLzma<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
@@ -391,19 +398,35 @@ impl<'a> Stream<'a> {
             return Ok(Stream::Raw(sec));
         }
         if codec == CODEC_BZIP2 {
-            let r = BufReader::with_capacity(32 << 10, sec);
-            return Ok(Stream::Bzip2(Box::new(
-                bzip2::bufread::MultiBzDecoder::new(r),
-            )));
+            #[cfg(feature = "bzip2")]
+            {
+                let r = BufReader::with_capacity(32 << 10, sec);
+                return Ok(Stream::Bzip2(Box::new(
+                    bzip2::bufread::MultiBzDecoder::new(r),
+                )));
+            }
+            #[cfg(not(feature = "bzip2"))]
+            return Err(Error::NotBuiltIn {
+                what: "bzip2 streams",
+                feature: "bzip2",
+            });
         }
         if codec == CODEC_LZMA2 {
-            let dict = crate::format::lzma_dict_size(window_log);
-            let dec = lzma_decoder(dict).map_err(|e| stream_err(what, e))?;
-            let r = BufReader::with_capacity(32 << 10, sec);
-            return Ok(Stream::Lzma(Box::new(MultiLzma {
-                dec: Some(liblzma::bufread::XzDecoder::new_stream(r, dec)),
-                dict,
-            })));
+            #[cfg(feature = "lzma")]
+            {
+                let dict = crate::format::lzma_dict_size(window_log);
+                let dec = lzma_decoder(dict).map_err(|e| stream_err(what, e))?;
+                let r = BufReader::with_capacity(32 << 10, sec);
+                return Ok(Stream::Lzma(Box::new(MultiLzma {
+                    dec: Some(liblzma::bufread::XzDecoder::new_stream(r, dec)),
+                    dict,
+                })));
+            }
+            #[cfg(not(feature = "lzma"))]
+            return Err(Error::NotBuiltIn {
+                what: "LZMA2 streams",
+                feature: "lzma",
+            });
         }
         let mut d =
             zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(32 << 10, sec))
@@ -420,7 +443,9 @@ impl Read for Stream<'_> {
             Stream::Piped(p) => p.read(buf),
             Stream::Raw(s) => s.read(buf),
             Stream::Zstd(d) => d.read(buf),
+            #[cfg(feature = "lzma")]
             Stream::Lzma(d) => d.read(buf),
+            #[cfg(feature = "bzip2")]
             Stream::Bzip2(d) => d.read(buf),
         }
     }

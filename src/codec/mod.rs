@@ -6,7 +6,9 @@
 pub(crate) mod decode;
 #[cfg(feature = "diff")]
 pub(crate) mod encode;
+#[cfg(feature = "inflate")]
 pub(crate) mod tokens;
+#[cfg(feature = "inflate")]
 pub(crate) mod trees;
 pub(crate) mod zlib;
 

@@ -10,10 +10,14 @@
 //! **Inflating** uses `miniz_oxide` (pure Rust): any correct inflater gives the same bytes, and
 //! the input, while it is part of a verified OLD, is at offsets an untrusted patch names.
 
+#[cfg(feature = "inflate")]
 use std::ffi::{c_int, c_uint, c_void};
 
+#[cfg(feature = "inflate")]
 use libz_sys as z;
+#[cfg(feature = "inflate")]
 use miniz_oxide::inflate::stream::InflateState;
+#[cfg(feature = "inflate")]
 use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 
 /// Parameters of one raw deflate stream made by zlib's `deflateInit2` (no zlib or gzip wrapper).
@@ -55,13 +59,16 @@ pub const DEFLATE_MEMORY: u64 = 400 << 10;
 /// Heap of one [`Inflater`]: miniz_oxide's state with its 32 KiB window, about 43 KiB.
 pub const INFLATE_MEMORY: u64 = 48 << 10;
 
+#[cfg(feature = "inflate")]
 /// What zlib's allocator hands out: the bytes in use and the cap.
 struct Heap {
     used: u64,
 }
 
+#[cfg(feature = "inflate")]
 const ALIGN: usize = 16;
 
+#[cfg(feature = "inflate")]
 unsafe extern "C" fn zalloc(opaque: *mut c_void, items: c_uint, size: c_uint) -> *mut c_void {
     // SAFETY: `opaque` is the `Heap` of the `Deflater` that owns this stream, alive while zlib
     // runs (zlib only calls back during deflateInit2_, deflate and deflateEnd).
@@ -90,6 +97,7 @@ unsafe extern "C" fn zalloc(opaque: *mut c_void, items: c_uint, size: c_uint) ->
     }
 }
 
+#[cfg(feature = "inflate")]
 unsafe extern "C" fn zfree(opaque: *mut c_void, address: *mut c_void) {
     if address.is_null() {
         return;
@@ -114,6 +122,7 @@ unsafe extern "C" fn zfree(opaque: *mut c_void, address: *mut c_void) {
 /// parameters and the whole input.
 pub const FEED: usize = 64 << 10;
 
+#[cfg(feature = "inflate")]
 /// Hand `input` to `run` in pieces of exactly [`FEED`] bytes, keeping the rest in `pending`
 /// for the next call (the last, shorter piece goes with the encoder's `finish`). Returns
 /// whether every `run` went on.
@@ -133,6 +142,7 @@ fn in_pieces(pending: &mut Vec<u8>, mut input: &[u8], run: &mut dyn FnMut(&[u8])
     true
 }
 
+#[cfg(feature = "inflate")]
 /// A raw deflate encoder with fixed [`DeflateParams`]. Output goes to a callback as it is made;
 /// it depends only on the parameters and the whole input (see [`FEED`]).
 pub struct Deflater {
@@ -146,8 +156,10 @@ pub struct Deflater {
 }
 
 // SAFETY: the stream's pointers refer to heap blocks owned by this value only.
+#[cfg(feature = "inflate")]
 unsafe impl Send for Deflater {}
 
+#[cfg(feature = "inflate")]
 impl Deflater {
     /// A new stream, or `None` when zlib refuses the parameters or the memory.
     pub fn new(p: DeflateParams) -> Option<Deflater> {
@@ -257,6 +269,7 @@ impl Deflater {
     }
 }
 
+#[cfg(feature = "inflate")]
 impl Drop for Deflater {
     fn drop(&mut self) {
         // SAFETY: the stream was initialised by `new` and is ended once.
@@ -266,6 +279,7 @@ impl Drop for Deflater {
     }
 }
 
+#[cfg(feature = "inflate")]
 /// A raw deflate decoder fed in pieces.
 pub struct Inflater {
     state: Box<InflateState>,
@@ -273,12 +287,14 @@ pub struct Inflater {
     done: bool,
 }
 
+#[cfg(feature = "inflate")]
 impl Default for Inflater {
     fn default() -> Self {
         Inflater::new()
     }
 }
 
+#[cfg(feature = "inflate")]
 impl Inflater {
     /// A decoder at the start of a stream.
     pub fn new() -> Inflater {
@@ -328,7 +344,7 @@ impl Inflater {
     }
 }
 
-#[cfg(any(test, feature = "diff"))]
+#[cfg(all(feature = "inflate", any(test, feature = "diff")))]
 /// Inflate the raw deflate stream at the start of `data`, whole: its plain bytes and where it
 /// ends, or `None` when `data` does not start with a complete valid stream, or when it would
 /// inflate past `max_out` bytes.
@@ -347,7 +363,7 @@ pub fn inflate_prefix(data: &[u8], max_out: u64) -> Option<(Vec<u8>, u64)> {
     inf.done().then_some((plain, used as u64))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "inflate"))]
 /// Compress `plain` whole with `p`, or `None` if zlib refuses.
 pub fn deflate(plain: &[u8], p: DeflateParams) -> Option<Vec<u8>> {
     let mut d = Deflater::new(p)?;
@@ -371,6 +387,7 @@ pub const MINIZ_MEMORY: u64 = 400 << 10;
 // A miniz segment is made in the memory set aside for a zlib deflater and its input piece.
 const _: () = assert!(MINIZ_MEMORY <= DEFLATE_MEMORY + FEED as u64);
 
+#[cfg(feature = "inflate")]
 /// A raw deflate encoder that makes what miniz_oxide 0.9 makes at a level (0..=10) with its
 /// default strategy, the encoder behind Rust's `flate2` and `zip` crates by default (so behind
 /// most wheels that maturin writes). Input is handed over in `FEED` pieces, as to
@@ -382,6 +399,7 @@ pub struct MinizDeflater {
     pending: Vec<u8>,
 }
 
+#[cfg(feature = "inflate")]
 impl MinizDeflater {
     /// A new stream, or `None` for a level above [`MINIZ_MAX_LEVEL`].
     pub fn new(level: u8) -> Option<MinizDeflater> {
@@ -438,6 +456,7 @@ impl MinizDeflater {
     }
 }
 
+#[cfg(feature = "inflate")]
 /// One of the encoders a target stream is made again with.
 pub enum Recompress {
     /// Stock zlib.
@@ -446,6 +465,7 @@ pub enum Recompress {
     Miniz(MinizDeflater),
 }
 
+#[cfg(feature = "inflate")]
 impl Recompress {
     /// See [`Deflater::push`].
     pub fn push(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
@@ -476,7 +496,7 @@ pub fn miniz_deflate(plain: &[u8], level: u8) -> Option<Vec<u8>> {
     (d.push(plain, &mut put) && d.finish(&mut put)).then_some(out)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "inflate"))]
 mod tests {
     use super::*;
 

@@ -79,7 +79,8 @@ pub use varint::{put_svarint, put_varint, varint_len, Reader};
 
 /// The token structure of deflate streams (FORMAT.md section 4.3.1): the parser, the encoder
 /// and their errors, zlib's tables for predicted blocks, and the miniz encoder of target
-/// segment kind 3, for tools, tests and fuzz targets that check them.
+/// segment kind 3, for tools, tests and fuzz targets that check them (feature `inflate`).
+#[cfg(feature = "inflate")]
 pub mod tokens {
     pub use crate::codec::tokens::{
         parse, Encoder, Fault, Parsed, ENCODER_MEMORY, MAX_PREDICTED_ITEMS, MAX_PREDICTED_LITERALS,
