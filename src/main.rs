@@ -88,8 +88,11 @@ struct DiffArgs {
     /// The new version (same kind as OLD).
     new: PathBuf,
     /// Where to write the patch.
-    #[arg(short, long, value_name = "PATCH")]
-    output: PathBuf,
+    #[arg(short, long, value_name = "PATCH", required_unless_present = "stray")]
+    output: Option<PathBuf>,
+    /// A third path without -o (a usage error that says so).
+    #[arg(hide = true)]
+    stray: Option<PathBuf>,
     /// Compression effort, 1..=22 (zstd levels; for lzma, 20+ is "extreme", 17-19 strong,
     /// 10-16 medium). Higher: smaller patch, slower diff; apply speed and memory are unaffected.
     #[arg(long, default_value_t = bundelta::DEFAULT_LEVEL, value_name = "N")]
@@ -359,6 +362,16 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
+    let json = match &cli.cmd {
+        Cmd::Diff(a) => a.common.json,
+        Cmd::Apply(a) => a.common.json,
+        Cmd::Verify(a) => a.common.json,
+        Cmd::Info(a) => a.common.json,
+        Cmd::Keygen(a) => a.common.json,
+        Cmd::Sign(a) => a.common.json,
+        #[cfg(unix)]
+        Cmd::Bench(_) => false,
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -378,9 +391,33 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("bundelta: error: {msg}");
+            if json {
+                println!("{}", json!({"ok": false, "error": msg}));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Files of NEW made from the old file at the same path (unchanged, or a delta from it).
+fn relied_same_path(m: &bundelta::format::Manifest) -> u64 {
+    m.entries
+        .iter()
+        .filter(|e| {
+            matches!(&e.kind, bundelta::format::EntryKind::File { op, .. } if op.reads_own_path())
+        })
+        .count() as u64
+}
+
+/// Whether `p` is a regular file that starts as a patch does.
+fn is_patch(p: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
+        && std::fs::File::open(p)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && magic == bundelta::format::MAGIC
 }
 
 /// How errors name a patch read from standard input.
@@ -496,7 +533,16 @@ fn sign(a: SignArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn diff(a: DiffArgs) -> Result<ExitCode> {
+fn diff(mut a: DiffArgs) -> Result<ExitCode> {
+    let output = match (a.output.take(), &a.stray) {
+        (Some(o), None) => o,
+        (_, Some(x)) => usage_error(&format!(
+            "unexpected third path {0}: the patch is written with -o, as in \
+             `bundelta diff OLD NEW -o {0}`",
+            x.display()
+        )),
+        (None, None) => unreachable!("clap requires -o without a third path"),
+    };
     if let Some(n) = a.threads {
         if n == 0 {
             bail!("--threads must be at least 1");
@@ -506,10 +552,10 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
             .build_global()
             .context("starting worker threads")?;
     }
-    if !a.force && a.output.exists() {
+    if !a.force && output.exists() {
         bail!(
             "{}: output already exists (use --force to overwrite)",
-            a.output.display()
+            output.display()
         );
     }
     let chunk = usize::try_from(a.chunk_size).context("--chunk-size too large")?;
@@ -539,7 +585,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
         }));
     }
     let t = Instant::now();
-    let stats = opts.diff_to_file(&a.old, &a.new, &a.output)?;
+    let stats = opts.diff_to_file(&a.old, &a.new, &output)?;
     let secs = t.elapsed().as_secs_f64();
     if let Some(pb) = pb {
         pb.finish_and_clear();
@@ -564,7 +610,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
         println!(
             "{}",
             json!({
-                "patch": a.output, "patch_bytes": stats.patch_bytes, "new_bytes": stats.new_bytes,
+                "patch": output, "patch_bytes": stats.patch_bytes, "new_bytes": stats.new_bytes,
                 "percent_of_new": pct, "seconds": secs, "apply_memory_bytes": need,
                 "unchanged": stats.unchanged, "copied": stats.copied, "added": stats.added,
                 "modified": stats.modified, "deleted": stats.deleted, "dirs": stats.dirs,
@@ -574,7 +620,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     } else if !a.common.quiet {
         eprintln!(
             "wrote {}: {} ({pct:.2}% of {} new) in {secs:.2}s; files: {} modified, {} added, {} copied, {} unchanged, {} deleted",
-            a.output.display(),
+            output.display(),
             human(stats.patch_bytes),
             human(stats.new_bytes),
             stats.modified,
@@ -629,6 +675,14 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
     }
     let patch = a.patch.expect("clap requires PATCH without --rollback");
     let stdin = patch.as_os_str() == "-";
+    if !stdin && is_patch(&a.old) && !is_patch(&patch) {
+        usage_error(&format!(
+            "{} is a bundelta patch and {} is not: the arguments look swapped; the order is \
+             `bundelta apply OLD PATCH -o OUT`",
+            a.old.display(),
+            patch.display()
+        ));
+    }
     if a.in_place && stdin {
         usage_error(
             "--in-place needs the patch as a file (its journal names the patch before the first \
@@ -946,7 +1000,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
             "patch": a.patch, "patch_bytes": p.len(), "format": format!("{}.{}", bundelta::format::VERSION_MAJOR, h.minor),
             "bundle": if h.is_directory() { "directory" } else { "file" },
             "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
-            "new_digest": bundelta::hex(&m.new_digest), "old_files_relied_on": m.old_files.len(),
+            "new_digest": bundelta::hex(&m.new_digest), "old_files_relied_on": m.old_files.len() as u64 + relied_same_path(m),
             "deleted": m.deleted.len(), "ops": ops, "manifest_bytes": h.manifest_len, "streams": streams,
             "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
             "base_tags": m.base_tags.len(), "base_tag_bits": m.base_tags.bits,
@@ -1004,11 +1058,27 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         human(h.stream_lens[2]),
         codec(h.codecs[2])
     )?;
-    writeln!(
-        out,
-        "relies on:    {} old files (+ unchanged ones)",
-        m.old_files.len()
-    )?;
+    let same_path = relied_same_path(m);
+    if h.is_directory() {
+        writeln!(
+            out,
+            "relies on:    {} old files ({} at their own path, {} by reference), each checked \
+             before anything is written",
+            same_path + m.old_files.len() as u64,
+            same_path,
+            m.old_files.len()
+        )?;
+    } else if same_path + m.old_files.len() as u64 > 0 {
+        writeln!(
+            out,
+            "relies on:    the old file (checked before anything is written)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "relies on:    nothing (the patch carries the whole file)"
+        )?;
+    }
     if h.is_directory() {
         writeln!(
             out,

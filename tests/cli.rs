@@ -563,3 +563,42 @@ fn the_apply_only_binary() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!dir.path().join("out3").exists());
 }
+
+/// Usage slips a new user makes get exit 2 and a hint; `--json` failures print a JSON
+/// object; `info` says what a file patch relies on.
+#[test]
+fn hints_json_errors_and_what_a_patch_relies_on() {
+    let mut rng = Rng(0x417);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let old = rng.text(20_000);
+    fs::write(p("old"), &old).unwrap();
+    fs::write(p("new"), rng.edit(&old, 2)).unwrap();
+    // diff OLD NEW PATCH (no -o): exit 2, the hint names -o, nothing written.
+    let out = bundelta(&["diff", &p("old"), &p("new"), &p("p.bdp")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-o"));
+    assert!(!dir.path().join("p.bdp").exists());
+    assert!(
+        bundelta(&["diff", &p("old"), &p("new"), "-o", &p("p.bdp"), "-q"])
+            .status
+            .success()
+    );
+    // apply PATCH OLD: exit 2, "swapped".
+    let out = bundelta(&["apply", &p("p.bdp"), &p("old"), "-o", &p("out")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("swapped"));
+    assert!(!dir.path().join("out").exists());
+    // --json failure: a JSON object on stdout, the one-line error on stderr, exit 1.
+    let out = bundelta(&["verify", "--json", &p("missing.bdp")]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("missing.bdp"));
+    // info: a file patch relies on the old file.
+    let out = bundelta(&["info", &p("p.bdp")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("relies on:    the old file"));
+    let out = bundelta(&["info", "--json", &p("p.bdp")]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["old_files_relied_on"], 1);
+}
