@@ -37,9 +37,11 @@
 //! With [`Patcher::parallel`] (the default on a machine with more than one core) each coded
 //! stream is decoded on a thread of its own, handing 32 KiB chunks to the applying thread:
 //! [`PIPE_MEMORY`] (384 KiB) more, taken only when the sum still fits under the limit; else
-//! the apply runs on one thread as before. The bytes produced, the checks and what is
-//! accepted or refused are the same either way; only the text of a decoder's error on a
-//! corrupt frame can differ (it depends on the read sizes).
+//! the apply runs on one thread as before. The bytes produced, the checks, what is accepted or
+//! refused and the errors are the same either way: on one thread each coded stream is read
+//! through the same 32 KiB fills as on its own (a decoder's behaviour can depend on its
+//! output buffer sizes: zstd decodes a frame that fits the buffer in one pass, before its
+//! window check).
 //!
 //! For a manifest relative to OLD's file list, the applier also holds that list and the entries
 //! resolved from it: [`listing_memory`], `LISTING_ENTRY_BYTES` (160) plus twice the path bytes

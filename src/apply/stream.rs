@@ -61,6 +61,13 @@ impl<'a> Streams<'a> {
                     what,
                     PIPE_CHUNK,
                 )),
+                // On this thread, read as the spawned thread reads (see `Chunked`).
+                _ if len > 0 && codec != CODEC_RAW => Ok(Stream::Chunked(Box::new(
+                    crate::codec::decode::Chunked::new(
+                        Stream::open(&*p.src, pos, len, codec, h.window_log, what)?,
+                        PIPE_CHUNK,
+                    ),
+                ))),
                 _ => Stream::open(&*p.src, pos, len, codec, h.window_log, what),
             }
         };

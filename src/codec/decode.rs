@@ -257,6 +257,83 @@ pub(crate) enum Stream<'a> {
     #[cfg(feature = "bzip2")]
     Bzip2(Box<bzip2::bufread::MultiBzDecoder<BufReader<Section<'a>>>>),
     Piped(Box<Piped>),
+    Chunked(Box<Chunked<'a>>),
+}
+
+/// A stream decoded on the applying thread through chunk-sized fills, exactly as the thread
+/// of [`Stream::spawn`] reads it: the decoder sees the same output buffers either way, so a
+/// patch is accepted or refused alike, with the same error (zstd decodes a frame whose whole
+/// content fits the output buffer in one pass, before its window check: with other read sizes
+/// the same frame was accepted on a thread and refused without one; found by the
+/// `apply_untrusted` fuzz target). One chunk buffer (32 KiB) per coded stream, within the
+/// I/O allowance of the memory formula.
+pub(crate) struct Chunked<'a> {
+    inner: Stream<'a>,
+    buf: Vec<u8>,
+    at: usize,
+    end: usize,
+    /// No more fills: the stream ended, or `err` is due once `buf` is read.
+    done: bool,
+    err: Option<io::Error>,
+}
+
+impl<'a> Chunked<'a> {
+    pub(crate) fn new(inner: Stream<'a>, chunk: usize) -> Chunked<'a> {
+        Chunked {
+            inner,
+            buf: vec![0; chunk],
+            at: 0,
+            end: 0,
+            done: false,
+            err: None,
+        }
+    }
+
+    /// One fill, as one loop of the spawned thread: read until the chunk is full, the stream
+    /// ends (a short chunk is the last) or an error (due after the bytes before it).
+    fn fill(&mut self) {
+        let chunk = self.buf.len();
+        let mut got = 0;
+        while got < chunk {
+            match read_retry(&mut self.inner, &mut self.buf[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) => {
+                    self.err = Some(e);
+                    break;
+                }
+            }
+        }
+        self.at = 0;
+        self.end = got;
+        if got < chunk {
+            self.done = true;
+        }
+    }
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.end {
+            if self.done {
+                return match self.err.take() {
+                    Some(e) => Err(e),
+                    None => Ok(0),
+                };
+            }
+            self.fill();
+            if self.at == self.end {
+                return match self.err.take() {
+                    Some(e) => Err(e),
+                    None => Ok(0),
+                };
+            }
+        }
+        let k = buf.len().min(self.end - self.at);
+        buf[..k].copy_from_slice(&self.buf[self.at..self.at + k]);
+        self.at += k;
+        Ok(k)
+    }
 }
 
 /// The reading end of a stream decoded on another thread: chunks of at most `chunk` bytes
@@ -441,6 +518,7 @@ impl Read for Stream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Piped(p) => p.read(buf),
+            Stream::Chunked(c) => c.read(buf),
             Stream::Raw(s) => s.read(buf),
             Stream::Zstd(d) => d.read(buf),
             #[cfg(feature = "lzma")]
