@@ -87,7 +87,7 @@ struct DiffArgs {
     old: PathBuf,
     /// The new version (same kind as OLD).
     new: PathBuf,
-    /// Where to write the patch.
+    /// Where to write the patch (`-`: standard output).
     #[arg(short, long, value_name = "PATCH", required_unless_present = "stray")]
     output: Option<PathBuf>,
     /// A third path without -o (a usage error that says so).
@@ -186,7 +186,9 @@ struct ApplyArgs {
     /// (its checksum and signature are then checked at the end, before the output appears).
     #[arg(required_unless_present = "rollback")]
     patch: Option<PathBuf>,
-    /// Where to build the new version (must not exist).
+    /// Where to build the new version (must not exist). `-` writes a single-file patch's
+    /// output to standard output as it is made: OLD is checked first, the output's digest at
+    /// the end; on a nonzero exit, discard what was written.
     #[arg(
         short,
         long,
@@ -552,7 +554,11 @@ fn diff(mut a: DiffArgs) -> Result<ExitCode> {
             .build_global()
             .context("starting worker threads")?;
     }
-    if !a.force && output.exists() {
+    let to_stdout = output.as_os_str() == "-";
+    if to_stdout && a.common.json {
+        usage_error("-o - writes the patch to standard output, where --json would go too");
+    }
+    if !to_stdout && !a.force && output.exists() {
         bail!(
             "{}: output already exists (use --force to overwrite)",
             output.display()
@@ -585,7 +591,16 @@ fn diff(mut a: DiffArgs) -> Result<ExitCode> {
         }));
     }
     let t = Instant::now();
-    let stats = opts.diff_to_file(&a.old, &a.new, &output)?;
+    let stats = if to_stdout {
+        let (bytes, stats) = opts.diff_paths(&a.old, &a.new)?;
+        let mut so = std::io::stdout().lock();
+        std::io::Write::write_all(&mut so, &bytes)
+            .and_then(|()| std::io::Write::flush(&mut so))
+            .context("writing the patch to standard output")?;
+        stats
+    } else {
+        opts.diff_to_file(&a.old, &a.new, &output)?
+    };
     let secs = t.elapsed().as_secs_f64();
     if let Some(pb) = pb {
         pb.finish_and_clear();
@@ -727,6 +742,46 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let out = a.output.expect("clap requires -o without --in-place");
+    if out.as_os_str() == "-" {
+        if a.common.json {
+            usage_error("-o - writes the new file to standard output, where --json would go too");
+        }
+        let patch = if stdin {
+            p.open_reader(std::io::stdin(), STDIN_NAME)?
+        } else {
+            p.open(&patch)?
+        };
+        if patch.header().is_directory() {
+            usage_error("-o - takes a single-file patch; this one makes a directory tree");
+        }
+        let old =
+            std::fs::File::open(&a.old).with_context(|| format!("{}: open", a.old.display()))?;
+        let mut so = std::io::BufWriter::new(std::io::stdout().lock());
+        // Errors name OLD as the user gave it.
+        let r = p
+            .apply_to_writer(&old, patch, &mut so)
+            .map_err(|e| match e {
+                bundelta::Error::WrongBase { path, reason } if path == "(old)" => {
+                    bundelta::Error::WrongBase {
+                        path: a.old.display().to_string(),
+                        reason,
+                    }
+                }
+                e => e,
+            })?;
+        std::io::Write::flush(&mut so).context("writing to standard output")?;
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+        if !a.common.quiet {
+            eprintln!(
+                "wrote standard output: {} verified in {:.2}s",
+                human(r.bytes),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let r = if stdin {
         let patch = p.open_reader(std::io::stdin(), STDIN_NAME)?;
         p.apply_patch(&a.old, patch, &out)?

@@ -602,3 +602,33 @@ fn hints_json_errors_and_what_a_patch_relies_on() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["old_files_relied_on"], 1);
 }
+
+/// `-o -`: diff writes the patch to standard output, apply a single-file patch's output;
+/// with `--json` (which also goes to standard output) it is a usage error.
+#[test]
+fn standard_output_with_dash_o_dash() {
+    let mut rng = Rng(0x50d);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let old = rng.text(40_000);
+    let new = rng.edit(&old, 3);
+    fs::write(p("old"), &old).unwrap();
+    fs::write(p("new"), &new).unwrap();
+    let out = bundelta(&["diff", &p("old"), &p("new"), "-o", "-", "-q"]);
+    assert!(out.status.success(), "{out:?}");
+    fs::write(p("p.bdp"), &out.stdout).unwrap();
+    let out = bundelta(&["apply", &p("old"), &p("p.bdp"), "-o", "-", "-q"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, new);
+    // The wrong OLD: nothing written, exit 1, the user's path named.
+    let out = bundelta(&["apply", &p("new"), &p("p.bdp"), "-o", "-"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&p("new")));
+    for args in [
+        vec!["diff", &p("old"), &p("new"), "-o", "-", "--json"],
+        vec!["apply", &p("old"), &p("p.bdp"), "-o", "-", "--json"],
+    ] {
+        assert_eq!(bundelta(&args).status.code(), Some(2), "{args:?}");
+    }
+}

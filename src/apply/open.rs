@@ -29,6 +29,18 @@ fn open_patch_file(path: &Path) -> Result<File> {
     Ok(f)
 }
 
+/// Refuse a patch whose new version is larger than `limit`.
+pub(super) fn output_within(h: &Header, limit: u64) -> Result<()> {
+    if h.new_total > limit {
+        return Err(Error::LimitExceeded {
+            what: "output size",
+            needed: h.new_total,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// Refuse, before anything is decoded or written, a patch that needs a decoder or transform
 /// left out of this build.
 fn not_built_in(h: &Header) -> Result<()> {
@@ -206,13 +218,7 @@ impl Patch {
                 limit: memory_limit,
             });
         }
-        if header.new_total > output_limit {
-            return Err(Error::LimitExceeded {
-                what: "output size",
-                needed: header.new_total,
-                limit: output_limit,
-            });
-        }
+        output_within(&header, output_limit)?;
         // Manifest: decoded from the verified bytes in memory to exactly manifest_raw_len bytes.
         let raw_len = header.manifest_raw_len;
         let cap = usize::try_from(raw_len)

@@ -126,13 +126,7 @@ impl Streamed {
                 limit: memory_limit,
             });
         }
-        if header.new_total > output_limit {
-            return Err(Error::LimitExceeded {
-                what: "output size",
-                needed: header.new_total,
-                limit: output_limit,
-            });
-        }
+        super::open::output_within(&header, output_limit)?;
         // Within the memory limit, checked above.
         let held_len = held_len as usize;
         let mut held = Vec::with_capacity(held_len);
