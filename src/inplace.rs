@@ -826,11 +826,24 @@ fn recover(target: &Path, journal: &Path, p: &mut crate::apply::Patch) -> Result
     Ok(true)
 }
 
+/// The target as a path that ends in a name (its lock, journal and stages are named after it
+/// beside it): `.`, `..` or `dir/.` become the directory's absolute path, resolved as the
+/// system resolves the working directory; any other path is kept as given (a symlink as the
+/// last component is not followed).
+fn named_target(target: &Path) -> Result<std::path::PathBuf> {
+    if target.file_name().is_some() && !target.ends_with(".") {
+        return Ok(target.to_path_buf());
+    }
+    std::fs::canonicalize(target).map_err(|e| Error::io(target, "resolve", e))
+}
+
 /// Undo an interrupted in-place apply on `target` without its patch: the stage is removed and
 /// the target left as it was before that apply; when that apply had already put its new
 /// version in place (the commit point), the new version stays and only its leftovers are
 /// removed. Takes the target's lock like an apply.
 pub fn rollback_in_place(target: &Path) -> Result<RollbackOutcome> {
+    let named = named_target(target)?;
+    let target = named.as_path();
     let _lock = TargetLock::acquire(target)?;
     let journal = side_path(target, "journal")?;
     let Some(j) = read_journal(target, &journal)? else {
@@ -886,6 +899,8 @@ impl Patcher {
                 ),
             ));
         }
+        let named = named_target(target)?;
+        let target = named.as_path();
         let mut p = self.open(patch)?;
         let _lock = TargetLock::acquire(target)?;
         let journal = side_path(target, "journal")?;

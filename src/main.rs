@@ -732,11 +732,19 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
                         a.old.display()
                     )
                 }
-                _ => eprintln!(
-                    "updated {} in place: {files} files, {} in {secs:.2}s",
-                    a.old.display(),
-                    human(bytes)
-                ),
+                _ => {
+                    eprintln!(
+                        "updated {} in place: {files} files, {} in {secs:.2}s",
+                        a.old.display(),
+                        human(bytes)
+                    );
+                    if a.old.file_name().is_none() || a.old.ends_with(".") {
+                        eprintln!(
+                            "note: the directory was replaced by the new version: a shell \
+                             whose working directory it was sees it after `cd \"$PWD\"`"
+                        );
+                    }
+                }
             }
         }
         return Ok(ExitCode::SUCCESS);

@@ -632,3 +632,34 @@ fn standard_output_with_dash_o_dash() {
         assert_eq!(bundelta(&args).status.code(), Some(2), "{args:?}");
     }
 }
+
+/// `apply --in-place .` from inside the directory updates it (its lock, journal and stage
+/// are named after the resolved path).
+#[test]
+fn in_place_on_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    for (d, text) in [("old", "a\n"), ("new", "b\n"), ("tgt", "a\n")] {
+        fs::create_dir(p(d)).unwrap();
+        fs::write(p(d).join("f"), text).unwrap();
+    }
+    let s = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    assert!(bundelta(&[
+        "diff",
+        &s(&p("old")),
+        &s(&p("new")),
+        "-o",
+        &s(&p("p.bdp")),
+        "-q"
+    ])
+    .status
+    .success());
+    let out = Command::new(env!("CARGO_BIN_EXE_bundelta"))
+        .args(["apply", "--in-place", ".", &s(&p("p.bdp"))])
+        .current_dir(p("tgt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read_to_string(p("tgt").join("f")).unwrap(), "b\n");
+    assert_eq!(listing(dir.path()), ["new", "old", "p.bdp", "tgt"]);
+}
