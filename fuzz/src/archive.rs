@@ -8,9 +8,9 @@
 //! zips read inside, members that never end, entries that overlap or lie past the directory)
 //! never panic and never make a patch that does not give NEW back exactly.
 
-use bundelta::{DiffOptions, Patcher, MIN_CHUNK_SIZE};
+use bundelta::{DiffOptions, MIN_CHUNK_SIZE};
 
-use super::{scratch, write, Bytes};
+use super::Bytes;
 
 /// Fuzz body.
 pub fn run(data: &[u8]) {
@@ -23,23 +23,5 @@ pub fn run(data: &[u8]) {
     opts.level(1).chunk_size(MIN_CHUNK_SIZE).inflate(true);
     let patch = opts.diff_bytes(old, new).expect("diff_bytes failed");
 
-    let dir = scratch();
-    let (o, p, out) = (
-        dir.path().join("old"),
-        dir.path().join("p.bdp"),
-        dir.path().join("out"),
-    );
-    write(&o, old);
-    write(&p, &patch);
-    let report = Patcher::new()
-        .apply(&o, &p, &out)
-        .unwrap_or_else(|e| panic!("apply of a fresh patch failed: {e}"));
-    let got = std::fs::read(&out).unwrap();
-    assert!(
-        got == new,
-        "archive output differs from NEW ({} vs {} bytes)",
-        got.len(),
-        new.len()
-    );
-    assert_eq!(report.bytes, new.len() as u64);
+    super::apply_gives(old, &patch, new, "archive");
 }

@@ -136,6 +136,30 @@ fn sweep_stale() {
     }
 }
 
+/// Apply a freshly made `patch` to `old` (written to a scratch directory) and require exactly
+/// `new` back; `what` names the target in the panic.
+pub fn apply_gives(old: &[u8], patch: &[u8], new: &[u8], what: &str) {
+    let dir = scratch();
+    let (o, p, out) = (
+        dir.path().join("old"),
+        dir.path().join("p.bdp"),
+        dir.path().join("out"),
+    );
+    write(&o, old);
+    write(&p, patch);
+    let report = bundelta::Patcher::new()
+        .apply(&o, &p, &out)
+        .unwrap_or_else(|e| panic!("{what}: apply of a fresh patch failed: {e}"));
+    let got = fs::read(&out).unwrap();
+    assert!(
+        got == new,
+        "{what}: output differs from NEW ({} vs {} bytes)",
+        got.len(),
+        new.len()
+    );
+    assert_eq!(report.bytes, new.len() as u64);
+}
+
 /// Write a file, creating nothing else.
 pub fn write(p: &Path, data: &[u8]) {
     fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));

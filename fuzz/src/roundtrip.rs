@@ -4,9 +4,9 @@
 //! script (copy / insert / skip / seek / repeat), so it shares long runs with OLD, as real
 //! versions do.
 
-use bundelta::{DiffOptions, Patcher, MIN_CHUNK_SIZE};
+use bundelta::{DiffOptions, MIN_CHUNK_SIZE};
 
-use super::{scratch, write, Bytes};
+use super::Bytes;
 
 /// Largest NEW built (keeps one run fast).
 const MAX_NEW: usize = 64 << 10;
@@ -90,23 +90,5 @@ pub fn run(data: &[u8]) {
         .window_log(window_log);
     let patch = opts.diff_bytes(&old, &new).expect("diff_bytes failed");
 
-    let dir = scratch();
-    let (o, p, out) = (
-        dir.path().join("old"),
-        dir.path().join("p.bdp"),
-        dir.path().join("out"),
-    );
-    write(&o, &old);
-    write(&p, &patch);
-    let report = Patcher::new()
-        .apply(&o, &p, &out)
-        .unwrap_or_else(|e| panic!("apply of a fresh patch failed: {e}"));
-    let got = std::fs::read(&out).unwrap();
-    assert!(
-        got == new,
-        "roundtrip output differs from NEW ({} vs {} bytes)",
-        got.len(),
-        new.len()
-    );
-    assert_eq!(report.bytes, new.len() as u64);
+    super::apply_gives(&old, &patch, &new, "roundtrip");
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::{EntryKind, FileOp, Hash};
-use crate::readat::ReadAt;
+use crate::readat::{ReadAt, Section};
 
 use super::stream::{apply_delta, Source, Streams};
 use super::{ApplyReport, Patch, Patcher};
@@ -26,20 +26,8 @@ const OLD_NAME: &str = "(old)";
 /// Hash everything `old` holds: its length and blake3.
 fn hash_all(old: &dyn ReadAt) -> Result<(u64, Hash)> {
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut pos = 0u64;
-    loop {
-        let k = match old.read_at(&mut buf, pos) {
-            Ok(k) => k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(Path::new(OLD_NAME), "read", e)),
-        };
-        if k == 0 {
-            return Ok((pos, *h.finalize().as_bytes()));
-        }
-        h.update(&buf[..k]);
-        pos += k as u64;
-    }
+    let n = crate::tree::hash_into(&mut h, Section::new(old, 0, u64::MAX), Path::new(OLD_NAME))?;
+    Ok((n, *h.finalize().as_bytes()))
 }
 
 /// A writer that hashes and counts what goes through.

@@ -21,6 +21,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::codec::decode::read_retry;
 use crate::error::{Error, Result};
 use crate::format::{Hash, Header, MAX_HEADER_LEN, SIGNATURE_LEN, TRAILER_LEN};
 use crate::readat::ReadAt;
@@ -62,12 +63,7 @@ impl Tail {
             self.pending_at += n;
             n
         } else {
-            loop {
-                match self.reader.read(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    r => break r?,
-                }
-            }
+            read_retry(&mut self.reader, buf)?
         };
         self.pos += n as u64;
         Ok(n)
@@ -263,14 +259,12 @@ impl ReadAt for Streamed {
 }
 
 /// Read until `buf` is full or the reader ends; the bytes read.
-fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match read_retry(r, &mut buf[got..])? {
+            0 => break,
+            k => got += k,
         }
     }
     Ok(got)

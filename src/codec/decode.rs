@@ -260,8 +260,8 @@ pub(crate) enum Stream<'a> {
     Chunked(Box<Chunked<'a>>),
 }
 
-/// A stream decoded on the applying thread through chunk-sized fills, exactly as the thread
-/// of [`Stream::spawn`] reads it: the decoder sees the same output buffers either way, so a
+/// A stream decoded through chunk-sized fills, on the applying thread or (its fills handed
+/// over) on the thread of [`Stream::spawn`]: the decoder sees the same output buffers either way, so a
 /// patch is accepted or refused alike, with the same error (zstd decodes a frame whose whole
 /// content fits the output buffer in one pass, before its window check: with other read sizes
 /// the same frame was accepted on a thread and refused without one; found by the
@@ -420,37 +420,26 @@ impl<'a> Stream<'a> {
     ) -> Stream<'a> {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(1);
         scope.spawn(move || {
-            let mut s = match Stream::open(file, pos, len, codec, window_log, what) {
+            let s = match Stream::open(file, pos, len, codec, window_log, what) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx.send(Err(io::Error::other(e.to_string())));
                     return;
                 }
             };
+            // The fills of a stream decoded on the applying thread, handed over one by one.
+            let mut c = Chunked::new(s, chunk);
             loop {
-                let mut c = vec![0u8; chunk];
-                let mut got = 0;
-                while got < chunk {
-                    match read_retry(&mut s, &mut c[got..]) {
-                        Ok(0) => break,
-                        Ok(k) => got += k,
-                        Err(e) => {
-                            // The bytes decoded before the error first, as a serial reader
-                            // would have them.
-                            c.truncate(got);
-                            if got > 0 && tx.send(Ok(c)).is_err() {
-                                return;
-                            }
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                if got == 0 {
+                c.fill();
+                // The bytes decoded before an error first, as a serial reader has them.
+                if c.end > 0 && tx.send(Ok(c.buf[..c.end].to_vec())).is_err() {
                     return;
                 }
-                c.truncate(got);
-                if tx.send(Ok(c)).is_err() || got < chunk {
+                if let Some(e) = c.err.take() {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                if c.done {
                     return;
                 }
             }
