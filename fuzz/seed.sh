@@ -20,7 +20,9 @@ set -euo pipefail
 FUZZ="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$FUZZ")"
 CORPUS="$FUZZ/corpus"
-BIN="$ROOT/target/release/bundelta"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
+BIN="$TARGET/release/bundelta"
 
 (cd "$ROOT" && cargo build --release --quiet --bin bundelta)
 

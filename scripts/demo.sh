@@ -8,7 +8,7 @@ pairs=("$@")
 [ ${#pairs[@]} -gt 0 ] || pairs=(js-bundle-small shared-lib-small hashed-dir-small)
 python3 corpus/fetch.py --only "${pairs[@]}"
 cargo build --release --quiet
-B=target/release/bundelta
+B="${CARGO_TARGET_DIR:-target}/release/bundelta"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 printf '\n%-20s %12s %12s %8s %8s %8s %11s %12s %12s\n' pair new_bytes patch_bytes pct diff_s apply_s apply_rss bsdiff zstd-19

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the peer delta tools that `bundelta bench` measures bundelta against.
+# Install the peer delta tools that `cargo xtask bench` measures bundelta against.
 # Idempotent: whatever is already installed is left alone. A peer whose
 # registry cannot be reached is reported as skipped; the script still exits 0.
 #

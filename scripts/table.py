@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render `bundelta bench --json` results as the README's Markdown table.
+"""Render `cargo xtask bench --json` results as the README's Markdown table.
 
 Usage: python3 scripts/table.py RESULTS.json [MORE.json ...]
 """

@@ -13,10 +13,6 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-// The benchmark harness (child processes, rusage, signals) is unix-only.
-#[cfg(unix)]
-mod cli;
-
 /// Compact, hash-verified binary patches between two versions of a file or directory tree.
 ///
 /// Make a patch on the server with `bundelta diff OLD NEW -o PATCH`; rebuild NEW on a client
@@ -64,11 +60,6 @@ enum Cmd {
     Keygen(KeygenArgs),
     /// Sign an existing patch (or re-sign a signed one) with a secret key from `keygen`.
     Sign(SignArgs),
-    /// Measure bundelta against peer delta tools on the corpus pairs (sizes, times, peak
-    /// RSS, verified outputs); `bench --help` says what and how.
-    #[cfg(unix)]
-    #[command(long_about = cli::bench::LONG_ABOUT)]
-    Bench(cli::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -371,8 +362,6 @@ fn main() -> ExitCode {
         Cmd::Info(a) => a.common.json,
         Cmd::Keygen(a) => a.common.json,
         Cmd::Sign(a) => a.common.json,
-        #[cfg(unix)]
-        Cmd::Bench(_) => false,
     };
     match run(cli) {
         Ok(code) => code,
@@ -441,8 +430,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Info(a) => info(a),
         Cmd::Keygen(a) => keygen(a),
         Cmd::Sign(a) => sign(a),
-        #[cfg(unix)]
-        Cmd::Bench(a) => cli::bench::run(a),
     }
 }
 

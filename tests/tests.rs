@@ -9,7 +9,6 @@ mod util;
 mod adversarial;
 mod badinput;
 #[cfg(feature = "cli")]
-mod bench;
 #[cfg(feature = "cli")]
 mod cli;
 mod copy_new;

@@ -1,4 +1,4 @@
-//! `bundelta bench` on tiny local pairs with bundelta alone (no network, no peers): the JSON
+//! `cargo xtask bench` on tiny local pairs with bundelta alone (no network, no peers): the JSON
 //! report's numbers, medians over --runs, and --check against baselines.
 
 use std::fs;
@@ -8,10 +8,12 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::util::*;
+#[path = "../../tests/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bundelta"))
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("bench")
         .args(args)
         .output()
@@ -243,7 +245,7 @@ fn bench_usage_and_errors() {
     let err = stderr(&out);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(
-        err.starts_with("bundelta: error: ") && err.contains("missing"),
+        err.starts_with("xtask: error: ") && err.contains("missing"),
         "{err}"
     );
 }

@@ -1,4 +1,4 @@
-//! `bundelta bench`: bundelta against the peer delta tools on real version pairs, every tool
+//! `cargo xtask bench`: bundelta against the peer delta tools on real version pairs, every tool
 //! as a measured child process, every output verified byte for byte.
 
 use std::ffi::OsString;
@@ -12,18 +12,18 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::corpus::{self, Corpus, Entry};
-use super::measure::{self, median, Measured};
-use super::tarball;
-use super::tools::{self, Sizes, Tool};
-use super::verify;
+use crate::corpus::{self, Corpus, Entry};
+use crate::measure::{self, median, Measured};
+use crate::tarball;
+use crate::tools::{self, Sizes, Tool};
+use crate::verify;
 
 /// Growth of bundelta's patch over the baseline that `--check` tolerates, in percent.
 pub const SIZE_TOLERANCE_PCT: f64 = 0.5;
 /// The apply memory bound the README documents: 16 MiB peak RSS at default settings.
 pub const APPLY_RSS_BOUND_KIB: u64 = 16 * 1024;
 
-/// The long help of `bundelta bench`.
+/// The long help of `cargo xtask bench`.
 pub const LONG_ABOUT: &str = "\
 Measure bundelta against the peer delta tools on real version pairs.
 
@@ -140,6 +140,11 @@ pub struct BenchArgs {
     /// No progress bar, no fetch output and no tables (failures are still printed).
     #[arg(short, long)]
     quiet: bool,
+    /// The `bundelta` binary to measure. Default: built now by `cargo build --bin bundelta`
+    /// with this harness's profile (release under `cargo xtask`), in the workspace this
+    /// harness was built from, wherever CARGO_TARGET_DIR puts it.
+    #[arg(long, value_name = "PATH")]
+    bundelta: Option<PathBuf>,
 }
 
 /// A pair that could not be run: its name and why.
@@ -198,11 +203,55 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Builds the `bundelta` binary with this harness's profile and returns its path (from
+/// cargo's own report of the artifact, so any CARGO_TARGET_DIR or config is honoured).
+fn build_bundelta(quiet: bool) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the xtask crate has no parent directory")?;
+    let profile = if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    };
+    let mut cmd = std::process::Command::new(&cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--bin", "bundelta", "--profile", profile])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(std::process::Stdio::piped());
+    if quiet {
+        cmd.arg("--quiet");
+    }
+    let out = cmd.output().with_context(|| {
+        format!(
+            "cannot run {} to build bundelta (or give --bundelta PATH)",
+            Path::new(&cargo).display()
+        )
+    })?;
+    if !out.status.success() {
+        bail!(
+            "building bundelta failed ({}): see cargo's messages above",
+            out.status
+        );
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "bundelta")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from));
+    exe.context("cargo built no bundelta executable (or give --bundelta PATH)")
+}
+
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let exe = std::env::current_exe().context("cannot find the bundelta executable")?;
+    let exe = match &a.bundelta {
+        Some(p) if p.is_file() => p.clone(),
+        Some(p) => bail!("--bundelta {}: no such file", p.display()),
+        None => build_bundelta(a.quiet)?,
+    };
     let python = corpus::python();
     let corpus = if a.corpus.join("pairs.json").is_file() {
         Some(Corpus::load(&a.corpus)?)
@@ -237,7 +286,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     };
     let (pairs, mut missing) = select_pairs(&a, corpus.as_ref(), baseline.as_ref())?;
     if pairs.is_empty() && missing.is_empty() {
-        bail!("no pair selected (see bundelta bench --list)");
+        bail!("no pair selected (see cargo xtask bench --list)");
     }
     let pairs = fetch_missing(&a, corpus.as_ref(), &python, pairs, &mut missing)?;
     for (name, why) in &missing {
@@ -975,7 +1024,7 @@ fn load_report(p: &Path) -> Result<Value> {
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
     if !v["pairs"].is_array() {
         bail!(
-            "{}: not a bundelta bench --json report (no \"pairs\")",
+            "{}: not a cargo xtask bench --json report (no \"pairs\")",
             p.display()
         );
     }

@@ -264,7 +264,7 @@ mod tests {
             .unwrap();
         assert!(st.success());
         assert_eq!(
-            crate::cli::verify::tree_diff(&x, &d).unwrap(),
+            crate::verify::tree_diff(&x, &d).unwrap(),
             None,
             "extracted tree differs"
         );

@@ -1,4 +1,4 @@
-//! The tools `bundelta bench` runs, each as a child process, with the settings
+//! The tools `cargo xtask bench` runs, each as a child process, with the settings
 //! that gave each its smallest patches on the corpus.
 
 use std::ffi::OsString;
@@ -167,7 +167,9 @@ pub fn find(name: &str, exe: &Path, python: &Path) -> Result<Tool, String> {
     match name {
         "bundelta" => Ok(tool(
             Kind::Bundelta(exe.to_path_buf()),
-            env!("CARGO_PKG_VERSION").to_string(),
+            first_line(exe, &["--version"])
+                .map(|v| version_in(&v))
+                .unwrap_or_else(|| "?".into()),
             false,
         )),
         "bsdiff" => {
