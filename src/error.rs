@@ -112,7 +112,7 @@ pub enum Error {
     Unsigned,
     /// The patch's signature does not verify with the given public key.
     Signature {
-        /// Fingerprint of the public key tried ([`crate::fingerprint`]).
+        /// Fingerprint of the public key tried ([`crate::PublicKey::fingerprint`]).
         key: String,
         /// Why it failed.
         why: &'static str,

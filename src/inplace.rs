@@ -841,7 +841,8 @@ fn named_target(target: &Path) -> Result<std::path::PathBuf> {
 /// the target left as it was before that apply; when that apply had already put its new
 /// version in place (the commit point), the new version stays and only its leftovers are
 /// removed. Takes the target's lock like an apply.
-pub fn rollback_in_place(target: &Path) -> Result<RollbackOutcome> {
+pub fn rollback_in_place(target: impl AsRef<Path>) -> Result<RollbackOutcome> {
+    let target = target.as_ref();
     let named = named_target(target)?;
     let target = named.as_path();
     let _lock = TargetLock::acquire(target)?;
@@ -888,7 +889,13 @@ impl Patcher {
     /// [`InPlaceOutcome::AlreadyUpToDate`] without changing anything. Needs unix (it tells the
     /// steps of an interrupted run apart by inode numbers); elsewhere it is refused before
     /// anything is written.
-    pub fn apply_in_place(&self, target: &Path, patch: &Path) -> Result<InPlaceReport> {
+    pub fn apply_in_place(
+        &self,
+        target: impl AsRef<Path>,
+        patch: impl AsRef<Path>,
+    ) -> Result<InPlaceReport> {
+        let target = target.as_ref();
+        let patch = patch.as_ref();
         if !cfg!(unix) {
             return Err(Error::io(
                 target,

@@ -5,8 +5,10 @@
 //! - [`Patcher`] applies one: to a new location ([`Patcher::apply`]), in place and
 //!   crash-safely ([`Patcher::apply_in_place`]), or as a dry run ([`Patcher::verify`]).
 //! - [`format`](mod@format) is the normative description of the bytes (see also `FORMAT.md`).
-//! - [`sign_patch`] signs a patch (Ed25519); [`Patcher::require_signature`] makes the applier
-//!   refuse anything not signed by a given key, before it writes a byte.
+//! - [`sign_patch`] (or `DiffOptions::sign_with`) signs a patch with a [`SecretKey`];
+//!   [`Patcher::require_signature`] makes the applier refuse anything not signed by the
+//!   matching [`PublicKey`], before it writes a byte. The two key types are distinct: a secret
+//!   key cannot be passed where a public one is expected.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +29,12 @@
 //!
 //! - `diff` (default): the patch producer (libsais suffix arrays, rayon).
 //! - `cli` (default): the `bundelta` binary.
+//! - `lzma`, `bzip2`, `inflate` (all in `diff`): decoders beyond zstd, and the archive
+//!   transform; an applier ships only those its patches use (a patch needing a missing one is
+//!   refused by name, [`Error::NotBuiltIn`], before anything is written).
+//! - `internals`: the wire format's building blocks (varint readers, the control and recipe
+//!   codecs, the manifest memory budget, the deflate token structure) under [`format`], for
+//!   tests, fuzz targets and tools that take patches apart. Not a stable API.
 //!
 //! `cargo build --no-default-features` builds only the apply core (format, verification,
 //! streaming and in-place apply), which depends on nothing but the decoders (zstd, LZMA2, bzip2), blake3, Ed25519
@@ -39,7 +47,7 @@
 //! is hashed before it replaces anything, and apply memory is bounded by a formula of two
 //! header fields ([`memory_needed`]), never by file sizes.
 
-#![deny(missing_docs)]
+#![deny(missing_docs, missing_debug_implementations)]
 
 mod apply;
 mod codec;
@@ -69,10 +77,7 @@ pub use diff::{
 pub use error::{Error, Result};
 pub use inplace::{rollback_in_place, InPlaceOutcome, InPlaceReport, RollbackOutcome};
 pub use readat::ReadAt;
-pub use sign::{
-    decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, fingerprint,
-    public_key, sign_patch, SIGNATURE_DOMAIN,
-};
+pub use sign::{sign_patch, PublicKey, SecretKey, SIGNATURE_DOMAIN};
 /// Platform helpers the `bundelta` binary shares with the library (not a stable API).
 #[doc(hidden)]
 pub use sys::{walk_sorted, write_atomic, Kind as WalkKind, WalkEntry};
@@ -81,6 +86,6 @@ pub use tree::hex;
 /// blake3 digest identifying a bundle on disk: for a file, the hash of its content; for a
 /// directory, the tree digest over every entry's path, kind, mode, size and content hash.
 /// This is the value a patch records as its target ([`format::Manifest::new_digest`]).
-pub fn bundle_digest(path: &std::path::Path) -> Result<format::Hash> {
-    tree::bundle_digest(path)
+pub fn bundle_digest(path: impl AsRef<std::path::Path>) -> Result<format::Hash> {
+    tree::bundle_digest(path.as_ref())
 }

@@ -433,7 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn read_secret_key(path: &Path) -> Result<[u8; 32]> {
+fn read_secret_key(path: &Path) -> Result<bundelta::SecretKey> {
     let text = std::fs::read(path).with_context(|| format!("{}: read", path.display()))?;
     #[cfg(unix)]
     {
@@ -447,12 +447,12 @@ fn read_secret_key(path: &Path) -> Result<[u8; 32]> {
             }
         }
     }
-    bundelta::decode_secret_key(&text).with_context(|| path.display().to_string())
+    bundelta::SecretKey::from_text(&text).with_context(|| path.display().to_string())
 }
 
-fn read_public_key(path: &Path) -> Result<[u8; 32]> {
+fn read_public_key(path: &Path) -> Result<bundelta::PublicKey> {
     let text = std::fs::read(path).with_context(|| format!("{}: read", path.display()))?;
-    bundelta::decode_public_key(&text).with_context(|| path.display().to_string())
+    bundelta::PublicKey::from_text(&text).with_context(|| path.display().to_string())
 }
 
 fn keygen(a: KeygenArgs) -> Result<ExitCode> {
@@ -464,13 +464,15 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
             bail!("{}: already exists (use --force to overwrite)", p.display());
         }
     }
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
-    let public = bundelta::public_key(&secret);
-    write_private(&a.output, bundelta::encode_secret_key(&secret).as_bytes())?;
-    std::fs::write(&pub_path, bundelta::encode_public_key(&public))
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let secret = bundelta::SecretKey::from_bytes(seed);
+    seed.fill(0);
+    let public = secret.public_key();
+    write_private(&a.output, secret.to_text().as_bytes())?;
+    std::fs::write(&pub_path, public.to_text())
         .with_context(|| format!("{}: write", pub_path.display()))?;
-    let fp = bundelta::fingerprint(&public);
+    let fp = public.fingerprint();
     if a.common.json {
         println!(
             "{}",
@@ -506,7 +508,7 @@ fn sign(a: SignArgs) -> Result<ExitCode> {
         std::io::Write::write_all(f, &signed)
     })
     .with_context(|| format!("{}: write", out.display()))?;
-    let fp = bundelta::fingerprint(&bundelta::public_key(&secret));
+    let fp = secret.public_key().fingerprint();
     if a.common.json {
         println!(
             "{}",

@@ -39,46 +39,155 @@ use crate::format::{Hash, Header, FLAG_SIGNED, MAX_HEADER_LEN, SIGNATURE_LEN, TR
 /// Bytes prepended to the signed digest (domain separation from any other use of a key).
 pub const SIGNATURE_DOMAIN: &[u8] = b"bundelta patch signature v2\0";
 
-/// First line tag of a secret key file written by [`encode_secret_key`].
+/// First line tag of a secret key file written by [`SecretKey::to_text`].
 const SECRET_TAG: &str = "bundelta-secret-key";
-/// First line tag of a public key file written by [`encode_public_key`].
+/// First line tag of a public key file written by [`PublicKey::to_text`].
 const PUBLIC_TAG: &str = "bundelta-public-key";
 
-fn message(digest: &Hash) -> Vec<u8> {
-    let mut m = SIGNATURE_DOMAIN.to_vec();
+fn message(domain: &[u8], digest: &Hash) -> Vec<u8> {
+    let mut m = domain.to_vec();
     m.extend_from_slice(digest);
     m
 }
 
-/// The public key of a 32-byte Ed25519 secret key (seed).
-pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
-    SigningKey::from_bytes(secret).verifying_key().to_bytes()
+/// An Ed25519 public key: what a client holds to check that a patch (or, with the release
+/// layer, an index) was made by the holder of the matching [`SecretKey`].
+///
+/// Always a valid curve point: [`PublicKey::from_bytes`] and [`PublicKey::from_text`] refuse
+/// anything else. `Debug` and `Display` print the [fingerprint](PublicKey::fingerprint).
+///
+/// ```
+/// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+/// let public = secret.public_key();
+/// let text = public.to_text(); // the `.pub` file `bundelta keygen` writes
+/// assert_eq!(bundelta::PublicKey::from_text(text.as_bytes())?, public);
+/// assert_eq!(public.fingerprint().len(), 16);
+/// # Ok::<(), bundelta::Error>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// The key from its 32 raw bytes; [`Error::Config`] if they are not an Ed25519 point.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<PublicKey> {
+        VerifyingKey::from_bytes(&bytes).map_err(|_| Error::Config {
+            detail: "32 bytes that are not an Ed25519 public key".into(),
+        })?;
+        Ok(PublicKey(bytes))
+    }
+
+    /// The 32 raw bytes (what the C API and the patch's signature check take).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
+    /// A short, human-comparable name for the key: 16 hex digits of its blake3.
+    pub fn fingerprint(&self) -> String {
+        crate::tree::hex_bytes(&blake3::hash(&self.0).as_bytes()[..8])
+    }
+
+    /// The text of a public key file: `bundelta-public-key <64 hex digits>` and a newline.
+    pub fn to_text(&self) -> String {
+        encode_key(PUBLIC_TAG, &self.0)
+    }
+
+    /// Parse the contents of a public key file written by [`PublicKey::to_text`] (a secret
+    /// key file is refused: it has another tag).
+    pub fn from_text(text: &[u8]) -> Result<PublicKey> {
+        let k = decode_key(PUBLIC_TAG, text, "public")?;
+        PublicKey::from_bytes(k).map_err(|_| Error::Config {
+            detail: "the public key file holds bytes that are not an Ed25519 public key".into(),
+        })
+    }
 }
 
-/// A short, human-comparable name for a public key: 16 hex digits of its blake3.
-pub fn fingerprint(public: &[u8; 32]) -> String {
-    crate::tree::hex_bytes(&blake3::hash(public).as_bytes()[..8])
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", self.fingerprint())
+    }
 }
 
-/// Sign the digest of a patch body (everything before the signature block).
-pub(crate) fn sign_digest(secret: &[u8; 32], digest: &Hash) -> [u8; SIGNATURE_LEN] {
-    SigningKey::from_bytes(secret)
-        .sign(&message(digest))
-        .to_bytes()
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.fingerprint())
+    }
 }
 
-/// Check a signature block against a public key; [`Error::Signature`] names the key.
+/// An Ed25519 secret key (the 32-byte seed): signs patches ([`sign_patch`],
+/// `DiffOptions::sign_with`). A distinct type from [`PublicKey`], so one cannot be passed where
+/// the other is expected; its bytes are wiped from memory when it is dropped, and `Debug`
+/// prints only the fingerprint of its public key.
+///
+/// The library has no random generator of its own (the apply core needs none): make a key
+/// from 32 bytes of the operating system's randomness, as `bundelta keygen` does.
+///
+/// ```
+/// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+/// let again = bundelta::SecretKey::from_text(secret.to_text().as_bytes())?;
+/// assert_eq!(again.public_key(), secret.public_key());
+/// assert!(!format!("{secret:?}").contains("0707"));
+/// # Ok::<(), bundelta::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct SecretKey(SigningKey);
+
+impl SecretKey {
+    /// The key from its 32-byte seed. Every seed is a valid key.
+    pub fn from_bytes(seed: [u8; 32]) -> SecretKey {
+        SecretKey(SigningKey::from_bytes(&seed))
+    }
+
+    /// The 32-byte seed (handle with care: whoever has it can sign).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The matching public key, for clients.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key().to_bytes())
+    }
+
+    /// The text of a secret key file: `bundelta-secret-key <64 hex digits>` and a newline.
+    pub fn to_text(&self) -> String {
+        encode_key(SECRET_TAG, &self.0.to_bytes())
+    }
+
+    /// Parse the contents of a secret key file written by [`SecretKey::to_text`] (a public
+    /// key file is refused: it has another tag).
+    pub fn from_text(text: &[u8]) -> Result<SecretKey> {
+        Ok(SecretKey::from_bytes(decode_key(
+            SECRET_TAG, text, "secret",
+        )?))
+    }
+
+    /// An Ed25519 signature of `domain || digest`, for the signed objects of this crate (each
+    /// with a domain of its own, so that a signature over one can never pass for another).
+    pub(crate) fn sign_digest(&self, domain: &[u8], digest: &Hash) -> [u8; SIGNATURE_LEN] {
+        self.0.sign(&message(domain, digest)).to_bytes()
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey(public {})", self.public_key().fingerprint())
+    }
+}
+
+/// Check a signature of `domain || digest` against a public key; [`Error::Signature`] names
+/// the key.
 pub(crate) fn verify_digest(
-    public: &[u8; 32],
+    public: &PublicKey,
+    domain: &[u8],
     digest: &Hash,
     sig: &[u8; SIGNATURE_LEN],
 ) -> Result<()> {
     let bad = |why: &'static str| Error::Signature {
-        key: fingerprint(public),
+        key: public.fingerprint(),
         why,
     };
-    let key = VerifyingKey::from_bytes(public).map_err(|_| bad("the public key is not valid"))?;
-    key.verify_strict(&message(digest), &Signature::from_bytes(sig))
+    let key =
+        VerifyingKey::from_bytes(&public.0).map_err(|_| bad("the public key is not valid"))?;
+    key.verify_strict(&message(domain, digest), &Signature::from_bytes(sig))
         .map_err(|_| bad("the signature does not match: signed by another key, or altered"))
 }
 
@@ -93,20 +202,20 @@ pub(crate) fn verify_digest(
 /// # let (old, new) = (dir.join("old"), dir.join("new"));
 /// # std::fs::write(&old, b"hello old world").unwrap();
 /// # std::fs::write(&new, b"hello new world").unwrap();
-/// let secret = [7u8; 32]; // in real use: 32 random bytes kept secret
+/// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
 /// let patch = bundelta::DiffOptions::new().diff_bytes(b"hello old world", b"hello new world")?;
 /// let signed = bundelta::sign_patch(&patch, &secret)?;
 ///
 /// std::fs::write(dir.join("p.bdp"), &signed).unwrap();
 /// let mut patcher = bundelta::Patcher::new();
-/// patcher.require_signature(bundelta::public_key(&secret));
+/// patcher.require_signature(secret.public_key());
 /// patcher.apply(&old, &dir.join("p.bdp"), &dir.join("out"))?;
 /// assert_eq!(std::fs::read(dir.join("out")).unwrap(), b"hello new world");
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok(())
 /// # }
 /// ```
-pub fn sign_patch(patch: &[u8], secret: &[u8; 32]) -> Result<Vec<u8>> {
+pub fn sign_patch(patch: &[u8], secret: &SecretKey) -> Result<Vec<u8>> {
     let header = Header::decode(&patch[..patch.len().min(MAX_HEADER_LEN)])?;
     let expect = header.patch_len().unwrap_or(u64::MAX);
     if patch.len() as u64 != expect {
@@ -134,7 +243,7 @@ pub fn sign_patch(patch: &[u8], secret: &[u8; 32]) -> Result<Vec<u8>> {
     let mut out = signed.encode();
     out.extend_from_slice(content);
     let digest = *blake3::hash(&out).as_bytes();
-    out.extend_from_slice(&sign_digest(secret, &digest));
+    out.extend_from_slice(&secret.sign_digest(SIGNATURE_DOMAIN, &digest));
     let trailer = blake3::hash(&out);
     out.extend_from_slice(trailer.as_bytes());
     Ok(out)
@@ -167,65 +276,40 @@ fn decode_key(tag: &str, text: &[u8], what: &'static str) -> Result<[u8; 32]> {
     decode_hex32(rest).ok_or_else(bad)
 }
 
-/// The text of a secret key file: `bundelta-secret-key <64 hex digits>`.
-pub fn encode_secret_key(secret: &[u8; 32]) -> String {
-    encode_key(SECRET_TAG, secret)
-}
-
-/// The text of a public key file: `bundelta-public-key <64 hex digits>`.
-pub fn encode_public_key(public: &[u8; 32]) -> String {
-    encode_key(PUBLIC_TAG, public)
-}
-
-/// Parse the contents of a secret key file written by [`encode_secret_key`].
-pub fn decode_secret_key(text: &[u8]) -> Result<[u8; 32]> {
-    decode_key(SECRET_TAG, text, "secret")
-}
-
-/// Parse the contents of a public key file written by [`encode_public_key`]; the key must be a
-/// valid Ed25519 point.
-pub fn decode_public_key(text: &[u8]) -> Result<[u8; 32]> {
-    let k = decode_key(PUBLIC_TAG, text, "public")?;
-    VerifyingKey::from_bytes(&k).map_err(|_| Error::Config {
-        detail: "the public key file holds bytes that are not an Ed25519 public key".into(),
-    })?;
-    Ok(k)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn key_files_round_trip_and_reject_each_other() {
-        let secret = [42u8; 32];
-        let public = public_key(&secret);
+        let secret = SecretKey::from_bytes([42u8; 32]);
+        let public = secret.public_key();
+        let again = SecretKey::from_text(secret.to_text().as_bytes()).unwrap();
+        assert_eq!(again.to_bytes(), [42u8; 32]);
         assert_eq!(
-            decode_secret_key(encode_secret_key(&secret).as_bytes()).unwrap(),
-            secret
-        );
-        assert_eq!(
-            decode_public_key(encode_public_key(&public).as_bytes()).unwrap(),
+            PublicKey::from_text(public.to_text().as_bytes()).unwrap(),
             public
         );
-        assert!(decode_public_key(encode_secret_key(&secret).as_bytes()).is_err());
-        assert!(decode_secret_key(encode_public_key(&public).as_bytes()).is_err());
-        assert!(decode_public_key(b"bundelta-public-key 00").is_err());
+        assert!(PublicKey::from_text(secret.to_text().as_bytes()).is_err());
+        assert!(SecretKey::from_text(public.to_text().as_bytes()).is_err());
+        assert!(PublicKey::from_text(b"bundelta-public-key 00").is_err());
+        assert!(!format!("{secret:?}").contains(&crate::tree::hex_bytes(&[42u8; 32])));
     }
 
     #[test]
-    fn signature_checks_key_and_digest() {
-        let secret = [1u8; 32];
+    fn signature_checks_key_domain_and_digest() {
+        let secret = SecretKey::from_bytes([1u8; 32]);
         let digest = [9u8; 32];
-        let sig = sign_digest(&secret, &digest);
-        verify_digest(&public_key(&secret), &digest, &sig).unwrap();
-        let other = public_key(&[2u8; 32]);
+        let sig = secret.sign_digest(SIGNATURE_DOMAIN, &digest);
+        verify_digest(&secret.public_key(), SIGNATURE_DOMAIN, &digest, &sig).unwrap();
+        let other = SecretKey::from_bytes([2u8; 32]).public_key();
         assert!(matches!(
-            verify_digest(&other, &digest, &sig),
+            verify_digest(&other, SIGNATURE_DOMAIN, &digest, &sig),
             Err(Error::Signature { .. })
         ));
         let mut d2 = digest;
         d2[0] ^= 1;
-        assert!(verify_digest(&public_key(&secret), &d2, &sig).is_err());
+        assert!(verify_digest(&secret.public_key(), SIGNATURE_DOMAIN, &d2, &sig).is_err());
+        assert!(verify_digest(&secret.public_key(), b"another domain\0", &digest, &sig).is_err());
     }
 }

@@ -118,7 +118,7 @@ impl Sandbox {
         let pp = self.p("p.bdp");
         fs::write(&pp, bytes).unwrap();
         let before = fingerprint(self.dir.path());
-        let e = match patcher.apply(&self.p("old"), &pp, &self.p("out")) {
+        let e = match patcher.apply(self.p("old"), &pp, self.p("out")) {
             Ok(r) => panic!("{case}: hostile patch accepted out of place: {r:?}"),
             Err(e) => e,
         };
@@ -127,7 +127,7 @@ impl Sandbox {
             before,
             "{case}: apply changed the sandbox ({e})"
         );
-        match patcher.apply_in_place(&self.p("target"), &pp) {
+        match patcher.apply_in_place(self.p("target"), &pp) {
             Ok(r) => panic!("{case}: hostile patch accepted in place: {r:?}"),
             Err(e2) => assert_eq!(
                 fingerprint(self.dir.path()),
@@ -1015,19 +1015,19 @@ fn symlinks_pointing_outside_are_never_followed() {
         let s = Sandbox::tree(&old);
         write_tree(&s.p("new"), &new);
         let (patch, _) = DiffOptions::new()
-            .diff_paths(&s.p("old"), &s.p("new"))
+            .diff_paths(s.p("old"), s.p("new"))
             .unwrap();
         fs::remove_dir_all(s.p("new")).unwrap();
         fs::write(s.p("p.bdp"), &patch).unwrap();
         let outside = fingerprint(&s.p("outside"));
         let r = Patcher::new()
-            .apply(&s.p("old"), &s.p("p.bdp"), &s.p("out"))
+            .apply(s.p("old"), s.p("p.bdp"), s.p("out"))
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(read_tree(&s.p("out")), new, "{case}");
         assert_eq!(read_tree(&s.p("old")), old, "{case}: OLD changed");
-        assert_eq!(bundelta::bundle_digest(&s.p("out")).unwrap(), r.digest);
+        assert_eq!(bundelta::bundle_digest(s.p("out")).unwrap(), r.digest);
         Patcher::new()
-            .apply_in_place(&s.p("target"), &s.p("p.bdp"))
+            .apply_in_place(s.p("target"), s.p("p.bdp"))
             .unwrap_or_else(|e| panic!("{case} in place: {e}"));
         assert_eq!(read_tree(&s.p("target")), new, "{case} in place");
         assert_eq!(
@@ -1069,7 +1069,7 @@ fn old_parent_directory_replaced_by_a_link_is_not_followed() {
         },
     );
     write_tree(&s.p("expect"), &new);
-    let new_digest = bundelta::bundle_digest(&s.p("expect")).unwrap();
+    let new_digest = bundelta::bundle_digest(s.p("expect")).unwrap();
     fs::remove_dir_all(s.p("expect")).unwrap();
     let m = Manifest {
         new_digest,
@@ -1126,10 +1126,10 @@ fn golden_file_inputs() -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn every_truncation_and_bit_flip_of_real_patches_is_refused() {
     let (old, new) = golden_file_inputs();
-    let secret = [0x42u8; 32];
+    let secret = bundelta::SecretKey::from_bytes([0x42u8; 32]);
     let s = Sandbox::file(&old);
     let mut keyed = Patcher::new();
-    keyed.require_signature(bundelta::public_key(&secret));
+    keyed.require_signature(secret.public_key());
     let (mut truncations, mut flips, mut resealed, mut benign) = (0, 0, 0, Vec::new());
     let mut kinds: BTreeMap<&str, u32> = BTreeMap::new();
     let mut count = |e: &Error| {
@@ -1149,9 +1149,7 @@ fn every_truncation_and_bit_flip_of_real_patches_is_refused() {
         let n = patch.len();
         // Sanity: the patch itself applies.
         fs::write(s.p("p.bdp"), &patch).unwrap();
-        patcher
-            .apply(&s.p("old"), &s.p("p.bdp"), &s.p("out"))
-            .unwrap();
+        patcher.apply(s.p("old"), s.p("p.bdp"), s.p("out")).unwrap();
         assert_eq!(fs::read(s.p("out")).unwrap(), new);
         fs::remove_file(s.p("out")).unwrap();
         for cut in 0..n {
@@ -1172,7 +1170,7 @@ fn every_truncation_and_bit_flip_of_real_patches_is_refused() {
                 let b = reseal(b);
                 let case = format!("{name} byte {i} bit {bit}, resealed");
                 fs::write(s.p("p.bdp"), &b).unwrap();
-                match patcher.apply(&s.p("old"), &s.p("p.bdp"), &s.p("out")) {
+                match patcher.apply(s.p("old"), s.p("p.bdp"), s.p("out")) {
                     Ok(_) => {
                         assert_eq!(fs::read(s.p("out")).unwrap(), new, "{case}: wrong output");
                         fs::remove_file(s.p("out")).unwrap();
@@ -1227,7 +1225,7 @@ fn flip_bits(name: &str, old: &[u8], new: &[u8], stride: usize) -> (usize, usize
             let b = reseal(b);
             let case = format!("{name} byte {i} bit {bit}, resealed");
             fs::write(s.p("p.bdp"), &b).unwrap();
-            match patcher.apply(&s.p("old"), &s.p("p.bdp"), &s.p("out")) {
+            match patcher.apply(s.p("old"), s.p("p.bdp"), s.p("out")) {
                 Ok(_) => {
                     assert_eq!(fs::read(s.p("out")).unwrap(), new, "{case}: wrong output");
                     fs::remove_file(s.p("out")).unwrap();
@@ -1318,7 +1316,7 @@ fn parallel_stream_decoding_behaves_as_serial() {
     let run = |p: &Patcher, bytes: &[u8]| -> Result<Vec<u8>, String> {
         fs::write(s.p("p.bdp"), bytes).unwrap();
         let r = p
-            .apply(&s.p("old"), &s.p("p.bdp"), &s.p("out"))
+            .apply(s.p("old"), s.p("p.bdp"), s.p("out"))
             .map(|_| fs::read(s.p("out")).unwrap())
             .map_err(|e| match &e {
                 Error::Corrupt { detail, .. } if detail.starts_with("zstd: ") => "decoder".into(),
@@ -1471,7 +1469,7 @@ fn write_error_inputs() -> (Tree, Tree, Vec<u8>) {
     let mut o = DiffOptions::new();
     o.level(1);
     let (patch, _) = o
-        .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+        .diff_paths(dir.path().join("o"), dir.path().join("n"))
         .unwrap();
     (old, new, patch)
 }
@@ -1499,7 +1497,7 @@ fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
     let before = fingerprint(&mnt);
     // Out of place into the full file system.
     let e = Patcher::new()
-        .apply(&s.p("old"), &s.p("p.bdp"), &mnt.join("out"))
+        .apply(s.p("old"), s.p("p.bdp"), mnt.join("out"))
         .expect_err("apply into a full file system succeeded");
     assert!(
         matches!(&e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
@@ -1508,7 +1506,7 @@ fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
     assert_eq!(fingerprint(&mnt), before, "left behind after {e}");
     // In place: the stage next to the target cannot be completed.
     let e2 = Patcher::new()
-        .apply_in_place(&mnt.join("app"), &s.p("p.bdp"))
+        .apply_in_place(mnt.join("app"), s.p("p.bdp"))
         .expect_err("in-place apply into a full file system succeeded");
     assert!(
         matches!(&e2, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
@@ -1521,7 +1519,7 @@ fn disk_full_mid_apply_leaves_old_intact_and_nothing_behind() {
     let roomy = Tmpfs::mount(&s.p("mnt"), "size=16m").unwrap();
     write_tree(&roomy.0.join("app"), &old);
     Patcher::new()
-        .apply_in_place(&roomy.0.join("app"), &s.p("p.bdp"))
+        .apply_in_place(roomy.0.join("app"), s.p("p.bdp"))
         .unwrap();
     assert_eq!(read_tree(&roomy.0.join("app")), new);
     eprintln!("adversarial: disk full (1 MiB tmpfs): out of place and in place refused cleanly: {e} / {e2}");
@@ -1555,14 +1553,14 @@ fn read_only_output_directory_fails_cleanly() {
     }
     let before = fingerprint(&ro.0);
     let e = Patcher::new()
-        .apply(&s.p("old"), &s.p("p.bdp"), &ro.0.join("out"))
+        .apply(s.p("old"), s.p("p.bdp"), ro.0.join("out"))
         .expect_err("apply into a read-only file system succeeded");
     assert!(
         matches!(&e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS)),
         "{e}"
     );
     let e2 = Patcher::new()
-        .apply_in_place(&ro.0.join("app"), &s.p("p.bdp"))
+        .apply_in_place(ro.0.join("app"), s.p("p.bdp"))
         .expect_err("in-place apply on a read-only file system succeeded");
     assert!(
         matches!(&e2, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS)),

@@ -54,7 +54,7 @@ fn dir_case() -> Case {
     write_tree(&dir.path().join("old"), &old);
     write_tree(&dir.path().join("new"), &new);
     let (patch, _) = DiffOptions::new()
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .diff_paths(dir.path().join("old"), dir.path().join("new"))
         .unwrap();
     Case { dir, patch }
 }
@@ -65,7 +65,7 @@ fn must_fail(c: &Case, bytes: &[u8]) -> Error {
     fs::write(&pp, bytes).unwrap();
     let before = listing(c.dir.path());
     let err = Patcher::new()
-        .apply(&c.p("old"), &pp, &c.p("out"))
+        .apply(c.p("old"), &pp, c.p("out"))
         .expect_err("bad patch accepted");
     assert_eq!(
         listing(c.dir.path()),
@@ -114,7 +114,7 @@ fn wrong_old_is_refused_before_any_write() {
     old[100] ^= 1;
     fs::write(c.p("other"), &old).unwrap();
     let e = Patcher::new()
-        .apply(&c.p("other"), &c.p("p.bdp"), &c.p("out"))
+        .apply(c.p("other"), c.p("p.bdp"), c.p("out"))
         .unwrap_err();
     assert!(matches!(e, Error::WrongBase { .. }), "{e}");
     assert!(
@@ -128,7 +128,7 @@ fn wrong_old_is_refused_before_any_write() {
     fs::write(d.p("p.bdp"), &d.patch).unwrap();
     fs::write(d.p("old/mod.bin"), b"something else").unwrap();
     let e = Patcher::new()
-        .apply(&d.p("old"), &d.p("p.bdp"), &d.p("out"))
+        .apply(d.p("old"), d.p("p.bdp"), d.p("out"))
         .unwrap_err();
     // Named, from the base tags the default options include.
     match &e {
@@ -139,7 +139,7 @@ fn wrong_old_is_refused_before_any_write() {
     fs::remove_file(d.p("old/mod.bin")).unwrap();
     fs::create_dir(d.p("old/mod.bin")).unwrap();
     let e = Patcher::new()
-        .apply(&d.p("old"), &d.p("p.bdp"), &d.p("out"))
+        .apply(d.p("old"), d.p("p.bdp"), d.p("out"))
         .unwrap_err();
     assert!(
         matches!(&e, Error::WrongBase { path, .. } if path == "mod.bin"),
@@ -148,7 +148,7 @@ fn wrong_old_is_refused_before_any_write() {
     fs::remove_dir(d.p("old/mod.bin")).unwrap();
     std::os::unix::fs::symlink("keep.txt", d.p("old/mod.bin")).unwrap();
     let e = Patcher::new()
-        .apply(&d.p("old"), &d.p("p.bdp"), &d.p("out"))
+        .apply(d.p("old"), d.p("p.bdp"), d.p("out"))
         .unwrap_err();
     assert!(
         matches!(&e, Error::WrongBase { path, .. } if path == "mod.bin"),
@@ -157,11 +157,11 @@ fn wrong_old_is_refused_before_any_write() {
     assert!(!d.p("out").exists());
     // A file patch on a directory, and the reverse.
     let e = Patcher::new()
-        .apply(&d.p("old"), &c.p("p.bdp"), &d.p("out"))
+        .apply(d.p("old"), c.p("p.bdp"), d.p("out"))
         .unwrap_err();
     assert!(matches!(e, Error::WrongBase { .. }), "{e}");
     let e = Patcher::new()
-        .apply(&c.p("old"), &d.p("p.bdp"), &d.p("out"))
+        .apply(c.p("old"), d.p("p.bdp"), d.p("out"))
         .unwrap_err();
     assert!(matches!(e, Error::WrongBase { .. }), "{e}");
 }
@@ -176,7 +176,7 @@ fn tagged_case(bits: Option<u8>, renames: bool) -> Case {
 
 /// Apply `c`'s patch to its (altered) OLD: the wrong-base error's path and reason.
 fn named(c: &Case) -> (String, String) {
-    match Patcher::new().apply(&c.p("old"), &c.p("p.bdp"), &c.p("out")) {
+    match Patcher::new().apply(c.p("old"), c.p("p.bdp"), c.p("out")) {
         Err(Error::WrongBase { path, reason }) => {
             assert!(!c.p("out").exists());
             (path, reason)
@@ -197,7 +197,7 @@ fn wrong_base_names_the_first_file_that_differs() {
     // Relative manifest: a content-only change in a kept file...
     let c = tagged_case(None, false);
     assert!(Patcher::new()
-        .open(&c.p("p.bdp"))
+        .open(c.p("p.bdp"))
         .unwrap()
         .relative_manifest()
         .is_some());
@@ -222,7 +222,7 @@ fn wrong_base_names_the_first_file_that_differs() {
     // user may keep or remove it: tests/unknown.rs), as not in the base when there are others.
     let c = tagged_case(None, false);
     fs::write(c.p("old/lib/m03b.js"), b"extra").unwrap();
-    match Patcher::new().apply(&c.p("old"), &c.p("p.bdp"), &c.p("out")) {
+    match Patcher::new().apply(c.p("old"), c.p("p.bdp"), c.p("out")) {
         Err(Error::UnknownEntries { count: 1, paths }) => assert_eq!(paths, ["lib/m03b.js"]),
         other => panic!("expected one unknown entry, got {other:?}"),
     }
@@ -251,7 +251,7 @@ fn wrong_base_names_the_first_file_that_differs() {
 
     // Full manifest (every path renamed): copy sources and the delta source are named.
     let c = tagged_case(None, true);
-    let p = Patcher::new().open(&c.p("p.bdp")).unwrap();
+    let p = Patcher::new().open(c.p("p.bdp")).unwrap();
     assert!(
         p.relative_manifest().is_none(),
         "this case is expected in the full form"
@@ -276,10 +276,10 @@ fn wrong_base_names_the_first_file_that_differs() {
     // The default: between 4 and 8 bits per entry of OLD's listing.
     let c = tagged_case(None, false);
     let (patch, _) = DiffOptions::new()
-        .diff_paths(&c.p("old"), &c.p("new"))
+        .diff_paths(c.p("old"), c.p("new"))
         .unwrap();
     fs::write(c.p("d.bdp"), &patch).unwrap();
-    let mut p = Patcher::new().open(&c.p("d.bdp")).unwrap();
+    let mut p = Patcher::new().open(c.p("d.bdp")).unwrap();
     p.bind(&c.p("old")).unwrap();
     let t = &p.manifest().unwrap().base_tags;
     assert!((4..=8).contains(&t.bits) && t.len() == 13, "{t:?}");
@@ -291,7 +291,7 @@ fn existing_output_is_never_overwritten() {
     fs::write(c.p("p.bdp"), &c.patch).unwrap();
     fs::write(c.p("out"), b"precious").unwrap();
     let e = Patcher::new()
-        .apply(&c.p("old"), &c.p("p.bdp"), &c.p("out"))
+        .apply(c.p("old"), c.p("p.bdp"), c.p("out"))
         .unwrap_err();
     assert!(matches!(e, Error::OutputExists { .. }), "{e}");
     assert_eq!(fs::read(c.p("out")).unwrap(), b"precious");
@@ -301,12 +301,12 @@ fn existing_output_is_never_overwritten() {
 fn unreadable_inputs_give_named_errors() {
     let c = file_case();
     let e = Patcher::new()
-        .apply(&c.p("old"), &c.p("missing.bdp"), &c.p("out"))
+        .apply(c.p("old"), c.p("missing.bdp"), c.p("out"))
         .unwrap_err();
     assert!(e.to_string().contains("missing.bdp"), "{e}");
     fs::write(c.p("p.bdp"), &c.patch).unwrap();
     let e = Patcher::new()
-        .apply(&c.p("nope"), &c.p("p.bdp"), &c.p("out"))
+        .apply(c.p("nope"), c.p("p.bdp"), c.p("out"))
         .unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
     // Output directory that cannot be written (skip as root, who can write anywhere).
@@ -317,7 +317,7 @@ fn unreadable_inputs_give_named_errors() {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
         let e = Patcher::new()
-            .apply(&c.p("old"), &c.p("p.bdp"), &ro.join("out"))
+            .apply(c.p("old"), c.p("p.bdp"), ro.join("out"))
             .unwrap_err();
         assert!(matches!(e, Error::Io { .. }), "{e}");
     }
@@ -329,9 +329,7 @@ fn memory_and_output_limits_refuse_before_writing() {
     fs::write(c.p("p.bdp"), &c.patch).unwrap();
     let mut p = Patcher::new();
     p.memory_limit(1 << 20);
-    let e = p
-        .apply(&c.p("old"), &c.p("p.bdp"), &c.p("out"))
-        .unwrap_err();
+    let e = p.apply(c.p("old"), c.p("p.bdp"), c.p("out")).unwrap_err();
     assert!(
         matches!(
             e,
@@ -344,9 +342,7 @@ fn memory_and_output_limits_refuse_before_writing() {
     );
     let mut p = Patcher::new();
     p.output_limit(10);
-    let e = p
-        .apply(&c.p("old"), &c.p("p.bdp"), &c.p("out"))
-        .unwrap_err();
+    let e = p.apply(c.p("old"), c.p("p.bdp"), c.p("out")).unwrap_err();
     assert!(
         matches!(
             e,
@@ -369,12 +365,12 @@ fn memory_and_output_limits_refuse_before_writing() {
         .unwrap();
     fs::write(c.p("big.bdp"), &big).unwrap();
     let e = Patcher::new()
-        .apply(&c.p("old"), &c.p("big.bdp"), &c.p("out"))
+        .apply(c.p("old"), c.p("big.bdp"), c.p("out"))
         .unwrap_err();
     assert!(e.to_string().contains("--window-log"), "{e}");
     let mut p = Patcher::new();
     p.memory_limit(64 << 20);
-    p.apply(&c.p("old"), &c.p("big.bdp"), &c.p("out")).unwrap();
+    p.apply(c.p("old"), c.p("big.bdp"), c.p("out")).unwrap();
 }
 
 /// Re-seal a patch after editing it (recompute the trailer) so that the structural checks,
@@ -527,7 +523,7 @@ fn diff_rejects_unrepresentable_inputs() {
     let e = DiffOptions::new().diff_paths(&o, &n).unwrap_err();
     assert!(e.to_string().contains("not UTF-8"), "{e}");
     let e = DiffOptions::new()
-        .diff_paths(&o, &n.join("Readme"))
+        .diff_paths(&o, n.join("Readme"))
         .unwrap_err();
     assert!(
         e.to_string()
@@ -543,8 +539,8 @@ fn diff_rejects_unrepresentable_inputs() {
 fn signatures_are_required_and_checked_before_any_write() {
     use bundelta::format::{Header, FLAG_SIGNED, SIGNATURE_LEN, TRAILER_LEN};
     let c = file_case();
-    let secret = [0x5au8; 32];
-    let public = bundelta::public_key(&secret);
+    let secret = bundelta::SecretKey::from_bytes([0x5au8; 32]);
+    let public = secret.public_key();
     let signed = bundelta::sign_patch(&c.patch, &secret).unwrap();
     assert_eq!(signed.len(), c.patch.len() + SIGNATURE_LEN);
     let must_refuse = |bytes: &[u8], want: &str| {
@@ -553,9 +549,7 @@ fn signatures_are_required_and_checked_before_any_write() {
         let before = listing(c.dir.path());
         let mut p = Patcher::new();
         p.require_signature(public);
-        let e = p
-            .apply(&c.p("old"), &pp, &c.p("out"))
-            .expect_err("accepted");
+        let e = p.apply(c.p("old"), &pp, c.p("out")).expect_err("accepted");
         assert!(e.to_string().contains(want), "{want}: {e}");
         assert_eq!(listing(c.dir.path()), before, "left behind: {e}");
         let e = p
@@ -574,7 +568,7 @@ fn signatures_are_required_and_checked_before_any_write() {
     must_refuse(&c.patch, "not signed");
     // Signed by someone else.
     must_refuse(
-        &bundelta::sign_patch(&c.patch, &[0x5bu8; 32]).unwrap(),
+        &bundelta::sign_patch(&c.patch, &bundelta::SecretKey::from_bytes([0x5bu8; 32])).unwrap(),
         "signature check failed",
     );
     // Each byte of the signature damaged, the trailer resealed.
@@ -611,7 +605,7 @@ fn signatures_are_required_and_checked_before_any_write() {
         if let Some(k) = key {
             p.require_signature(k);
         }
-        p.apply(&c.p("old"), &pp, &c.p("out")).unwrap();
+        p.apply(c.p("old"), &pp, c.p("out")).unwrap();
         assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
         fs::remove_file(c.p("out")).unwrap();
     }
@@ -667,7 +661,7 @@ fn zero_run_blocks_are_bounded_and_checked() {
     }
     let pp = c.p("odd.bdp");
     fs::write(&pp, with_runs(&odd)).unwrap();
-    Patcher::new().apply(&c.p("old"), &pp, &c.p("out")).unwrap();
+    Patcher::new().apply(c.p("old"), &pp, c.p("out")).unwrap();
     assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
     fs::remove_file(c.p("out")).unwrap();
     fs::remove_file(&pp).unwrap();
@@ -709,7 +703,7 @@ fn zero_run_blocks_are_bounded_and_checked() {
     // The untouched coding still applies through the same rebuild.
     let pp = c.p("good.bdp");
     fs::write(&pp, good).unwrap();
-    Patcher::new().apply(&c.p("old"), &pp, &c.p("out")).unwrap();
+    Patcher::new().apply(c.p("old"), &pp, c.p("out")).unwrap();
     assert_eq!(fs::read(c.p("out")).unwrap(), fs::read(c.p("new")).unwrap());
 }
 
@@ -740,7 +734,7 @@ fn old_file_list_counts_against_the_memory_limit() {
     let p = |n: &str| dir.path().join(n);
     write_tree(&p("old"), &old);
     write_tree(&p("new"), &new);
-    let (patch, _) = DiffOptions::new().diff_paths(&p("old"), &p("new")).unwrap();
+    let (patch, _) = DiffOptions::new().diff_paths(p("old"), p("new")).unwrap();
     fs::write(p("p.bdp"), &patch).unwrap();
     let h = bundelta::format::Header::decode(&patch).unwrap();
     let formula = bundelta::memory_needed(&h);
@@ -748,27 +742,27 @@ fn old_file_list_counts_against_the_memory_limit() {
     // Off by default: the limit bounds what the patch declares.
     let mut lax = Patcher::new();
     lax.memory_limit(formula + listing / 2);
-    lax.verify(&p("p.bdp"), Some(&p("old"))).unwrap();
+    lax.verify(p("p.bdp"), Some(&p("old"))).unwrap();
     let mut tight = Patcher::new();
     tight
         .memory_limit(formula + listing / 2)
         .strict_memory(true);
-    let e = tight.apply(&p("old"), &p("p.bdp"), &p("out")).unwrap_err();
+    let e = tight.apply(p("old"), p("p.bdp"), p("out")).unwrap_err();
     assert!(
         matches!(e, Error::LimitExceeded { needed, .. } if needed > formula + listing),
         "{e}"
     );
     assert!(!p("out").exists());
-    let e = tight.apply_in_place(&p("old"), &p("p.bdp")).unwrap_err();
+    let e = tight.apply_in_place(p("old"), p("p.bdp")).unwrap_err();
     assert!(matches!(e, Error::LimitExceeded { .. }), "{e}");
-    assert!(tight.verify(&p("p.bdp"), Some(&p("old"))).is_err());
+    assert!(tight.verify(p("p.bdp"), Some(&p("old"))).is_err());
     let mut roomy = Patcher::new();
     roomy
         .memory_limit(formula + 2 * listing + (1 << 20))
         .strict_memory(true);
-    roomy.apply(&p("old"), &p("p.bdp"), &p("out")).unwrap();
+    roomy.apply(p("old"), p("p.bdp"), p("out")).unwrap();
     assert_eq!(
-        bundelta::bundle_digest(&p("out")).unwrap(),
-        bundelta::bundle_digest(&p("new")).unwrap()
+        bundelta::bundle_digest(p("out")).unwrap(),
+        bundelta::bundle_digest(p("new")).unwrap()
     );
 }

@@ -54,7 +54,7 @@ fn duplicates_in_new_are_carried_once_and_rebuilt() {
     write_tree(&dir.path().join("old"), &old);
     write_tree(&dir.path().join("new"), &new);
     let (patch, stats) = DiffOptions::new()
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .diff_paths(dir.path().join("old"), dir.path().join("new"))
         .unwrap();
     // m05.cjs and types/m05.js copy lib/m05.js... (the first in path order is the one encoded)
     assert!(stats.copied >= 3, "{stats:?}");
@@ -66,7 +66,7 @@ fn duplicates_in_new_are_carried_once_and_rebuilt() {
     // Out of place, dry run, in place.
     let p = dir.path().join("p.bdp");
     Patcher::new()
-        .apply(&dir.path().join("old"), &p, &dir.path().join("out"))
+        .apply(dir.path().join("old"), &p, dir.path().join("out"))
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("out")), new);
     let r = Patcher::new()
@@ -75,7 +75,7 @@ fn duplicates_in_new_are_carried_once_and_rebuilt() {
         .unwrap();
     assert_eq!(r.files, 16);
     Patcher::new()
-        .apply_in_place(&dir.path().join("old"), &p)
+        .apply_in_place(dir.path().join("old"), &p)
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("old")), new);
 }
@@ -102,9 +102,9 @@ fn a_staged_source_changed_after_it_was_written_is_refused() {
     }));
     let e = patcher
         .apply(
-            &dir.path().join("old"),
-            &dir.path().join("p.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            dir.path().join("p.bdp"),
+            dir.path().join("out"),
         )
         .unwrap_err();
     assert!(once.load(Ordering::SeqCst), "the hook ran");

@@ -193,9 +193,9 @@ fn apply_bytes(old: &[u8], patch: &[u8]) -> Vec<u8> {
     fs::write(dir.path().join("p"), patch).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &dir.path().join("p"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            dir.path().join("p"),
+            dir.path().join("out"),
         )
         .unwrap();
     fs::read(dir.path().join("out")).unwrap()

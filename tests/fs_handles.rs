@@ -176,7 +176,7 @@ fn relying_patch(rel: &str, u: Use) -> (Vec<u8>, Tree) {
     });
     let scratch = tempfile::tempdir().unwrap();
     write_tree(&scratch.path().join("new"), &new);
-    let new_digest = bundelta::bundle_digest(&scratch.path().join("new")).unwrap();
+    let new_digest = bundelta::bundle_digest(scratch.path().join("new")).unwrap();
     let m = Manifest {
         new_digest,
         base_digest: blake(&blake(DATA)),
@@ -254,10 +254,10 @@ fn run(what: &str, op: Op, dir: &Path, patcher: Patcher) -> Result<(), Error> {
         let p = dir.join("p.bdp");
         let r = match op {
             Op::Apply => patcher
-                .apply(&dir.join("old"), &p, &dir.join("out"))
+                .apply(dir.join("old"), &p, dir.join("out"))
                 .map(drop),
             Op::Verify => patcher.verify(&p, Some(&dir.join("old"))).map(drop),
-            Op::InPlace => patcher.apply_in_place(&dir.join("target"), &p).map(drop),
+            Op::InPlace => patcher.apply_in_place(dir.join("target"), &p).map(drop),
         };
         let _ = tx.send(r);
     });
@@ -370,7 +370,7 @@ fn fifo_in_the_scan_or_as_old_itself_fails_promptly() {
     write_tree(&tmp.path().join("o"), &old);
     write_tree(&tmp.path().join("n"), &new);
     let (patch, _) = bundelta::DiffOptions::new()
-        .diff_paths(&tmp.path().join("o"), &tmp.path().join("n"))
+        .diff_paths(tmp.path().join("o"), tmp.path().join("n"))
         .unwrap();
     for op in OPS {
         let s = sandbox(&old, &patch);
@@ -697,7 +697,7 @@ fn in_place_file_linked_then_used_as_a_source_applies() {
     h.update(&blake(DATA));
     h.update(&blake(DATA));
     let m = Manifest {
-        new_digest: bundelta::bundle_digest(&scratch.path().join("new")).unwrap(),
+        new_digest: bundelta::bundle_digest(scratch.path().join("new")).unwrap(),
         base_digest: *h.finalize().as_bytes(),
         old_files: vec![OldFile {
             path: "f".into(),

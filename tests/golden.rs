@@ -131,9 +131,9 @@ fn golden_file_patch() {
     fs::write(dir.path().join("old"), &old).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &golden_dir().join("file.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            golden_dir().join("file.bdp"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
@@ -146,7 +146,7 @@ fn golden_dir_patch() {
     write_tree(&dir.path().join("old"), &old);
     write_tree(&dir.path().join("new"), &new);
     let (patch, stats) = DiffOptions::new()
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .diff_paths(dir.path().join("old"), dir.path().join("new"))
         .unwrap();
     assert_eq!(
         (stats.unchanged, stats.copied, stats.modified, stats.deleted),
@@ -158,9 +158,9 @@ fn golden_dir_patch() {
     check("dir.bdp", &patch);
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &golden_dir().join("dir.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            golden_dir().join("dir.bdp"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("out")), new);
@@ -171,9 +171,9 @@ fn golden_dir_patch() {
 #[test]
 fn golden_signed_patch() {
     let (old, new) = file_inputs();
-    let secret = [0x42u8; 32];
+    let secret = bundelta::SecretKey::from_bytes([0x42u8; 32]);
     let mut opts = DiffOptions::new();
-    opts.sign_with(secret);
+    opts.sign_with(secret.clone());
     let patch = opts.diff_bytes(&old, &new).unwrap();
     check("signed.bdp", &patch);
     // Signing at diff time and signing the unsigned patch afterwards give the same bytes.
@@ -183,16 +183,16 @@ fn golden_signed_patch() {
     fs::write(dir.path().join("old"), &old).unwrap();
     let golden = golden_dir().join("signed.bdp");
     let mut wrong = Patcher::new();
-    wrong.require_signature(bundelta::public_key(&[0x43u8; 32]));
+    wrong.require_signature(bundelta::SecretKey::from_bytes([0x43u8; 32]).public_key());
     let e = wrong
-        .apply(&dir.path().join("old"), &golden, &dir.path().join("out"))
+        .apply(dir.path().join("old"), &golden, dir.path().join("out"))
         .unwrap_err();
     assert!(matches!(e, bundelta::Error::Signature { .. }), "{e}");
     assert!(!dir.path().join("out").exists());
     let mut right = Patcher::new();
-    right.require_signature(bundelta::public_key(&secret));
+    right.require_signature(secret.public_key());
     right
-        .apply(&dir.path().join("old"), &golden, &dir.path().join("out"))
+        .apply(dir.path().join("old"), &golden, dir.path().join("out"))
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
 }
@@ -211,9 +211,9 @@ fn golden_exe_patch() {
     fs::write(dir.path().join("old"), &old).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &golden_dir().join("exe.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            golden_dir().join("exe.bdp"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
@@ -234,9 +234,9 @@ fn golden_gzip_patch() {
     fs::write(dir.path().join("old"), &old).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &golden_dir().join("gzip.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            golden_dir().join("gzip.bdp"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
@@ -310,9 +310,9 @@ fn golden_pair(name: &str, old: &[u8], new: &[u8]) {
     fs::write(dir.path().join("old"), old).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &golden_dir().join(name),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            golden_dir().join(name),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
@@ -359,9 +359,9 @@ fn golden_older_minors_still_apply() {
     fs::write(dir.path().join("old"), &old).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &legacy_dir(4).join("gzip.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            legacy_dir(4).join("gzip.bdp"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
@@ -371,9 +371,9 @@ fn golden_older_minors_still_apply() {
     fs::write(dir.path().join("old"), &old).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &legacy_dir(3).join("exe.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            legacy_dir(3).join("exe.bdp"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
@@ -395,9 +395,9 @@ fn older_minor_applies(minor: u8) {
         let out = dir.path().join(format!("out-{name}"));
         let mut patcher = Patcher::new();
         if name == "signed.bdp" {
-            patcher.require_signature(bundelta::public_key(&[0x42u8; 32]));
+            patcher.require_signature(bundelta::SecretKey::from_bytes([0x42u8; 32]).public_key());
         }
-        patcher.apply(&dir.path().join("old"), &p, &out).unwrap();
+        patcher.apply(dir.path().join("old"), &p, &out).unwrap();
         assert_eq!(fs::read(&out).unwrap(), new, "{name}");
     }
     let (old, new) = dir_inputs();
@@ -410,11 +410,7 @@ fn older_minor_applies(minor: u8) {
         minor
     );
     Patcher::new()
-        .apply(
-            &dir.path().join("old-tree"),
-            &p,
-            &dir.path().join("out-tree"),
-        )
+        .apply(dir.path().join("old-tree"), &p, dir.path().join("out-tree"))
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("out-tree")), new);
 }

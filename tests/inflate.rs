@@ -67,9 +67,9 @@ fn roundtrip(old: &[u8], new: &[u8]) -> Vec<u8> {
     fs::write(dir.path().join("p"), &patch).unwrap();
     let report = Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &dir.path().join("p"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            dir.path().join("p"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(fs::read(dir.path().join("out")).unwrap(), new);
@@ -269,9 +269,9 @@ fn gzip_files_in_a_directory_bundle() {
     fs::write(dir.path().join("p"), &patch).unwrap();
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &dir.path().join("p"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            dir.path().join("p"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("out")), new);

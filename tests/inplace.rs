@@ -298,10 +298,10 @@ impl Fixture {
     /// Apply p1 to `app` out of place (into `out`) and then in place; both must give NEW1.
     fn apply_p1_out_and_in_place(&self) {
         bundelta::Patcher::new()
-            .apply(&self.p("app"), &self.p("p1.bdp"), &self.p("out"))
+            .apply(self.p("app"), self.p("p1.bdp"), self.p("out"))
             .unwrap();
         bundelta::Patcher::new()
-            .apply_in_place(&self.p("app"), &self.p("p1.bdp"))
+            .apply_in_place(self.p("app"), self.p("p1.bdp"))
             .unwrap();
         assert_eq!(read_tree(&self.p("out")), self.new1);
         assert_eq!(read_tree(&self.p("app")), self.new1);
@@ -349,10 +349,10 @@ impl Fixture {
         write_tree(&n1, &f.new1);
         write_tree(&n2, &f.new2);
         DiffOptions::new()
-            .diff_to_file(&o, &n1, &f.p("p1.bdp"))
+            .diff_to_file(&o, &n1, f.p("p1.bdp"))
             .unwrap();
         DiffOptions::new()
-            .diff_to_file(&o, &n2, &f.p("p2.bdp"))
+            .diff_to_file(&o, &n2, f.p("p2.bdp"))
             .unwrap();
         for d in [o, n1, n2] {
             fs::remove_dir_all(d).unwrap();
@@ -511,14 +511,14 @@ fn stale_journal_temp_is_replaced_only_when_it_is_a_journal() {
     let tmp = f.p("..app.bundelta-journal.bundelta-tmp");
     fs::write(&tmp, b"unrelated data").unwrap();
     let e = bundelta::Patcher::new()
-        .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+        .apply_in_place(f.p("app"), f.p("p1.bdp"))
         .unwrap_err();
     assert!(e.to_string().contains("not a bundelta journal"), "{e}");
     assert_eq!(fs::read(&tmp).unwrap(), b"unrelated data");
     assert_eq!(read_tree(&f.p("app")), f.old);
     fs::write(&tmp, b"bundelta-journal-v2\nkind dir\n").unwrap();
     bundelta::Patcher::new()
-        .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+        .apply_in_place(f.p("app"), f.p("p1.bdp"))
         .unwrap();
     assert_eq!(read_tree(&f.p("app")), f.new1);
     assert_eq!(listing(f.dir.path()), ["app", "p1.bdp", "p2.bdp"]);
@@ -528,7 +528,7 @@ fn stale_journal_temp_is_replaced_only_when_it_is_a_journal() {
         f.reset();
         fs::write(&tmp, left).unwrap();
         bundelta::Patcher::new()
-            .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+            .apply_in_place(f.p("app"), f.p("p1.bdp"))
             .unwrap();
         assert_eq!(read_tree(&f.p("app")), f.new1);
         assert_eq!(listing(f.dir.path()), ["app", "p1.bdp", "p2.bdp"]);
@@ -691,7 +691,7 @@ const PHASES: [(bool, &str); 9] = [
 #[test]
 fn other_patch_after_crash_is_refused_and_rollback_works() {
     let f = Fixture::new();
-    let p1 = bundelta::Patch::open(&f.p("p1.bdp")).unwrap().checksum();
+    let p1 = bundelta::Patch::open(f.p("p1.bdp")).unwrap().checksum();
     for (renames, at) in PHASES {
         f.kill_at(renames, at, &["--in-place", "-q", "app", "p1.bdp"], || {});
         let aside = at == "renamed-aside";
@@ -722,7 +722,7 @@ fn other_patch_after_crash_is_refused_and_rollback_works() {
         );
         // The library says the same, typed.
         let e = bundelta::Patcher::new()
-            .apply_in_place(&f.p("app"), &f.p("p2.bdp"))
+            .apply_in_place(f.p("app"), f.p("p2.bdp"))
             .unwrap_err();
         assert!(matches!(e, bundelta::Error::Pending { .. }), "{at}: {e}");
         if aside {
@@ -794,7 +794,7 @@ fn v1_journals_are_still_read() {
     fs::write(stage.join("partial"), b"x").unwrap();
     fs::write(&journal, "bundelta-journal-v1 building\n").unwrap();
     let r = bundelta::Patcher::new()
-        .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+        .apply_in_place(f.p("app"), f.p("p1.bdp"))
         .unwrap();
     assert!(r.recovered);
     assert_eq!(read_tree(&f.p("app")), f.new1);
@@ -812,7 +812,7 @@ fn v1_journals_are_still_read() {
     // The scenario: the user writes into DIR after the crash, then runs P2.
     fs::write(f.p("app/user.txt"), b"written after the crash").unwrap();
     let e = bundelta::Patcher::new()
-        .apply_in_place(&f.p("app"), &f.p("p2.bdp"))
+        .apply_in_place(f.p("app"), f.p("p2.bdp"))
         .unwrap_err();
     assert_eq!(
         fs::read(f.p("app/user.txt")).unwrap(),
@@ -824,7 +824,7 @@ fn v1_journals_are_still_read() {
     fs::remove_file(f.p("app/user.txt")).unwrap();
     assert_eq!(read_tree(&f.p("app")), f.old);
     let r = bundelta::Patcher::new()
-        .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+        .apply_in_place(f.p("app"), f.p("p1.bdp"))
         .unwrap();
     assert!(r.recovered);
     assert_eq!(read_tree(&f.p("app")), f.new1);
@@ -840,7 +840,7 @@ fn stale_probe_directories() {
     fs::create_dir(&a).unwrap();
     fs::create_dir(&b).unwrap();
     bundelta::Patcher::new()
-        .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+        .apply_in_place(f.p("app"), f.p("p1.bdp"))
         .unwrap();
     assert_eq!(listing(f.dir.path()), ["app", "p1.bdp", "p2.bdp"]);
     for plant in ["dir", "link"] {
@@ -852,7 +852,7 @@ fn stale_probe_directories() {
             std::os::unix::fs::symlink(f.p("app"), &a).unwrap();
         }
         bundelta::Patcher::new()
-            .apply_in_place(&f.p("app"), &f.p("p1.bdp"))
+            .apply_in_place(f.p("app"), f.p("p1.bdp"))
             .unwrap_err();
         assert_eq!(read_tree(&f.p("app")), f.old, "{plant}");
         if plant == "dir" {

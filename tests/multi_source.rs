@@ -39,7 +39,7 @@ fn a_file_assembled_from_two_old_files_is_diffed_against_both() {
 
     let (dir, patch) = write_case(&old, &new, None);
     let stats = DiffOptions::new()
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .diff_paths(dir.path().join("old"), dir.path().join("new"))
         .unwrap()
         .1;
     assert_eq!(stats.multi_source, 2, "{stats:?}");
@@ -79,9 +79,9 @@ fn a_file_assembled_from_two_old_files_is_diffed_against_both() {
     assert_eq!(naive_apply(&old, &patch), new);
     Patcher::new()
         .apply(
-            &dir.path().join("old"),
-            &dir.path().join("p.bdp"),
-            &dir.path().join("out"),
+            dir.path().join("old"),
+            dir.path().join("p.bdp"),
+            dir.path().join("out"),
         )
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("out")), new);
@@ -110,7 +110,7 @@ fn shared_boilerplate_and_covered_files_get_no_extra_source() {
     }
     let (dir, patch) = write_case(&old, &new, None);
     let stats = DiffOptions::new()
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .diff_paths(dir.path().join("old"), dir.path().join("new"))
         .unwrap()
         .1;
     assert_eq!(stats.multi_source, 0, "{stats:?}");

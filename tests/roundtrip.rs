@@ -178,7 +178,7 @@ fn renamed_and_edited_chunk_uses_old_file_as_source() {
     write_tree(&dir.path().join("o"), &old);
     write_tree(&dir.path().join("n"), &new);
     let (patch, stats) = DiffOptions::new()
-        .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+        .diff_paths(dir.path().join("o"), dir.path().join("n"))
         .unwrap();
     assert_eq!(stats.modified, 1, "{stats:?}");
     assert_eq!(stats.unchanged, 1);
@@ -243,7 +243,7 @@ fn deterministic_across_thread_counts() {
         pool.install(|| {
             (
                 o.diff_bytes(&old, &new).unwrap(),
-                o.diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+                o.diff_paths(dir.path().join("o"), dir.path().join("n"))
                     .unwrap()
                     .0,
             )
@@ -290,7 +290,7 @@ fn unchanged_files_cost_no_hash_each() {
     // even listed.
     let (bare, stats) = DiffOptions::new()
         .base_tags(Some(0))
-        .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+        .diff_paths(dir.path().join("o"), dir.path().join("n"))
         .unwrap();
     assert_eq!(stats.unchanged, 1999);
     assert!(
@@ -301,7 +301,7 @@ fn unchanged_files_cost_no_hash_each() {
     // By default, each entry of OLD's list (2,001 with the directory) costs its tag's bits
     // (4 here: the streams are tiny) and nothing more.
     let (patch, _) = DiffOptions::new()
-        .diff_paths(&dir.path().join("o"), &dir.path().join("n"))
+        .diff_paths(dir.path().join("o"), dir.path().join("n"))
         .unwrap();
     let tag_bytes = 2001usize.div_ceil(2);
     assert!(
@@ -311,7 +311,7 @@ fn unchanged_files_cost_no_hash_each() {
         bare.len()
     );
     fs::write(dir.path().join("p.bdp"), &patch).unwrap();
-    let p = bundelta::Patch::open(&dir.path().join("p.bdp")).unwrap();
+    let p = bundelta::Patch::open(dir.path().join("p.bdp")).unwrap();
     assert!(p.relative_manifest().is_some() && p.manifest().is_none());
     // Without OLD, a relative manifest still says what changes.
     let s =
@@ -428,7 +428,7 @@ fn every_codec_and_segmented_streams_apply() {
         let mut patcher = Patcher::new();
         patcher.memory_limit(64 << 20);
         patcher
-            .apply(&dir.path().join("old"), &pp, &out)
+            .apply(dir.path().join("old"), &pp, &out)
             .unwrap_or_else(|e| panic!("codec {codec}: {e}"));
         assert_eq!(fs::read(&out).unwrap(), new, "codec {codec}");
     }

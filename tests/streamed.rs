@@ -77,17 +77,17 @@ fn streamed_patches_apply_as_files_do() {
     fs::write(&of, &old_file).unwrap();
     write_tree(&ot, &old_tree);
     write_tree(&nt, &new_tree);
-    let key = [5u8; 32];
+    let key = bundelta::SecretKey::from_bytes([5u8; 32]);
     for signed in [false, true] {
         let mut o = DiffOptions::new();
         if signed {
-            o.sign_with(key);
+            o.sign_with(key.clone());
         }
         let file_patch = o.diff_bytes(&old_file, &new_file).unwrap();
         let (tree_patch, _) = o.diff_paths(&ot, &nt).unwrap();
         let mut patcher = Patcher::new();
         if signed {
-            patcher.require_signature(bundelta::public_key(&key));
+            patcher.require_signature(key.public_key());
         }
         for step in [1, 7, 64 << 10] {
             let (r, dir) = apply_streamed(&patcher, &of, &file_patch, step);
@@ -118,9 +118,9 @@ fn damage_found_only_at_the_end_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let of = dir.path().join("old");
     fs::write(&of, &old).unwrap();
-    let key = [9u8; 32];
+    let key = bundelta::SecretKey::from_bytes([9u8; 32]);
     let patch = DiffOptions::new()
-        .sign_with(key)
+        .sign_with(key.clone())
         .diff_bytes(&old, &new)
         .unwrap();
     let n = patch.len();
@@ -135,12 +135,12 @@ fn damage_found_only_at_the_end_leaves_nothing() {
     forged[n - 32 - 10] ^= 1;
     let t = *blake3::hash(&forged).as_bytes();
     forged.extend_from_slice(&t);
-    patcher.require_signature(bundelta::public_key(&key));
+    patcher.require_signature(key.public_key());
     let (r, _) = apply_streamed(&patcher, &of, &forged, 13);
     assert!(matches!(r, Err(Error::Signature { .. })), "{r:?}");
     // The right patch under the wrong key.
     let mut other = Patcher::new();
-    other.require_signature(bundelta::public_key(&[1u8; 32]));
+    other.require_signature(bundelta::SecretKey::from_bytes([1u8; 32]).public_key());
     let (r, _) = apply_streamed(&other, &of, &patch, 13);
     assert!(matches!(r, Err(Error::Signature { .. })), "{r:?}");
     // Cut short anywhere, or followed by more bytes: refused.
@@ -214,7 +214,7 @@ fn a_patch_from_a_socket() {
     let p = patcher.open_reader(sock, addr.to_string()).unwrap();
     let out = dir.path().join("out");
     patcher
-        .apply_patch(&dir.path().join("old"), p, &out)
+        .apply_patch(dir.path().join("old"), p, &out)
         .unwrap();
     server.join().unwrap();
     assert_eq!(read_tree(&out), new_tree);
@@ -273,7 +273,7 @@ fn single_file_patches_into_any_writer() {
         fs::write(dir.path().join("old"), o).unwrap();
         // OLD as bytes, patch as a file; OLD as a file, patch from a reader.
         let mut out = Vec::new();
-        let p = patcher.open(&dir.path().join("p")).unwrap();
+        let p = patcher.open(dir.path().join("p")).unwrap();
         let r = patcher.apply_to_writer(&o.as_slice(), p, &mut out).unwrap();
         assert_eq!(&out, n);
         assert_eq!(r.digest, *blake3::hash(n).as_bytes());

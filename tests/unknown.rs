@@ -21,7 +21,7 @@ fn case(renames: bool, bits: Option<u8>) -> (tempfile::TempDir, Tree, Tree) {
         },
     );
     let (dir, _) = write_case(&old, &new, bits);
-    let relative = Patch::open(&dir.path().join("p.bdp"))
+    let relative = Patch::open(dir.path().join("p.bdp"))
         .unwrap()
         .relative_manifest()
         .is_some();
@@ -130,7 +130,7 @@ fn unknown_entries_are_kept_or_removed_when_asked() {
             if policy == Unknown::Remove {
                 assert_eq!(
                     bundelta::bundle_digest(&old_dir).unwrap(),
-                    bundelta::bundle_digest(&dir.path().join("new")).unwrap()
+                    bundelta::bundle_digest(dir.path().join("new")).unwrap()
                 );
             }
             assert_eq!(
@@ -166,7 +166,7 @@ fn an_unknown_entry_in_the_way_of_the_new_version_is_not_kept() {
         let mut patcher = Patcher::new();
         patcher.unknown(Unknown::Keep);
         for r in [
-            patcher.apply(&old_dir, &p, &dir.path().join("out")).err(),
+            patcher.apply(&old_dir, &p, dir.path().join("out")).err(),
             patcher.apply_in_place(&old_dir, &p).err(),
         ] {
             match r {
@@ -184,7 +184,7 @@ fn an_unknown_entry_in_the_way_of_the_new_version_is_not_kept() {
         patcher.apply_in_place(&old_dir, &p).unwrap();
         assert_eq!(
             bundelta::bundle_digest(&old_dir).unwrap(),
-            bundelta::bundle_digest(&dir.path().join("new")).unwrap()
+            bundelta::bundle_digest(dir.path().join("new")).unwrap()
         );
     }
 }

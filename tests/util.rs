@@ -754,7 +754,7 @@ pub fn write_case(old: &Tree, new: &Tree, bits: Option<u8>) -> (tempfile::TempDi
     write_tree(&dir.path().join("new"), new);
     let (patch, _) = bundelta::DiffOptions::new()
         .base_tags(bits)
-        .diff_paths(&dir.path().join("old"), &dir.path().join("new"))
+        .diff_paths(dir.path().join("old"), dir.path().join("new"))
         .unwrap();
     fs::write(dir.path().join("p.bdp"), &patch).unwrap();
     (dir, patch)

@@ -95,7 +95,8 @@ enum BdStatus bd_patcher_set_memory_limit(struct BdPatcher *p, uint64_t bytes);
 enum BdStatus bd_patcher_set_output_limit(struct BdPatcher *p, uint64_t bytes);
 
 // Require every patch to be signed by the secret key of this Ed25519 public key (32 bytes,
-// as `bundelta keygen` writes it after decoding).
+// as `bundelta keygen` writes it after decoding). Bytes that are not an Ed25519 public key
+// give `BD_INVALID_ARGUMENT`.
 //
 // # Safety
 // `p` is a handle from [`bd_patcher_new`]; `key` points to 32 readable bytes.

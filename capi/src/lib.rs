@@ -277,7 +277,8 @@ pub unsafe extern "C" fn bd_patcher_set_output_limit(p: *mut BdPatcher, bytes: u
 }
 
 /// Require every patch to be signed by the secret key of this Ed25519 public key (32 bytes,
-/// as `bundelta keygen` writes it after decoding).
+/// as `bundelta keygen` writes it after decoding). Bytes that are not an Ed25519 public key
+/// give `BD_INVALID_ARGUMENT`.
 ///
 /// # Safety
 /// `p` is a handle from [`bd_patcher_new`]; `key` points to 32 readable bytes.
@@ -293,8 +294,13 @@ pub unsafe extern "C" fn bd_patcher_require_signature(
         let mut k = [0u8; 32];
         // SAFETY: per the contract above, `key` points to 32 readable bytes.
         k.copy_from_slice(unsafe { std::slice::from_raw_parts(key, 32) });
-        h.patcher.require_signature(k);
-        BdStatus::Ok
+        match bundelta::PublicKey::from_bytes(k) {
+            Ok(k) => {
+                h.patcher.require_signature(k);
+                BdStatus::Ok
+            }
+            Err(e) => h.fail(BdStatus::InvalidArgument, e.to_string()),
+        }
     })
 }
 

@@ -208,7 +208,7 @@ pub type HookFn = dyn Fn(ApplyEvent<'_>) + Send + Sync;
 /// ```no_run
 /// let mut p = bundelta::Patcher::new();
 /// p.memory_limit(32 << 20);
-/// let report = p.apply("app-1.0".as_ref(), "1.0-to-1.1.bdp".as_ref(), "app-1.1".as_ref())?;
+/// let report = p.apply("app-1.0", "1.0-to-1.1.bdp", "app-1.1")?;
 /// println!("{} files written", report.files);
 /// # Ok::<(), bundelta::Error>(())
 /// ```
@@ -217,7 +217,7 @@ pub struct Patcher {
     unknown: Unknown,
     strict_memory: bool,
     output_limit: u64,
-    public_key: Option<[u8; 32]>,
+    public_key: Option<crate::PublicKey>,
     progress: Option<Box<ProgressFn>>,
     hook: Option<Box<HookFn>>,
     parallel: bool,
@@ -318,7 +318,7 @@ impl Patcher {
     /// one [`Error::Signature`], both before the manifest is decoded and before any write.
     /// Default: no key; signed and unsigned patches are both accepted (integrity and every
     /// hash are checked either way). Costs one Ed25519 verification per patch.
-    pub fn require_signature(&mut self, public_key: [u8; 32]) -> &mut Patcher {
+    pub fn require_signature(&mut self, public_key: crate::PublicKey) -> &mut Patcher {
         self.public_key = Some(public_key);
         self
     }
@@ -349,7 +349,8 @@ impl Patcher {
     }
 
     /// Open a patch and check it: length, trailer checksum, header, manifest, limits.
-    pub fn open(&self, patch: &Path) -> Result<Patch> {
+    pub fn open(&self, patch: impl AsRef<Path>) -> Result<Patch> {
+        let patch = patch.as_ref();
         let mut p = Patch::open_checked(
             patch,
             self.memory_limit,
@@ -364,7 +365,15 @@ impl Patcher {
     ///
     /// `out` appears only once every file and the bundle digest matched; on error nothing is
     /// left at `out` and `old` is untouched.
-    pub fn apply(&self, old: &Path, patch: &Path, out: &Path) -> Result<ApplyReport> {
+    pub fn apply(
+        &self,
+        old: impl AsRef<Path>,
+        patch: impl AsRef<Path>,
+        out: impl AsRef<Path>,
+    ) -> Result<ApplyReport> {
+        let old = old.as_ref();
+        let patch = patch.as_ref();
+        let out = out.as_ref();
         self.apply_patch(old, self.open(patch)?, out)
     }
 
@@ -413,7 +422,14 @@ impl Patcher {
     }
 
     /// [`Patcher::apply`] of an opened patch ([`Patcher::open`], [`Patcher::open_reader`]).
-    pub fn apply_patch(&self, old: &Path, mut p: Patch, out: &Path) -> Result<ApplyReport> {
+    pub fn apply_patch(
+        &self,
+        old: impl AsRef<Path>,
+        mut p: Patch,
+        out: impl AsRef<Path>,
+    ) -> Result<ApplyReport> {
+        let old = old.as_ref();
+        let out = out.as_ref();
         let old_path = old;
         let old = &p.open_old(old_path)?;
         p.bind_checked(old, self.unknown)?;
@@ -453,7 +469,12 @@ impl Patcher {
 
     /// Check a patch and, with `old`, that OLD satisfies it, by rebuilding every file into a
     /// hashing sink (nothing is written).
-    pub fn verify(&self, patch: &Path, old: Option<&Path>) -> Result<Option<ApplyReport>> {
+    pub fn verify(
+        &self,
+        patch: impl AsRef<Path>,
+        old: Option<&Path>,
+    ) -> Result<Option<ApplyReport>> {
+        let patch = patch.as_ref();
         let p = self.open(patch)?;
         self.verify_patch(p, old)
     }
@@ -511,6 +532,20 @@ impl Patcher {
     }
 }
 
+impl std::fmt::Debug for Patcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patcher")
+            .field("memory_limit", &self.memory_limit)
+            .field("unknown", &self.unknown)
+            .field("strict_memory", &self.strict_memory)
+            .field("output_limit", &self.output_limit)
+            .field("public_key", &self.public_key)
+            .field("progress", &self.progress.is_some())
+            .field("parallel", &self.parallel)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An opened, checksum-verified and validated patch.
 pub struct Patch {
     /// The patch bytes. Only the streams are read from here after opening.
@@ -534,6 +569,19 @@ pub struct Patch {
     /// For a patch read from a stream ([`Patcher::open_reader`]): its reader's side, whose
     /// checksum and signature are checked when the apply has consumed it.
     streamed: Option<std::sync::Arc<streamed::Streamed>>,
+}
+
+impl std::fmt::Debug for Patch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patch")
+            .field("path", &self.path)
+            .field("directory", &self.header.is_directory())
+            .field("signed", &self.header.is_signed())
+            .field("new_digest", &crate::hex(&self.new_digest))
+            .field("checksum", &crate::hex(&self.checksum))
+            .field("streamed", &self.is_streamed())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Patch {

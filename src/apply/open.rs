@@ -70,13 +70,19 @@ fn not_built_in(h: &Header) -> Result<()> {
 impl Patch {
     /// Open and fully validate a patch file with the default limits of
     /// [`Patcher::new`](super::Patcher::new).
-    pub fn open(path: &Path) -> Result<Patch> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Patch> {
+        let path = path.as_ref();
         Patch::open_limited(path, DEFAULT_MEMORY_LIMIT, u64::MAX)
     }
 
     /// Open and fully validate a patch file, refusing it (before reading the manifest) when it
     /// needs more than `memory_limit` bytes of heap or produces more than `output_limit` bytes.
-    pub fn open_limited(path: &Path, memory_limit: u64, output_limit: u64) -> Result<Patch> {
+    pub fn open_limited(
+        path: impl AsRef<Path>,
+        memory_limit: u64,
+        output_limit: u64,
+    ) -> Result<Patch> {
+        let path = path.as_ref();
         Patch::open_checked(path, memory_limit, output_limit, None)
     }
 
@@ -85,7 +91,7 @@ impl Patch {
         path: &Path,
         memory_limit: u64,
         output_limit: u64,
-        public_key: Option<&[u8; 32]>,
+        public_key: Option<&crate::PublicKey>,
     ) -> Result<Patch> {
         let file = open_patch_file(path)?;
         let len = file
@@ -115,7 +121,7 @@ impl Patch {
         path: &Path,
         memory_limit: u64,
         output_limit: u64,
-        public_key: Option<&[u8; 32]>,
+        public_key: Option<&crate::PublicKey>,
     ) -> Result<Patch> {
         let read_err = |e| Error::io(path, "read", e);
         let mut hb = [0u8; MAX_HEADER_LEN];
@@ -184,7 +190,7 @@ impl Patch {
         }
         if let Some(key) = public_key {
             match signed_digest {
-                Some(d) => crate::sign::verify_digest(key, &d, &sig)?,
+                Some(d) => crate::sign::verify_digest(key, crate::SIGNATURE_DOMAIN, &d, &sig)?,
                 None => return Err(Error::Unsigned),
             }
         }
@@ -441,9 +447,12 @@ mod tests {
         let mut new_b = old.clone();
         new_a[20_000..24_000].copy_from_slice(&noise(2, 4000));
         new_b[20_000..24_000].copy_from_slice(&noise(3, 4000));
-        let (signer, attacker) = ([7u8; 32], [9u8; 32]);
+        let (signer, attacker) = (
+            crate::SecretKey::from_bytes([7u8; 32]),
+            crate::SecretKey::from_bytes([9u8; 32]),
+        );
         let mut o = crate::DiffOptions::new();
-        o.codec(crate::Codec::Zstd).sign_with(signer);
+        o.codec(crate::Codec::Zstd).sign_with(signer.clone());
         let a = o.diff_bytes(&old, &new_a).unwrap();
         o.sign_with(attacker);
         let b = o.diff_bytes(&old, &new_b).unwrap();
@@ -461,7 +470,7 @@ mod tests {
         let digest_b = *blake3::hash(&new_b).as_bytes();
 
         let mut patcher = Patcher::new();
-        patcher.require_signature(crate::public_key(&signer));
+        patcher.require_signature(signer.public_key());
         // Control: the signed patch as it is verifies and rebuilds NEW_A; B is refused.
         let p = patcher
             .open_source(Box::new(a.clone()), a.len() as u64, Path::new("a"))

@@ -48,7 +48,7 @@ struct Tail {
     /// Where the signature (or, unsigned, the trailer) starts.
     sig_at: u64,
     signed: bool,
-    public_key: Option<[u8; 32]>,
+    public_key: Option<crate::PublicKey>,
     path: PathBuf,
     /// The outcome of [`Streamed::finish`], once run.
     finished: Option<std::result::Result<Hash, String>>,
@@ -96,7 +96,7 @@ impl Streamed {
         path: &Path,
         memory_limit: u64,
         output_limit: u64,
-        public_key: Option<&[u8; 32]>,
+        public_key: Option<&crate::PublicKey>,
     ) -> Result<Patch> {
         let read_err = |e| Error::io(path, "read", e);
         let mut hb = [0u8; MAX_HEADER_LEN];
@@ -213,7 +213,7 @@ impl Streamed {
         }
         if let Some(key) = &t.public_key {
             match signed_digest {
-                Some(d) => crate::sign::verify_digest(key, &d, &sig)?,
+                Some(d) => crate::sign::verify_digest(key, crate::SIGNATURE_DOMAIN, &d, &sig)?,
                 None => return Err(Error::Unsigned),
             }
         }

@@ -108,7 +108,7 @@ fn run(a: Args) -> bundelta::Result<String> {
             op: "read",
             source: e,
         })?;
-        p.require_signature(bundelta::decode_public_key(&text)?);
+        p.require_signature(bundelta::PublicKey::from_text(&text)?);
     }
     if a.in_place {
         let r = p.apply_in_place(&a.old, &a.patch)?;

@@ -572,6 +572,15 @@ pub struct Encoder<S: Read> {
     dist_count: Box<[u32; super::trees::D_CODES]>,
 }
 
+impl<S: Read> std::fmt::Debug for Encoder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("structure_left", &self.s_left)
+            .field("made", &self.made)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Bytes of the encoder's output buffer (never grown: drained when 8 bytes from full).
 const OUT_BUF: usize = 32 << 10;
 

@@ -36,6 +36,7 @@ pub struct DeflateParams {
 impl DeflateParams {
     /// zlib's defaults: level 6, 32 KiB window, memory level 8, default strategy (what Python's
     /// zipfile and gzip modules, `gzip -6` and most zlib users write).
+    #[cfg_attr(not(any(feature = "diff", test)), allow(dead_code))]
     pub const DEFAULT: DeflateParams = DeflateParams {
         level: 6,
         window_bits: 15,
@@ -397,6 +398,15 @@ pub struct MinizDeflater {
     c: Box<miniz_oxide::deflate::core::CompressorOxide>,
     buf: Vec<u8>,
     pending: Vec<u8>,
+}
+
+#[cfg(feature = "inflate")]
+impl std::fmt::Debug for MinizDeflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MinizDeflater")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(feature = "inflate")]

@@ -110,7 +110,7 @@ pub struct DiffOptions {
     base_tags: Option<u8>,
     exe_refs: bool,
     inflate: bool,
-    signing_key: Option<[u8; 32]>,
+    signing_key: Option<crate::SecretKey>,
     progress: Option<Arc<DiffProgressFn>>,
 }
 
@@ -120,6 +120,22 @@ struct TagSource {
     relied: Vec<Hash>,
     /// [`listing_tag`] of every entry of OLD's listing (relative form).
     listing: Vec<Hash>,
+}
+
+impl std::fmt::Debug for DiffOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiffOptions")
+            .field("level", &self.level)
+            .field("window_log", &self.window_log)
+            .field("chunk_size", &self.chunk_size)
+            .field("codec", &self.codec)
+            .field("base_tags", &self.base_tags)
+            .field("exe_refs", &self.exe_refs)
+            .field("inflate", &self.inflate)
+            .field("signing_key", &self.signing_key)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for DiffOptions {
@@ -224,7 +240,7 @@ impl DiffOptions {
     }
 
     /// Predict the references of executables (delta transform 1, see
-    /// [`crate::format::Refs`]). Default on. For a file that is an ELF64 or PE32+ executable
+    /// `format::Refs`). Default on. For a file that is an ELF64 or PE32+ executable
     /// or library (x86-64 or AArch64) on both sides, the diff also tries predicting calls,
     /// jumps, RIP-relative operands and (optionally) absolute pointers from where their
     /// targets moved, and keeps it when the estimated patch is smaller: on the corpus, 62%
@@ -254,11 +270,11 @@ impl DiffOptions {
         self
     }
 
-    /// Sign the patch with this Ed25519 secret key (32-byte seed; see [`crate::sign_patch`]
-    /// and [`crate::public_key`]). Default: unsigned. Costs 64 bytes of patch and one
+    /// Sign the patch with this Ed25519 secret key (see [`crate::sign_patch`] and
+    /// [`crate::SecretKey::public_key`]). Default: unsigned. Costs 64 bytes of patch and one
     /// signature; an applier given the public key ([`crate::Patcher::require_signature`])
     /// refuses anything else before writing a byte.
-    pub fn sign_with(&mut self, secret_key: [u8; 32]) -> &mut DiffOptions {
+    pub fn sign_with(&mut self, secret_key: crate::SecretKey) -> &mut DiffOptions {
         self.signing_key = Some(secret_key);
         self
     }
@@ -308,7 +324,13 @@ impl DiffOptions {
     }
 
     /// Diff OLD and NEW (both files or both directories); returns the patch bytes and stats.
-    pub fn diff_paths(&self, old: &Path, new: &Path) -> Result<(Vec<u8>, DiffStats)> {
+    pub fn diff_paths(
+        &self,
+        old: impl AsRef<Path>,
+        new: impl AsRef<Path>,
+    ) -> Result<(Vec<u8>, DiffStats)> {
+        let old = old.as_ref();
+        let new = new.as_ref();
         self.check()?;
         let mo = fs::metadata(old).map_err(|e| Error::io(old, "stat", e))?;
         let mn = fs::metadata(new).map_err(|e| Error::io(new, "stat", e))?;
@@ -344,7 +366,15 @@ impl DiffOptions {
 
     /// Diff OLD and NEW and write the patch to `out` (atomically: a temporary file next to it
     /// is fsynced and renamed over it when complete, then the directory is fsynced).
-    pub fn diff_to_file(&self, old: &Path, new: &Path, out: &Path) -> Result<DiffStats> {
+    pub fn diff_to_file(
+        &self,
+        old: impl AsRef<Path>,
+        new: impl AsRef<Path>,
+        out: impl AsRef<Path>,
+    ) -> Result<DiffStats> {
+        let old = old.as_ref();
+        let new = new.as_ref();
+        let out = out.as_ref();
         let (bytes, stats) = self.diff_paths(old, new)?;
         crate::sys::write_atomic(out, "patch", 0o666, |f| f.write_all(&bytes))?;
         Ok(stats)
@@ -898,7 +928,7 @@ impl DiffOptions {
         }
         if let Some(key) = &self.signing_key {
             let digest = *blake3::hash(&out).as_bytes();
-            out.extend_from_slice(&crate::sign::sign_digest(key, &digest));
+            out.extend_from_slice(&key.sign_digest(crate::SIGNATURE_DOMAIN, &digest));
         }
         let t = blake3::hash(&out);
         out.extend_from_slice(t.as_bytes());

@@ -26,7 +26,7 @@ pub enum FileOp {
     /// Content carried in the patch: the next `size` bytes of the extra stream.
     Add,
     /// Binary delta: controls are read from the control stream until they have produced
-    /// `size` bytes (see [`Control`](super::Control)).
+    /// `size` bytes (see the control stream, `Control`).
     Delta {
         /// Indices into [`Manifest::old_files`], concatenated in this order; empty means the
         /// old file at the same path (whose hash is covered by [`Manifest::base_digest`]).
@@ -204,14 +204,14 @@ impl Manifest {
     /// [`validate_path`]), entries strictly sorted (so no duplicates), no two paths equal up to
     /// case, every parent of an entry present as a directory entry, every old-file index in
     /// range, every blob inside the data section, sizes adding up to `header.new_total`.
-    /// Decoding allocates at most the header's share ([`Budget::for_manifest`]).
+    /// Decoding allocates at most the header's share (`Budget::for_manifest`).
     pub fn decode(raw: &[u8], header: &Header) -> Result<Manifest> {
         Manifest::decode_with_old(raw, header, None)
     }
 
     /// Decode a manifest of either form. The relative form needs OLD's listing (as
     /// `listing` returns it for OLD) and fails without one. Decoding allocates at most the
-    /// header's share ([`Budget::for_manifest`]), besides what OLD's listing costs.
+    /// header's share (`Budget::for_manifest`), besides what OLD's listing costs.
     pub fn decode_with_old(
         raw: &[u8],
         header: &Header,

@@ -48,39 +48,61 @@
 // - `paths.rs`    path rules: `validate_path`, the case-clash check, prefix-compressed paths.
 // - `control.rs`  the control stream (format section 4): `Control`, `put_controls`.
 
+// The encoders in these files serve the diff side (and, with `internals`, tests and fuzz
+// targets); an apply-only build without `internals` leaves them unused, not missing.
 mod budget;
+#[cfg_attr(not(any(feature = "diff", feature = "internals")), allow(dead_code))]
 mod control;
 mod header;
+#[cfg_attr(not(any(feature = "diff", feature = "internals")), allow(dead_code))]
 mod inflate;
 mod manifest;
 mod paths;
+#[cfg_attr(not(any(feature = "diff", feature = "internals")), allow(dead_code))]
 mod refs;
 mod relative;
 mod tags;
+#[cfg_attr(not(any(feature = "diff", feature = "internals")), allow(dead_code))]
 mod varint;
 
-pub use budget::{manifest_memory, Budget, MANIFEST_MEMORY_FACTOR};
-pub use control::{put_controls, Control, MAX_CONTROL_BLOCK};
+// What a patch means: public. How its bytes are cut: crate-internal, public with the
+// `internals` feature (tests, fuzz targets, tools that take patches apart).
 pub use header::Header;
-pub use inflate::{
-    put_new, put_old, read_old_count, read_old_seg, NewRecipe, NewSeg, OldSeg,
-    INFLATE_MEMORY_TOTAL, MAX_RATIO, MAX_SEGMENTS, TRANSFORM_INFLATE,
-};
+pub use inflate::{INFLATE_MEMORY_TOTAL, TRANSFORM_INFLATE};
 pub use manifest::{Entry, EntryKind, FileOp, Manifest, OldFile, FORM_FULL, FORM_RELATIVE};
 pub(crate) use paths::case_clash;
 pub use paths::validate_path;
-pub use refs::{
-    elf_loads, pe_loads, Load, Refs, Region, Scan, KNOWN_REFS, LOOK_AHEAD, MAX_LOADS, MAX_MAP,
-    REFS_ABS64, REFS_ARM64, REFS_MEMORY, REFS_X86, TRANSFORM_REFS,
-};
-pub use relative::{listing_digest, ListEntry, ListKind, RelativePrefix, RelativeSummary};
-pub use tags::{listing_tag, BaseTags};
-pub use varint::{put_svarint, put_varint, varint_len, Reader};
+pub use refs::{KNOWN_REFS, REFS_ABS64, REFS_ARM64, REFS_MEMORY, REFS_X86, TRANSFORM_REFS};
+pub use relative::{ListEntry, ListKind, RelativePrefix, RelativeSummary};
+pub use tags::BaseTags;
+
+#[cfg(feature = "internals")]
+pub use internals::*;
+#[cfg(not(feature = "internals"))]
+#[allow(unused_imports)] // each is used through its own module path inside the crate
+pub(crate) use internals::*;
+
+/// The wire format's building blocks (feature `internals`; crate-internal without it).
+#[allow(unused_imports)]
+mod internals {
+    pub use super::budget::{manifest_memory, Budget, MANIFEST_MEMORY_FACTOR};
+    pub use super::control::{put_controls, Control, MAX_CONTROL_BLOCK};
+    pub use super::inflate::{
+        put_new, put_old, read_old_count, read_old_seg, NewRecipe, NewSeg, OldSeg, MAX_RATIO,
+        MAX_SEGMENTS,
+    };
+    pub use super::refs::{
+        elf_loads, pe_loads, Load, Refs, Region, Scan, LOOK_AHEAD, MAX_LOADS, MAX_MAP,
+    };
+    pub use super::relative::listing_digest;
+    pub use super::tags::listing_tag;
+    pub use super::varint::{put_svarint, put_varint, varint_len, Reader};
+}
 
 /// The token structure of deflate streams (FORMAT.md section 4.3.1): the parser, the encoder
 /// and their errors, zlib's tables for predicted blocks, and the miniz encoder of target
 /// segment kind 3, for tools, tests and fuzz targets that check them (feature `inflate`).
-#[cfg(feature = "inflate")]
+#[cfg(all(feature = "inflate", feature = "internals"))]
 pub mod tokens {
     pub use crate::codec::tokens::{
         parse, Encoder, Fault, Parsed, ENCODER_MEMORY, MAX_PREDICTED_ITEMS, MAX_PREDICTED_LITERALS,

@@ -110,7 +110,7 @@ impl Manifest {
     /// the diff saw). Every old file the manifest relies on must be in the listing.
     ///
     /// `tags` are the relative form's base tags, one per entry of `old` (see
-    /// [`listing_tag`](super::listing_tag));
+    /// `listing_tag`);
     /// `self.base_tags` (the full form's) is not used. Empty tags write none. Sizes are
     /// absolute (valid under any header; see [`Manifest::encode_relative_sized`]).
     pub fn encode_relative(&self, old: &[ListEntry], tags: &BaseTags) -> Option<Vec<u8>> {
@@ -273,7 +273,7 @@ impl Manifest {
     }
 
     /// Read a relative-form manifest's counts without OLD. Allocates at most the header's
-    /// share ([`Budget::for_manifest`]).
+    /// share (`Budget::for_manifest`).
     pub fn summarize_relative(raw: &[u8], header: &Header) -> Result<RelativeSummary> {
         if raw.first() != Some(&FORM_RELATIVE) {
             return Err(Error::corrupt("manifest", "not in the relative form"));

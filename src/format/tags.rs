@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 ///
 /// Units: in the full form, every old file the patch relies on, in base-digest order (tag =
 /// the file's BLAKE3); in the relative form, every entry of OLD's listing (tag =
-/// [`listing_tag`]).
+/// `listing_tag`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BaseTags {
     /// Bits per tag, 1..=[`MAX_TAG_BITS`]; 0 when there are none.

@@ -24,6 +24,7 @@ pub fn put_svarint(out: &mut Vec<u8>, v: i64) {
 }
 
 /// Bounds-checked cursor over untrusted bytes.
+#[derive(Debug)]
 pub struct Reader<'a> {
     pub(super) buf: &'a [u8],
     pub(super) pos: usize,

@@ -299,6 +299,7 @@ impl Dir {
 }
 
 /// One entry met by [`walk_sorted`].
+#[derive(Debug)]
 pub struct WalkEntry<'a> {
     /// Its path relative to the walked root.
     pub rel: &'a Path,
