@@ -165,6 +165,10 @@ impl Error {
     }
 }
 
+/// Memory and size figures in messages are in MiB (the unit of `--memory-limit 12M`), with the
+/// exact byte count beside them.
+const MIB: f64 = (1u64 << 20) as f64;
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -194,8 +198,10 @@ impl fmt::Display for Error {
                 limit,
             } => write!(
                 f,
-                "{what} needs {needed} bytes but the limit is {limit}: \
-                 raise the limit, or make the patch with a smaller --window-log"
+                "{what} needs {:.2} MiB ({needed} bytes) but the limit is {:.2} MiB ({limit} \
+                 bytes): raise the limit, or make the patch with a smaller --window-log",
+                *needed as f64 / MIB,
+                *limit as f64 / MIB
             ),
             Error::WrongBase { path, reason } => {
                 if path.is_empty() {

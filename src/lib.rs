@@ -32,8 +32,10 @@
 //! - `lzma`, `bzip2`, `inflate` (all in `diff`): decoders beyond zstd, and the archive
 //!   transform; an applier ships only those its patches use (a patch needing a missing one is
 //!   refused by name, [`Error::NotBuiltIn`], before anything is written).
+//! - `release` (in `cli`): the update repository's signed index ([`release`](mod@release),
+//!   FORMAT.md section 9); adds serde and serde_json.
 //! - `internals`: the wire format's building blocks (varint readers, the control and recipe
-//!   codecs, the manifest memory budget, the deflate token structure) under [`format`], for
+//!   codecs, the manifest memory budget, the deflate token structure) under [`format`](mod@format), for
 //!   tests, fuzz targets and tools that take patches apart. Not a stable API.
 //!
 //! `cargo build --no-default-features` builds only the apply core (format, verification,
@@ -57,6 +59,8 @@ mod error;
 pub mod format;
 mod inplace;
 mod readat;
+#[cfg(feature = "release")]
+pub mod release;
 mod sign;
 mod sys;
 #[cfg(all(test, feature = "diff"))]
@@ -71,7 +75,7 @@ pub use apply::{
 pub use apply::{ApplyEvent, HookFn};
 #[cfg(feature = "diff")]
 pub use diff::{
-    Codec, DiffOptions, DiffProgressFn, DiffStats, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL,
+    Codec, DiffOptions, DiffPhase, DiffProgressFn, DiffStats, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL,
     DEFAULT_WINDOW_LOG, MIN_CHUNK_SIZE,
 };
 pub use error::{Error, Result};

@@ -315,6 +315,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A memory figure: always MiB, the unit of `--memory-limit` (one unit in every message).
+fn mem_text(n: u64) -> String {
+    format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64)
+}
+
 fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -335,15 +340,24 @@ fn bar(quiet: bool, json: bool, msg: &'static str) -> Option<ProgressBar> {
         return None;
     }
     let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
+    pb.set_style(spinner_style());
     pb.set_message(msg);
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
     Some(pb)
+}
+
+/// A bar for a phase that counts bytes.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg:>11} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+    )
+    .expect("static template")
+    .progress_chars("=> ")
+}
+
+/// A spinner for a phase (or a start) without a byte count: no "0 B/0 B".
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{msg:>11} {spinner} {elapsed}").expect("static template")
 }
 
 fn main() -> ExitCode {
@@ -571,11 +585,22 @@ fn diff(mut a: DiffArgs) -> Result<ExitCode> {
     let pb = bar(a.common.quiet, a.common.json, "diffing");
     if let Some(pb) = &pb {
         let pb = pb.clone();
-        opts.progress(Arc::new(move |done, total| {
-            pb.set_length(total);
-            pb.set_position(done);
-            if done >= total {
-                pb.set_message("compressing");
+        opts.progress(Arc::new(move |phase, done, total| match phase {
+            bundelta::DiffPhase::Matching => {
+                if pb.length() != Some(total) {
+                    pb.set_length(total);
+                    pb.set_message("matching");
+                    pb.set_style(bar_style());
+                }
+                pb.set_position(done);
+            }
+            other => {
+                pb.set_style(spinner_style());
+                pb.set_message(match other {
+                    bundelta::DiffPhase::Scanning => "scanning",
+                    _ => "compressing",
+                });
+                pb.enable_steady_tick(std::time::Duration::from_millis(120));
             }
         }));
     }
@@ -605,8 +630,8 @@ fn diff(mut a: DiffArgs) -> Result<ExitCode> {
         eprintln!(
             "bundelta: warning: applying this patch needs {} of memory, above the default limit \
              of {}: clients must pass --memory-limit {}M (a smaller --window-log lowers it)",
-            human(need),
-            human(bundelta::DEFAULT_MEMORY_LIMIT),
+            mem_text(need),
+            mem_text(bundelta::DEFAULT_MEMORY_LIMIT),
             need.div_ceil(1 << 20)
         );
     }
@@ -616,25 +641,42 @@ fn diff(mut a: DiffArgs) -> Result<ExitCode> {
             json!({
                 "patch": output, "patch_bytes": stats.patch_bytes, "new_bytes": stats.new_bytes,
                 "percent_of_new": pct, "seconds": secs, "apply_memory_bytes": need,
-                "unchanged": stats.unchanged, "copied": stats.copied, "added": stats.added,
-                "modified": stats.modified, "deleted": stats.deleted, "dirs": stats.dirs,
-                "symlinks": stats.symlinks,
+                "ops": diff_ops(&stats).iter().map(|(k, n)| (k.to_string(), json!({"count": n})))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
+                "deleted": stats.deleted, "dirs": stats.dirs, "symlinks": stats.symlinks,
             })
         );
     } else if !a.common.quiet {
+        let ops: Vec<String> = diff_ops(&stats)
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .chain((stats.deleted > 0).then(|| format!("{} deleted", stats.deleted)))
+            .collect();
         eprintln!(
-            "wrote {}: {} ({pct:.2}% of {} new) in {secs:.2}s; files: {} modified, {} added, {} copied, {} unchanged, {} deleted",
+            "wrote {}: {} ({pct:.2}% of {} new) in {secs:.2}s; files: {}",
             output.display(),
             human(stats.patch_bytes),
             human(stats.new_bytes),
-            stats.modified,
-            stats.added,
-            stats.copied,
-            stats.unchanged,
-            stats.deleted
+            if ops.is_empty() {
+                "none".to_string()
+            } else {
+                ops.join(", ")
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A diff's file counts under the operation names `info` and `info --list` use.
+fn diff_ops(s: &bundelta::DiffStats) -> [(&'static str, u64); 5] {
+    [
+        ("unchanged", s.unchanged),
+        ("copy", s.copied),
+        ("copy-new", s.copied_new),
+        ("modify", s.modified),
+        ("add", s.added),
+    ]
 }
 
 fn patcher(limit: u64, strict: bool, key: &PubkeyArg, pb: &Option<ProgressBar>) -> Result<Patcher> {
@@ -646,7 +688,10 @@ fn patcher(limit: u64, strict: bool, key: &PubkeyArg, pb: &Option<ProgressBar>) 
     if let Some(pb) = pb {
         let pb = pb.clone();
         p.progress(Box::new(move |done, total| {
-            pb.set_length(total);
+            if pb.length() != Some(total) {
+                pb.set_length(total);
+                pb.set_style(bar_style());
+            }
             pb.set_position(done);
         }));
     }
@@ -882,7 +927,7 @@ fn info_target(
     writeln!(
         out,
         "apply memory: {} (window log {})",
-        human(mem),
+        mem_text(mem),
         h.window_log
     )
 }
@@ -900,9 +945,10 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
             "patch": a.patch, "patch_bytes": p.len(), "bundle": "directory",
             "manifest_form": "relative to OLD's file list",
             "new_bytes": h.new_total, "window_log": h.window_log, "apply_memory_bytes": mem,
-            "new_digest": bundelta::hex(&p.new_digest()), "kept": s.kept, "changed": s.changed,
+            "new_digest": bundelta::hex(&p.new_digest()),
+            "paths": {"unchanged": s.kept, "changed": s.changed, "new": s.inserted},
             "signed": h.is_signed(), "signature_checked": a.key.pubkey.is_some(),
-            "inserted": s.inserted, "deleted": s.dropped, "manifest_bytes": h.manifest_len,
+            "deleted": s.dropped, "manifest_bytes": h.manifest_len,
             "base_tags": tags.len(), "base_tag_bits": tags.bits,
         });
         writeln!(out, "{v}")?;
@@ -918,7 +964,7 @@ fn info_relative(a: &InfoArgs, p: &Patch) -> Result<ExitCode> {
     info_target(&mut out, a, h, &p.new_digest(), mem)?;
     writeln!(
         out,
-        "entries:      {} kept, {} changed, {} inserted, {} deleted",
+        "paths:        {} unchanged, {} changed, {} new, {} deleted (operations per file: --old OLD)",
         s.kept, s.changed, s.inserted, s.dropped
     )?;
     writeln!(

@@ -39,7 +39,7 @@ fn diff_apply_verify_info_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["modified"], 1);
+    assert_eq!(v["ops"]["modify"]["count"], 1);
     let diff_memory = v["apply_memory_bytes"].as_u64().unwrap();
     assert_eq!(
         v["patch_bytes"].as_u64().unwrap(),
@@ -662,4 +662,72 @@ fn in_place_on_the_working_directory() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(fs::read_to_string(p("tgt").join("f")).unwrap(), "b\n");
     assert_eq!(listing(dir.path()), ["new", "old", "p.bdp", "tgt"]);
+}
+
+/// `diff --json`, `info --json --old` and `info --list` count files under the same operation
+/// names (unchanged, copy, copy-new, modify, add), and agree on the counts.
+#[test]
+fn diff_and_info_speak_one_vocabulary() {
+    let mut rng = Rng(77);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let big = rng.text(40_000);
+    let moved = rng.text(30_000);
+    let twin = rng.text(20_000);
+    for side in ["old", "new"] {
+        fs::create_dir_all(dir.path().join(side).join("lib")).unwrap();
+        fs::write(
+            dir.path().join(side).join("same.txt"),
+            b"the same on both sides\n",
+        )
+        .unwrap();
+    }
+    fs::write(p("old/app.js"), &big).unwrap();
+    fs::write(p("new/app.js"), rng.edit(&big, 12)).unwrap(); // modify
+    fs::write(p("old/lib/a.bin"), &moved).unwrap();
+    fs::write(p("new/lib/b.bin"), &moved).unwrap(); // copy (content from another old path)
+    fs::write(p("new/x.d.ts"), &twin).unwrap(); // add
+    fs::write(p("new/x.d.cts"), &twin).unwrap(); // copy-new
+    let out = bundelta(&["diff", &p("old"), &p("new"), "-o", &p("p.bdp"), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = [
+        ("unchanged", 1),
+        ("copy", 1),
+        ("copy-new", 1),
+        ("modify", 1),
+        ("add", 1),
+    ];
+    for (op, n) in want {
+        assert_eq!(d["ops"][op]["count"], n, "diff: {op} in {d}");
+    }
+    assert_eq!(d["deleted"], 1, "{d}");
+    let out = bundelta(&["info", &p("p.bdp"), "--old", &p("old"), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let i: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (op, n) in want {
+        assert_eq!(i["ops"][op]["count"], n, "info: {op} in {i}");
+    }
+    let out = bundelta(&["info", &p("p.bdp"), "--old", &p("old"), "--list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    for (op, _) in want {
+        assert!(
+            list.lines().any(|l| l.starts_with(op)),
+            "--list lacks {op}:\n{list}"
+        );
+    }
+    let out = bundelta(&["diff", &p("old"), &p("new"), "-o", &p("q.bdp")]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1 unchanged, 1 copy, 1 copy-new, 1 modify, 1 add, 1 deleted"),
+        "{said}"
+    );
 }

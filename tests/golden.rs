@@ -414,3 +414,67 @@ fn older_minor_applies(minor: u8) {
         .unwrap();
     assert_eq!(read_tree(&dir.path().join("out-tree")), new);
 }
+
+/// The update index (FORMAT.md section 9): the writer's bytes for a fixed index, and their
+/// signature under the key of 32 bytes 0x42, are pinned in corpus/golden/index-v1; the
+/// committed pair verifies and parses back to the same index.
+#[test]
+fn golden_update_index() {
+    use bundelta::release::{sign_index, verify_index, Blob, Index, PatchRef, Release};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/index-v1");
+    let hex = |c: u8| bundelta::hex(&[c; 32]);
+    let mut ix = Index::new("example-app", true);
+    ix.version = 7;
+    ix.expires = 1_900_000_000;
+    let release = |v: &str, d: u8, full: u8| Release {
+        version: v.into(),
+        digest: hex(d),
+        bytes: 1_048_576,
+        full: Blob {
+            blake3: hex(full),
+            bytes: 300_000,
+        },
+        patches: Vec::new(),
+        mandatory: false,
+        notes: String::new(),
+        requires: None,
+        min_app: None,
+        max_app: None,
+        rollout: 100,
+        yanked: false,
+    };
+    ix.releases.push(release("1.0.0", 0x10, 0x11));
+    let mut r = release("1.1.0", 0x20, 0x21);
+    r.patches.push(PatchRef {
+        from: hex(0x10),
+        blake3: hex(0x22),
+        bytes: 2_048,
+    });
+    r.notes = "Fixes the crash on start.\nFaster sync.".into();
+    r.mandatory = true;
+    r.requires = Some("1.0.0".into());
+    r.min_app = Some("2.1".into());
+    r.rollout = 25;
+    ix.releases.push(r);
+    let mut y = release("1.1.1", 0x30, 0x31);
+    y.yanked = true;
+    y.max_app = Some("3".into());
+    ix.releases.push(y);
+    let bytes = ix.to_bytes();
+    let key = bundelta::SecretKey::from_bytes([0x42; 32]);
+    let sig = sign_index(&bytes, &key);
+    if std::env::var_os("BUNDELTA_BLESS").is_some() {
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("index.json"), &bytes).unwrap();
+        fs::write(dir.join("index.json.sig"), &sig).unwrap();
+    }
+    let committed = fs::read(dir.join("index.json")).expect("run with BUNDELTA_BLESS=1");
+    let committed_sig = fs::read(dir.join("index.json.sig")).unwrap();
+    assert_eq!(
+        committed, bytes,
+        "the index writer changed: a schema change needs a version"
+    );
+    assert_eq!(committed_sig, sig.as_bytes());
+    verify_index(&committed, &committed_sig, &key.public_key()).unwrap();
+    assert_eq!(Index::parse(&committed).unwrap(), ix);
+}

@@ -62,8 +62,23 @@ pub enum Codec {
     Zstd,
 }
 
-/// Progress callback: `(bytes done, bytes total)` of new content encoded.
-pub type DiffProgressFn = dyn Fn(u64, u64) + Send + Sync;
+/// Progress callback: the phase, then `(done, total)` in bytes for the phases that count
+/// bytes (matching: new content encoded), `(0, 0)` for the others. Called from the diff's
+/// worker threads; keep it cheap.
+pub type DiffProgressFn = dyn Fn(DiffPhase, u64, u64) + Send + Sync;
+
+/// What a diff is doing, in order (a phase may be skipped: a single file is not scanned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiffPhase {
+    /// Reading and hashing both trees, pairing renamed and moved files.
+    Scanning,
+    /// Indexing old content and matching new content against it (counts bytes of new content
+    /// encoded).
+    Matching,
+    /// Compressing the three streams and writing the patch.
+    Compressing,
+}
 
 /// Default base-tag size for `units` tags next to `stream_bytes` of compressed streams: as many
 /// bits as fit in 1/64 of the streams (or in [`TAG_MIN_BYTES`], whichever is more), within
@@ -148,13 +163,17 @@ impl Default for DiffOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiffStats {
-    /// Files kept as they are.
+    /// Files kept as they are (operation `unchanged`). The operation names are the ones
+    /// `bundelta info` and `info --list` print.
     pub unchanged: u64,
-    /// Files whose content is copied from another old path, or from an earlier new file.
+    /// Files whose content exists in OLD, copied by reference (operation `copy`).
     pub copied: u64,
-    /// Files carried in the patch.
+    /// Files rebuilt from an earlier file of NEW with the same content (operation
+    /// `copy-new`).
+    pub copied_new: u64,
+    /// Files carried whole in the patch (operation `add`).
     pub added: u64,
-    /// Files rebuilt from a binary delta.
+    /// Files rebuilt from a binary delta (operation `modify`).
     pub modified: u64,
     /// Old paths absent from NEW.
     pub deleted: u64,
@@ -279,7 +298,7 @@ impl DiffOptions {
         self
     }
 
-    /// Report progress while encoding. Default: none.
+    /// Report progress: each [`DiffPhase`] as it starts, and bytes matched. Default: none.
     pub fn progress(&mut self, f: Arc<DiffProgressFn>) -> &mut DiffOptions {
         self.progress = Some(f);
         self
@@ -319,7 +338,9 @@ impl DiffOptions {
     pub fn diff_bytes(&self, old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
         self.check()?;
         let ctx = Ctx::new(self, new.len() as u64);
+        ctx.phase(DiffPhase::Matching);
         let (m, solid) = self.plan_file(&ctx, old, new, false)?;
+        ctx.phase(DiffPhase::Compressing);
         Ok(self.assemble(m, solid, None, new.len() as u64)?.0)
     }
 
@@ -338,7 +359,9 @@ impl DiffOptions {
             let o = fs::read(old).map_err(|e| Error::io(old, "read", e))?;
             let n = fs::read(new).map_err(|e| Error::io(new, "read", e))?;
             let ctx = Ctx::new(self, n.len() as u64);
+            ctx.phase(DiffPhase::Matching);
             let (m, solid) = self.plan_file(&ctx, &o, &n, tree::is_exec(&mn))?;
+            ctx.phase(DiffPhase::Compressing);
             let op = match &m.entries[0].kind {
                 EntryKind::File { op, .. } => op.clone(),
                 _ => unreachable!("plan_file makes one file entry"),
@@ -430,6 +453,7 @@ impl DiffOptions {
     }
 
     fn diff_dirs(&self, old: &Path, new: &Path) -> Result<(Vec<u8>, DiffStats)> {
+        Ctx::new(self, 0).phase(DiffPhase::Scanning);
         let old_nodes = tree::scan(old)?;
         let new_nodes = tree::scan(new)?;
         let mut stats = DiffStats::default();
@@ -595,6 +619,7 @@ impl DiffOptions {
             .map(|(n, _)| new_hashes[&n.path].0)
             .sum();
         let ctx = Ctx::new(self, total);
+        ctx.phase(DiffPhase::Matching);
         // Encode, in parallel, in order.
         let encoded: Vec<Option<Encoded>> = new_nodes
             .par_iter()
@@ -687,7 +712,7 @@ impl DiffOptions {
                             FileOp::Copy { source: table[s] }
                         }
                         (Some(Plan::CopyNew(first)), _) => {
-                            stats.copied += 1;
+                            stats.copied_new += 1;
                             FileOp::CopyNew {
                                 entry: *first as u32,
                             }
@@ -767,6 +792,7 @@ impl DiffOptions {
                 .collect(),
         };
         let old_list = Some((old_nodes.as_slice(), tags));
+        ctx.phase(DiffPhase::Compressing);
         let (bytes, s) = self.assemble(m, solid, old_list, stats.new_bytes)?;
         stats.patch_bytes = s.patch_bytes;
         stats.apply_memory = s.apply_memory;
@@ -1355,7 +1381,19 @@ impl<'a> Ctx<'a> {
     fn advance(&self, n: u64) {
         let d = self.done.fetch_add(n, Ordering::Relaxed) + n;
         if let Some(p) = self.progress {
-            p(d.min(self.total), self.total);
+            p(DiffPhase::Matching, d.min(self.total), self.total);
+        }
+    }
+
+    /// Reports the start of `phase` (matching: with the total to come).
+    fn phase(&self, phase: DiffPhase) {
+        if let Some(p) = self.progress {
+            let total = if phase == DiffPhase::Matching {
+                self.total
+            } else {
+                0
+            };
+            p(phase, 0, total);
         }
     }
 }

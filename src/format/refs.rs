@@ -292,6 +292,7 @@ fn arm64_low12(n: u32, rd: u32) -> Option<(u64, u64)> {
 impl Refs {
     /// Where OLD offset `o` went in NEW, by the map: moved by the delta of the last breakpoint
     /// at or before it (none before the first).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // tests, fuzz targets
     pub fn lookup(&self, o: u64) -> Option<u64> {
         let i = self.map.partition_point(|r| r.old <= o);
         let r = self.map.get(i.checked_sub(1)?)?;
@@ -314,6 +315,7 @@ impl Refs {
 
     /// Where the OLD address `v` went in NEW: through the file when a load holds it, or, in a
     /// load's zero-filled tail, relative to the end of the same-numbered load of NEW.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // tests, fuzz targets
     pub fn map_vaddr(&self, v: u64) -> Option<u64> {
         self.map_vaddr_near(v, &mut 0)
     }
@@ -485,6 +487,7 @@ impl Refs {
     /// [`LOOK_AHEAD`] bytes more and the carry, as the applier reads OLD (the reference the
     /// tests and the `refs` fuzz target hold [`Refs::predict_region`] to).
     #[doc(hidden)]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // tests, fuzz targets
     pub fn predict_blocks(&self, old: &[u8], old_pos: u64, new_pos: u64, block: usize) -> Vec<u8> {
         let mut scan = Scan::new(old_pos, new_pos);
         let mut out = Vec::with_capacity(old.len());
@@ -505,6 +508,7 @@ impl Refs {
 
     /// The predicted OLD bytes of a whole matched region (the diff side's form of
     /// [`Refs::predict`]).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // tests, fuzz targets
     pub fn predict_region(&self, old: &[u8], old_pos: u64, new_pos: u64) -> Vec<u8> {
         let mut buf = old.to_vec();
         let mut scan = Scan::new(old_pos, new_pos);

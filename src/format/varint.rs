@@ -85,6 +85,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Read a zigzag varint.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // tests, fuzz targets
     pub fn svarint(&mut self) -> Result<i64> {
         let u = self.varint()?;
         Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
