@@ -691,7 +691,10 @@ const PHASES: [(bool, &str); 9] = [
 #[test]
 fn other_patch_after_crash_is_refused_and_rollback_works() {
     let f = Fixture::new();
-    let p1 = bundelta::Patch::open(f.p("p1.bdp")).unwrap().checksum();
+    let p1 = bundelta::Patcher::new()
+        .open(f.p("p1.bdp"))
+        .unwrap()
+        .checksum();
     for (renames, at) in PHASES {
         f.kill_at(renames, at, &["--in-place", "-q", "app", "p1.bdp"], || {});
         let aside = at == "renamed-aside";

@@ -31,7 +31,7 @@ use bundelta::format::{
     CODEC_RAW, CODEC_ZSTD, FLAG_BASE_TAGS, FLAG_DIRECTORY, FLAG_MANIFEST_LZMA, FORM_FULL,
     FORM_RELATIVE, MAX_PATH_LEN,
 };
-use bundelta::{listing_memory, memory_needed, DiffOptions, Error, Patch};
+use bundelta::{listing_memory, memory_needed, DiffOptions, Error};
 
 #[path = "util.rs"]
 #[allow(dead_code)]
@@ -187,7 +187,7 @@ fn patch_of(flags: u32, raw: &[u8], store: Store, new_total: u64, extra: &[u8]) 
 struct Opened {
     result: Result<(), Error>,
     header: Header,
-    /// Peak heap of `Patch::open_limited` (and `bind`, when OLD is given).
+    /// Peak heap of `Patcher::open` (and `bind`, when OLD is given).
     peak: u64,
     /// What it may be: `manifest_memory + IO_ALLOWANCE` (+ `listing_memory(OLD)`).
     bound: u64,
@@ -208,7 +208,7 @@ fn open_measured(
     let header = Header::decode(bytes).unwrap();
     let limit = limit.unwrap_or_else(|| memory_needed(&header));
     let (result, peak) = peak_of(|| -> Result<(), Error> {
-        let mut p = Patch::open_limited(&path, limit, u64::MAX)?;
+        let mut p = bundelta::Patcher::new().memory_limit(limit).open(&path)?;
         if let Some((old, _)) = old {
             p.bind(old)?;
         }

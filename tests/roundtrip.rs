@@ -311,7 +311,9 @@ fn unchanged_files_cost_no_hash_each() {
         bare.len()
     );
     fs::write(dir.path().join("p.bdp"), &patch).unwrap();
-    let p = bundelta::Patch::open(dir.path().join("p.bdp")).unwrap();
+    let p = bundelta::Patcher::new()
+        .open(dir.path().join("p.bdp"))
+        .unwrap();
     assert!(p.relative_manifest().is_some() && p.manifest().is_none());
     // Without OLD, a relative manifest still says what changes.
     let s =

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use bundelta::{Error, InPlaceOutcome, Patch, Patcher, Unknown};
+use bundelta::{Error, InPlaceOutcome, Patcher, Unknown};
 
 use crate::util::*;
 
@@ -21,7 +21,8 @@ fn case(renames: bool, bits: Option<u8>) -> (tempfile::TempDir, Tree, Tree) {
         },
     );
     let (dir, _) = write_case(&old, &new, bits);
-    let relative = Patch::open(dir.path().join("p.bdp"))
+    let relative = bundelta::Patcher::new()
+        .open(dir.path().join("p.bdp"))
         .unwrap()
         .relative_manifest()
         .is_some();

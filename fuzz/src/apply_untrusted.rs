@@ -20,7 +20,7 @@ use std::fs;
 use std::path::Path;
 
 use bundelta::format::{Header, SIGNATURE_LEN};
-use bundelta::{bundle_digest, InPlaceOutcome, Patch, Patcher};
+use bundelta::{bundle_digest, InPlaceOutcome, Patcher};
 
 use super::{
     assert_only, fixture, materialize_old_dir, names, scratch, with_trailer, write, LIMIT,
@@ -211,7 +211,11 @@ fn in_place(tmp: &Path, patch: &Path, directory: bool, apply_digest: Option<[u8;
     );
     match r {
         Ok(rep) => {
-            let m = Patch::open_limited(patch, LIMIT, LIMIT).expect("patch applied but won't open");
+            let m = Patcher::new()
+                .memory_limit(LIMIT)
+                .output_limit(LIMIT)
+                .open(patch)
+                .expect("patch applied but won't open");
             assert_eq!(now, m.new_digest(), "in-place Ok but target is not NEW");
             if let (InPlaceOutcome::Applied(a), Some(d)) = (&rep.outcome, apply_digest) {
                 assert_eq!(a.digest, d);

@@ -13,7 +13,7 @@ use crate::format::{
 use crate::readat::{read_at_most, ReadAt, Section};
 use crate::tree::{self, hex};
 
-use super::{memory_needed, Patch, DEFAULT_MEMORY_LIMIT};
+use super::{memory_needed, Patch};
 
 /// Open the patch file for reading. A FIFO or device named as the patch is refused at once,
 /// without blocking in `open`.
@@ -68,25 +68,9 @@ fn not_built_in(h: &Header) -> Result<()> {
 }
 
 impl Patch {
-    /// Open and fully validate a patch file with the default limits of
-    /// [`Patcher::new`](super::Patcher::new).
-    pub fn open(path: impl AsRef<Path>) -> Result<Patch> {
-        let path = path.as_ref();
-        Patch::open_limited(path, DEFAULT_MEMORY_LIMIT, u64::MAX)
-    }
-
     /// Open and fully validate a patch file, refusing it (before reading the manifest) when it
-    /// needs more than `memory_limit` bytes of heap or produces more than `output_limit` bytes.
-    pub fn open_limited(
-        path: impl AsRef<Path>,
-        memory_limit: u64,
-        output_limit: u64,
-    ) -> Result<Patch> {
-        let path = path.as_ref();
-        Patch::open_checked(path, memory_limit, output_limit, None)
-    }
-
-    /// [`Patch::open_limited`], also requiring a signature by `public_key` when one is given.
+    /// needs more than `memory_limit` bytes of heap or produces more than `output_limit` bytes,
+    /// and requiring a signature by `public_key` when one is given.
     pub(super) fn open_checked(
         path: &Path,
         memory_limit: u64,
