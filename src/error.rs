@@ -132,6 +132,23 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The update repository cannot serve this request: a release it does not have, a
+    /// version published twice, a download that does not match the index, no route to the
+    /// target (nothing was changed).
+    Repository {
+        /// The repository (a directory or a URL).
+        repo: String,
+        /// What is wrong, and what to do.
+        detail: String,
+    },
+    /// The repository's signed index is not fresh: older than one this client accepted (a
+    /// replay) or past its expiry (a frozen mirror). Nothing was changed.
+    StaleIndex {
+        /// The repository.
+        repo: String,
+        /// Which, with the numbers.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -282,6 +299,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::Config { detail } => write!(f, "invalid option: {detail}"),
+            Error::Repository { repo, detail } => write!(f, "update repository {repo}: {detail}"),
+            Error::StaleIndex { repo, detail } => {
+                write!(f, "update repository {repo}: refused its index: {detail}")
+            }
         }
     }
 }

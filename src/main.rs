@@ -13,6 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+#[path = "cmd/release.rs"]
+mod release_cmd;
+
 /// Compact, hash-verified binary patches between two versions of a file or directory tree.
 ///
 /// Make a patch on the server with `bundelta diff OLD NEW -o PATCH`; rebuild NEW on a client
@@ -60,6 +63,21 @@ enum Cmd {
     Keygen(KeygenArgs),
     /// Sign an existing patch (or re-sign a signed one) with a secret key from `keygen`.
     Sign(SignArgs),
+    /// Publish releases into a static, signed update repository (init, add, yank, resign,
+    /// list).
+    ///
+    /// A repository is plain files (index.json, index.json.sig, blobs/) that any web server,
+    /// CDN or USB stick serves; `bundelta update` brings an install to its newest release.
+    Release(release_cmd::ReleaseArgs),
+    /// Bring an installed bundle to the newest release of a repository (directory or URL):
+    /// the cheapest route in bytes, resumable downloads, verified, applied crash-safely.
+    ///
+    /// The installed version is recognised by its content digest. The index must be signed by
+    /// --pubkey, newer than any this client accepted before, and not expired. Downloads go to
+    /// `.NAME.bundelta-update/` beside the install and resume after a dropped connection or a
+    /// crash; each is checked against the signed index before use. An install already at the
+    /// newest release exits 0 and says so.
+    Update(release_cmd::UpdateArgs),
 }
 
 #[derive(Args)]
@@ -376,6 +394,14 @@ fn main() -> ExitCode {
         Cmd::Info(a) => a.common.json,
         Cmd::Keygen(a) => a.common.json,
         Cmd::Sign(a) => a.common.json,
+        Cmd::Release(a) => match &a.cmd {
+            release_cmd::ReleaseCmd::Init(a) => a.common.json,
+            release_cmd::ReleaseCmd::Add(a) => a.common.json,
+            release_cmd::ReleaseCmd::Yank(a) => a.common.json,
+            release_cmd::ReleaseCmd::Resign(a) => a.common.json,
+            release_cmd::ReleaseCmd::List(a) => a.common.json,
+        },
+        Cmd::Update(a) => a.common.json,
     };
     match run(cli) {
         Ok(code) => code,
@@ -444,6 +470,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Info(a) => info(a),
         Cmd::Keygen(a) => keygen(a),
         Cmd::Sign(a) => sign(a),
+        Cmd::Release(a) => release_cmd::release(a),
+        Cmd::Update(a) => release_cmd::update(a),
     }
 }
 

@@ -216,6 +216,22 @@ impl TreeDigest {
 
 /// Digest of the bundle at `root`: for a file, blake3 of its content; for a directory, the
 /// tree digest over every entry (hashing every file).
+/// Bytes of a bundle's file contents: a file's size, or the sum over a directory's files.
+#[cfg(all(feature = "release", feature = "diff"))]
+pub(crate) fn bundle_bytes(root: &Path) -> Result<u64> {
+    let md = fs::symlink_metadata(root).map_err(|e| Error::io(root, "stat", e))?;
+    if !md.is_dir() {
+        return Ok(md.len());
+    }
+    Ok(scan(root)?
+        .iter()
+        .map(|n| match n.kind {
+            NodeKind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum())
+}
+
 pub(crate) fn bundle_digest(root: &Path) -> Result<Hash> {
     let md = fs::symlink_metadata(root).map_err(|e| Error::io(root, "stat", e))?;
     if md.is_file() {

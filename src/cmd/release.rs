@@ -1,0 +1,413 @@
+//! `bundelta release ...` (publishing into an update repository) and `bundelta update` (the
+//! client), on the library's release layer (`bundelta::release`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bundelta::release::{self, BaseOutcome, PublishOptions, Repo, Source, UpdateOptions};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{read_public_key, read_secret_key, Common};
+
+#[derive(Subcommand)]
+pub(crate) enum ReleaseCmd {
+    /// Create an empty repository: REPO/index.json (signed), REPO/index.json.sig, REPO/blobs/.
+    Init(InitArgs),
+    /// Publish VERSION (the bundle at BUNDLE): its full blob, patches from the last --bases
+    /// releases (computed in parallel, each kept only when it pays), a new signed index.
+    ///
+    /// Rerunning the same VERSION with the same BUNDLE computes only what is missing (after
+    /// a crash, or with a larger --bases). Set SOURCE_DATE_EPOCH for byte-identical output.
+    Add(AddArgs),
+    /// Withdraw VERSION: clients never install it nor pass through it (re-signs the index).
+    Yank(YankArgs),
+    /// Re-sign the index with a new version and expiry (run before it expires when there is
+    /// nothing new to publish).
+    Resign(ResignArgs),
+    /// List the releases of a repository (after checking its signature).
+    List(ListArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ReleaseArgs {
+    #[command(subcommand)]
+    pub(crate) cmd: ReleaseCmd,
+}
+
+#[derive(Args)]
+pub(crate) struct Validity {
+    /// The index expires this many days after publication; clients refuse an expired index
+    /// (a frozen mirror), so re-publish or `resign` before then.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    valid_days: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct InitArgs {
+    /// The repository directory (created).
+    repo: PathBuf,
+    /// The product's name.
+    #[arg(long)]
+    name: String,
+    /// Bundles are single files (default: directories).
+    #[arg(long)]
+    file: bool,
+    /// The secret key that signs the index (from `bundelta keygen`).
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    #[command(flatten)]
+    validity: Validity,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct AddArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The release's name ("1.4.2").
+    version: String,
+    /// The release's bundle (a directory or a file, as the repository's bundles are).
+    bundle: PathBuf,
+    /// The secret key that signs the index.
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    /// Compute patches from this many most recent releases (each costs one diff, run in
+    /// parallel, and one rebuilt base on disk).
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    bases: usize,
+    /// Keep a patch only when it is at most this fraction of the full blob; clients farther
+    /// behind download the full blob.
+    #[arg(long, default_value_t = 0.8, value_name = "FRACTION")]
+    max_ratio: f64,
+    /// Clients must install it.
+    #[arg(long)]
+    mandatory: bool,
+    /// Release notes.
+    #[arg(long, default_value = "")]
+    notes: String,
+    /// A client on a release published before this one must reach it first.
+    #[arg(long, value_name = "VERSION")]
+    requires: Option<String>,
+    /// Lowest client app version allowed to install it (dotted numbers).
+    #[arg(long, value_name = "V")]
+    min_app: Option<String>,
+    /// Highest client app version allowed to install it.
+    #[arg(long, value_name = "V")]
+    max_app: Option<String>,
+    /// Offer it to this percentage of clients (0..=100), chosen by a hash of their id.
+    #[arg(long, default_value_t = 100, value_name = "PCT",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    rollout: u8,
+    /// Compression effort of the patches, 1..=22 (as `diff --level`).
+    #[arg(long, default_value_t = bundelta::DEFAULT_LEVEL, value_name = "N")]
+    level: i32,
+    /// Largest window of the patches as a power of two (as `diff --window-log`).
+    #[arg(long, default_value_t = bundelta::DEFAULT_WINDOW_LOG, value_name = "N")]
+    window_log: u8,
+    #[command(flatten)]
+    validity: Validity,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct YankArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The release to withdraw.
+    version: String,
+    /// The secret key that signs the index.
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    #[command(flatten)]
+    validity: Validity,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct ResignArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The secret key that signs the index.
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    #[command(flatten)]
+    validity: Validity,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct ListArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The public key the index must be signed with.
+    #[arg(long, value_name = "KEY.pub")]
+    pubkey: PathBuf,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct UpdateArgs {
+    /// The installed bundle (a directory or a file; created when missing). Its version is
+    /// recognised by its content digest, not by any version file.
+    target: PathBuf,
+    /// The repository: a directory (a mounted USB stick, a mirror) or an http(s):// URL.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    repo: String,
+    /// The public key the repository's index must be signed with.
+    #[arg(long, value_name = "KEY.pub")]
+    pubkey: PathBuf,
+    /// This application's version, checked against releases' min/max app versions.
+    #[arg(long, value_name = "V")]
+    app_version: Option<String>,
+    /// Show the plan (target, route, bytes) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Apply memory limit (e.g. 12M, 64M).
+    #[arg(long, default_value = "12M", value_parser = super::parse_size, value_name = "SIZE")]
+    memory_limit: u64,
+    /// Download attempts after a failure before giving up (a later run resumes).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    retries: u32,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+fn publish_opts(days: u64) -> PublishOptions {
+    let mut o = PublishOptions::default();
+    o.valid_for = days.saturating_mul(24 * 3600);
+    o
+}
+
+pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
+    match a.cmd {
+        ReleaseCmd::Init(a) => {
+            let key = read_secret_key(&a.key)?;
+            let expires = release::publish_time().saturating_add(a.validity.valid_days * 86400);
+            Repo::init(&a.repo, &a.name, !a.file, &key, expires)?;
+            if a.common.json {
+                println!("{}", json!({"repo": a.repo, "name": a.name}));
+            } else if !a.common.quiet {
+                eprintln!(
+                    "created repository {} for {} ({} bundles); publish with `bundelta release add`",
+                    a.repo.display(),
+                    a.name,
+                    if a.file { "file" } else { "directory" }
+                );
+            }
+        }
+        ReleaseCmd::Add(a) => {
+            let key = read_secret_key(&a.key)?;
+            let repo = Repo::open(&a.repo);
+            let mut o = publish_opts(a.validity.valid_days);
+            o.bases = a.bases;
+            o.max_ratio = a.max_ratio;
+            o.mandatory = a.mandatory;
+            o.notes = a.notes.clone();
+            o.requires = a.requires.clone();
+            o.min_app = a.min_app.clone();
+            o.max_app = a.max_app.clone();
+            o.rollout = a.rollout;
+            o.diff.level(a.level).window_log(a.window_log);
+            let t = std::time::Instant::now();
+            let r = release::publish(&repo, &a.version, &a.bundle, &o, &key)
+                .with_context(|| format!("publishing {}", a.version))?;
+            let secs = t.elapsed().as_secs_f64();
+            let bases: Vec<_> = r
+                .bases
+                .iter()
+                .map(|(v, o)| match o {
+                    BaseOutcome::Patch { bytes, new } => {
+                        json!({"from": v, "decision": "patch", "bytes": bytes, "new": new})
+                    }
+                    BaseOutcome::TooLarge { bytes } => {
+                        json!({"from": v, "decision": "full", "bytes": bytes})
+                    }
+                    BaseOutcome::Chained { bytes, route_bytes } => json!({
+                        "from": v, "decision": "chain", "bytes": bytes, "route_bytes": route_bytes
+                    }),
+                    _ => json!({"from": v}),
+                })
+                .collect();
+            if a.common.json {
+                println!(
+                    "{}",
+                    json!({"version": a.version, "digest": r.digest, "full_bytes": r.full_bytes,
+                           "bases": bases, "index_version": r.index_version, "seconds": secs})
+                );
+            } else if !a.common.quiet {
+                eprintln!(
+                    "published {} (full blob {} bytes) in {secs:.2}s; index version {}",
+                    a.version, r.full_bytes, r.index_version
+                );
+                for (v, o) in &r.bases {
+                    let line = match o {
+                        BaseOutcome::Patch { bytes, new } => format!(
+                            "patch, {bytes} bytes{}",
+                            if *new { "" } else { " (already there)" }
+                        ),
+                        BaseOutcome::TooLarge { bytes } => format!(
+                            "no patch: {bytes} bytes is over {} of the full blob; full blob",
+                            a.max_ratio
+                        ),
+                        BaseOutcome::Chained { bytes, route_bytes } => format!(
+                            "no patch ({bytes} bytes): a chain through other releases downloads {route_bytes}"
+                        ),
+                        _ => String::new(),
+                    };
+                    eprintln!("  from {v:<12} {line}");
+                }
+            }
+        }
+        ReleaseCmd::Yank(a) => {
+            let key = read_secret_key(&a.key)?;
+            let ix = release::yank(
+                &Repo::open(&a.repo),
+                &a.version,
+                &key,
+                &publish_opts(a.validity.valid_days),
+            )?;
+            if a.common.json {
+                println!(
+                    "{}",
+                    json!({"yanked": a.version, "index_version": ix.version})
+                );
+            } else if !a.common.quiet {
+                eprintln!("yanked {}; index version {}", a.version, ix.version);
+            }
+        }
+        ReleaseCmd::Resign(a) => {
+            let key = read_secret_key(&a.key)?;
+            let ix = release::resign(
+                &Repo::open(&a.repo),
+                &key,
+                &publish_opts(a.validity.valid_days),
+            )?;
+            if a.common.json {
+                println!(
+                    "{}",
+                    json!({"index_version": ix.version, "expires": ix.expires})
+                );
+            } else if !a.common.quiet {
+                eprintln!(
+                    "index version {}, expires at {} (Unix time)",
+                    ix.version, ix.expires
+                );
+            }
+        }
+        ReleaseCmd::List(a) => {
+            let key = read_public_key(&a.pubkey)?;
+            let ix = Repo::open(&a.repo).load_index(&key)?;
+            if a.common.json {
+                println!("{}", String::from_utf8_lossy(&ix.to_bytes()).trim_end());
+            } else {
+                println!(
+                    "{} ({} bundles), index version {}, expires at {}",
+                    ix.name, ix.bundle, ix.version, ix.expires
+                );
+                for r in &ix.releases {
+                    let mut flags = Vec::new();
+                    if r.yanked {
+                        flags.push("yanked".to_string());
+                    }
+                    if r.mandatory {
+                        flags.push("mandatory".into());
+                    }
+                    if r.rollout < 100 {
+                        flags.push(format!("rollout {}%", r.rollout));
+                    }
+                    if let Some(q) = &r.requires {
+                        flags.push(format!("requires {q}"));
+                    }
+                    println!(
+                        "{:<12} {} full {} B, {} patch(es) into it{}",
+                        r.version,
+                        &r.digest[..16],
+                        r.full.bytes,
+                        r.patches.len(),
+                        if flags.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" [{}]", flags.join(", "))
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn update(a: UpdateArgs) -> Result<ExitCode> {
+    let key = read_public_key(&a.pubkey)?;
+    let mut o = UpdateOptions::default();
+    o.app_version = a.app_version.clone();
+    o.dry_run = a.dry_run;
+    o.memory_limit = a.memory_limit;
+    o.retries = a.retries;
+    let source = Source::parse(&a.repo);
+    let r = release::update(&a.target, &source, &key, &o)?;
+    let steps: Vec<_> = r
+        .steps
+        .iter()
+        .map(|s| json!({"from": s.from, "to": s.to, "bytes": s.bytes, "resumed": s.resumed}))
+        .collect();
+    if a.common.json {
+        println!(
+            "{}",
+            json!({"from": r.from, "target": r.target, "changed": r.changed,
+                   "dry_run": a.dry_run, "route_bytes": r.route_bytes, "full_bytes": r.full_bytes,
+                   "mandatory": r.mandatory, "steps": steps, "index_version": r.index_version})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.common.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let at = |v: &Option<String>| v.clone().unwrap_or_else(|| "an unknown version".into());
+    match &r.target {
+        None => eprintln!(
+            "{}: no release of this repository is offered to this client (rollout, app version \
+             bounds or yanked); nothing to do",
+            a.target.display()
+        ),
+        Some(t) if r.steps.is_empty() => {
+            eprintln!(
+                "{}: already at {t}, the newest offered release",
+                a.target.display()
+            )
+        }
+        Some(t) => {
+            eprintln!(
+                "{}: {} {} -> {t}: {} bytes in {} step(s) (the full blob is {} bytes){}",
+                a.target.display(),
+                if a.dry_run { "would update" } else { "updated" },
+                at(&r.from),
+                r.route_bytes,
+                r.steps.len(),
+                r.full_bytes,
+                if r.mandatory { "; mandatory" } else { "" }
+            );
+            for s in &r.steps {
+                eprintln!(
+                    "  {} -> {}: {} bytes{}",
+                    at(&s.from),
+                    s.to,
+                    s.bytes,
+                    if s.resumed > 0 {
+                        format!(" ({} already downloaded)", s.resumed)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
