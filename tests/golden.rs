@@ -419,6 +419,7 @@ fn older_minor_applies(minor: u8) {
 /// signature under the key of 32 bytes 0x42, are pinned in corpus/golden/index-v1; the
 /// committed pair verifies and parses back to the same index.
 #[test]
+#[cfg(feature = "release")]
 fn golden_update_index() {
     use bundelta::release::{sign_index, verify_index, Blob, Index, PatchRef, Release};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/golden/index-v1");

@@ -20,6 +20,8 @@ mod inflate;
 #[cfg(feature = "cli")]
 mod inplace;
 mod multi_source;
+#[cfg(feature = "http")]
+mod release;
 mod roundtrip;
 mod streamed;
 mod unknown;
