@@ -11,9 +11,46 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Result alias used throughout the crate.
+///
+/// ```
+/// // The version a patch makes, in hex.
+/// fn target_of(patch: &std::path::Path) -> bundelta::Result<String> {
+///     let p = bundelta::Patch::open(patch)?;
+///     Ok(bundelta::hex(&p.new_digest()))
+/// }
+/// let missing = target_of("no-such-patch.bdp".as_ref());
+/// assert!(matches!(missing, Err(bundelta::Error::Io { op: "open", .. })));
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong while diffing, verifying or applying.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(feature = "diff")] {
+/// # let dir = tempfile::tempdir()?;
+/// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+/// # let out = dir.path().join("out");
+/// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+/// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+/// # std::fs::write(&old, &text)?;
+/// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+/// # std::fs::write(&patch, made)?;
+/// let patcher = bundelta::Patcher::new();
+/// // OLD is not the version the patch was made from.
+/// std::fs::write(&old, b"some other version of the file")?;
+/// match patcher.apply(&old, &patch, &out) {
+///     Err(bundelta::Error::WrongBase { reason, .. }) => eprintln!("not the base: {reason}"),
+///     other => panic!("expected WrongBase, got {other:?}"),
+/// }
+/// // A damaged patch (here its last byte) fails the whole-patch checksum.
+/// let mut damaged = std::fs::read(&patch)?;
+/// *damaged.last_mut().unwrap() ^= 1;
+/// std::fs::write(&patch, damaged)?;
+/// assert!(matches!(patcher.apply(&old, &patch, &out), Err(bundelta::Error::Checksum { .. })));
+/// # }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {

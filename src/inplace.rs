@@ -93,6 +93,26 @@ use crate::sys::{self, parent_of, remove_all, sync_parent};
 use crate::tree::{bundle_digest, hex};
 
 /// What an in-place apply found and did.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(all(unix, feature = "diff"))] {
+/// # let dir = tempfile::tempdir()?;
+/// # let (target, patch) = (dir.path().join("app.txt"), dir.path().join("p.bdp"));
+/// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+/// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+/// # std::fs::write(&target, &text)?;
+/// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+/// # std::fs::write(&patch, made)?;
+/// let patcher = bundelta::Patcher::new();
+/// let first = patcher.apply_in_place(&target, &patch)?;
+/// assert!(matches!(first.outcome, bundelta::InPlaceOutcome::Applied(ref r) if r.files == 1));
+/// // A rerun finds the target at the new version already and changes nothing.
+/// let again = patcher.apply_in_place(&target, &patch)?;
+/// assert_eq!(again.outcome, bundelta::InPlaceOutcome::AlreadyUpToDate);
+/// # }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InPlaceOutcome {
@@ -103,6 +123,26 @@ pub enum InPlaceOutcome {
 }
 
 /// Result of [`Patcher::apply_in_place`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(all(unix, feature = "diff"))] {
+/// # let dir = tempfile::tempdir()?;
+/// # let (target, patch) = (dir.path().join("app.txt"), dir.path().join("p.bdp"));
+/// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+/// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+/// # std::fs::write(&target, &text)?;
+/// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+/// # std::fs::write(&patch, made)?;
+/// let report = bundelta::Patcher::new().apply_in_place(&target, &patch)?;
+/// assert!(!report.recovered); // no interrupted run was pending
+/// match report.outcome {
+///     bundelta::InPlaceOutcome::Applied(r) => assert_eq!(r.bytes, new.len() as u64),
+///     other => panic!("unexpected outcome {other:?}"),
+/// }
+/// # }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InPlaceReport {
@@ -113,6 +153,20 @@ pub struct InPlaceReport {
 }
 
 /// Result of [`rollback_in_place`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let target = dir.path().join("app");
+/// std::fs::create_dir(&target)?;
+/// let said = match bundelta::rollback_in_place(&target)? {
+///     bundelta::RollbackOutcome::NothingPending => "nothing to undo",
+///     bundelta::RollbackOutcome::RolledBack => "back at the version before the interrupted apply",
+///     _ => "the interrupted apply had committed: its new version stays",
+/// };
+/// assert_eq!(said, "nothing to undo");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RollbackOutcome {
@@ -841,6 +895,25 @@ fn named_target(target: &Path) -> Result<std::path::PathBuf> {
 /// the target left as it was before that apply; when that apply had already put its new
 /// version in place (the commit point), the new version stays and only its leftovers are
 /// removed. Takes the target's lock like an apply.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(all(unix, feature = "diff"))] {
+/// # let dir = tempfile::tempdir()?;
+/// # let (target, patch) = (dir.path().join("app.txt"), dir.path().join("p.bdp"));
+/// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+/// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+/// # std::fs::write(&target, &text)?;
+/// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+/// # std::fs::write(&patch, made)?;
+/// bundelta::Patcher::new().apply_in_place(&target, &patch)?;
+/// // A completed apply leaves nothing to undo: the target keeps its new version.
+/// let outcome = bundelta::rollback_in_place(&target)?;
+/// assert_eq!(outcome, bundelta::RollbackOutcome::NothingPending);
+/// assert_eq!(std::fs::read(&target)?, new);
+/// # }
+/// # Ok(()) }
+/// ```
 pub fn rollback_in_place(target: impl AsRef<Path>) -> Result<RollbackOutcome> {
     let target = target.as_ref();
     let named = named_target(target)?;
@@ -889,6 +962,23 @@ impl Patcher {
     /// [`InPlaceOutcome::AlreadyUpToDate`] without changing anything. Needs unix (it tells the
     /// steps of an interrupted run apart by inode numbers); elsewhere it is refused before
     /// anything is written.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(all(unix, feature = "diff"))] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (target, patch) = (dir.path().join("app.txt"), dir.path().join("p.bdp"));
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&target, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let report = bundelta::Patcher::new().apply_in_place(&target, &patch)?;
+    /// assert!(matches!(report.outcome, bundelta::InPlaceOutcome::Applied(_)));
+    /// assert_eq!(std::fs::read(&target)?, new); // the target is now the new version
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn apply_in_place(
         &self,
         target: impl AsRef<Path>,

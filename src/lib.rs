@@ -90,6 +90,20 @@ pub use tree::hex;
 /// blake3 digest identifying a bundle on disk: for a file, the hash of its content; for a
 /// directory, the tree digest over every entry's path, kind, mode, size and content hash.
 /// This is the value a patch records as its target ([`format::Manifest::new_digest`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+/// for d in [&a, &b] {
+///     std::fs::create_dir(d)?;
+///     std::fs::write(d.join("app.txt"), "version 1")?;
+/// }
+/// assert_eq!(bundelta::bundle_digest(&a)?, bundelta::bundle_digest(&b)?);
+/// std::fs::write(b.join("app.txt"), "version 2")?;
+/// assert_ne!(bundelta::bundle_digest(&a)?, bundelta::bundle_digest(&b)?);
+/// # Ok(()) }
+/// ```
 pub fn bundle_digest(path: impl AsRef<std::path::Path>) -> Result<format::Hash> {
     tree::bundle_digest(path.as_ref())
 }

@@ -69,6 +69,14 @@ pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
     /// The key from its 32 raw bytes; [`Error::Config`] if they are not an Ed25519 point.
+    ///
+    /// ```
+    /// let public = bundelta::SecretKey::from_bytes([7u8; 32]).public_key();
+    /// assert_eq!(bundelta::PublicKey::from_bytes(public.to_bytes())?, public);
+    /// // 32 bytes that are no point of the curve are refused.
+    /// assert!(bundelta::PublicKey::from_bytes([2u8; 32]).is_err());
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn from_bytes(bytes: [u8; 32]) -> Result<PublicKey> {
         VerifyingKey::from_bytes(&bytes).map_err(|_| Error::Config {
             detail: "32 bytes that are not an Ed25519 public key".into(),
@@ -77,22 +85,53 @@ impl PublicKey {
     }
 
     /// The 32 raw bytes (what the C API and the patch's signature check take).
+    ///
+    /// ```
+    /// let public = bundelta::SecretKey::from_bytes([7u8; 32]).public_key();
+    /// let raw: [u8; 32] = public.to_bytes(); // e.g. for the C API
+    /// assert_eq!(bundelta::PublicKey::from_bytes(raw)?, public);
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0
     }
 
     /// A short, human-comparable name for the key: 16 hex digits of its blake3.
+    ///
+    /// ```
+    /// let public = bundelta::SecretKey::from_bytes([7u8; 32]).public_key();
+    /// let fingerprint = public.fingerprint();
+    /// assert_eq!(fingerprint.len(), 16);
+    /// assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+    /// assert_eq!(public.to_string(), fingerprint); // `Display` (and `Debug`) print it
+    /// ```
     pub fn fingerprint(&self) -> String {
         crate::tree::hex_bytes(&blake3::hash(&self.0).as_bytes()[..8])
     }
 
     /// The text of a public key file: `bundelta-public-key <64 hex digits>` and a newline.
+    ///
+    /// ```
+    /// let public = bundelta::SecretKey::from_bytes([7u8; 32]).public_key();
+    /// let text = public.to_text(); // the `.pub` file `bundelta keygen` writes
+    /// assert!(text.starts_with("bundelta-public-key ") && text.ends_with('\n'));
+    /// assert_eq!(text.len(), "bundelta-public-key ".len() + 64 + 1);
+    /// ```
     pub fn to_text(&self) -> String {
         encode_key(PUBLIC_TAG, &self.0)
     }
 
     /// Parse the contents of a public key file written by [`PublicKey::to_text`] (a secret
     /// key file is refused: it has another tag).
+    ///
+    /// ```
+    /// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+    /// let public = bundelta::PublicKey::from_text(secret.public_key().to_text().as_bytes())?;
+    /// assert_eq!(public, secret.public_key());
+    /// // A secret key file is not accepted as a public one.
+    /// assert!(bundelta::PublicKey::from_text(secret.to_text().as_bytes()).is_err());
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn from_text(text: &[u8]) -> Result<PublicKey> {
         let k = decode_key(PUBLIC_TAG, text, "public")?;
         PublicKey::from_bytes(k).map_err(|_| Error::Config {
@@ -133,27 +172,71 @@ pub struct SecretKey(SigningKey);
 
 impl SecretKey {
     /// The key from its 32-byte seed. Every seed is a valid key.
+    ///
+    /// ```
+    /// let seed = [7u8; 32]; // in real use: 32 bytes of the operating system's randomness
+    /// let secret = bundelta::SecretKey::from_bytes(seed);
+    /// assert_eq!(secret.to_bytes(), seed);
+    /// let other = bundelta::SecretKey::from_bytes([8u8; 32]);
+    /// assert_ne!(other.public_key(), secret.public_key());
+    /// ```
     pub fn from_bytes(seed: [u8; 32]) -> SecretKey {
         SecretKey(SigningKey::from_bytes(&seed))
     }
 
     /// The 32-byte seed (handle with care: whoever has it can sign).
+    ///
+    /// ```
+    /// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+    /// let again = bundelta::SecretKey::from_bytes(secret.to_bytes());
+    /// assert_eq!(again.public_key(), secret.public_key());
+    /// ```
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
     }
 
     /// The matching public key, for clients.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), bundelta::Error> {
+    /// # #[cfg(feature = "diff")] {
+    /// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+    /// let mut patcher = bundelta::Patcher::new(); // the client holds only the public key
+    /// patcher.require_signature(secret.public_key());
+    /// let patch = bundelta::DiffOptions::new().sign_with(secret).diff_bytes(b"old", b"new")?;
+    /// let p = patcher.open_reader(std::io::Cursor::new(patch), "signed patch")?;
+    /// assert_eq!(patcher.verify_patch(p, None)?, None); // signed by the matching secret key
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn public_key(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())
     }
 
     /// The text of a secret key file: `bundelta-secret-key <64 hex digits>` and a newline.
+    ///
+    /// ```
+    /// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+    /// let text = secret.to_text(); // the secret key file `bundelta keygen` writes
+    /// assert!(text.starts_with("bundelta-secret-key "));
+    /// assert_eq!(bundelta::SecretKey::from_text(text.as_bytes())?.to_bytes(), [7u8; 32]);
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn to_text(&self) -> String {
         encode_key(SECRET_TAG, &self.0.to_bytes())
     }
 
     /// Parse the contents of a secret key file written by [`SecretKey::to_text`] (a public
     /// key file is refused: it has another tag).
+    ///
+    /// ```
+    /// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+    /// let again = bundelta::SecretKey::from_text(secret.to_text().as_bytes())?;
+    /// assert_eq!(again.public_key(), secret.public_key());
+    /// // A public key file is not accepted as a secret one.
+    /// assert!(bundelta::SecretKey::from_text(secret.public_key().to_text().as_bytes()).is_err());
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn from_text(text: &[u8]) -> Result<SecretKey> {
         Ok(SecretKey::from_bytes(decode_key(
             SECRET_TAG, text, "secret",

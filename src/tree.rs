@@ -260,6 +260,18 @@ pub(crate) fn bundle_digest(root: &Path) -> Result<Hash> {
 }
 
 /// Lowercase hex of a hash.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert_eq!(bundelta::hex(&[0xab; 32]), "ab".repeat(32));
+/// # let dir = tempfile::tempdir()?;
+/// let empty = dir.path().join("empty");
+/// std::fs::write(&empty, b"")?;
+/// // A file's bundle digest is the blake3 of its content, here of no bytes.
+/// let digest = bundelta::hex(&bundelta::bundle_digest(&empty)?);
+/// assert_eq!(digest, "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+/// # Ok(()) }
+/// ```
 pub fn hex(h: &Hash) -> String {
     hex_bytes(h)
 }

@@ -119,6 +119,17 @@ pub const LISTING_ENTRY_BYTES: u64 = 160;
 /// Heap for OLD's file list and the entries resolved from it: [`LISTING_ENTRY_BYTES`] plus
 /// twice the path (and link target) bytes, per entry. It depends on OLD, not on the patch, and
 /// is added to [`memory_needed`] against the limit once OLD is scanned.
+///
+/// ```
+/// use bundelta::format::{ListEntry, ListKind};
+/// let old_list = [
+///     ListEntry { path: "bin".into(), kind: ListKind::Dir },
+///     ListEntry { path: "bin/app".into(), kind: ListKind::File { exec: true, size: 1 << 30 } },
+/// ];
+/// // 160 bytes per entry plus twice its path ("bin", "bin/app"): file sizes do not count.
+/// let expected = 2 * bundelta::LISTING_ENTRY_BYTES + 2 * (3 + 7);
+/// assert_eq!(bundelta::listing_memory(&old_list), expected);
+/// ```
 pub fn listing_memory(list: &[ListEntry]) -> u64 {
     list.iter()
         .map(|e| {
@@ -147,6 +158,18 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 12 << 20;
 const OUTPUT: &str = "(output)";
 
 /// Bytes of heap an apply of a patch with this header needs at most (see module docs).
+///
+/// ```
+/// # fn main() -> Result<(), bundelta::Error> {
+/// # #[cfg(feature = "diff")] {
+/// let patch = bundelta::DiffOptions::new().diff_bytes(b"hello old world", b"hello new world")?;
+/// let header = bundelta::format::Header::decode(&patch)?;
+/// let needed = bundelta::memory_needed(&header);
+/// // At least the 512 KiB of I/O buffers; the default options fit the default limit.
+/// assert!(needed >= 512 << 10 && needed <= bundelta::DEFAULT_MEMORY_LIMIT);
+/// # }
+/// # Ok(()) }
+/// ```
 pub fn memory_needed(h: &Header) -> u64 {
     let decoders: u64 = h
         .codecs
@@ -177,6 +200,28 @@ pub fn memory_needed(h: &Header) -> u64 {
 }
 
 /// Progress callback: `(bytes done, bytes total)`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(feature = "diff")] {
+/// # let dir = tempfile::tempdir()?;
+/// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+/// # let out = dir.path().join("out");
+/// # let new = vec![1u8; 2 << 20];
+/// # std::fs::write(&old, vec![0u8; 2 << 20])?;
+/// # std::fs::write(&patch, bundelta::DiffOptions::new().diff_bytes(&[0u8; 2 << 20], &new)?)?;
+/// use std::sync::{Arc, Mutex};
+/// let last = Arc::new(Mutex::new((0, 0)));
+/// let seen = Arc::clone(&last);
+/// let progress: Box<bundelta::ProgressFn> = Box::new(move |done, total| {
+///     *seen.lock().unwrap() = (done, total);
+/// });
+/// let mut patcher = bundelta::Patcher::new();
+/// patcher.progress(progress).apply(&old, &patch, &out)?;
+/// assert_eq!(*last.lock().unwrap(), (2 << 20, 2 << 20)); // reported at each MiB of output
+/// # }
+/// # Ok(()) }
+/// ```
 pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
 /// A point of an apply that [`Patcher::hook`] observes (tests of races use it to change the
@@ -230,6 +275,28 @@ impl Default for Patcher {
 }
 
 /// What an apply did.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(feature = "diff")] {
+/// # let dir = tempfile::tempdir()?;
+/// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+/// # let body: String = (0..2000).map(|i| format!("fn f{i}() {{}}\n")).collect();
+/// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+/// #     std::fs::create_dir_all(d.join("lib"))?;
+/// #     std::fs::write(d.join("README"), "read me")?;
+/// #     std::fs::write(d.join("lib/core.txt"), format!("// version {v}\n{body}"))?;
+/// # }
+/// # std::fs::write(old.join("NOTES"), "notes of 1.0")?;
+/// # std::fs::write(new.join("CHANGES"), "new in 1.1: everything")?;
+/// # let patch = dir.path().join("p.bdp");
+/// # bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
+/// let report = bundelta::Patcher::new().apply(&old, &patch, dir.path().join("out"))?;
+/// assert_eq!((report.files, report.dirs, report.symlinks), (3, 1, 0));
+/// assert_eq!(report.digest, bundelta::bundle_digest(&new)?);
+/// # }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ApplyReport {
@@ -247,6 +314,25 @@ pub struct ApplyReport {
 
 impl Patcher {
     /// A patcher with the default limits: [`DEFAULT_MEMORY_LIMIT`] of heap, unlimited output.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// // The defaults accept this unsigned patch: 12 MiB of heap are plenty.
+    /// let report = bundelta::Patcher::new().apply(&old, &patch, &out)?;
+    /// assert_eq!(report.bytes, new.len() as u64);
+    /// assert_eq!(std::fs::read(&out)?, new);
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Patcher {
         Patcher {
             memory_limit: DEFAULT_MEMORY_LIMIT,
@@ -266,6 +352,26 @@ impl Patcher {
     /// the memory limit next to [`memory_needed`], so the bound holds either way. Costs three
     /// threads; saves up to the decoders' share of the apply time (js-bundle-big: LZMA2
     /// decoding is about half of the apply's CPU). Off: one thread, as on a single core.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let mut one_thread = bundelta::Patcher::new();
+    /// one_thread.parallel(false);
+    /// let a = one_thread.apply(&old, &patch, &out)?;
+    /// let b = bundelta::Patcher::new().apply(&old, &patch, dir.path().join("out2"))?;
+    /// assert_eq!(a, b); // the same output and checks either way
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn parallel(&mut self, on: bool) -> &mut Patcher {
         self.parallel = on;
         self
@@ -273,6 +379,26 @@ impl Patcher {
 
     /// Heap budget in bytes. A patch whose [`memory_needed`] exceeds it is refused before any
     /// write, with [`Error::LimitExceeded`]. Default [`DEFAULT_MEMORY_LIMIT`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let mut patcher = bundelta::Patcher::new();
+    /// patcher.memory_limit(256 << 10); // less than the I/O buffers of any apply
+    /// let err = patcher.apply(&old, &patch, &out).unwrap_err();
+    /// assert!(matches!(err, bundelta::Error::LimitExceeded { .. }));
+    /// assert!(!out.exists()); // refused before anything was written
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn memory_limit(&mut self, bytes: u64) -> &mut Patcher {
         self.memory_limit = bytes;
         self
@@ -284,6 +410,33 @@ impl Patcher {
     /// Default off: the limit then bounds what the patch declares, and OLD's own list is the
     /// client's size (with a typical LZMA patch, trees beyond about 15,000 files would need a
     /// larger limit). Turn it on where the budget is exact (a phone, a router).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    /// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+    /// #     std::fs::create_dir_all(d.join("docs"))?;
+    /// #     for i in 0..100 {
+    /// #         std::fs::write(d.join(format!("docs/page-{i}.txt")), format!("page {i}"))?;
+    /// #     }
+    /// #     std::fs::write(d.join("VERSION"), v)?;
+    /// # }
+    /// # let patch = dir.path().join("p.bdp");
+    /// # bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
+    /// // A limit of exactly what the patch declares...
+    /// let needed = bundelta::memory_needed(bundelta::Patch::open(&patch)?.header());
+    /// let mut patcher = bundelta::Patcher::new();
+    /// patcher.memory_limit(needed);
+    /// patcher.apply(&old, &patch, dir.path().join("out"))?;
+    /// // ...leaves no room for OLD's file list once that is counted too.
+    /// patcher.strict_memory(true);
+    /// let err = patcher.apply(&old, &patch, dir.path().join("out2")).unwrap_err();
+    /// assert!(matches!(err, bundelta::Error::LimitExceeded { .. }));
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn strict_memory(&mut self, on: bool) -> &mut Patcher {
         self.strict_memory = on;
         self
@@ -298,6 +451,32 @@ impl Patcher {
 
     /// What to do with entries of OLD that the patch does not know about (see [`Unknown`]).
     /// Default [`Unknown::Refuse`]: the apply fails before writing anything and names them.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    /// # let body: String = (0..2000).map(|i| format!("fn f{i}() {{}}\n")).collect();
+    /// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+    /// #     std::fs::create_dir_all(d.join("lib"))?;
+    /// #     std::fs::write(d.join("README"), "read me")?;
+    /// #     std::fs::write(d.join("lib/core.txt"), format!("// version {v}\n{body}"))?;
+    /// # }
+    /// # std::fs::write(old.join("NOTES"), "notes of 1.0")?;
+    /// # std::fs::write(new.join("CHANGES"), "new in 1.1: everything")?;
+    /// # let patch = dir.path().join("p.bdp");
+    /// # bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
+    /// std::fs::write(old.join("local.cfg"), "mine")?; // the patch does not know this file
+    /// let mut patcher = bundelta::Patcher::new();
+    /// let refused = patcher.apply(&old, &patch, dir.path().join("out"));
+    /// assert!(matches!(refused, Err(bundelta::Error::UnknownEntries { .. })));
+    /// patcher.unknown(bundelta::Unknown::Keep);
+    /// patcher.apply(&old, &patch, dir.path().join("out"))?;
+    /// assert_eq!(std::fs::read_to_string(dir.path().join("out/local.cfg"))?, "mine");
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn unknown(&mut self, policy: Unknown) -> &mut Patcher {
         self.unknown = policy;
         self
@@ -308,6 +487,26 @@ impl Patcher {
     }
 
     /// Largest total of new file content accepted, in bytes. Default: unlimited.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let mut patcher = bundelta::Patcher::new();
+    /// patcher.output_limit(1000); // the new version is larger
+    /// assert!(matches!(patcher.open(&patch), Err(bundelta::Error::LimitExceeded { .. })));
+    /// patcher.output_limit(1 << 20);
+    /// patcher.apply(&old, &patch, &out)?;
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn output_limit(&mut self, bytes: u64) -> &mut Patcher {
         self.output_limit = bytes;
         self
@@ -318,12 +517,59 @@ impl Patcher {
     /// one [`Error::Signature`], both before the manifest is decoded and before any write.
     /// Default: no key; signed and unsigned patches are both accepted (integrity and every
     /// hash are checked either way). Costs one Ed25519 verification per patch.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+    /// let mut patcher = bundelta::Patcher::new();
+    /// patcher.require_signature(secret.public_key());
+    /// // The unsigned patch is refused before anything is written...
+    /// assert!(matches!(patcher.apply(&old, &patch, &out), Err(bundelta::Error::Unsigned)));
+    /// // ...and the same patch signed with the matching secret key is applied.
+    /// std::fs::write(&patch, bundelta::sign_patch(&std::fs::read(&patch)?, &secret)?)?;
+    /// patcher.apply(&old, &patch, &out)?;
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn require_signature(&mut self, public_key: crate::PublicKey) -> &mut Patcher {
         self.public_key = Some(public_key);
         self
     }
 
     /// Report progress (bytes of output produced, total) while applying. Default: none.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let new = vec![1u8; 2 << 20];
+    /// # std::fs::write(&old, vec![0u8; 2 << 20])?;
+    /// # std::fs::write(&patch, bundelta::DiffOptions::new().diff_bytes(&[0u8; 2 << 20], &new)?)?;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// let calls = Arc::new(AtomicU64::new(0));
+    /// let counter = Arc::clone(&calls);
+    /// let mut patcher = bundelta::Patcher::new();
+    /// patcher.progress(Box::new(move |done, total| {
+    ///     assert!(done <= total);
+    ///     counter.fetch_add(1, Ordering::Relaxed);
+    /// }));
+    /// patcher.verify(&patch, Some(old.as_path()))?; // a dry run reports progress too
+    /// assert_eq!(calls.load(Ordering::Relaxed), 2); // 2 MiB of output: once per MiB
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn progress(&mut self, f: Box<ProgressFn>) -> &mut Patcher {
         self.progress = Some(f);
         self
@@ -349,6 +595,24 @@ impl Patcher {
     }
 
     /// Open a patch and check it: length, trailer checksum, header, manifest, limits.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?; // checksum, header, manifest, limits
+    /// assert_eq!(p.header().new_total, new.len() as u64);
+    /// assert!(!p.header().is_signed());
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn open(&self, patch: impl AsRef<Path>) -> Result<Patch> {
         let patch = patch.as_ref();
         let mut p = Patch::open_checked(
@@ -365,6 +629,28 @@ impl Patcher {
     ///
     /// `out` appears only once every file and the bundle digest matched; on error nothing is
     /// left at `out` and `old` is untouched.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let patcher = bundelta::Patcher::new();
+    /// let report = patcher.apply(&old, &patch, &out)?;
+    /// assert_eq!((report.files, report.bytes), (1, new.len() as u64));
+    /// assert_eq!(std::fs::read(&out)?, new);
+    /// // An existing `out` is never overwritten.
+    /// let again = patcher.apply(&old, &patch, &out);
+    /// assert!(matches!(again, Err(bundelta::Error::OutputExists { .. })));
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn apply(
         &self,
         old: impl AsRef<Path>,
@@ -422,6 +708,26 @@ impl Patcher {
     }
 
     /// [`Patcher::apply`] of an opened patch ([`Patcher::open`], [`Patcher::open_reader`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let patcher = bundelta::Patcher::new();
+    /// let p = patcher.open(&patch)?;
+    /// let target = p.new_digest(); // e.g. compare with the version the update channel announced
+    /// let report = patcher.apply_patch(&old, p, &out)?;
+    /// assert_eq!(report.digest, target);
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn apply_patch(
         &self,
         old: impl AsRef<Path>,
@@ -469,6 +775,29 @@ impl Patcher {
 
     /// Check a patch and, with `old`, that OLD satisfies it, by rebuilding every file into a
     /// hashing sink (nothing is written).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let patcher = bundelta::Patcher::new();
+    /// assert_eq!(patcher.verify(&patch, None)?, None); // the patch alone is intact
+    /// let report = patcher.verify(&patch, Some(old.as_path()))?.expect("checked against OLD");
+    /// assert_eq!(report.bytes, new.len() as u64);
+    /// assert!(!out.exists()); // nothing was written
+    /// std::fs::write(&old, b"some other version")?;
+    /// let err = patcher.verify(&patch, Some(old.as_path())).unwrap_err();
+    /// assert!(matches!(err, bundelta::Error::WrongBase { .. }));
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn verify(
         &self,
         patch: impl AsRef<Path>,
@@ -501,6 +830,22 @@ impl Patcher {
 
     /// [`Patcher::verify`] of an opened patch. Without `old`, a patch read from a stream is
     /// read to its end and its checksum (and signature) checked.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// let opts = bundelta::DiffOptions::new();
+    /// let mut bytes = opts.diff_bytes(b"hello old world", b"hello new world")?;
+    /// let patcher = bundelta::Patcher::new();
+    /// let p = patcher.open_reader(std::io::Cursor::new(bytes.clone()), "intact")?;
+    /// assert_eq!(patcher.verify_patch(p, None)?, None); // read to its end, checksum checked
+    /// *bytes.last_mut().unwrap() ^= 1; // damage the trailer
+    /// let p = patcher.open_reader(std::io::Cursor::new(bytes), "damaged")?;
+    /// let err = patcher.verify_patch(p, None).unwrap_err();
+    /// assert!(matches!(err, bundelta::Error::Checksum { .. }));
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn verify_patch(&self, mut p: Patch, old: Option<&Path>) -> Result<Option<ApplyReport>> {
         match old {
             None => {
@@ -547,6 +892,26 @@ impl std::fmt::Debug for Patcher {
 }
 
 /// An opened, checksum-verified and validated patch.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(feature = "diff")] {
+/// # let dir = tempfile::tempdir()?;
+/// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+/// # let out = dir.path().join("out");
+/// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+/// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+/// # std::fs::write(&old, &text)?;
+/// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+/// # std::fs::write(&patch, made)?;
+/// let p = bundelta::Patch::open(&patch)?; // the default limits of `Patcher::new`
+/// assert!(!p.header().is_directory());
+/// assert_eq!(p.len(), std::fs::metadata(&patch)?.len());
+/// let report = bundelta::Patcher::new().apply_patch(&old, p, &out)?;
+/// assert_eq!(report.bytes, new.len() as u64);
+/// # }
+/// # Ok(()) }
+/// ```
 pub struct Patch {
     /// The patch bytes. Only the streams are read from here after opening.
     src: Box<dyn ReadAt + Send + Sync>,

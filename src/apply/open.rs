@@ -267,6 +267,25 @@ impl Patch {
     }
 
     /// The bundle digest this patch produces.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let p = bundelta::Patch::open(&patch)?;
+    /// let target = p.new_digest();
+    /// bundelta::Patcher::new().apply_patch(&old, p, &out)?;
+    /// assert_eq!(bundelta::bundle_digest(&out)?, target);
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn new_digest(&self) -> Hash {
         self.new_digest
     }
@@ -275,6 +294,26 @@ impl Patch {
     /// An in-place journal records it, so that only the same patch finishes an interrupted run.
     /// For a patch read from a stream ([`Patcher::open_reader`](super::Patcher::open_reader)),
     /// zero until the apply has read and checked the whole patch.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let bytes = std::fs::read(&patch)?;
+    /// let p = bundelta::Patch::open(&patch)?;
+    /// assert_eq!(p.checksum()[..], bytes[bytes.len() - 32..]); // the trailer
+    /// let streamed = bundelta::Patcher::new().open_reader(std::io::Cursor::new(bytes), "stream")?;
+    /// assert_eq!(streamed.checksum(), [0; 32]); // not yet read to its end
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn checksum(&self) -> Hash {
         match &self.streamed {
             Some(s) => s.checksum().unwrap_or([0; 32]),
@@ -283,6 +322,25 @@ impl Patch {
     }
 
     /// Whether the patch is read from a stream rather than from a file.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// assert!(!bundelta::Patch::open(&patch)?.is_streamed());
+    /// let reader = std::fs::File::open(&patch)?; // or a socket, a pipe, an HTTP body
+    /// let p = bundelta::Patcher::new().open_reader(reader, &patch)?;
+    /// assert!(p.is_streamed());
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn is_streamed(&self) -> bool {
         self.streamed.is_some()
     }
@@ -294,22 +352,101 @@ impl Patch {
     }
 
     /// The path the patch was opened from.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?;
+    /// assert_eq!(p.path(), patch.as_path());
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The fixed header.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let p = bundelta::Patch::open(&patch)?;
+    /// let h = p.header();
+    /// assert!(!h.is_directory() && !h.is_signed());
+    /// assert_eq!(h.new_total, new.len() as u64);
+    /// assert_eq!(h.window_log, bundelta::DEFAULT_WINDOW_LOG);
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn header(&self) -> &Header {
         &self.header
     }
 
     /// The validated manifest, once known: always for a manifest stored in full; for one
     /// stored relative to OLD's file list, after [`Patch::bind`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let p = bundelta::Patch::open(&patch)?;
+    /// let m = p.manifest().expect("a single file's manifest is stored in full");
+    /// assert_eq!(m.entries.len(), 1);
+    /// assert_eq!(m.new_digest, p.new_digest());
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn manifest(&self) -> Option<&Manifest> {
         self.manifest.as_ref()
     }
 
     /// The raw relative-form manifest, when the patch has one (for summaries without OLD).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    /// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+    /// #     std::fs::create_dir_all(d.join("docs"))?;
+    /// #     for i in 0..100 {
+    /// #         std::fs::write(d.join(format!("docs/page-{i}.txt")), format!("page {i}"))?;
+    /// #     }
+    /// #     std::fs::write(d.join("VERSION"), v)?;
+    /// # }
+    /// # let patch = dir.path().join("p.bdp");
+    /// # bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
+    /// let mut p = bundelta::Patch::open(&patch)?;
+    /// // Stored as an edit of OLD's file list: the entries are known once bound to OLD.
+    /// assert!(p.relative_manifest().is_some() && p.manifest().is_none());
+    /// p.bind(&old)?;
+    /// assert!(p.manifest().is_some());
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn relative_manifest(&self) -> Option<&[u8]> {
         if self.relative.is_empty() {
             None
@@ -319,11 +456,46 @@ impl Patch {
     }
 
     /// Total length of the patch file.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let p = bundelta::Patch::open(&patch)?;
+    /// assert_eq!(p.len(), std::fs::metadata(&patch)?.len());
+    /// assert_eq!(Some(p.len()), p.header().patch_len());
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> u64 {
         self.header.patch_len().unwrap_or(0)
     }
 
     /// Never true: a valid patch has at least a header and trailer.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[cfg(feature = "diff")] {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, patch) = (dir.path().join("old"), dir.path().join("p.bdp"));
+    /// # let out = dir.path().join("out");
+    /// # let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    /// # let new = text.replace("line 500\n", "line five hundred\n").into_bytes();
+    /// # std::fs::write(&old, &text)?;
+    /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
+    /// # std::fs::write(&patch, made)?;
+    /// let p = bundelta::Patch::open(&patch)?;
+    /// assert!(!p.is_empty() && p.len() > 0);
+    /// # }
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         false
     }

@@ -51,6 +51,18 @@ pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 pub const MIN_CHUNK_SIZE: usize = 64 << 10;
 
 /// Entropy coder of the patch's streams.
+///
+/// ```
+/// use bundelta::{Codec, DiffOptions};
+/// let old = "one line of an old text file\n".repeat(2000);
+/// let new = old.replace("an old", "a new");
+/// for codec in [Codec::Lzma, Codec::Zstd] {
+///     let mut opts = DiffOptions::new();
+///     let patch = opts.codec(codec).diff_bytes(old.as_bytes(), new.as_bytes())?;
+///     assert!(patch.len() < new.len() / 10);
+/// }
+/// # Ok::<(), bundelta::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Codec {
@@ -65,9 +77,53 @@ pub enum Codec {
 /// Progress callback: the phase, then `(done, total)` in bytes for the phases that count
 /// bytes (matching: new content encoded), `(0, 0)` for the others. Called from the diff's
 /// worker threads; keep it cheap.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// let matched = Arc::new(Mutex::new(0));
+/// let m = Arc::clone(&matched);
+/// let progress: Arc<bundelta::DiffProgressFn> = Arc::new(move |phase, done, _total| {
+///     if phase == bundelta::DiffPhase::Matching {
+///         let mut most = m.lock().unwrap();
+///         *most = done.max(*most);
+///     }
+/// });
+/// let new = vec![7u8; 100_000];
+/// bundelta::DiffOptions::new().progress(progress).diff_bytes(&[0u8; 1000], &new)?;
+/// assert_eq!(*matched.lock().unwrap(), new.len() as u64);
+/// # Ok::<(), bundelta::Error>(())
+/// ```
 pub type DiffProgressFn = dyn Fn(DiffPhase, u64, u64) + Send + Sync;
 
 /// What a diff is doing, in order (a phase may be skipped: a single file is not scanned).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+/// # let body: String = (0..2000).map(|i| format!("fn f{i}() {{}}\n")).collect();
+/// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+/// #     std::fs::create_dir_all(d.join("lib"))?;
+/// #     std::fs::write(d.join("README"), "read me")?;
+/// #     std::fs::write(d.join("lib/core.txt"), format!("// version {v}\n{body}"))?;
+/// # }
+/// # std::fs::write(old.join("NOTES"), "notes of 1.0")?;
+/// # std::fs::write(new.join("CHANGES"), "new in 1.1: everything")?;
+/// use std::sync::{Arc, Mutex};
+/// let phases = Arc::new(Mutex::new(Vec::new()));
+/// let p = Arc::clone(&phases);
+/// let mut opts = bundelta::DiffOptions::new();
+/// opts.progress(Arc::new(move |phase, _, _| {
+///     let mut seen = p.lock().unwrap();
+///     if seen.last() != Some(&phase) {
+///         seen.push(phase);
+///     }
+/// }));
+/// opts.diff_paths(&old, &new)?;
+/// use bundelta::DiffPhase::{Compressing, Matching, Scanning};
+/// assert_eq!(*phases.lock().unwrap(), [Scanning, Matching, Compressing]);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DiffPhase {
@@ -160,6 +216,26 @@ impl Default for DiffOptions {
 }
 
 /// What a diff produced.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+/// # let body: String = (0..2000).map(|i| format!("fn f{i}() {{}}\n")).collect();
+/// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+/// #     std::fs::create_dir_all(d.join("lib"))?;
+/// #     std::fs::write(d.join("README"), "read me")?;
+/// #     std::fs::write(d.join("lib/core.txt"), format!("// version {v}\n{body}"))?;
+/// # }
+/// # std::fs::write(old.join("NOTES"), "notes of 1.0")?;
+/// # std::fs::write(new.join("CHANGES"), "new in 1.1: everything")?;
+/// // OLD and NEW share README, differ in lib/core.txt; NOTES is gone, CHANGES is new.
+/// let (patch, stats) = bundelta::DiffOptions::new().diff_paths(&old, &new)?;
+/// assert_eq!((stats.unchanged, stats.modified, stats.added, stats.deleted), (1, 1, 1, 1));
+/// assert_eq!(stats.patch_bytes, patch.len() as u64);
+/// assert!(stats.apply_memory <= bundelta::DEFAULT_MEMORY_LIMIT);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiffStats {
@@ -194,6 +270,15 @@ pub struct DiffStats {
 impl DiffOptions {
     /// Defaults: level [`DEFAULT_LEVEL`], window log [`DEFAULT_WINDOW_LOG`], chunk size
     /// [`DEFAULT_CHUNK_SIZE`].
+    ///
+    /// ```
+    /// let opts = bundelta::DiffOptions::new();
+    /// let patch = opts.diff_bytes(b"hello old world", b"hello new world")?;
+    /// let header = bundelta::format::Header::decode(&patch)?;
+    /// assert_eq!(header.window_log, bundelta::DEFAULT_WINDOW_LOG);
+    /// assert!(!header.is_signed());
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn new() -> DiffOptions {
         DiffOptions {
             level: DEFAULT_LEVEL,
@@ -210,6 +295,15 @@ impl DiffOptions {
 
     /// zstd level of every stream, 1..=22. Default 19. Higher is smaller and slower to diff;
     /// apply speed and memory do not depend on it.
+    ///
+    /// ```
+    /// let mut opts = bundelta::DiffOptions::new();
+    /// opts.codec(bundelta::Codec::Zstd).level(3); // fast, for a quick test build
+    /// assert!(opts.diff_bytes(b"hello old world", b"hello new world").is_ok());
+    /// opts.level(23);
+    /// let err = opts.diff_bytes(b"hello old world", b"hello new world").unwrap_err();
+    /// assert!(matches!(err, bundelta::Error::Config { .. }));
+    /// ```
     pub fn level(&mut self, level: i32) -> &mut DiffOptions {
         self.level = level;
         self
@@ -219,6 +313,18 @@ impl DiffOptions {
     /// about `3 × (2^window_log + 0.5 MiB)` of memory and refuses a patch whose window does
     /// not fit its limit (12 MiB by default, which admits 21). Matching is done by the suffix
     /// array over whole files, so a small window costs only a few percent of patch size.
+    ///
+    /// ```
+    /// use bundelta::{format::Header, memory_needed, DiffOptions};
+    /// let old = "one line of an old text file\n".repeat(2000);
+    /// let new = old.replace("an old", "a new");
+    /// let small = DiffOptions::new().window_log(16).diff_bytes(old.as_bytes(), new.as_bytes())?;
+    /// let large = DiffOptions::new().diff_bytes(old.as_bytes(), new.as_bytes())?;
+    /// let (small, large) = (Header::decode(&small)?, Header::decode(&large)?);
+    /// assert_eq!(small.window_log, 16);
+    /// assert!(memory_needed(&small) < memory_needed(&large)); // 64 KiB windows, not 2 MiB
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn window_log(&mut self, window_log: u8) -> &mut DiffOptions {
         self.window_log = window_log;
         self
@@ -227,6 +333,15 @@ impl DiffOptions {
     /// New files are split into chunks of this many bytes, diffed in parallel. Default 4 MiB,
     /// at least 64 KiB. Smaller chunks parallelise more and lose a little size at each border.
     /// It does not change what the applier needs.
+    ///
+    /// ```
+    /// let mut opts = bundelta::DiffOptions::new();
+    /// opts.chunk_size(bundelta::MIN_CHUNK_SIZE);
+    /// let (old, new) = (vec![1u8; 300_000], vec![2u8; 300_000]); // five chunks of NEW
+    /// assert!(opts.diff_bytes(&old, &new).is_ok());
+    /// opts.chunk_size(1024); // below the minimum
+    /// assert!(matches!(opts.diff_bytes(&old, &new), Err(bundelta::Error::Config { .. })));
+    /// ```
     pub fn chunk_size(&mut self, bytes: usize) -> &mut DiffOptions {
         self.chunk_size = bytes;
         self
@@ -234,6 +349,17 @@ impl DiffOptions {
 
     /// Entropy coder of the control, diff and extra streams. Default [`Codec::Lzma`]. A
     /// stream that does not shrink is stored raw. The applier supports every codec.
+    ///
+    /// ```
+    /// use bundelta::format::{Header, CODEC_RAW, CODEC_ZSTD};
+    /// let old = "one line of an old text file\n".repeat(2000);
+    /// let new = old.replace("an old", "a new");
+    /// let mut opts = bundelta::DiffOptions::new();
+    /// opts.codec(bundelta::Codec::Zstd);
+    /// let header = Header::decode(&opts.diff_bytes(old.as_bytes(), new.as_bytes())?)?;
+    /// assert!(header.codecs.iter().all(|&c| c == CODEC_ZSTD || c == CODEC_RAW));
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn codec(&mut self, codec: Codec) -> &mut DiffOptions {
         self.codec = codec;
         self
@@ -253,6 +379,32 @@ impl DiffOptions {
     /// apply time unless the base check fails. 0 leaves them out: the smallest patch; a wrong
     /// base is still refused (by the 32-byte base digest) but not named. Ignored for single-file
     /// patches, where there is only one file to name.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    /// # let body: String = (0..2000).map(|i| format!("fn f{i}() {{}}\n")).collect();
+    /// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+    /// #     std::fs::create_dir_all(d.join("lib"))?;
+    /// #     std::fs::write(d.join("README"), "read me")?;
+    /// #     std::fs::write(d.join("lib/core.txt"), format!("// version {v}\n{body}"))?;
+    /// # }
+    /// # std::fs::write(old.join("NOTES"), "notes of 1.0")?;
+    /// # std::fs::write(new.join("CHANGES"), "new in 1.1: everything")?;
+    /// # let (patch, out) = (dir.path().join("p.bdp"), dir.path().join("out"));
+    /// bundelta::DiffOptions::new().base_tags(Some(8)).diff_to_file(&old, &new, &patch)?;
+    /// // OLD's lib/core.txt changes after the diff, keeping its size: the tag names it.
+    /// let mut core = std::fs::read(old.join("lib/core.txt"))?;
+    /// core[0] ^= 1;
+    /// std::fs::write(old.join("lib/core.txt"), core)?;
+    /// let err = bundelta::Patcher::new().apply(&old, &patch, &out).unwrap_err();
+    /// match err {
+    ///     bundelta::Error::WrongBase { path, .. } => assert_eq!(path, "lib/core.txt"),
+    ///     other => panic!("{other}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn base_tags(&mut self, bits: Option<u8>) -> &mut DiffOptions {
         self.base_tags = bits;
         self
@@ -269,6 +421,15 @@ impl DiffOptions {
     /// passes over the file at diff time (0.7 s of a 28 s diff of a 38 MB executable); the
     /// applier needs up to [`crate::format::REFS_MEMORY`] (513 KiB) more memory and a little
     /// CPU.
+    ///
+    /// ```
+    /// use bundelta::format::{Header, FLAG_EXE_REFS};
+    /// let mut opts = bundelta::DiffOptions::new();
+    /// opts.exe_refs(false); // plain deltas only: no REFS_MEMORY at apply time
+    /// let patch = opts.diff_bytes(b"\x7fELF version one", b"\x7fELF version two")?;
+    /// assert_eq!(Header::decode(&patch)?.flags & FLAG_EXE_REFS, 0);
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn exe_refs(&mut self, on: bool) -> &mut DiffOptions {
         self.exe_refs = on;
         self
@@ -284,6 +445,24 @@ impl DiffOptions {
     /// applier needs [`crate::format::INFLATE_MEMORY_TOTAL`] (1,552 KiB) more memory, disk
     /// space for the inflated old file beside the output (and for a token structure), and
     /// the CPU of one zlib compression (or token encoding) of the new file's contents.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::io::Write;
+    /// # let gzip = |text: &str| -> std::io::Result<Vec<u8>> {
+    /// #     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    /// #     e.write_all(text.as_bytes())?;
+    /// #     e.finish()
+    /// # };
+    /// let text: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+    /// let old = gzip(&text)?;
+    /// let new = gzip(&text.replace("line 2500\n", "line two thousand five hundred\n"))?;
+    /// let mut opts = bundelta::DiffOptions::new();
+    /// let inflated = opts.diff_bytes(&old, &new)?;
+    /// let plain = opts.inflate(false).diff_bytes(&old, &new)?;
+    /// assert!(inflated.len() < plain.len());
+    /// # Ok(()) }
+    /// ```
     pub fn inflate(&mut self, on: bool) -> &mut DiffOptions {
         self.inflate = on;
         self
@@ -293,12 +472,40 @@ impl DiffOptions {
     /// [`crate::SecretKey::public_key`]). Default: unsigned. Costs 64 bytes of patch and one
     /// signature; an applier given the public key ([`crate::Patcher::require_signature`])
     /// refuses anything else before writing a byte.
+    ///
+    /// ```
+    /// let secret = bundelta::SecretKey::from_bytes([7u8; 32]); // in real use: 32 random bytes
+    /// let mut patcher = bundelta::Patcher::new();
+    /// patcher.require_signature(secret.public_key());
+    /// let mut opts = bundelta::DiffOptions::new();
+    /// opts.sign_with(secret);
+    /// let patch = opts.diff_bytes(b"hello old world", b"hello new world")?;
+    /// assert!(bundelta::format::Header::decode(&patch)?.is_signed());
+    /// let p = patcher.open_reader(std::io::Cursor::new(patch), "signed patch")?;
+    /// assert_eq!(patcher.verify_patch(p, None)?, None); // the signature checks out
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn sign_with(&mut self, secret_key: crate::SecretKey) -> &mut DiffOptions {
         self.signing_key = Some(secret_key);
         self
     }
 
     /// Report progress: each [`DiffPhase`] as it starts, and bytes matched. Default: none.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// let compressing = Arc::new(AtomicBool::new(false));
+    /// let c = Arc::clone(&compressing);
+    /// let mut opts = bundelta::DiffOptions::new();
+    /// opts.progress(Arc::new(move |phase, done, total| {
+    ///     eprintln!("{phase:?} {done}/{total}");
+    ///     c.fetch_or(phase == bundelta::DiffPhase::Compressing, Ordering::Relaxed);
+    /// }));
+    /// opts.diff_bytes(b"hello old world", b"hello new world")?;
+    /// assert!(compressing.load(Ordering::Relaxed));
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn progress(&mut self, f: Arc<DiffProgressFn>) -> &mut DiffOptions {
         self.progress = Some(f);
         self
@@ -335,6 +542,17 @@ impl DiffOptions {
     }
 
     /// Diff two single files held in memory; returns the patch bytes.
+    ///
+    /// ```
+    /// // 200 KB of bytes that do not compress, 10 of them changed.
+    /// let noise = |i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8;
+    /// let old: Vec<u8> = (0..200_000).map(noise).collect();
+    /// let mut new = old.clone();
+    /// new[100_000..100_010].copy_from_slice(b"0123456789");
+    /// let patch = bundelta::DiffOptions::new().diff_bytes(&old, &new)?;
+    /// assert!(patch.len() < 1_000);
+    /// # Ok::<(), bundelta::Error>(())
+    /// ```
     pub fn diff_bytes(&self, old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
         self.check()?;
         let ctx = Ctx::new(self, new.len() as u64);
@@ -345,6 +563,28 @@ impl DiffOptions {
     }
 
     /// Diff OLD and NEW (both files or both directories); returns the patch bytes and stats.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    /// # let body: String = (0..2000).map(|i| format!("fn f{i}() {{}}\n")).collect();
+    /// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+    /// #     std::fs::create_dir_all(d.join("lib"))?;
+    /// #     std::fs::write(d.join("README"), "read me")?;
+    /// #     std::fs::write(d.join("lib/core.txt"), format!("// version {v}\n{body}"))?;
+    /// # }
+    /// # std::fs::write(old.join("NOTES"), "notes of 1.0")?;
+    /// # std::fs::write(new.join("CHANGES"), "new in 1.1: everything")?;
+    /// # let out = dir.path().join("out");
+    /// let (patch, stats) = bundelta::DiffOptions::new().diff_paths(&old, &new)?;
+    /// assert_eq!(stats.patch_bytes, patch.len() as u64);
+    /// let patcher = bundelta::Patcher::new();
+    /// let p = patcher.open_reader(std::io::Cursor::new(patch), "patch in memory")?;
+    /// patcher.apply_patch(&old, p, &out)?;
+    /// assert_eq!(bundelta::bundle_digest(&out)?, bundelta::bundle_digest(&new)?);
+    /// # Ok(()) }
+    /// ```
     pub fn diff_paths(
         &self,
         old: impl AsRef<Path>,
@@ -389,6 +629,26 @@ impl DiffOptions {
 
     /// Diff OLD and NEW and write the patch to `out` (atomically: a temporary file next to it
     /// is fsynced and renamed over it when complete, then the directory is fsynced).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    /// # let body: String = (0..2000).map(|i| format!("fn f{i}() {{}}\n")).collect();
+    /// # for (d, v) in [(&old, "1.0"), (&new, "1.1")] {
+    /// #     std::fs::create_dir_all(d.join("lib"))?;
+    /// #     std::fs::write(d.join("README"), "read me")?;
+    /// #     std::fs::write(d.join("lib/core.txt"), format!("// version {v}\n{body}"))?;
+    /// # }
+    /// # std::fs::write(old.join("NOTES"), "notes of 1.0")?;
+    /// # std::fs::write(new.join("CHANGES"), "new in 1.1: everything")?;
+    /// let patch = dir.path().join("1.0-to-1.1.bdp");
+    /// let stats = bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
+    /// assert_eq!(stats.patch_bytes, std::fs::metadata(&patch)?.len());
+    /// let p = bundelta::Patcher::new().open(&patch)?;
+    /// assert_eq!(p.new_digest(), bundelta::bundle_digest(&new)?);
+    /// # Ok(()) }
+    /// ```
     pub fn diff_to_file(
         &self,
         old: impl AsRef<Path>,
