@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// ```
 /// // The version a patch makes, in hex.
 /// fn target_of(patch: &std::path::Path) -> bundelta::Result<String> {
-///     let p = bundelta::Patch::open(patch)?;
+///     let p = bundelta::Patcher::new().open(patch)?;
 ///     Ok(bundelta::hex(&p.new_digest()))
 /// }
 /// let missing = target_of("no-such-patch.bdp".as_ref());

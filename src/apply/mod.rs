@@ -426,7 +426,7 @@ impl Patcher {
     /// # let patch = dir.path().join("p.bdp");
     /// # bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
     /// // A limit of exactly what the patch declares...
-    /// let needed = bundelta::memory_needed(bundelta::Patch::open(&patch)?.header());
+    /// let needed = bundelta::memory_needed(bundelta::Patcher::new().open(&patch)?.header());
     /// let mut patcher = bundelta::Patcher::new();
     /// patcher.memory_limit(needed);
     /// patcher.apply(&old, &patch, dir.path().join("out"))?;
@@ -904,7 +904,7 @@ impl std::fmt::Debug for Patcher {
 /// # std::fs::write(&old, &text)?;
 /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
 /// # std::fs::write(&patch, made)?;
-/// let p = bundelta::Patch::open(&patch)?; // the default limits of `Patcher::new`
+/// let p = bundelta::Patcher::new().open(&patch)?; // the default limits
 /// assert!(!p.header().is_directory());
 /// assert_eq!(p.len(), std::fs::metadata(&patch)?.len());
 /// let report = bundelta::Patcher::new().apply_patch(&old, p, &out)?;

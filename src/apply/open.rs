@@ -279,7 +279,7 @@ impl Patch {
     /// # std::fs::write(&old, &text)?;
     /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
     /// # std::fs::write(&patch, made)?;
-    /// let p = bundelta::Patch::open(&patch)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?;
     /// let target = p.new_digest();
     /// bundelta::Patcher::new().apply_patch(&old, p, &out)?;
     /// assert_eq!(bundelta::bundle_digest(&out)?, target);
@@ -307,7 +307,7 @@ impl Patch {
     /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
     /// # std::fs::write(&patch, made)?;
     /// let bytes = std::fs::read(&patch)?;
-    /// let p = bundelta::Patch::open(&patch)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?;
     /// assert_eq!(p.checksum()[..], bytes[bytes.len() - 32..]); // the trailer
     /// let streamed = bundelta::Patcher::new().open_reader(std::io::Cursor::new(bytes), "stream")?;
     /// assert_eq!(streamed.checksum(), [0; 32]); // not yet read to its end
@@ -334,7 +334,7 @@ impl Patch {
     /// # std::fs::write(&old, &text)?;
     /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
     /// # std::fs::write(&patch, made)?;
-    /// assert!(!bundelta::Patch::open(&patch)?.is_streamed());
+    /// assert!(!bundelta::Patcher::new().open(&patch)?.is_streamed());
     /// let reader = std::fs::File::open(&patch)?; // or a socket, a pipe, an HTTP body
     /// let p = bundelta::Patcher::new().open_reader(reader, &patch)?;
     /// assert!(p.is_streamed());
@@ -386,7 +386,7 @@ impl Patch {
     /// # std::fs::write(&old, &text)?;
     /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
     /// # std::fs::write(&patch, made)?;
-    /// let p = bundelta::Patch::open(&patch)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?;
     /// let h = p.header();
     /// assert!(!h.is_directory() && !h.is_signed());
     /// assert_eq!(h.new_total, new.len() as u64);
@@ -412,7 +412,7 @@ impl Patch {
     /// # std::fs::write(&old, &text)?;
     /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
     /// # std::fs::write(&patch, made)?;
-    /// let p = bundelta::Patch::open(&patch)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?;
     /// let m = p.manifest().expect("a single file's manifest is stored in full");
     /// assert_eq!(m.entries.len(), 1);
     /// assert_eq!(m.new_digest, p.new_digest());
@@ -439,7 +439,7 @@ impl Patch {
     /// # }
     /// # let patch = dir.path().join("p.bdp");
     /// # bundelta::DiffOptions::new().diff_to_file(&old, &new, &patch)?;
-    /// let mut p = bundelta::Patch::open(&patch)?;
+    /// let mut p = bundelta::Patcher::new().open(&patch)?;
     /// // Stored as an edit of OLD's file list: the entries are known once bound to OLD.
     /// assert!(p.relative_manifest().is_some() && p.manifest().is_none());
     /// p.bind(&old)?;
@@ -468,7 +468,7 @@ impl Patch {
     /// # std::fs::write(&old, &text)?;
     /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
     /// # std::fs::write(&patch, made)?;
-    /// let p = bundelta::Patch::open(&patch)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?;
     /// assert_eq!(p.len(), std::fs::metadata(&patch)?.len());
     /// assert_eq!(Some(p.len()), p.header().patch_len());
     /// # }
@@ -491,7 +491,7 @@ impl Patch {
     /// # std::fs::write(&old, &text)?;
     /// # let made = bundelta::DiffOptions::new().diff_bytes(text.as_bytes(), &new)?;
     /// # std::fs::write(&patch, made)?;
-    /// let p = bundelta::Patch::open(&patch)?;
+    /// let p = bundelta::Patcher::new().open(&patch)?;
     /// assert!(!p.is_empty() && p.len() > 0);
     /// # }
     /// # Ok(()) }
