@@ -33,7 +33,8 @@ python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/repo" >/dev/n
 server=$!
 for _ in $(seq 50); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$port))" 2>/dev/null && break; sleep 0.1; done
 new=${versions[$last]}
-bundle_bytes=$(du -sb "$data/$new" | cut -f1)
+bundle_bytes=$("$B" release list "$work/repo" --pubkey "$work/key.pub" --json |
+  python3 -c "import json,sys; print(json.load(sys.stdin)['releases'][-1]['bytes'])")
 printf '\nrelease history %s (%d versions, K=%d): last publication (%s, %d bases) %ss\n' \
   "$name" "${#versions[@]}" "$k" "$new" "$([ "$last" -lt "$k" ] && echo "$last" || echo "$k")" "$publish_s"
 printf '\n| client at | route | downloaded B | full blob B | %% of full | %% of bundle | client peak RSS MiB |\n|---|---|---|---|---|---|---|\n'

@@ -24,6 +24,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("inflate", bundelta_fuzz::inflate::run),
     ("tokens", bundelta_fuzz::tokens::run),
     ("archive", bundelta_fuzz::archive::run),
+    ("index", bundelta_fuzz::index::run),
 ];
 
 fn regressions(target: &str) -> Vec<PathBuf> {

@@ -14,6 +14,8 @@
 //!   transform 2); never panic, never leave the scratch file of the expanded source.
 //! - [`archive`]: the diff's zip and gzip readers on hostile archives; diff then apply gives
 //!   NEW back exactly.
+//! - [`index`]: the update repository's index on hostile bytes: parsing, re-writing, route
+//!   planning and signature checks.
 //! - [`tokens`]: deflate token structures; a stream the parser accepts is made again exactly
 //!   by the encoder, and whatever the encoder accepts parses back to what it was given.
 //!
@@ -31,6 +33,7 @@ pub mod archive;
 pub mod dir_apply;
 pub mod header_manifest;
 pub mod heap;
+pub mod index;
 pub mod inflate;
 pub mod refs;
 pub mod roundtrip;

@@ -356,7 +356,10 @@ pub(crate) fn update(a: UpdateArgs) -> Result<ExitCode> {
     let steps: Vec<_> = r
         .steps
         .iter()
-        .map(|s| json!({"from": s.from, "to": s.to, "bytes": s.bytes, "resumed": s.resumed}))
+        .map(|s| {
+            json!({"from": s.from, "to": s.to, "bytes": s.bytes, "resumed": s.resumed,
+                   "interrupted": s.interrupted})
+        })
         .collect();
     if a.common.json {
         println!(
@@ -400,10 +403,12 @@ pub(crate) fn update(a: UpdateArgs) -> Result<ExitCode> {
                     at(&s.from),
                     s.to,
                     s.bytes,
-                    if s.resumed > 0 {
-                        format!(" ({} already downloaded)", s.resumed)
-                    } else {
-                        String::new()
+                    match (s.resumed, s.interrupted) {
+                        (0, 0) => String::new(),
+                        (r, 0) => format!(" ({r} were already downloaded)"),
+                        (0, i) => format!(" (the download was cut {i} time(s) and resumed)"),
+                        (r, i) =>
+                            format!(" ({r} were already downloaded; cut {i} time(s) and resumed)"),
                     }
                 );
             }

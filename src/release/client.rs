@@ -109,7 +109,7 @@ impl Source {
 
     /// Bring `blob` into `part` (appending to what it holds), trying again from where it got
     /// after a dropped connection.
-    fn fetch_blob(&self, blob: &Blob, part: &Path, opts: &UpdateOptions) -> Result<()> {
+    fn fetch_blob(&self, blob: &Blob, part: &Path, opts: &UpdateOptions) -> Result<u32> {
         let mut failures = 0u32;
         loop {
             let have = fs::metadata(part).map_or(0, |m| m.len());
@@ -118,7 +118,7 @@ impl Source {
                 continue;
             }
             if have == blob.bytes {
-                return Ok(());
+                return Ok(failures);
             }
             let r = match self {
                 Source::Dir(r) => copy_from(&r.blob_path(&blob.blake3), part, have, blob.bytes),
@@ -322,6 +322,9 @@ pub struct StepReport {
     pub bytes: u64,
     /// Bytes of it already on disk from an interrupted run.
     pub resumed: u64,
+    /// Downloads of it that failed midway (a dropped connection, a wrong answer) and were
+    /// resumed or restarted in this run.
+    pub interrupted: u32,
 }
 
 /// What an update did (or, in a dry run, would do).
@@ -524,18 +527,19 @@ pub fn update(
             to: ix.releases[s.to()].version.clone(),
             bytes: s.blob().bytes,
             resumed: fs::metadata(&part).map_or(0, |m| m.len().min(s.blob().bytes)),
+            interrupted: 0,
         });
     }
     if opts.dry_run {
         return Ok(report);
     }
 
-    for s in &route.steps {
+    for (n, s) in route.steps.iter().enumerate() {
         let blob = s.blob();
         let done = downloads.join(&blob.blake3);
         if check_blob_file(&done, blob).is_err() {
             let part = downloads.join(format!("{}.part", blob.blake3));
-            source.fetch_blob(blob, &part, opts)?;
+            report.steps[n].interrupted = source.fetch_blob(blob, &part, opts)?;
             if let Err(why) = check_blob_file(&part, blob) {
                 let _ = fs::remove_file(&part);
                 return Err(source.err(format!(
