@@ -397,6 +397,9 @@ fn main() -> ExitCode {
         Cmd::Release(a) => match &a.cmd {
             release_cmd::ReleaseCmd::Init(a) => a.common.json,
             release_cmd::ReleaseCmd::Add(a) => a.common.json,
+            release_cmd::ReleaseCmd::Plan(a) => a.common.json,
+            release_cmd::ReleaseCmd::RunJob(a) => a.common.json,
+            release_cmd::ReleaseCmd::Commit(a) => a.common.json,
             release_cmd::ReleaseCmd::Yank(a) => a.common.json,
             release_cmd::ReleaseCmd::Resign(a) => a.common.json,
             release_cmd::ReleaseCmd::List(a) => a.common.json,

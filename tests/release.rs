@@ -663,3 +663,128 @@ fn cli_publishes_and_updates_over_http() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already at 1.2"));
 }
+
+/// Scale-out: plan, each job as its own process (concurrently, job index from
+/// JOB_COMPLETION_INDEX as a Kubernetes Indexed Job gives it), commit; a job result that
+/// does not make the release is refused at commit with the index unchanged.
+#[test]
+#[cfg(feature = "cli")]
+fn plan_jobs_in_separate_processes_and_commit() {
+    use std::process::Command;
+    let trees = history(9, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let run = |args: &[&str], env: Option<(&str, String)>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bundelta"));
+        c.args(args);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c
+    };
+    let ok = |mut c: Command| {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let s = |p: PathBuf| p.to_str().unwrap().to_string();
+    let (repo, key, pubkey) = (s(p("repo")), s(p("k")), s(p("k.pub")));
+    ok(run(&["keygen", "-o", &key, "-q"], None));
+    ok(run(
+        &[
+            "release", "init", &repo, "--name", "app", "--key", &key, "-q",
+        ],
+        None,
+    ));
+    for (i, t) in trees.iter().enumerate() {
+        write_tree(&p(&format!("v{i}")), t);
+    }
+    for i in 0..3 {
+        let v = format!("1.{i}");
+        ok(run(
+            &[
+                "release",
+                "add",
+                &repo,
+                &v,
+                &s(p(&format!("v{i}"))),
+                "--key",
+                &key,
+                "-q",
+            ],
+            None,
+        ));
+    }
+    let out = ok(run(
+        &[
+            "release",
+            "plan",
+            &repo,
+            "1.3",
+            &s(p("v3")),
+            "--pubkey",
+            &pubkey,
+            "--json",
+        ],
+        None,
+    ));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = plan["jobs"].as_u64().unwrap() as usize;
+    assert_eq!(jobs, 3);
+    let index_before = fs::read(p("repo/index.json")).unwrap();
+    // All jobs at once, as separate processes.
+    let children: Vec<_> = (0..jobs)
+        .map(|n| {
+            run(
+                &["release", "run-job", &repo, "1.3", "-q"],
+                Some(("JOB_COMPLETION_INDEX", n.to_string())),
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(
+        fs::read(p("repo/index.json")).unwrap(),
+        index_before,
+        "jobs change no index"
+    );
+    // A forged result: job 0 claims the patch of job 1 (a valid patch, from another base).
+    let dirs: Vec<_> = fs::read_dir(p("repo/jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let (j0, j1) = (dirs[0].join("job-0.json"), dirs[0].join("job-1.json"));
+    let good = fs::read(&j0).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let other: serde_json::Value = serde_json::from_slice(&fs::read(&j1).unwrap()).unwrap();
+    forged["patch"] = other["patch"].clone();
+    fs::write(&j0, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let out = run(&["release", "commit", &repo, "1.3", "--key", &key], None)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(fs::read(p("repo/index.json")).unwrap(), index_before);
+    fs::write(&j0, &good).unwrap();
+    ok(run(
+        &["release", "commit", &repo, "1.3", "--key", &key, "-q"],
+        None,
+    ));
+    assert!(!p("repo/jobs").exists(), "jobs cleaned up after commit");
+    // Clients at every old version reach 1.3.
+    let key = PublicKey::from_text(&fs::read(&pubkey).unwrap()).unwrap();
+    for i in 0..3 {
+        let t = p(&format!("client-{i}"));
+        write_tree(&t, &trees[i]);
+        let mut o = opts();
+        o.now = None;
+        release::update(&t, &Source::parse(&repo), &key, &o).unwrap();
+        assert_eq!(read_tree(&t), trees[3]);
+    }
+}

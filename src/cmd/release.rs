@@ -21,6 +21,15 @@ pub(crate) enum ReleaseCmd {
     /// Rerunning the same VERSION with the same BUNDLE computes only what is missing (after
     /// a crash, or with a larger --bases). Set SOURCE_DATE_EPOCH for byte-identical output.
     Add(AddArgs),
+    /// Scale-out, step 1 of 3: stage VERSION (its full blob) and write one job per base into
+    /// REPO/jobs/; prints the number of jobs.
+    Plan(PlanArgs),
+    /// Scale-out, step 2 of 3: run one job (stateless: any machine sharing REPO, any order,
+    /// rerunnable).
+    RunJob(RunJobArgs),
+    /// Scale-out, step 3 of 3: check every job's patch by applying it, decide per base, sign
+    /// the index.
+    Commit(CommitArgs),
     /// Withdraw VERSION: clients never install it nor pass through it (re-signs the index).
     Yank(YankArgs),
     /// Re-sign the index with a new version and expiry (run before it expires when there is
@@ -63,25 +72,13 @@ pub(crate) struct InitArgs {
     pub(crate) common: Common,
 }
 
+/// What a release is and how its patches are made (add, plan).
 #[derive(Args)]
-pub(crate) struct AddArgs {
-    /// The repository directory.
-    repo: PathBuf,
-    /// The release's name ("1.4.2").
-    version: String,
-    /// The release's bundle (a directory or a file, as the repository's bundles are).
-    bundle: PathBuf,
-    /// The secret key that signs the index.
-    #[arg(short, long, value_name = "KEY")]
-    key: PathBuf,
+pub(crate) struct PolicyArgs {
     /// Compute patches from this many most recent releases (each costs one diff, run in
     /// parallel, and one rebuilt base on disk).
     #[arg(long, default_value_t = 5, value_name = "K")]
     bases: usize,
-    /// Keep a patch only when it is at most this fraction of the full blob; clients farther
-    /// behind download the full blob.
-    #[arg(long, default_value_t = 0.8, value_name = "FRACTION")]
-    max_ratio: f64,
     /// Clients must install it.
     #[arg(long)]
     mandatory: bool,
@@ -107,8 +104,80 @@ pub(crate) struct AddArgs {
     /// Largest window of the patches as a power of two (as `diff --window-log`).
     #[arg(long, default_value_t = bundelta::DEFAULT_WINDOW_LOG, value_name = "N")]
     window_log: u8,
+}
+
+/// How the index is committed (add, commit).
+#[derive(Args)]
+pub(crate) struct CommitPolicy {
+    /// Keep a patch only when it is at most this fraction of the full blob; clients farther
+    /// behind download the full blob.
+    #[arg(long, default_value_t = 0.8, value_name = "FRACTION")]
+    max_ratio: f64,
     #[command(flatten)]
     validity: Validity,
+}
+
+#[derive(Args)]
+pub(crate) struct AddArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The release's name ("1.4.2").
+    version: String,
+    /// The release's bundle (a directory or a file, as the repository's bundles are).
+    bundle: PathBuf,
+    /// The secret key that signs the index.
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    commit: CommitPolicy,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct PlanArgs {
+    /// The repository directory (shared by every machine that runs a job).
+    repo: PathBuf,
+    /// The release's name.
+    version: String,
+    /// The release's bundle.
+    bundle: PathBuf,
+    /// The public key the index is signed with (planning needs no secret).
+    #[arg(long, value_name = "KEY.pub")]
+    pubkey: PathBuf,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct RunJobArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The release being published.
+    version: String,
+    /// The job to run, 0..N (`plan` says N). Default: $JOB_COMPLETION_INDEX, as a Kubernetes
+    /// Indexed Job sets it.
+    #[arg(long, value_name = "N")]
+    job: Option<usize>,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct CommitArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The release being published.
+    version: String,
+    /// The secret key that signs the index.
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    #[command(flatten)]
+    commit: CommitPolicy,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -185,6 +254,71 @@ fn publish_opts(days: u64) -> PublishOptions {
     o
 }
 
+fn policy_opts(o: &mut PublishOptions, p: &PolicyArgs) {
+    o.bases = p.bases;
+    o.mandatory = p.mandatory;
+    o.notes = p.notes.clone();
+    o.requires = p.requires.clone();
+    o.min_app = p.min_app.clone();
+    o.max_app = p.max_app.clone();
+    o.rollout = p.rollout;
+    o.level = p.level;
+    o.window_log = p.window_log;
+}
+
+fn commit_opts(c: &CommitPolicy) -> PublishOptions {
+    let mut o = publish_opts(c.validity.valid_days);
+    o.max_ratio = c.max_ratio;
+    o
+}
+
+fn print_report(version: &str, r: &release::PublishReport, secs: f64, max_ratio: f64, c: &Common) {
+    let bases: Vec<_> = r
+        .bases
+        .iter()
+        .map(|(v, o)| match o {
+            BaseOutcome::Patch { bytes, new } => {
+                json!({"from": v, "decision": "patch", "bytes": bytes, "new": new})
+            }
+            BaseOutcome::TooLarge { bytes } => {
+                json!({"from": v, "decision": "full", "bytes": bytes})
+            }
+            BaseOutcome::Chained { bytes, route_bytes } => json!({
+                "from": v, "decision": "chain", "bytes": bytes, "route_bytes": route_bytes
+            }),
+            _ => json!({"from": v}),
+        })
+        .collect();
+    if c.json {
+        println!(
+            "{}",
+            json!({"version": version, "digest": r.digest, "full_bytes": r.full_bytes,
+                   "bases": bases, "index_version": r.index_version, "seconds": secs})
+        );
+    } else if !c.quiet {
+        eprintln!(
+            "published {version} (full blob {} bytes) in {secs:.2}s; index version {}",
+            r.full_bytes, r.index_version
+        );
+        for (v, o) in &r.bases {
+            let line = match o {
+                BaseOutcome::Patch { bytes, new } => format!(
+                    "patch, {bytes} bytes{}",
+                    if *new { "" } else { " (already there)" }
+                ),
+                BaseOutcome::TooLarge { bytes } => format!(
+                    "no patch: {bytes} bytes is over {max_ratio} of the full blob; full blob"
+                ),
+                BaseOutcome::Chained { bytes, route_bytes } => format!(
+                    "no patch ({bytes} bytes): a chain through other releases downloads {route_bytes}"
+                ),
+                _ => String::new(),
+            };
+            eprintln!("  from {v:<12} {line}");
+        }
+    }
+}
+
 pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
     match a.cmd {
         ReleaseCmd::Init(a) => {
@@ -205,65 +339,82 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
         ReleaseCmd::Add(a) => {
             let key = read_secret_key(&a.key)?;
             let repo = Repo::open(&a.repo);
-            let mut o = publish_opts(a.validity.valid_days);
-            o.bases = a.bases;
-            o.max_ratio = a.max_ratio;
-            o.mandatory = a.mandatory;
-            o.notes = a.notes.clone();
-            o.requires = a.requires.clone();
-            o.min_app = a.min_app.clone();
-            o.max_app = a.max_app.clone();
-            o.rollout = a.rollout;
-            o.diff.level(a.level).window_log(a.window_log);
+            let mut o = commit_opts(&a.commit);
+            policy_opts(&mut o, &a.policy);
             let t = std::time::Instant::now();
             let r = release::publish(&repo, &a.version, &a.bundle, &o, &key)
                 .with_context(|| format!("publishing {}", a.version))?;
-            let secs = t.elapsed().as_secs_f64();
-            let bases: Vec<_> = r
-                .bases
-                .iter()
-                .map(|(v, o)| match o {
-                    BaseOutcome::Patch { bytes, new } => {
-                        json!({"from": v, "decision": "patch", "bytes": bytes, "new": new})
-                    }
-                    BaseOutcome::TooLarge { bytes } => {
-                        json!({"from": v, "decision": "full", "bytes": bytes})
-                    }
-                    BaseOutcome::Chained { bytes, route_bytes } => json!({
-                        "from": v, "decision": "chain", "bytes": bytes, "route_bytes": route_bytes
-                    }),
-                    _ => json!({"from": v}),
-                })
-                .collect();
+            print_report(
+                &a.version,
+                &r,
+                t.elapsed().as_secs_f64(),
+                o.max_ratio,
+                &a.common,
+            );
+        }
+        ReleaseCmd::Plan(a) => {
+            let key = read_public_key(&a.pubkey)?;
+            let mut o = PublishOptions::default();
+            policy_opts(&mut o, &a.policy);
+            let p = release::plan_release(&Repo::open(&a.repo), &a.version, &a.bundle, &o, &key)
+                .with_context(|| format!("planning {}", a.version))?;
             if a.common.json {
                 println!(
                     "{}",
-                    json!({"version": a.version, "digest": r.digest, "full_bytes": r.full_bytes,
-                           "bases": bases, "index_version": r.index_version, "seconds": secs})
+                    json!({"version": a.version, "digest": p.release.digest, "jobs": p.jobs.len(),
+                           "plan": release::plan_path(&Repo::open(&a.repo), &p.release.digest)})
                 );
             } else if !a.common.quiet {
                 eprintln!(
-                    "published {} (full blob {} bytes) in {secs:.2}s; index version {}",
-                    a.version, r.full_bytes, r.index_version
+                    "planned {}: {} job(s) (run `release run-job {} {} --job N` for N in 0..{}, \
+                     then `release commit`)",
+                    a.version,
+                    p.jobs.len(),
+                    a.repo.display(),
+                    a.version,
+                    p.jobs.len()
                 );
-                for (v, o) in &r.bases {
-                    let line = match o {
-                        BaseOutcome::Patch { bytes, new } => format!(
-                            "patch, {bytes} bytes{}",
-                            if *new { "" } else { " (already there)" }
-                        ),
-                        BaseOutcome::TooLarge { bytes } => format!(
-                            "no patch: {bytes} bytes is over {} of the full blob; full blob",
-                            a.max_ratio
-                        ),
-                        BaseOutcome::Chained { bytes, route_bytes } => format!(
-                            "no patch ({bytes} bytes): a chain through other releases downloads {route_bytes}"
-                        ),
-                        _ => String::new(),
-                    };
-                    eprintln!("  from {v:<12} {line}");
-                }
             }
+        }
+        ReleaseCmd::RunJob(a) => {
+            let n = match a.job {
+                Some(n) => n,
+                None => std::env::var("JOB_COMPLETION_INDEX")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .context("give --job N (or set JOB_COMPLETION_INDEX)")?,
+            };
+            let t = std::time::Instant::now();
+            let r = release::run_job(&Repo::open(&a.repo), &a.version, n)
+                .with_context(|| format!("job {n} of {}", a.version))?;
+            if a.common.json {
+                println!(
+                    "{}",
+                    json!({"job": n, "from": r.from, "patch_bytes": r.patch.bytes,
+                           "seconds": t.elapsed().as_secs_f64()})
+                );
+            } else if !a.common.quiet {
+                eprintln!(
+                    "job {n} of {}: patch of {} bytes in {:.2}s",
+                    a.version,
+                    r.patch.bytes,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+        ReleaseCmd::Commit(a) => {
+            let key = read_secret_key(&a.key)?;
+            let o = commit_opts(&a.commit);
+            let t = std::time::Instant::now();
+            let r = release::commit(&Repo::open(&a.repo), &a.version, &o, &key)
+                .with_context(|| format!("committing {}", a.version))?;
+            print_report(
+                &a.version,
+                &r,
+                t.elapsed().as_secs_f64(),
+                o.max_ratio,
+                &a.common,
+            );
         }
         ReleaseCmd::Yank(a) => {
             let key = read_secret_key(&a.key)?;

@@ -27,7 +27,8 @@ pub use index::{
 };
 #[cfg(feature = "diff")]
 pub use publish::{
-    publish, publish_time, resign, yank, BaseOutcome, PublishOptions, PublishReport,
+    commit, find_plan, plan as plan_release, plan_path, publish, publish_time, resign, run_job,
+    yank, BaseOutcome, Job, JobResult, Plan, PublishOptions, PublishReport,
 };
 pub use repo::{Repo, BLOBS_DIR, INDEX_FILE, INDEX_SIG_FILE};
 pub use route::{plan, Route, Step};

@@ -8,16 +8,27 @@
 //! does not use it (a chain through an intermediate release downloads fewer bytes).
 //! Re-publishing the same version and bundle computes only the patches missing (a larger K,
 //! a run that died); the same repository, bundle and options give the same bytes.
+//!
+//! # Scale-out
+//!
+//! Publication is three steps that may run on different machines sharing the repository:
+//! [`plan`] (the full blob and one job per base, `jobs/<digest>/plan.json`), [`run_job`]
+//! (stateless: rebuild the base and the release from their full blobs, diff, store the patch
+//! and `jobs/<digest>/job-N.json`; any order, any machine, rerunnable), and [`commit`]
+//! (verify every result by applying it, decide, sign the index). [`publish`] runs the three
+//! in one process.
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::index::{Index, PatchRef, Release};
+use serde::{Deserialize, Serialize};
+
+use super::index::{Blob, Index, PatchRef, Release};
 use super::repo::Repo;
 use super::route::{self, Step};
 use crate::error::{Error, Result};
-use crate::sign::SecretKey;
+use crate::sign::{PublicKey, SecretKey};
 use crate::{DiffOptions, Patcher};
 
 /// What `publish` needs besides the repository, the version and the bundle.
@@ -34,8 +45,10 @@ pub struct PublishOptions {
     /// The publication time (Unix seconds). Default: `SOURCE_DATE_EPOCH` when set, else the
     /// clock; fix it for byte-identical repositories.
     pub now: Option<u64>,
-    /// Diff settings of every patch and of the full blob.
-    pub diff: DiffOptions,
+    /// Compression effort of every patch and of the full blob (as `DiffOptions::level`).
+    pub level: i32,
+    /// Window of every patch (as `DiffOptions::window_log`).
+    pub window_log: u8,
     /// The release's policy fields (FORMAT.md section 9).
     pub mandatory: bool,
     /// Release notes.
@@ -57,7 +70,8 @@ impl Default for PublishOptions {
             max_ratio: 0.8,
             valid_for: 30 * 24 * 3600,
             now: None,
-            diff: DiffOptions::new(),
+            level: crate::DEFAULT_LEVEL,
+            window_log: crate::DEFAULT_WINDOW_LOG,
             mandatory: false,
             notes: String::new(),
             requires: None,
@@ -121,8 +135,32 @@ pub fn publish_time() -> u64 {
         })
 }
 
-/// A scratch directory removed when dropped.
+/// A scratch directory inside the repository, removed when dropped.
 struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(repo: &Repo) -> Result<Scratch> {
+        let p = repo
+            .root()
+            .join(format!(".publish-{}", crate::sys::new_token()));
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, "create", e))?;
+        Ok(Scratch(p))
+    }
+
+    /// An empty base (directory or file) in it.
+    fn empty(&self, directory: bool) -> Result<PathBuf> {
+        let p = self.0.join("empty");
+        if !p.exists() {
+            if directory {
+                std::fs::create_dir(&p)
+            } else {
+                std::fs::write(&p, b"")
+            }
+            .map_err(|e| Error::io(&p, "create", e))?;
+        }
+        Ok(p)
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -130,7 +168,402 @@ impl Drop for Scratch {
     }
 }
 
-/// Add `version` (the bundle at `bundle`) to the repository, signed by `key`.
+/// A release staged for publication: what `run_job` and `commit` need, stored as
+/// `jobs/<digest>/plan.json` in the repository (FORMAT.md section 9.1). Jobs and commit may run
+/// on other machines: everything they read is named by digest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Plan {
+    /// Always `"bundelta-plan"`.
+    pub format: String,
+    /// Always 1.
+    pub format_version: u32,
+    /// The release to add, with its full blob, its policy and the patches it already has.
+    pub release: Release,
+    /// Whether bundles are directories.
+    pub directory: bool,
+    /// Diff settings of every job.
+    pub level: i32,
+    /// Window of every job's patch.
+    pub window_log: u8,
+    /// One job per base still lacking a patch, in base order.
+    pub jobs: Vec<Job>,
+}
+
+/// One diff to run: base `from` into the plan's release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Job {
+    /// The base's release name (for messages).
+    pub from_version: String,
+    /// The base's bundle digest.
+    pub from: String,
+    /// The base's full blob (rebuilt to get the base).
+    pub from_full: Blob,
+}
+
+/// What a job made: `jobs/<digest>/job-<N>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JobResult {
+    /// The base's bundle digest.
+    pub from: String,
+    /// The patch blob (already in `blobs/`).
+    pub patch: Blob,
+}
+
+fn jobs_dir(repo: &Repo, digest: &str) -> PathBuf {
+    repo.root().join("jobs").join(digest)
+}
+
+/// Where the plan of the release with bundle `digest` is.
+pub fn plan_path(repo: &Repo, digest: &str) -> PathBuf {
+    jobs_dir(repo, digest).join("plan.json")
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(v).expect("plain data serialises");
+    bytes.push(b'\n');
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, "create directory", e))?;
+    }
+    crate::write_atomic(path, "job", 0o644, |f| std::io::Write::write_all(f, &bytes))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(repo: &Repo, path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Repository {
+        repo: repo.root().display().to_string(),
+        detail: format!("{}: {e}", path.display()),
+    })
+}
+
+/// The plan of `version` staged in the repository.
+pub fn find_plan(repo: &Repo, version: &str) -> Result<Plan> {
+    let dir = repo.root().join("jobs");
+    let mut found = None;
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        names.sort();
+        for d in names {
+            let p = d.join("plan.json");
+            if p.is_file() {
+                let plan: Plan = read_json(repo, &p)?;
+                if plan.release.version == version {
+                    found = Some(plan);
+                }
+            }
+        }
+    }
+    found.ok_or_else(|| Error::Repository {
+        repo: repo.root().display().to_string(),
+        detail: format!("no staged plan for release {version} (run `release plan` first)"),
+    })
+}
+
+/// Stage `version` (the bundle at `bundle`): check it against the index, store its full blob,
+/// and write the plan, one job per base (the last `opts.bases` releases, not yanked, that do
+/// not have a patch into it yet). Nothing visible to clients changes.
+pub fn plan(
+    repo: &Repo,
+    version: &str,
+    bundle: impl AsRef<Path>,
+    opts: &PublishOptions,
+    key: &PublicKey,
+) -> Result<Plan> {
+    let bundle = bundle.as_ref();
+    let err = |d: String| Error::Repository {
+        repo: repo.root().display().to_string(),
+        detail: d,
+    };
+    if !(0.0..=1.0).contains(&opts.max_ratio) || opts.rollout > 100 {
+        return Err(Error::Config {
+            detail: "max_ratio must be within 0..=1 and rollout within 0..=100".into(),
+        });
+    }
+    let ix = repo.load_index(key)?;
+    let directory = ix.bundle == "directory";
+    let md = std::fs::metadata(bundle).map_err(|e| Error::io(bundle, "stat", e))?;
+    if md.is_dir() != directory {
+        return Err(err(format!(
+            "{} is a {}, but this repository's bundles are {}s",
+            bundle.display(),
+            if md.is_dir() { "directory" } else { "file" },
+            ix.bundle
+        )));
+    }
+    let digest = crate::hex(&crate::bundle_digest(bundle)?);
+    let (release, at) = match ix.releases.iter().position(|r| r.version == version) {
+        Some(i) if ix.releases[i].digest == digest => (ix.releases[i].clone(), i),
+        Some(_) => {
+            return Err(err(format!(
+                "release {version} exists with another bundle: publish under a new version"
+            )))
+        }
+        None => {
+            if let Some(r) = ix.releases.iter().find(|r| r.digest == digest) {
+                return Err(err(format!(
+                    "this bundle is already release {}: nothing to publish",
+                    r.version
+                )));
+            }
+            if let Some(req) = &opts.requires {
+                if ix.release(req).is_none() {
+                    return Err(err(format!("--requires {req}: no such release")));
+                }
+            }
+            let scratch = Scratch::new(repo)?;
+            let empty = scratch.empty(directory)?;
+            let full = diff_options(opts.level, opts.window_log)
+                .diff_paths(&empty, bundle)?
+                .0;
+            let full = repo.put_blob(&full)?;
+            let release = Release {
+                version: version.into(),
+                digest: digest.clone(),
+                bytes: crate::tree::bundle_bytes(bundle)?,
+                full,
+                patches: Vec::new(),
+                mandatory: opts.mandatory,
+                notes: opts.notes.clone(),
+                requires: opts.requires.clone(),
+                min_app: opts.min_app.clone(),
+                max_app: opts.max_app.clone(),
+                rollout: opts.rollout,
+                yanked: false,
+            };
+            (release, ix.releases.len())
+        }
+    };
+    let jobs: Vec<Job> = (0..at)
+        .rev()
+        .filter(|&i| !ix.releases[i].yanked)
+        .take(opts.bases)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|b| &ix.releases[b])
+        .filter(|b| !release.patches.iter().any(|p| p.from == b.digest))
+        .map(|b| Job {
+            from_version: b.version.clone(),
+            from: b.digest.clone(),
+            from_full: b.full.clone(),
+        })
+        .collect();
+    let plan = Plan {
+        format: "bundelta-plan".into(),
+        format_version: 1,
+        release,
+        directory,
+        level: opts.level,
+        window_log: opts.window_log,
+        jobs,
+    };
+    write_json(&plan_path(repo, &digest), &plan)?;
+    Ok(plan)
+}
+
+fn diff_options(level: i32, window_log: u8) -> DiffOptions {
+    let mut d = DiffOptions::new();
+    d.level(level).window_log(window_log);
+    d
+}
+
+/// Rebuild a bundle from a full blob of the repository into `out` (checked: blob hash, patch
+/// trailer, every file's hash and the bundle digest the patch names).
+fn rebuild(repo: &Repo, scratch: &Scratch, full: &Blob, out: &Path, directory: bool) -> Result<()> {
+    let empty = scratch.empty(directory)?;
+    let blob = repo.blob_file(full)?;
+    Patcher::new()
+        .memory_limit(u64::MAX / 2)
+        .apply(&empty, blob, out)?;
+    Ok(())
+}
+
+/// Run job `n` of the plan of release `version`: rebuild the base and the release from their
+/// full blobs, diff, store the patch blob and the job's result. Stateless: any machine with
+/// the repository can run any job, in any order, any number of times (a job whose result is
+/// there already returns it).
+pub fn run_job(repo: &Repo, version: &str, n: usize) -> Result<JobResult> {
+    let plan = find_plan(repo, version)?;
+    let job = plan.jobs.get(n).ok_or_else(|| Error::Repository {
+        repo: repo.root().display().to_string(),
+        detail: format!(
+            "release {version} has {} job(s): no job {n}",
+            plan.jobs.len()
+        ),
+    })?;
+    let out = jobs_dir(repo, &plan.release.digest).join(format!("job-{n}.json"));
+    if let Ok(done) = read_json::<JobResult>(repo, &out) {
+        if repo.blob_file(&done.patch).is_ok() && done.from == job.from {
+            return Ok(done);
+        }
+    }
+    let scratch = Scratch::new(repo)?;
+    let base = scratch.0.join("base");
+    let new = scratch.0.join("new");
+    rebuild(repo, &scratch, &job.from_full, &base, plan.directory)?;
+    rebuild(repo, &scratch, &plan.release.full, &new, plan.directory)?;
+    let patch = diff_options(plan.level, plan.window_log)
+        .diff_paths(&base, &new)?
+        .0;
+    let result = JobResult {
+        from: job.from.clone(),
+        patch: repo.put_blob(&patch)?,
+    };
+    write_json(&out, &result)?;
+    Ok(result)
+}
+
+/// Commit release `version`: check every job's result (the patch blob's hash, and the patch
+/// applied to the rebuilt base gives exactly the release), decide per base, add the release
+/// to the index and sign it. Fails, changing nothing visible, when a job has no result yet.
+pub fn commit(
+    repo: &Repo,
+    version: &str,
+    opts: &PublishOptions,
+    key: &SecretKey,
+) -> Result<PublishReport> {
+    let plan = find_plan(repo, version)?;
+    let err = |d: String| Error::Repository {
+        repo: repo.root().display().to_string(),
+        detail: d,
+    };
+    let mut ix = repo.load_index(&key.public_key())?;
+    let at = match ix.releases.iter().position(|r| r.version == version) {
+        Some(i) if ix.releases[i].digest == plan.release.digest => i,
+        Some(_) => return Err(err(format!("release {version} exists with another bundle"))),
+        None => {
+            ix.releases.push(plan.release.clone());
+            ix.releases.len() - 1
+        }
+    };
+    let dir = jobs_dir(repo, &plan.release.digest);
+    let results: Vec<JobResult> = (0..plan.jobs.len())
+        .map(|n| {
+            read_json::<JobResult>(repo, &dir.join(format!("job-{n}.json"))).map_err(|_| {
+                err(format!(
+                    "job {n} of release {version} (from {}) has no result: run it first",
+                    plan.jobs[n].from_version
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    // Verify every result where it will be used: the patch applied to its base rebuilds the
+    // release exactly (the applier checks every file and the bundle digest).
+    let want = super::index::parse_hash(&plan.release.digest)?;
+    results
+        .par_iter()
+        .zip(&plan.jobs)
+        .map(|(r, job)| -> Result<()> {
+            if r.from != job.from {
+                return Err(err(format!(
+                    "job result for {} names another base",
+                    job.from_version
+                )));
+            }
+            let scratch = Scratch::new(repo)?;
+            let base = scratch.0.join("base");
+            rebuild(repo, &scratch, &job.from_full, &base, plan.directory)?;
+            let patch = repo.blob_file(&r.patch)?;
+            let out = scratch.0.join("out");
+            Patcher::new()
+                .memory_limit(u64::MAX / 2)
+                .apply(&base, patch, &out)?;
+            if crate::bundle_digest(&out)? != want {
+                return Err(err(format!(
+                    "the patch from {} does not make release {version}",
+                    job.from_version
+                )));
+            }
+            Ok(())
+        })
+        .collect::<Result<Vec<()>>>()?;
+
+    // Keep what pays: under the size ratio, then on the cheapest route from its base.
+    let full_bytes = ix.releases[at].full.bytes;
+    let index_of = |ix: &Index, d: &str| ix.releases.iter().position(|r| r.digest == d);
+    let mut outcome: Vec<(usize, BaseOutcome)> = Vec::new();
+    let mut candidates: Vec<(usize, Blob)> = Vec::new();
+    for r in results {
+        let b =
+            index_of(&ix, &r.from).ok_or_else(|| err(format!("base {} left the index", r.from)))?;
+        let bytes = r.patch.bytes;
+        if bytes as f64 > opts.max_ratio * full_bytes as f64 {
+            outcome.push((b, BaseOutcome::TooLarge { bytes }));
+        } else {
+            candidates.push((b, r.patch));
+        }
+    }
+    let mut trial = ix.clone();
+    for (b, blob) in &candidates {
+        trial.releases[at].patches.push(PatchRef {
+            from: ix.releases[*b].digest.clone(),
+            blake3: blob.blake3.clone(),
+            bytes: blob.bytes,
+        });
+    }
+    for (b, blob) in candidates {
+        let bytes = blob.bytes;
+        let r = route::plan(&trial, Some(b), at);
+        let direct = r.as_ref().is_some_and(|r| {
+            r.steps.len() == 1 && matches!(r.steps[0], Step::Patch { from, .. } if from == b)
+        });
+        if direct {
+            let from = ix.releases[b].digest.clone();
+            ix.releases[at].patches.push(PatchRef {
+                from,
+                blake3: blob.blake3,
+                bytes,
+            });
+            outcome.push((b, BaseOutcome::Patch { bytes, new: true }));
+        } else {
+            let route_bytes = r.map_or(full_bytes, |r| r.bytes);
+            outcome.push((b, BaseOutcome::Chained { bytes, route_bytes }));
+        }
+    }
+    for p in &ix.releases[at].patches {
+        if let Some(b) = index_of(&ix, &p.from) {
+            if !outcome.iter().any(|(x, _)| *x == b) {
+                outcome.push((
+                    b,
+                    BaseOutcome::Patch {
+                        bytes: p.bytes,
+                        new: false,
+                    },
+                ));
+            }
+        }
+    }
+    // Patches in base order, so that the index does not depend on which job finished first.
+    let mut patches = std::mem::take(&mut ix.releases[at].patches);
+    patches.sort_by_key(|p| ix.releases.iter().position(|r| r.digest == p.from));
+    ix.releases[at].patches = patches;
+    outcome.sort_by_key(|(b, _)| *b);
+
+    let now = opts.now.unwrap_or_else(publish_time);
+    ix.version += 1;
+    ix.expires = now.saturating_add(opts.valid_for);
+    repo.write_index(&ix, key)?;
+    // The jobs are done with: the patches they made are in the index (or not needed).
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir(repo.root().join("jobs"));
+    Ok(PublishReport {
+        digest: plan.release.digest.clone(),
+        full_bytes,
+        bases: outcome
+            .into_iter()
+            .map(|(b, o)| (ix.releases[b].version.clone(), o))
+            .collect(),
+        index_version: ix.version,
+    })
+}
+
+/// Add `version` (the bundle at `bundle`) to the repository, signed by `key`: [`plan`], every
+/// job ([`run_job`], in parallel), then [`commit`], in this process.
 ///
 /// ```
 /// # fn main() -> Result<(), bundelta::Error> {
@@ -154,190 +587,12 @@ pub fn publish(
     opts: &PublishOptions,
     key: &SecretKey,
 ) -> Result<PublishReport> {
-    let bundle = bundle.as_ref();
-    let err = |d: String| Error::Repository {
-        repo: repo.root().display().to_string(),
-        detail: d,
-    };
-    if !(0.0..=1.0).contains(&opts.max_ratio) || opts.rollout > 100 {
-        return Err(Error::Config {
-            detail: "max_ratio must be within 0..=1 and rollout within 0..=100".into(),
-        });
-    }
-    let mut ix = repo.load_index(&key.public_key())?;
-    let directory = ix.bundle == "directory";
-    let md = std::fs::metadata(bundle).map_err(|e| Error::io(bundle, "stat", e))?;
-    if md.is_dir() != directory {
-        return Err(err(format!(
-            "{} is a {}, but this repository's bundles are {}s",
-            bundle.display(),
-            if md.is_dir() { "directory" } else { "file" },
-            ix.bundle
-        )));
-    }
-    let digest = crate::hex(&crate::bundle_digest(bundle)?);
-    let scratch = Scratch(
-        repo.root()
-            .join(format!(".publish-{}", crate::sys::new_token())),
-    );
-    std::fs::create_dir_all(&scratch.0).map_err(|e| Error::io(&scratch.0, "create", e))?;
-    let empty = scratch.0.join("empty");
-    if directory {
-        std::fs::create_dir(&empty)
-    } else {
-        std::fs::write(&empty, b"")
-    }
-    .map_err(|e| Error::io(&empty, "create", e))?;
-
-    // The release entry: existing (re-publication) or new.
-    let at = match ix.releases.iter().position(|r| r.version == version) {
-        Some(i) if ix.releases[i].digest == digest => i,
-        Some(_) => {
-            return Err(err(format!(
-                "release {version} exists with another bundle: publish under a new version"
-            )))
-        }
-        None => {
-            if let Some(r) = ix.releases.iter().find(|r| r.digest == digest) {
-                return Err(err(format!(
-                    "this bundle is already release {}: nothing to publish",
-                    r.version
-                )));
-            }
-            if let Some(req) = &opts.requires {
-                if ix.release(req).is_none() {
-                    return Err(err(format!("--requires {req}: no such release")));
-                }
-            }
-            let full = opts.diff.diff_paths(&empty, bundle)?.0;
-            let full = repo.put_blob(&full)?;
-            ix.releases.push(Release {
-                version: version.into(),
-                digest: digest.clone(),
-                bytes: crate::tree::bundle_bytes(bundle)?,
-                full,
-                patches: Vec::new(),
-                mandatory: opts.mandatory,
-                notes: opts.notes.clone(),
-                requires: opts.requires.clone(),
-                min_app: opts.min_app.clone(),
-                max_app: opts.max_app.clone(),
-                rollout: opts.rollout,
-                yanked: false,
-            });
-            ix.releases.len() - 1
-        }
-    };
-
-    // Bases: the last K releases published before it that are not yanked.
-    let bases: Vec<usize> = (0..at)
-        .rev()
-        .filter(|&i| !ix.releases[i].yanked)
-        .take(opts.bases)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let have: Vec<String> = ix.releases[at]
-        .patches
-        .iter()
-        .map(|p| p.from.clone())
-        .collect();
-    let todo: Vec<usize> = bases
-        .iter()
-        .copied()
-        .filter(|&b| !have.contains(&ix.releases[b].digest))
-        .collect();
-    // Rebuild each base from its full blob and diff it into the new bundle, in parallel; the
-    // results are collected in base order (deterministic whatever the thread count).
-    let made: Vec<(usize, Vec<u8>)> = todo
-        .par_iter()
-        .map(|&b| -> Result<(usize, Vec<u8>)> {
-            let base = &ix.releases[b];
-            let dir = scratch.0.join(format!("base-{b}"));
-            let full = repo.blob_file(&base.full)?;
-            Patcher::new()
-                .memory_limit(u64::MAX / 2)
-                .apply(&empty, full, &dir)?;
-            let patch = opts.diff.diff_paths(&dir, bundle)?.0;
-            let _ = std::fs::remove_dir_all(&dir).or_else(|_| std::fs::remove_file(&dir));
-            Ok((b, patch))
-        })
-        .collect::<Result<_>>()?;
-
-    // Keep what pays: under the size ratio, then on the cheapest route from its base.
-    let full_bytes = ix.releases[at].full.bytes;
-    let mut outcome: Vec<(usize, BaseOutcome)> = Vec::new();
-    let mut candidates: Vec<(usize, Vec<u8>)> = Vec::new();
-    for (b, patch) in made {
-        let bytes = patch.len() as u64;
-        if bytes as f64 > opts.max_ratio * full_bytes as f64 {
-            outcome.push((b, BaseOutcome::TooLarge { bytes }));
-        } else {
-            candidates.push((b, patch));
-        }
-    }
-    let mut trial = ix.clone();
-    for (b, patch) in &candidates {
-        trial.releases[at].patches.push(PatchRef {
-            from: ix.releases[*b].digest.clone(),
-            blake3: crate::hex(blake3::hash(patch).as_bytes()),
-            bytes: patch.len() as u64,
-        });
-    }
-    for (b, patch) in candidates {
-        let bytes = patch.len() as u64;
-        let r = route::plan(&trial, Some(b), at);
-        let direct = r.as_ref().is_some_and(|r| {
-            matches!(r.steps.last(), Some(Step::Patch { from, .. }) if *from == b)
-                && r.steps.len() == 1
-        });
-        if direct {
-            let blob = repo.put_blob(&patch)?;
-            let from = ix.releases[b].digest.clone();
-            ix.releases[at].patches.push(PatchRef {
-                from,
-                blake3: blob.blake3,
-                bytes: blob.bytes,
-            });
-            outcome.push((b, BaseOutcome::Patch { bytes, new: true }));
-        } else {
-            let route_bytes = r.map_or(full_bytes, |r| r.bytes);
-            outcome.push((b, BaseOutcome::Chained { bytes, route_bytes }));
-        }
-    }
-    for p in &ix.releases[at].patches {
-        if let Some(b) = ix.releases.iter().position(|r| r.digest == p.from) {
-            if !outcome.iter().any(|(x, _)| *x == b) {
-                outcome.push((
-                    b,
-                    BaseOutcome::Patch {
-                        bytes: p.bytes,
-                        new: false,
-                    },
-                ));
-            }
-        }
-    }
-    // Patches in base order, so that the index does not depend on which diff finished first.
-    let mut patches = std::mem::take(&mut ix.releases[at].patches);
-    patches.sort_by_key(|p| ix.releases.iter().position(|r| r.digest == p.from));
-    ix.releases[at].patches = patches;
-    outcome.sort_by_key(|(b, _)| *b);
-
-    let now = opts.now.unwrap_or_else(publish_time);
-    ix.version += 1;
-    ix.expires = now.saturating_add(opts.valid_for);
-    repo.write_index(&ix, key)?;
-    Ok(PublishReport {
-        digest,
-        full_bytes,
-        bases: outcome
-            .into_iter()
-            .map(|(b, o)| (ix.releases[b].version.clone(), o))
-            .collect(),
-        index_version: ix.version,
-    })
+    let p = plan(repo, version, bundle, opts, &key.public_key())?;
+    (0..p.jobs.len())
+        .into_par_iter()
+        .map(|n| run_job(repo, version, n).map(|_| ()))
+        .collect::<Result<Vec<()>>>()?;
+    commit(repo, version, opts, key)
 }
 
 /// Mark `version` yanked (withdrawn: never a target, never a step) and re-sign the index.
