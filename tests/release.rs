@@ -265,10 +265,13 @@ fn every_old_version_reaches_the_newest_over_http_and_from_a_directory() {
         !ix.releases[3].patches.is_empty(),
         "patches into the newest release"
     );
-    let server = Server::start(s.repo.root());
+    let server = Server::start(s.repo.local_dir().unwrap());
     for (how, src) in [
         ("http", Source::parse(&server.url())),
-        ("dir", Source::parse(s.repo.root().to_str().unwrap())),
+        (
+            "dir",
+            Source::parse(s.repo.local_dir().unwrap().to_str().unwrap()),
+        ),
     ] {
         for i in 0..4 {
             let t = s.install(&format!("{how}-at-{i}"), i);
@@ -305,7 +308,7 @@ fn every_old_version_reaches_the_newest_over_http_and_from_a_directory() {
 #[test]
 fn dropped_connections_are_resumed_with_range_requests() {
     let s = Setup::new(history(2, 2), &PublishOptions::default());
-    let server = Server::start(s.repo.root());
+    let server = Server::start(s.repo.local_dir().unwrap());
     let src = Source::parse(&server.url());
     let full = s.repo.load_index(&s.public()).unwrap().releases[1]
         .full
@@ -364,7 +367,7 @@ fn dropped_connections_are_resumed_with_range_requests() {
 #[test]
 fn wrong_content_range_restarts_and_corruption_is_refused() {
     let s = Setup::new(history(3, 2), &PublishOptions::default());
-    let server = Server::start(s.repo.root());
+    let server = Server::start(s.repo.local_dir().unwrap());
     let src = Source::parse(&server.url());
     // A partial download, then a server that answers the Range with the wrong range: the
     // client throws the partial away and starts over.
@@ -392,15 +395,15 @@ fn wrong_content_range_restarts_and_corruption_is_refused() {
 #[test]
 fn replayed_expired_and_wrongly_signed_indexes_are_refused() {
     let s = Setup::new(history(4, 2), &PublishOptions::default());
-    let old_index = fs::read(s.repo.root().join("index.json")).unwrap();
-    let old_sig = fs::read(s.repo.root().join("index.json.sig")).unwrap();
+    let old_index = fs::read(s.repo.local_dir().unwrap().join("index.json")).unwrap();
+    let old_sig = fs::read(s.repo.local_dir().unwrap().join("index.json.sig")).unwrap();
     s.publish(2.min(s.trees.len() - 1), &PublishOptions::default()); // re-publication: new index version
-    let src = Source::parse(s.repo.root().to_str().unwrap());
+    let src = Source::parse(s.repo.local_dir().unwrap().to_str().unwrap());
     let t = s.install("c", 0);
     s.update(&t, &src, &opts()).unwrap();
     // The old index, validly signed, served again: a replay.
-    fs::write(s.repo.root().join("index.json"), &old_index).unwrap();
-    fs::write(s.repo.root().join("index.json.sig"), &old_sig).unwrap();
+    fs::write(s.repo.local_dir().unwrap().join("index.json"), &old_index).unwrap();
+    fs::write(s.repo.local_dir().unwrap().join("index.json.sig"), &old_sig).unwrap();
     let e = s.update(&t, &src, &opts()).unwrap_err();
     assert!(
         matches!(&e, Error::StaleIndex { detail, .. } if detail.contains("replayed")),
@@ -427,7 +430,7 @@ fn replayed_expired_and_wrongly_signed_indexes_are_refused() {
     let mut bad = old_index.clone();
     let i = bad.len() / 2;
     bad[i] ^= 1;
-    fs::write(s.repo.root().join("index.json"), &bad).unwrap();
+    fs::write(s.repo.local_dir().unwrap().join("index.json"), &bad).unwrap();
     assert!(matches!(
         s.update(&t3, &src, &opts()).unwrap_err(),
         Error::Signature { .. }
@@ -440,7 +443,7 @@ fn yanked_releases_rollout_and_far_behind_clients() {
     let mut o = PublishOptions::default();
     o.bases = 1;
     let s = Setup::new(history(5, 4), &o);
-    let src = Source::parse(s.repo.root().to_str().unwrap());
+    let src = Source::parse(s.repo.local_dir().unwrap().to_str().unwrap());
     // K = 1: 1.0 has no patch into 1.3; its route is a chain or the full blob, whichever is
     // smaller.
     let t = s.install("far", 0);
@@ -464,7 +467,7 @@ fn yanked_releases_rollout_and_far_behind_clients() {
     let r = s2
         .update(
             &t,
-            &Source::parse(s2.repo.root().to_str().unwrap()),
+            &Source::parse(s2.repo.local_dir().unwrap().to_str().unwrap()),
             &opts(),
         )
         .unwrap();
@@ -479,7 +482,10 @@ fn publishing_is_reproducible_and_incremental() {
     let b = Setup::new(trees, &PublishOptions::default());
     let files = |r: &Repo| {
         let mut v: Vec<(String, Vec<u8>)> = Vec::new();
-        for d in [r.root().to_path_buf(), r.root().join("blobs")] {
+        for d in [
+            r.local_dir().unwrap().to_path_buf(),
+            r.local_dir().unwrap().join("blobs"),
+        ] {
             for e in fs::read_dir(&d).unwrap() {
                 let e = e.unwrap();
                 if e.file_type().unwrap().is_file() {
@@ -557,7 +563,7 @@ proptest! {
         }
         let at = at % n;
         let t = s.install("client", at);
-        let src = Source::parse(s.repo.root().to_str().unwrap());
+        let src = Source::parse(s.repo.local_dir().unwrap().to_str().unwrap());
         let want = (0..n).rev().find(|i| !yanked[*i]);
         match s.update(&t, &src, &opts()) {
             Ok(r) => {
@@ -787,4 +793,164 @@ fn plan_jobs_in_separate_processes_and_commit() {
         release::update(&t, &Source::parse(&repo), &key, &o).unwrap();
         assert_eq!(read_tree(&t), trees[3]);
     }
+}
+
+/// The repository on S3-compatible object storage: a real server (`s3s-fs`, installed by
+/// .ci/run) on 127.0.0.1, publication split into plan / jobs as concurrent processes /
+/// commit, then a client updated from the bucket. Without `s3s-fs` on PATH
+/// the test says SKIPPED, unless BUNDELTA_REQUIRE_S3 is set (CI sets it), when it fails.
+#[test]
+#[cfg(all(feature = "cli", feature = "s3"))]
+fn s3_repository_with_jobs_as_processes() {
+    use std::process::{Command, Stdio};
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("s3s-fs").is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("BUNDELTA_REQUIRE_S3").is_none(),
+            "s3s-fs is not on PATH (cargo install s3s-fs --features binary)"
+        );
+        eprintln!("SKIPPED: s3s-fs not on PATH");
+        return;
+    }
+    let trees = history(10, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    fs::create_dir_all(p("s3/bucket")).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--access-key",
+                "bundelta",
+                "--secret-key",
+                "bundelta-secret",
+            ])
+            .arg(p("s3"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let bd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bundelta"));
+        c.args(args)
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ACCESS_KEY_ID", "bundelta")
+            .env("AWS_SECRET_ACCESS_KEY", "bundelta-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true");
+        c
+    };
+    let ok = |mut c: Command| {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let s = |p: PathBuf| p.to_str().unwrap().to_string();
+    let (key, pubkey) = (s(p("k")), s(p("k.pub")));
+    let repo = "s3://bucket/app";
+    ok(bd(&["keygen", "-o", &key, "-q"]));
+    ok(bd(&[
+        "release", "init", repo, "--name", "app", "--key", &key, "-q",
+    ]));
+    for (i, t) in trees.iter().enumerate() {
+        write_tree(&p(&format!("v{i}")), t);
+    }
+    for i in 0..2 {
+        ok(bd(&[
+            "release",
+            "add",
+            repo,
+            &format!("1.{i}"),
+            &s(p(&format!("v{i}"))),
+            "--key",
+            &key,
+            "-q",
+        ]));
+    }
+    let out = ok(bd(&[
+        "release",
+        "plan",
+        repo,
+        "1.2",
+        &s(p("v2")),
+        "--pubkey",
+        &pubkey,
+        "--json",
+    ]));
+    let jobs = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["jobs"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(jobs, 2);
+    let children: Vec<_> = (0..jobs)
+        .map(|n| {
+            let mut c = bd(&[
+                "release",
+                "run-job",
+                repo,
+                "1.2",
+                "--job",
+                &n.to_string(),
+                "-q",
+            ]);
+            c.spawn().unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    ok(bd(&["release", "commit", repo, "1.2", "--key", &key, "-q"]));
+    let out = ok(bd(&[
+        "release", "list", repo, "--pubkey", &pubkey, "--json",
+    ]));
+    let ix: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ix["releases"].as_array().unwrap().len(), 3);
+    assert_eq!(ix["releases"][2]["patches"].as_array().unwrap().len(), 2);
+    // Wrong credentials are refused by the server, and say so.
+    let out = bd(&["release", "list", repo, "--pubkey", &pubkey])
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A client at 1.0 updates from the bucket.
+    write_tree(&p("client"), &trees[0]);
+    ok(bd(&[
+        "update",
+        &s(p("client")),
+        "--repo",
+        repo,
+        "--pubkey",
+        &pubkey,
+        "-q",
+    ]));
+    assert_eq!(read_tree(&p("client")), trees[2]);
 }

@@ -226,7 +226,8 @@ pub(crate) struct UpdateArgs {
     /// The installed bundle (a directory or a file; created when missing). Its version is
     /// recognised by its content digest, not by any version file.
     target: PathBuf,
-    /// The repository: a directory (a mounted USB stick, a mirror) or an http(s):// URL.
+    /// The repository: a directory (a mounted USB stick, a mirror), an http(s):// URL, or
+    /// s3://BUCKET/PREFIX (credentials from the AWS_* environment).
     #[arg(long, value_name = "DIR_OR_URL")]
     repo: String,
     /// The public key the repository's index must be signed with.
@@ -338,7 +339,7 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
         }
         ReleaseCmd::Add(a) => {
             let key = read_secret_key(&a.key)?;
-            let repo = Repo::open(&a.repo);
+            let repo = Repo::open(&a.repo)?;
             let mut o = commit_opts(&a.commit);
             policy_opts(&mut o, &a.policy);
             let t = std::time::Instant::now();
@@ -356,13 +357,13 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
             let key = read_public_key(&a.pubkey)?;
             let mut o = PublishOptions::default();
             policy_opts(&mut o, &a.policy);
-            let p = release::plan_release(&Repo::open(&a.repo), &a.version, &a.bundle, &o, &key)
+            let p = release::plan_release(&Repo::open(&a.repo)?, &a.version, &a.bundle, &o, &key)
                 .with_context(|| format!("planning {}", a.version))?;
             if a.common.json {
                 println!(
                     "{}",
                     json!({"version": a.version, "digest": p.release.digest, "jobs": p.jobs.len(),
-                           "plan": release::plan_path(&Repo::open(&a.repo), &p.release.digest)})
+                           "plan": release::plan_path(&p.release.digest)})
                 );
             } else if !a.common.quiet {
                 eprintln!(
@@ -385,7 +386,7 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
                     .context("give --job N (or set JOB_COMPLETION_INDEX)")?,
             };
             let t = std::time::Instant::now();
-            let r = release::run_job(&Repo::open(&a.repo), &a.version, n)
+            let r = release::run_job(&Repo::open(&a.repo)?, &a.version, n)
                 .with_context(|| format!("job {n} of {}", a.version))?;
             if a.common.json {
                 println!(
@@ -406,7 +407,7 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
             let key = read_secret_key(&a.key)?;
             let o = commit_opts(&a.commit);
             let t = std::time::Instant::now();
-            let r = release::commit(&Repo::open(&a.repo), &a.version, &o, &key)
+            let r = release::commit(&Repo::open(&a.repo)?, &a.version, &o, &key)
                 .with_context(|| format!("committing {}", a.version))?;
             print_report(
                 &a.version,
@@ -419,7 +420,7 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
         ReleaseCmd::Yank(a) => {
             let key = read_secret_key(&a.key)?;
             let ix = release::yank(
-                &Repo::open(&a.repo),
+                &Repo::open(&a.repo)?,
                 &a.version,
                 &key,
                 &publish_opts(a.validity.valid_days),
@@ -436,7 +437,7 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
         ReleaseCmd::Resign(a) => {
             let key = read_secret_key(&a.key)?;
             let ix = release::resign(
-                &Repo::open(&a.repo),
+                &Repo::open(&a.repo)?,
                 &key,
                 &publish_opts(a.validity.valid_days),
             )?;
@@ -454,7 +455,7 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
         }
         ReleaseCmd::List(a) => {
             let key = read_public_key(&a.pubkey)?;
-            let ix = Repo::open(&a.repo).load_index(&key)?;
+            let ix = Repo::open(&a.repo)?.load_index(&key)?;
             if a.common.json {
                 println!("{}", String::from_utf8_lossy(&ix.to_bytes()).trim_end());
             } else {
@@ -502,7 +503,7 @@ pub(crate) fn update(a: UpdateArgs) -> Result<ExitCode> {
     o.dry_run = a.dry_run;
     o.memory_limit = a.memory_limit;
     o.retries = a.retries;
-    let source = Source::parse(&a.repo);
+    let source = Source::open(&a.repo)?;
     let r = release::update(&a.target, &source, &key, &o)?;
     let steps: Vec<_> = r
         .steps

@@ -40,7 +40,8 @@ use crate::{InPlaceOutcome, Patcher};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Source {
-    /// A directory holding `index.json`.
+    /// A repository read through its storage: a directory holding `index.json` (or, with
+    /// feature `s3`, a bucket).
     Dir(Repo),
     /// The URL of a directory served over HTTP(S), without the trailing slash.
     #[cfg(feature = "http")]
@@ -55,13 +56,22 @@ impl Source {
         if s.starts_with("http://") || s.starts_with("https://") {
             return Source::Http(s.trim_end_matches('/').to_string());
         }
-        Source::Dir(Repo::open(s))
+        Source::Dir(Repo::local(s))
+    }
+
+    /// [`Source::parse`], and `s3://BUCKET/PREFIX` read through the S3 API (feature `s3`,
+    /// configured from the `AWS_*` environment as [`Repo::open`] says).
+    pub fn open(s: &str) -> Result<Source> {
+        if s.starts_with("s3://") {
+            return Ok(Source::Dir(Repo::open(s)?));
+        }
+        Ok(Source::parse(s))
     }
 
     /// How errors name it.
     pub fn name(&self) -> String {
         match self {
-            Source::Dir(r) => r.root().display().to_string(),
+            Source::Dir(r) => r.name(),
             #[cfg(feature = "http")]
             Source::Http(u) => u.clone(),
         }
@@ -121,7 +131,14 @@ impl Source {
                 return Ok(failures);
             }
             let r = match self {
-                Source::Dir(r) => copy_from(&r.blob_path(&blob.blake3), part, have, blob.bytes),
+                Source::Dir(r) => match r.local_dir() {
+                    Some(_) => copy_from(&r.blob_path(&blob.blake3), part, have, blob.bytes),
+                    // Object storage: fetched (and checked) whole into the work directory.
+                    None => r
+                        .blob_file(blob)
+                        .map_err(Fetch::Fatal)
+                        .and_then(|f| copy_from(&f, part, have, blob.bytes)),
+                },
                 #[cfg(feature = "http")]
                 Source::Http(u) => http_range(
                     opts,

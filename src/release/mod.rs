@@ -17,6 +17,8 @@ mod index;
 mod publish;
 mod repo;
 mod route;
+#[cfg(feature = "s3")]
+mod s3;
 
 pub use client::{in_rollout, state_dir, update, Source, StepReport, UpdateOptions, UpdateReport};
 pub use index::{

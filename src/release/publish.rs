@@ -141,7 +141,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new(repo: &Repo) -> Result<Scratch> {
         let p = repo
-            .root()
+            .work_dir()
             .join(format!(".publish-{}", crate::sys::new_token()));
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, "create", e))?;
         Ok(Scratch(p))
@@ -215,52 +215,43 @@ pub struct JobResult {
     pub patch: Blob,
 }
 
-fn jobs_dir(repo: &Repo, digest: &str) -> PathBuf {
-    repo.root().join("jobs").join(digest)
+fn jobs_prefix(digest: &str) -> String {
+    format!("jobs/{digest}/")
 }
 
-/// Where the plan of the release with bundle `digest` is.
-pub fn plan_path(repo: &Repo, digest: &str) -> PathBuf {
-    jobs_dir(repo, digest).join("plan.json")
+/// The key of the plan of the release with bundle `digest` (`jobs/<digest>/plan.json`).
+pub fn plan_path(digest: &str) -> String {
+    format!("{}plan.json", jobs_prefix(digest))
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+fn write_json<T: Serialize>(repo: &Repo, key: &str, v: &T) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(v).expect("plain data serialises");
     bytes.push(b'\n');
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, "create directory", e))?;
-    }
-    crate::write_atomic(path, "job", 0o644, |f| std::io::Write::write_all(f, &bytes))
+    repo.put(key, &bytes)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(repo: &Repo, path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Repository {
-        repo: repo.root().display().to_string(),
-        detail: format!("{}: {e}", path.display()),
-    })
+fn read_json<T: serde::de::DeserializeOwned>(repo: &Repo, key: &str) -> Result<T> {
+    let bytes = repo
+        .get(key, 16 << 20)?
+        .ok_or_else(|| repo.err(format!("has no {key}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| repo.err(format!("{key}: {e}")))
 }
 
 /// The plan of `version` staged in the repository.
 pub fn find_plan(repo: &Repo, version: &str) -> Result<Plan> {
-    let dir = repo.root().join("jobs");
     let mut found = None;
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        names.sort();
-        for d in names {
-            let p = d.join("plan.json");
-            if p.is_file() {
-                let plan: Plan = read_json(repo, &p)?;
-                if plan.release.version == version {
-                    found = Some(plan);
-                }
+    for key in repo.list("jobs/")? {
+        if key.ends_with("/plan.json") {
+            let plan: Plan = read_json(repo, &key)?;
+            if plan.release.version == version {
+                found = Some(plan);
             }
         }
     }
-    found.ok_or_else(|| Error::Repository {
-        repo: repo.root().display().to_string(),
-        detail: format!("no staged plan for release {version} (run `release plan` first)"),
+    found.ok_or_else(|| {
+        repo.err(format!(
+            "no staged plan for release {version} (run `release plan` first)"
+        ))
     })
 }
 
@@ -276,7 +267,7 @@ pub fn plan(
 ) -> Result<Plan> {
     let bundle = bundle.as_ref();
     let err = |d: String| Error::Repository {
-        repo: repo.root().display().to_string(),
+        repo: repo.name(),
         detail: d,
     };
     if !(0.0..=1.0).contains(&opts.max_ratio) || opts.rollout > 100 {
@@ -362,7 +353,7 @@ pub fn plan(
         window_log: opts.window_log,
         jobs,
     };
-    write_json(&plan_path(repo, &digest), &plan)?;
+    write_json(repo, &plan_path(&digest), &plan)?;
     Ok(plan)
 }
 
@@ -390,13 +381,13 @@ fn rebuild(repo: &Repo, scratch: &Scratch, full: &Blob, out: &Path, directory: b
 pub fn run_job(repo: &Repo, version: &str, n: usize) -> Result<JobResult> {
     let plan = find_plan(repo, version)?;
     let job = plan.jobs.get(n).ok_or_else(|| Error::Repository {
-        repo: repo.root().display().to_string(),
+        repo: repo.name(),
         detail: format!(
             "release {version} has {} job(s): no job {n}",
             plan.jobs.len()
         ),
     })?;
-    let out = jobs_dir(repo, &plan.release.digest).join(format!("job-{n}.json"));
+    let out = format!("{}job-{n}.json", jobs_prefix(&plan.release.digest));
     if let Ok(done) = read_json::<JobResult>(repo, &out) {
         if repo.blob_file(&done.patch).is_ok() && done.from == job.from {
             return Ok(done);
@@ -414,7 +405,7 @@ pub fn run_job(repo: &Repo, version: &str, n: usize) -> Result<JobResult> {
         from: job.from.clone(),
         patch: repo.put_blob(&patch)?,
     };
-    write_json(&out, &result)?;
+    write_json(repo, &out, &result)?;
     Ok(result)
 }
 
@@ -429,7 +420,7 @@ pub fn commit(
 ) -> Result<PublishReport> {
     let plan = find_plan(repo, version)?;
     let err = |d: String| Error::Repository {
-        repo: repo.root().display().to_string(),
+        repo: repo.name(),
         detail: d,
     };
     let mut ix = repo.load_index(&key.public_key())?;
@@ -441,10 +432,10 @@ pub fn commit(
             ix.releases.len() - 1
         }
     };
-    let dir = jobs_dir(repo, &plan.release.digest);
+    let dir = jobs_prefix(&plan.release.digest);
     let results: Vec<JobResult> = (0..plan.jobs.len())
         .map(|n| {
-            read_json::<JobResult>(repo, &dir.join(format!("job-{n}.json"))).map_err(|_| {
+            read_json::<JobResult>(repo, &format!("{dir}job-{n}.json")).map_err(|_| {
                 err(format!(
                     "job {n} of release {version} (from {}) has no result: run it first",
                     plan.jobs[n].from_version
@@ -549,8 +540,7 @@ pub fn commit(
     ix.expires = now.saturating_add(opts.valid_for);
     repo.write_index(&ix, key)?;
     // The jobs are done with: the patches they made are in the index (or not needed).
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir(repo.root().join("jobs"));
+    repo.delete_prefix(&dir)?;
     Ok(PublishReport {
         digest: plan.release.digest.clone(),
         full_bytes,
@@ -603,7 +593,7 @@ pub fn yank(repo: &Repo, version: &str, key: &SecretKey, opts: &PublishOptions) 
         .iter_mut()
         .find(|r| r.version == version)
         .ok_or_else(|| Error::Repository {
-            repo: repo.root().display().to_string(),
+            repo: repo.name(),
             detail: format!("no release {version}"),
         })?;
     r.yanked = true;
