@@ -401,6 +401,7 @@ fn main() -> ExitCode {
             release_cmd::ReleaseCmd::RunJob(a) => a.common.json,
             release_cmd::ReleaseCmd::Commit(a) => a.common.json,
             release_cmd::ReleaseCmd::Yank(a) => a.common.json,
+            release_cmd::ReleaseCmd::Prune(a) => a.common.json,
             release_cmd::ReleaseCmd::Resign(a) => a.common.json,
             release_cmd::ReleaseCmd::List(a) => a.common.json,
         },

@@ -175,9 +175,21 @@ fn history(seed: u64, n: usize) -> Vec<Tree> {
             exec: false,
         },
     );
+    let version = |t: &mut Tree, i: usize| {
+        t.insert(
+            "VERSION".into(),
+            Item::File {
+                data: format!("{i}\n").into_bytes(),
+                exec: false,
+            },
+        );
+    };
+    version(&mut t, 0);
     let mut out = vec![t.clone()];
-    for _ in 1..n {
+    for i in 1..n {
         t = edit_tree(&mut rng, &t);
+        // Every version differs, whatever the random edits did.
+        version(&mut t, i);
         if let Some(Item::File { data, .. }) = t.get_mut("app.bin") {
             *data = rng.edit(data, 20);
         }
@@ -953,4 +965,116 @@ fn s3_repository_with_jobs_as_processes() {
         "-q",
     ]));
     assert_eq!(read_tree(&p("client")), trees[2]);
+}
+
+/// Pruning keeps the newest releases' patches and every full blob: clients still reach the
+/// newest release, and the blobs no index names are gone.
+#[test]
+fn prune_drops_old_patches_and_their_blobs() {
+    let s = Setup::new(history(11, 4), &PublishOptions::default());
+    let blobs = |s: &Setup| fs::read_dir(s.p("repo/blobs")).unwrap().count();
+    let before = blobs(&s);
+    let mut po = PublishOptions::default();
+    po.now = Some(1_000_000);
+    let r = release::prune(&s.repo, 1, &s.key, &po).unwrap();
+    let ix = s.repo.load_index(&s.public()).unwrap();
+    assert!(ix.releases[..3].iter().all(|r| r.patches.is_empty()));
+    assert_eq!(ix.releases[3].patches.len(), 3);
+    assert_eq!(r.patches, 1 + 2);
+    assert_eq!(blobs(&s), before - r.blobs);
+    assert_eq!(blobs(&s), 4 + 3, "four full blobs and the patches into 1.3");
+    let src = Source::parse(s.p("repo").to_str().unwrap());
+    for i in 0..3 {
+        let t = s.install(&format!("p{i}"), i);
+        let up = s.update(&t, &src, &opts()).unwrap();
+        assert_eq!(read_tree(&t), s.trees[3]);
+        assert_eq!(up.steps.len(), 1);
+    }
+}
+
+/// A blob cut short on the server: the client tries again, gives up, and the install stays
+/// at its version; once the blob is whole again the update succeeds.
+#[test]
+fn truncated_blob_on_the_server_is_refused() {
+    let s = Setup::new(history(12, 2), &PublishOptions::default());
+    let ix = s.repo.load_index(&s.public()).unwrap();
+    let blob = s.p("repo/blobs").join(&ix.releases[1].patches[0].blake3);
+    let whole = fs::read(&blob).unwrap();
+    fs::write(&blob, &whole[..whole.len() / 2]).unwrap();
+    let server = Server::start(&s.p("repo"));
+    let src = Source::parse(&server.url());
+    let t = s.install("t", 0);
+    let mut o = opts();
+    o.retries = 1;
+    let e = s.update(&t, &src, &o).unwrap_err();
+    assert!(matches!(e, Error::Repository { .. }), "{e}");
+    assert_eq!(read_tree(&t), s.trees[0]);
+    fs::write(&blob, &whole).unwrap();
+    s.update(&t, &src, &opts()).unwrap();
+    assert_eq!(read_tree(&t), s.trees[1]);
+}
+
+/// `bundelta update` killed (SIGKILL) at each step of an update, patch and full routes: the
+/// install is at the old or the new release, never in between, and the next run finishes.
+#[test]
+#[cfg(feature = "cli")]
+fn update_killed_at_each_step_finishes_on_the_next_run() {
+    use std::process::Command;
+    for (ratio, points) in [
+        (
+            0.8,
+            &[
+                "update-downloaded",
+                "building",
+                "built",
+                "ready",
+                "exchanged",
+            ][..],
+        ),
+        (
+            0.0,
+            &["update-downloaded", "full-built", "full-exchanged"][..],
+        ),
+    ] {
+        let mut o = PublishOptions::default();
+        o.max_ratio = ratio;
+        let s = Setup::new(history(13, 2), &o);
+        // The CLI reads the real clock: an index valid from now.
+        release::resign(&s.repo, &s.key, &PublishOptions::default()).unwrap();
+        let pubkey = s.p("k.pub");
+        fs::write(&pubkey, s.public().to_text()).unwrap();
+        for point in points {
+            let t = s.install(&format!("k-{ratio}-{point}"), 0);
+            let run = |crash: Option<&str>| {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_bundelta"));
+                c.arg("update")
+                    .arg(&t)
+                    .arg("--repo")
+                    .arg(s.p("repo"))
+                    .arg("--pubkey");
+                c.arg(&pubkey).arg("-q");
+                if let Some(at) = crash {
+                    c.env("BUNDELTA_TEST_CRASH_AT", at);
+                }
+                c.status().unwrap()
+            };
+            assert!(!run(Some(point)).success(), "{point}: not killed");
+            let now = read_tree(&t);
+            assert!(
+                now == s.trees[0] || now == s.trees[1],
+                "{point}: in between"
+            );
+            assert!(run(None).success(), "{point}: rerun");
+            assert_eq!(read_tree(&t), s.trees[1], "{point}");
+            let beside: Vec<String> = fs::read_dir(s.dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.contains(&format!("k-{ratio}-{point}")) && !n.ends_with(".bundelta-update")
+                })
+                .filter(|n| !n.starts_with("k-"))
+                .collect();
+            assert!(beside.is_empty(), "{point}: left {beside:?}");
+        }
+    }
 }

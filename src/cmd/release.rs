@@ -32,6 +32,9 @@ pub(crate) enum ReleaseCmd {
     Commit(CommitArgs),
     /// Withdraw VERSION: clients never install it nor pass through it (re-signs the index).
     Yank(YankArgs),
+    /// Drop the patches into all but the newest --keep releases and delete the blobs the
+    /// index no longer names (full blobs stay); re-signs the index.
+    Prune(PruneArgs),
     /// Re-sign the index with a new version and expiry (run before it expires when there is
     /// nothing new to publish).
     Resign(ResignArgs),
@@ -188,6 +191,22 @@ pub(crate) struct YankArgs {
     repo: PathBuf,
     /// The release to withdraw.
     version: String,
+    /// The secret key that signs the index.
+    #[arg(short, long, value_name = "KEY")]
+    key: PathBuf,
+    #[command(flatten)]
+    validity: Validity,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Args)]
+pub(crate) struct PruneArgs {
+    /// The repository.
+    repo: PathBuf,
+    /// Keep the patches into this many newest releases.
+    #[arg(long, value_name = "N")]
+    keep: usize,
     /// The secret key that signs the index.
     #[arg(short, long, value_name = "KEY")]
     key: PathBuf,
@@ -432,6 +451,26 @@ pub(crate) fn release(a: ReleaseArgs) -> Result<ExitCode> {
                 );
             } else if !a.common.quiet {
                 eprintln!("yanked {}; index version {}", a.version, ix.version);
+            }
+        }
+        ReleaseCmd::Prune(a) => {
+            let key = read_secret_key(&a.key)?;
+            let r = release::prune(
+                &Repo::open(&a.repo)?,
+                a.keep,
+                &key,
+                &publish_opts(a.validity.valid_days),
+            )?;
+            if a.common.json {
+                println!(
+                    "{}",
+                    json!({"patches": r.patches, "blobs": r.blobs, "bytes": r.bytes})
+                );
+            } else if !a.common.quiet {
+                eprintln!(
+                    "dropped {} patch(es); deleted {} blob(s), {} bytes",
+                    r.patches, r.blobs, r.bytes
+                );
             }
         }
         ReleaseCmd::Resign(a) => {

@@ -566,6 +566,7 @@ pub fn update(
             }
             fs::rename(&part, &done).map_err(|e| Error::io(&part, "rename", e))?;
         }
+        crate::inplace::crash_point("update-downloaded");
         let want =
             crate::format::Hash::from(super::index::parse_hash(&ix.releases[s.to()].digest)?);
         let mut p = Patcher::new();
@@ -612,10 +613,13 @@ fn install_full(
         fs::write(&empty, b"")
     }
     .map_err(|e| Error::io(&empty, "create", e))?;
-    let staging = crate::sys::staging_path(target, "full")?;
+    // In the state directory (beside the install: the same file system, so the exchange is
+    // one rename), under a fixed name: a run after a crash removes what the last one left.
+    let staging = state.join("full");
     crate::sys::remove_all(&staging);
     p.apply(&empty, blob, &staging)?;
     crate::sys::remove_all(&empty);
+    crate::inplace::crash_point("full-built");
     if fs::symlink_metadata(target).is_err() {
         return crate::sys::rename_noreplace(&staging, target);
     }
@@ -624,11 +628,13 @@ fn install_full(
     }
     match crate::sys::exchange(&staging, target) {
         Ok(()) => {
+            crate::inplace::crash_point("full-exchanged");
             crate::sys::remove_all(&staging);
             Ok(())
         }
         Err(e) if crate::sys::exchange_unsupported(&e) => {
-            let aside = crate::sys::staging_path(target, "old")?;
+            let aside = state.join("aside");
+            crate::sys::remove_all(&aside);
             fs::rename(target, &aside).map_err(|e| Error::io(target, "rename", e))?;
             fs::rename(&staging, target).map_err(|e| Error::io(target, "rename", e))?;
             crate::sys::remove_all(&aside);

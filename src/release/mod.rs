@@ -29,8 +29,8 @@ pub use index::{
 };
 #[cfg(feature = "diff")]
 pub use publish::{
-    commit, find_plan, plan as plan_release, plan_path, publish, publish_time, resign, run_job,
-    yank, BaseOutcome, Job, JobResult, Plan, PublishOptions, PublishReport,
+    commit, find_plan, plan as plan_release, plan_path, prune, publish, publish_time, resign,
+    run_job, yank, BaseOutcome, Job, JobResult, Plan, PruneReport, PublishOptions, PublishReport,
 };
 pub use repo::{Repo, BLOBS_DIR, INDEX_FILE, INDEX_SIG_FILE};
 pub use route::{plan, Route, Step};

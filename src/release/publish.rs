@@ -600,6 +600,67 @@ pub fn yank(repo: &Repo, version: &str, key: &SecretKey, opts: &PublishOptions) 
     resign_with(repo, ix, key, opts)
 }
 
+/// What [`prune`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PruneReport {
+    /// Patches dropped from the index.
+    pub patches: usize,
+    /// Blobs deleted (no longer named by the index).
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Drop the patches into every release but the newest `keep` (not counting yanked ones),
+/// re-sign the index, then delete every blob the index no longer names. Full blobs stay:
+/// they are how far-behind clients install and how publishing rebuilds bases. Clients at an
+/// old version then reach old releases by their full blob, and chains through them are gone
+/// (a client that fetched the previous index moments before may find a pruned patch missing
+/// and succeed on its next run). Refused while a publication is staged (`jobs/`).
+pub fn prune(
+    repo: &Repo,
+    keep: usize,
+    key: &SecretKey,
+    opts: &PublishOptions,
+) -> Result<PruneReport> {
+    if !repo.list("jobs/")?.is_empty() {
+        return Err(repo.err("a publication is staged (jobs/): commit it first"));
+    }
+    let mut ix = repo.load_index(&key.public_key())?;
+    let live: Vec<usize> = (0..ix.releases.len())
+        .filter(|&i| !ix.releases[i].yanked)
+        .collect();
+    let cut = live.len().saturating_sub(keep);
+    let mut report = PruneReport::default();
+    for &i in &live[..cut] {
+        report.patches += ix.releases[i].patches.len();
+        ix.releases[i].patches.clear();
+    }
+    for r in ix.releases.iter_mut().filter(|r| r.yanked) {
+        report.patches += r.patches.len();
+        r.patches.clear();
+    }
+    let ix = resign_with(repo, ix, key, opts)?;
+    let named: std::collections::HashSet<&str> = ix
+        .releases
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(r.full.blake3.as_str())
+                .chain(r.patches.iter().map(|p| p.blake3.as_str()))
+        })
+        .collect();
+    for k in repo.list(&format!("{}/", super::repo::BLOBS_DIR))? {
+        let name = k.rsplit('/').next().unwrap_or("");
+        if !named.contains(name) {
+            report.bytes += repo.len(&k)?.unwrap_or(0);
+            report.blobs += 1;
+            repo.delete(&k)?;
+        }
+    }
+    Ok(report)
+}
+
 /// Re-sign the index with a new version and expiry (nothing else changes): what a publisher
 /// runs before the expiry when there is nothing new to publish.
 pub fn resign(repo: &Repo, key: &SecretKey, opts: &PublishOptions) -> Result<Index> {

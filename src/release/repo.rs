@@ -224,6 +224,20 @@ impl Repo {
         Ok(v)
     }
 
+    /// Remove the object `key` (gone already is fine).
+    #[cfg_attr(not(feature = "diff"), allow(dead_code))] // publishing's
+    pub(crate) fn delete(&self, key: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Dir(root) => match fs::remove_file(root.join(key)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(&root.join(key), "remove", e)),
+            },
+            #[cfg(feature = "s3")]
+            Backend::S3(s) => s.delete(key),
+        }
+    }
+
     /// Remove every object under `prefix`.
     #[cfg_attr(not(feature = "diff"), allow(dead_code))] // publishing's
     pub(crate) fn delete_prefix(&self, prefix: &str) -> Result<()> {

@@ -257,9 +257,9 @@ pub(crate) fn new_token() -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// A hidden sibling path of `target` for staging: `.NAME.bundelta-TAG-PID` (the diff's
-/// temporary patch, the update client's full installs; an apply's stages are named and
-/// recorded by `inplace`).
-#[cfg(any(feature = "diff", feature = "release"))]
+/// temporary patch; an apply's stages are named and recorded by `inplace`).
+#[cfg(feature = "diff")]
+#[allow(dead_code)] // the apply side's copy is still in use; callers move here
 pub(crate) fn staging_path(target: &Path, tag: &str) -> Result<PathBuf> {
     let name = target
         .file_name()
