@@ -63,11 +63,13 @@ enum Cmd {
     Keygen(KeygenArgs),
     /// Sign an existing patch (or re-sign a signed one) with a secret key from `keygen`.
     Sign(SignArgs),
-    /// Publish releases into a static, signed update repository (init, add, yank, resign,
-    /// list).
+    /// Publish releases into a static, signed update repository (init, add, plan/run-job/
+    /// commit, yank, prune, resign, list).
     ///
     /// A repository is plain files (index.json, index.json.sig, blobs/) that any web server,
-    /// CDN or USB stick serves; `bundelta update` brings an install to its newest release.
+    /// CDN or USB stick serves, kept in a directory or in S3-compatible storage
+    /// (s3://BUCKET/PREFIX, configured from the AWS_* environment); `bundelta update` brings
+    /// an install to its newest release.
     Release(release_cmd::ReleaseArgs),
     /// Bring an installed bundle to the newest release of a repository (directory or URL):
     /// the cheapest route in bytes, resumable downloads, verified, applied crash-safely.

@@ -58,7 +58,7 @@ pub(crate) struct Validity {
 
 #[derive(Args)]
 pub(crate) struct InitArgs {
-    /// The repository directory (created).
+    /// The repository to create: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// The product's name.
     #[arg(long)]
@@ -122,7 +122,7 @@ pub(crate) struct CommitPolicy {
 
 #[derive(Args)]
 pub(crate) struct AddArgs {
-    /// The repository directory.
+    /// The repository: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// The release's name ("1.4.2").
     version: String,
@@ -141,7 +141,8 @@ pub(crate) struct AddArgs {
 
 #[derive(Args)]
 pub(crate) struct PlanArgs {
-    /// The repository directory (shared by every machine that runs a job).
+    /// The repository (a directory or s3://BUCKET/PREFIX every machine that runs a job
+    /// reaches).
     repo: PathBuf,
     /// The release's name.
     version: String,
@@ -158,7 +159,7 @@ pub(crate) struct PlanArgs {
 
 #[derive(Args)]
 pub(crate) struct RunJobArgs {
-    /// The repository directory.
+    /// The repository: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// The release being published.
     version: String,
@@ -172,7 +173,7 @@ pub(crate) struct RunJobArgs {
 
 #[derive(Args)]
 pub(crate) struct CommitArgs {
-    /// The repository directory.
+    /// The repository: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// The release being published.
     version: String,
@@ -187,7 +188,7 @@ pub(crate) struct CommitArgs {
 
 #[derive(Args)]
 pub(crate) struct YankArgs {
-    /// The repository directory.
+    /// The repository: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// The release to withdraw.
     version: String,
@@ -202,7 +203,7 @@ pub(crate) struct YankArgs {
 
 #[derive(Args)]
 pub(crate) struct PruneArgs {
-    /// The repository.
+    /// The repository: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// Keep the patches into this many newest releases.
     #[arg(long, value_name = "N")]
@@ -218,7 +219,7 @@ pub(crate) struct PruneArgs {
 
 #[derive(Args)]
 pub(crate) struct ResignArgs {
-    /// The repository directory.
+    /// The repository: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// The secret key that signs the index.
     #[arg(short, long, value_name = "KEY")]
@@ -231,7 +232,7 @@ pub(crate) struct ResignArgs {
 
 #[derive(Args)]
 pub(crate) struct ListArgs {
-    /// The repository directory.
+    /// The repository: a directory, or s3://BUCKET/PREFIX.
     repo: PathBuf,
     /// The public key the index must be signed with.
     #[arg(long, value_name = "KEY.pub")]
