@@ -427,22 +427,12 @@ fn golden_update_index() {
     let mut ix = Index::new("example-app", true);
     ix.version = 7;
     ix.expires = 1_900_000_000;
-    let release = |v: &str, d: u8, full: u8| Release {
-        version: v.into(),
-        digest: hex(d),
-        bytes: 1_048_576,
-        full: Blob {
+    let release = |v: &str, d: u8, full: u8| {
+        let blob = Blob {
             blake3: hex(full),
             bytes: 300_000,
-        },
-        patches: Vec::new(),
-        mandatory: false,
-        notes: String::new(),
-        requires: None,
-        min_app: None,
-        max_app: None,
-        rollout: 100,
-        yanked: false,
+        };
+        Release::new(v, hex(d), 1_048_576, blob)
     };
     ix.releases.push(release("1.0.0", 0x10, 0x11));
     let mut r = release("1.1.0", 0x20, 0x21);

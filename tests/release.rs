@@ -20,6 +20,24 @@ use proptest::prelude::*;
 
 use crate::util::*;
 
+/// Run a command, which must succeed (its stderr otherwise in the message).
+#[cfg(feature = "cli")]
+fn ok(mut c: std::process::Command) -> std::process::Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A path as a `&str` argument.
+#[cfg(feature = "cli")]
+fn s(p: PathBuf) -> String {
+    p.to_str().unwrap().to_string()
+}
+
 /// What the server does wrong, and what it saw.
 #[derive(Default)]
 struct Faults {
@@ -700,16 +718,6 @@ fn plan_jobs_in_separate_processes_and_commit() {
         }
         c
     };
-    let ok = |mut c: Command| {
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
-    let s = |p: PathBuf| p.to_str().unwrap().to_string();
     let (repo, key, pubkey) = (s(p("repo")), s(p("k")), s(p("k.pub")));
     ok(run(&["keygen", "-o", &key, "-q"], None));
     ok(run(
@@ -873,16 +881,6 @@ fn s3_repository_with_jobs_as_processes() {
             .env("AWS_ALLOW_HTTP", "true");
         c
     };
-    let ok = |mut c: Command| {
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
-    let s = |p: PathBuf| p.to_str().unwrap().to_string();
     let (key, pubkey) = (s(p("k")), s(p("k.pub")));
     let repo = "s3://bucket/app";
     ok(bd(&["keygen", "-o", &key, "-q"]));

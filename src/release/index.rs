@@ -115,6 +115,27 @@ pub struct Release {
     pub yanked: bool,
 }
 
+impl Release {
+    /// A release with the default policy: not mandatory, no notes, no `requires`, no app
+    /// bounds, offered to every client, not yanked, no patches yet.
+    pub fn new(version: &str, digest: String, bytes: u64, full: Blob) -> Release {
+        Release {
+            version: version.into(),
+            digest,
+            bytes,
+            full,
+            patches: Vec::new(),
+            mandatory: false,
+            notes: String::new(),
+            requires: None,
+            min_app: None,
+            max_app: None,
+            rollout: 100,
+            yanked: false,
+        }
+    }
+}
+
 /// The whole index (`index.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -431,31 +452,19 @@ mod tests {
         ix.version = 3;
         ix.expires = 2_000_000_000;
         for (i, v) in ["1.0", "1.1"].iter().enumerate() {
-            ix.releases.push(Release {
-                version: v.to_string(),
-                digest: h(['a', 'b'][i]),
-                bytes: 1000,
-                full: Blob {
-                    blake3: h(['c', 'd'][i]),
-                    bytes: 400,
-                },
-                patches: if i == 1 {
-                    vec![PatchRef {
-                        from: h('a'),
-                        blake3: h('e'),
-                        bytes: 20,
-                    }]
-                } else {
-                    vec![]
-                },
-                mandatory: false,
-                notes: String::new(),
-                requires: None,
-                min_app: None,
-                max_app: None,
-                rollout: 100,
-                yanked: false,
-            });
+            let full = Blob {
+                blake3: h(['c', 'd'][i]),
+                bytes: 400,
+            };
+            let mut r = Release::new(v, h(['a', 'b'][i]), 1000, full);
+            if i == 1 {
+                r.patches.push(PatchRef {
+                    from: h('a'),
+                    blake3: h('e'),
+                    bytes: 20,
+                });
+            }
+            ix.releases.push(r);
         }
         ix
     }

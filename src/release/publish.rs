@@ -312,20 +312,18 @@ pub fn plan(
                 .diff_paths(&empty, bundle)?
                 .0;
             let full = repo.put_blob(&full)?;
-            let release = Release {
-                version: version.into(),
-                digest: digest.clone(),
-                bytes: crate::tree::bundle_bytes(bundle)?,
+            let mut release = Release::new(
+                version,
+                digest.clone(),
+                crate::tree::bundle_bytes(bundle)?,
                 full,
-                patches: Vec::new(),
-                mandatory: opts.mandatory,
-                notes: opts.notes.clone(),
-                requires: opts.requires.clone(),
-                min_app: opts.min_app.clone(),
-                max_app: opts.max_app.clone(),
-                rollout: opts.rollout,
-                yanked: false,
-            };
+            );
+            release.mandatory = opts.mandatory;
+            release.notes = opts.notes.clone();
+            release.requires = opts.requires.clone();
+            release.min_app = opts.min_app.clone();
+            release.max_app = opts.max_app.clone();
+            release.rollout = opts.rollout;
             (release, ix.releases.len())
         }
     };

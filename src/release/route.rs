@@ -182,31 +182,21 @@ mod tests {
     fn index(n: usize, full: u64, patches: &[(usize, usize, u64)]) -> Index {
         let mut ix = Index::new("t", true);
         for i in 0..n {
-            ix.releases.push(Release {
-                version: format!("1.{i}"),
-                digest: hx(i),
-                bytes: 1000,
-                full: Blob {
-                    blake3: hx(1000 + i),
-                    bytes: full,
-                },
-                patches: patches
-                    .iter()
-                    .filter(|p| p.1 == i)
-                    .map(|&(f, t, b)| PatchRef {
-                        from: hx(f),
-                        blake3: hx(2000 + f * 100 + t),
-                        bytes: b,
-                    })
-                    .collect(),
-                mandatory: false,
-                notes: String::new(),
-                requires: None,
-                min_app: None,
-                max_app: None,
-                rollout: 100,
-                yanked: false,
-            });
+            let full = Blob {
+                blake3: hx(1000 + i),
+                bytes: full,
+            };
+            let mut r = Release::new(&format!("1.{i}"), hx(i), 1000, full);
+            r.patches = patches
+                .iter()
+                .filter(|p| p.1 == i)
+                .map(|&(f, t, b)| PatchRef {
+                    from: hx(f),
+                    blake3: hx(2000 + f * 100 + t),
+                    bytes: b,
+                })
+                .collect();
+            ix.releases.push(r);
         }
         ix
     }
