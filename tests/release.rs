@@ -226,6 +226,12 @@ struct Setup {
 impl Setup {
     /// Publish `trees` as 1.0, 1.1, ... with `opts`.
     fn new(trees: Vec<Tree>, opts: &PublishOptions) -> Setup {
+        let n = trees.len();
+        Setup::first(trees, n, opts)
+    }
+
+    /// Publish the first `n` of `trees` (the rest with [`Setup::publish`]).
+    fn first(trees: Vec<Tree>, n: usize, opts: &PublishOptions) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let key = SecretKey::from_bytes([0x42; 32]);
         let repo = Repo::init(dir.path().join("repo"), "app", true, &key, 0).unwrap();
@@ -235,7 +241,7 @@ impl Setup {
             repo,
             trees,
         };
-        for i in 0..s.trees.len() {
+        for i in 0..n {
             s.publish(i, opts);
         }
         s
@@ -1075,4 +1081,59 @@ fn update_killed_at_each_step_finishes_on_the_next_run() {
             assert!(beside.is_empty(), "{point}: left {beside:?}");
         }
     }
+}
+
+/// The policy fields at the client: app-version bounds, rollout buckets, `requires` gates
+/// and the mandatory flag.
+#[test]
+fn app_bounds_rollout_requires_and_mandatory() {
+    let trees = history(14, 5);
+    let s = Setup::first(trees, 2, &PublishOptions::default());
+    let mut o = PublishOptions::default();
+    o.mandatory = true;
+    o.min_app = Some("2.0".into());
+    s.publish(2, &o); // 1.2: mandatory, app >= 2.0
+    let mut o = PublishOptions::default();
+    o.requires = Some("1.2".into());
+    s.publish(3, &o); // 1.3: clients before 1.2 pass through it
+    let mut o = PublishOptions::default();
+    o.rollout = 0;
+    s.publish(4, &o); // 1.4: offered to nobody yet
+    let src = Source::parse(s.p("repo").to_str().unwrap());
+    let with_app = |v: Option<&str>| {
+        let mut o = opts();
+        o.app_version = v.map(str::to_string);
+        o.dry_run = true;
+        o
+    };
+    let t = s.install("c", 0);
+    // No app version, or one below 2.0: nothing past 1.1 (1.2 is bounded, 1.3 needs 1.2).
+    for v in [None, Some("1.9.9")] {
+        let r = s.update(&t, &src, &with_app(v)).unwrap();
+        assert_eq!(r.target.as_deref(), Some("1.1"), "app {v:?}");
+    }
+    // App 2.1: 1.3 through 1.2 (the gate), mandatory on the way; 1.4 is at 0% rollout.
+    let r = s.update(&t, &src, &with_app(Some("2.1"))).unwrap();
+    assert_eq!(r.target.as_deref(), Some("1.3"));
+    assert!(r.mandatory);
+    assert!(r.steps.iter().any(|st| st.to == "1.2"), "{r:?}");
+    let mut real = with_app(Some("2.1"));
+    real.dry_run = false;
+    s.update(&t, &src, &real).unwrap();
+    assert_eq!(read_tree(&t), s.trees[3]);
+    // Rollout buckets: about the stated share of random client ids, stable per id.
+    let ix = s.repo.load_index(&s.public()).unwrap();
+    let mut half = ix.releases[4].clone();
+    half.rollout = 50;
+    let ids: Vec<String> = (0..2000).map(|i| format!("{i:032x}")).collect();
+    let inn = ids
+        .iter()
+        .filter(|id| release::in_rollout(id, &half))
+        .count();
+    assert!((800..1200).contains(&inn), "{inn} of 2000 in a 50% rollout");
+    assert!(ids
+        .iter()
+        .all(|id| !release::in_rollout(id, &ix.releases[4])));
+    half.rollout = 100;
+    assert!(ids.iter().all(|id| release::in_rollout(id, &half)));
 }

@@ -30,7 +30,7 @@ use super::index::{check_fresh, cmp_app_versions, parse_app_version, Blob, Index
 use super::repo::{check_blob_file, Repo};
 #[cfg(feature = "http")]
 use super::repo::{BLOBS_DIR, INDEX_FILE, INDEX_SIG_FILE};
-use super::route::{plan, Step};
+use super::route::{plan_within, Step};
 use crate::error::{Error, Result};
 use crate::sign::PublicKey;
 use crate::{InPlaceOutcome, Patcher};
@@ -500,10 +500,16 @@ pub fn update(
         None => None,
     };
     let id = client_id(&state)?;
-    let chosen = ix
-        .releases
-        .iter()
-        .rposition(|r| !r.yanked && in_rollout(&id, r) && app_ok(app.as_deref(), r));
+    // Routes pass only through releases this client may install (its app bounds); the target
+    // is the newest one also in its rollout that such a route reaches.
+    let allowed = |i: usize| app_ok(app.as_deref(), &ix.releases[i]);
+    let chosen = (0..ix.releases.len()).rev().find(|&i| {
+        let r = &ix.releases[i];
+        !r.yanked
+            && in_rollout(&id, r)
+            && allowed(i)
+            && (from.is_some_and(|f| f >= i) || plan_within(&ix, from, i, &allowed).is_some())
+    });
     let name = |i: Option<usize>| i.map(|i| ix.releases[i].version.clone());
     let mut report = UpdateReport {
         from: name(from),
@@ -523,7 +529,7 @@ pub fn update(
         report.target = name(from);
         return Ok(report);
     }
-    let route = plan(&ix, from, t).ok_or_else(|| {
+    let route = plan_within(&ix, from, t, &allowed).ok_or_else(|| {
         source.err(format!(
             "no route to release {} (a release it requires is yanked)",
             ix.releases[t].version

@@ -33,4 +33,4 @@ pub use publish::{
     run_job, yank, BaseOutcome, Job, JobResult, Plan, PruneReport, PublishOptions, PublishReport,
 };
 pub use repo::{Repo, BLOBS_DIR, INDEX_FILE, INDEX_SIG_FILE};
-pub use route::{plan, Route, Step};
+pub use route::{plan, plan_within, Route, Step};

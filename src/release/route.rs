@@ -64,7 +64,20 @@ pub struct Route {
 /// nothing installed) to release `target`, or `None` when there is none (the target or a
 /// required release is yanked). From the target itself: an empty route.
 pub fn plan(ix: &Index, from: Option<usize>, target: usize) -> Option<Route> {
-    if target >= ix.releases.len() || ix.releases[target].yanked {
+    plan_within(ix, from, target, &|_| true)
+}
+
+/// [`plan`] through only the releases `allowed` admits besides not being yanked (a client
+/// passes only through releases it may install: its app-version bounds); `None` when the
+/// target or a required release is not allowed.
+pub fn plan_within(
+    ix: &Index,
+    from: Option<usize>,
+    target: usize,
+    allowed: &dyn Fn(usize) -> bool,
+) -> Option<Route> {
+    let ok = |i: usize| !ix.releases[i].yanked && allowed(i);
+    if target >= ix.releases.len() || !ok(target) {
         return None;
     }
     if from == Some(target) {
@@ -80,6 +93,9 @@ pub fn plan(ix: &Index, from: Option<usize>, target: usize) -> Option<Route> {
             if let Some(req) = &r.requires {
                 let g = ix.releases.iter().position(|x| &x.version == req)?;
                 if g > f && g < target && !gates.contains(&g) {
+                    if !ok(g) {
+                        return None;
+                    }
                     gates.push(g);
                 }
             }
@@ -92,7 +108,7 @@ pub fn plan(ix: &Index, from: Option<usize>, target: usize) -> Option<Route> {
     };
     let mut at = from;
     for stop in gates.into_iter().chain(std::iter::once(target)) {
-        let seg = shortest(ix, at, stop)?;
+        let seg = shortest(ix, at, stop, &ok)?;
         route.bytes += seg.bytes;
         route.steps.extend(seg.steps);
         at = Some(stop);
@@ -101,7 +117,12 @@ pub fn plan(ix: &Index, from: Option<usize>, target: usize) -> Option<Route> {
 }
 
 /// Dijkstra from `from` to `to` over every non-yanked release.
-fn shortest(ix: &Index, from: Option<usize>, to: usize) -> Option<Route> {
+fn shortest(
+    ix: &Index,
+    from: Option<usize>,
+    to: usize,
+    ok: &dyn Fn(usize) -> bool,
+) -> Option<Route> {
     let n = ix.releases.len();
     let start = n; // node n: "nothing / unknown"
     let src = from.unwrap_or(start);
@@ -120,7 +141,7 @@ fn shortest(ix: &Index, from: Option<usize>, to: usize) -> Option<Route> {
             break;
         }
         for (v, r) in ix.releases.iter().enumerate() {
-            if r.yanked || v == u {
+            if !ok(v) || v == u {
                 continue;
             }
             let mut relax = |w: u64, step: Step| {
@@ -231,6 +252,10 @@ mod tests {
         assert_eq!((shape(&r), r.bytes), (vec![(None, 3)], 500));
         // Already there.
         assert!(plan(&ix, Some(3), 3).unwrap().steps.is_empty());
+        // A client that may not install 1.2: the direct patch (300) beats 0->1->3 (450).
+        let r = plan_within(&ix, Some(0), 3, &|i| i != 2).unwrap();
+        assert_eq!((shape(&r), r.bytes), (vec![(Some(0), 3)], 300));
+        assert!(plan_within(&ix, Some(0), 3, &|i| i != 3).is_none());
     }
 
     #[test]
