@@ -33,7 +33,7 @@ use super::repo::{BLOBS_DIR, INDEX_FILE, INDEX_SIG_FILE};
 use super::route::{plan_within, Step};
 use crate::error::{Error, Result};
 use crate::sign::PublicKey;
-use crate::{InPlaceOutcome, Patcher};
+use crate::Patcher;
 
 /// Where releases come from: a repository directory (a mounted USB stick, a local mirror) or
 /// an `http://`/`https://` URL (feature `http`).
@@ -488,8 +488,8 @@ pub fn update(
 
     let exists = fs::symlink_metadata(target).is_ok();
     let from = if exists {
-        let d = crate::bundle_digest(target)?;
-        ix.releases.iter().position(|r| r.digest == crate::hex(&d))
+        let d = crate::hex(&crate::bundle_digest(target)?);
+        ix.releases.iter().position(|r| r.digest == d)
     } else {
         None
     };
@@ -501,15 +501,20 @@ pub fn update(
     };
     let id = client_id(&state)?;
     // Routes pass only through releases this client may install (its app bounds); the target
-    // is the newest one also in its rollout that such a route reaches.
+    // is the newest one also in its rollout that such a route reaches (or the installed
+    // release itself, which needs no route), with the route found for it.
     let allowed = |i: usize| app_ok(app.as_deref(), &ix.releases[i]);
-    let chosen = (0..ix.releases.len()).rev().find(|&i| {
+    let found = (0..ix.releases.len()).rev().find_map(|i| {
         let r = &ix.releases[i];
-        !r.yanked
-            && in_rollout(&id, r)
-            && allowed(i)
-            && (from.is_some_and(|f| f >= i) || plan_within(&ix, from, i, &allowed).is_some())
+        if r.yanked || !in_rollout(&id, r) || !allowed(i) {
+            return None;
+        }
+        if from.is_some_and(|f| f >= i) {
+            return Some((i, None));
+        }
+        plan_within(&ix, from, i, &allowed).map(|route| (i, Some(route)))
     });
+    let chosen = found.as_ref().map(|(i, _)| *i);
     let name = |i: Option<usize>| i.map(|i| ix.releases[i].version.clone());
     let mut report = UpdateReport {
         from: name(from),
@@ -521,20 +526,14 @@ pub fn update(
         changed: false,
         index_version: ix.version,
     };
-    let Some(t) = chosen else {
+    let Some((t, Some(route))) = found else {
+        // Nothing offered, or current (or on a newer release this client is not, or no
+        // longer, offered).
+        if chosen.is_some() {
+            report.target = name(from);
+        }
         return Ok(report);
     };
-    if from.is_some_and(|f| f >= t) {
-        // Current, or on a newer release this client is not (or no longer) offered.
-        report.target = name(from);
-        return Ok(report);
-    }
-    let route = plan_within(&ix, from, t, &allowed).ok_or_else(|| {
-        source.err(format!(
-            "no route to release {} (a release it requires is yanked)",
-            ix.releases[t].version
-        ))
-    })?;
     report.route_bytes = route.bytes;
     report.mandatory = ix.releases[from.map_or(0, |f| f + 1)..=t]
         .iter()
@@ -573,8 +572,7 @@ pub fn update(
             fs::rename(&part, &done).map_err(|e| Error::io(&part, "rename", e))?;
         }
         crate::inplace::crash_point("update-downloaded");
-        let want =
-            crate::format::Hash::from(super::index::parse_hash(&ix.releases[s.to()].digest)?);
+        let want = super::index::parse_hash(&ix.releases[s.to()].digest)?;
         let mut p = Patcher::new();
         p.memory_limit(opts.memory_limit);
         let patch = p.open(&done)?;
@@ -589,9 +587,8 @@ pub fn update(
         match s {
             Step::Patch { .. } => {
                 write_small(&pending, &blob.blake3)?;
-                let r = p.apply_in_place(target, &done)?;
+                p.apply_in_place(target, &done)?;
                 let _ = fs::remove_file(&pending);
-                let _ = matches!(r.outcome, InPlaceOutcome::AlreadyUpToDate);
             }
             Step::Full { .. } => install_full(&p, target, &done, directory, &state)?,
         }
